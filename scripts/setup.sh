@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install everything slurm-yolo needs on a fresh Debian 12 machine, as root. Idempotent.
+#   - Debian packages: Slurm (slurmctld, slurmd, client), munge, git
+#   - a virtual environment at $SLURM_YOLO_VENV (default /opt/slurm-yolo/venv), made from
+#     Debian's /usr/bin/python3 so that non-root job users can execute it (a pyenv Python
+#     under /root is not reachable for them)
+#   - torch + torchvision (from this machine's wheel cache when present), the package with
+#     its [train,test] extras, installed non-editable so the venv works from any checkout
+# Usage: scripts/setup.sh [--no-train]   (--no-train: skip torch/ultralytics)
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${SLURM_YOLO_VENV:-/opt/slurm-yolo/venv}
+train=1
+[ "${1:-}" = "--no-train" ] && train=0
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh: run as root (it installs Debian packages and a system venv)" >&2; exit 2
+fi
+
+need_pkgs=()
+for p in slurmctld slurmd slurm-client munge git python3-venv; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "apt-get install ${need_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating venv $venv"
+  mkdir -p "$(dirname "$venv")"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip setuptools wheel
+fi
+pip=("$venv/bin/pip" install -q --disable-pip-version-check)
+if [ "$train" = 1 ] && ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  # The exact versions whose wheels lie on this machine's disk (no multi-GB download).
+  log "installing torch + torchvision"
+  "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
+fi
+extras="test"
+[ "$train" = 1 ] && extras="train,test"
+log "installing slurm-yolo[$extras]"
+"${pip[@]}" "$here[$extras]"
+# Reinstall our own code every time (cheap) so the venv always matches this checkout.
+"${pip[@]}" --no-deps --force-reinstall "$here"
+chmod -R a+rX "$venv"
+log "ok: $venv"

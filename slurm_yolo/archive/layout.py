@@ -1,0 +1,62 @@
+"""Store layout: where a run lives, and the one-line index record that finds it.
+
+::
+
+    <archive prefix>/<task>/<project>/<model_name>/<run_id>/   the run folder as is, plus
+        run.json        the record, with the end state          (uploaded last: commit marker)
+        MANIFEST.json   size + sha256 of every other file        (uploaded last: commit marker)
+    <index_url>runs/<run_id>.json                                one index record per run
+    <index_url>INDEX.jsonl                                       all index records, compacted
+
+Per-run index objects mean concurrent epilogs never write the same key; the catalog
+compacts them into ``INDEX.jsonl`` with conditional writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+MANIFEST = "MANIFEST.json"
+INDEX_JSONL = "INDEX.jsonl"
+INDEX_RUNS = "runs/"
+# Training arguments worth having in the index without opening run.json.
+KEY_HPARAMS = ("model", "epochs", "imgsz", "batch", "lr0", "lrf", "optimizer", "momentum", "weight_decay", "seed")
+
+
+def index_key(run_id: str) -> str:
+    """Key of a run's index record, relative to the index URL."""
+    return f"{INDEX_RUNS}{run_id}.json"
+
+
+def index_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat index line for a ``run.json`` record (what ``runs list`` filters on)."""
+    attempts = record.get("attempts") or []
+    env = record.get("environment") or {}
+    train = (record.get("config") or {}).get("train") or {}
+    dataset = record.get("dataset") or {}
+    metrics = record.get("metrics") or {}
+    return {
+        "run_id": record.get("run_id"),
+        "sweep_id": record.get("sweep_id"),
+        "task": record.get("task"),
+        "project": record.get("project"),
+        "model_name": record.get("model_name"),
+        "dataset_version": dataset.get("version"),
+        "dataset_fingerprint": dataset.get("fingerprint"),
+        "user": record.get("user"),
+        "gpu": env.get("gpu"),
+        "submitted_at": record.get("submitted_at"),
+        "start": attempts[0].get("start") if attempts else None,
+        "end": attempts[-1].get("end") if attempts else None,
+        "attempts": len(attempts),
+        "end_state": record.get("end_state") or record.get("status"),
+        "job_id": (record.get("slurm") or {}).get("job_id"),
+        "map50": metrics.get("map50"),
+        "map50_95": metrics.get("map50_95"),
+        "precision": metrics.get("precision"),
+        "recall": metrics.get("recall"),
+        "epochs_done": metrics.get("epochs_done"),
+        "hparams": {k: train[k] for k in KEY_HPARAMS if k in train},
+        "archive_url": record.get("archive_url"),
+        "reproduces": record.get("reproduces"),
+    }

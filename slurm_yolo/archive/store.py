@@ -1,0 +1,107 @@
+"""Where the object store is and how to authenticate: one frozen value passed around."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import urlparse
+
+from slurm_yolo.errors import ConfigError
+
+# The only variables s5cmd/boto3 get from us; nothing else from the caller's environment
+# leaks into a root-run copy.
+_PASSTHROUGH = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@dataclass(frozen=True)
+class Store:
+    """Connection settings for an S3-compatible store.
+
+    Attributes:
+        endpoint_url: e.g. ``http://127.0.0.1:9555`` for MinIO/moto; ``None`` for AWS.
+        region: the region (``us-east-1`` when unset).
+        credentials_file: an AWS shared-credentials file; ``None``: from ``keys``.
+        profile: the profile within that file.
+        keys: explicit ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``.
+        s5cmd: absolute path of the s5cmd binary (``None``: the one in this venv).
+    """
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    credentials_file: str | None = None
+    profile: str | None = None
+    keys: tuple[tuple[str, str], ...] = ()
+    s5cmd: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, endpoint_url: str | None = None) -> "Store":
+        """Settings of a user's shell: ``AWS_ENDPOINT_URL``/``S3_ENDPOINT_URL``, keys, profile."""
+        env = os.environ if env is None else env
+        return cls(
+            endpoint_url=endpoint_url or env.get("S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            credentials_file=env.get("AWS_SHARED_CREDENTIALS_FILE") or None,
+            profile=env.get("AWS_PROFILE") or None,
+            keys=tuple((k, env[k]) for k in _PASSTHROUGH if env.get(k)),
+        )
+
+    def environment(self) -> dict[str, str]:
+        """A complete, minimal environment for an s5cmd child (no inherited variables)."""
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "AWS_REGION": self.region,
+               "AWS_DEFAULT_REGION": self.region,
+               # s5cmd otherwise probes the EC2 metadata service for credentials: slow off-EC2.
+               "AWS_EC2_METADATA_DISABLED": "true"}
+        env.update(dict(self.keys))
+        if self.credentials_file:
+            env["AWS_SHARED_CREDENTIALS_FILE"] = self.credentials_file
+        if self.profile:
+            env["AWS_PROFILE"] = self.profile
+        return env
+
+    def file_keys(self) -> dict[str, str]:
+        """Keys from ``credentials_file`` (AWS shared-credentials INI format), if set."""
+        if not self.credentials_file:
+            return {}
+        import configparser
+
+        ini = configparser.ConfigParser()
+        ini.read(self.credentials_file)
+        section = ini[self.profile or "default"] if ini.has_section(self.profile or "default") else {}
+        names = {"aws_access_key_id": "AWS_ACCESS_KEY_ID", "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+                 "aws_session_token": "AWS_SESSION_TOKEN"}
+        return {env: section[k] for k, env in names.items() if k in section}
+
+    def boto3_client(self):
+        """A boto3 S3 client for what s5cmd cannot do (conditional writes, lifecycle rules)."""
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        session_kwargs = {"region_name": self.region}
+        keys = dict(self.keys) or self.file_keys()
+        if keys.get("AWS_ACCESS_KEY_ID"):
+            session_kwargs.update(aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+                                  aws_secret_access_key=keys.get("AWS_SECRET_ACCESS_KEY"),
+                                  aws_session_token=keys.get("AWS_SESSION_TOKEN"))
+        elif self.profile:
+            session_kwargs["profile_name"] = self.profile
+        session = boto3.session.Session(**session_kwargs)
+        return session.client("s3", endpoint_url=self.endpoint_url,
+                              config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"},
+                                                connect_timeout=5, read_timeout=30))
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b/`` → ``("bucket", "a/b/")``."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ConfigError(f"{url!r} is not an s3://bucket/prefix URL")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def join_url(base: str, *parts: str) -> str:
+    """Join an ``s3://`` URL and key parts with single slashes."""
+    out = base.rstrip("/")
+    for p in parts:
+        out += "/" + p.strip("/")
+    return out

@@ -1,0 +1,247 @@
+"""``slurm-yolo``: the command line. Thin: parse argv, call one function, print, return a code.
+
+Every user-fixable problem is a :class:`~slurm_yolo.errors.SlurmYoloError`: one line on
+stderr (``slurm-yolo: error: ...``) and its exit code (2 for bad input, 3 for a run that
+did not complete, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from slurm_yolo.errors import RunFailed, RunNotFound, SlurmYoloError
+
+DESCRIPTION = """\
+Launch Ultralytics YOLO training on Slurm with run IDs; every run is archived to S3 by the
+node epilog however it ends. Typical use:
+
+  slurm-yolo submit configs/pcb.yaml --set train.epochs=50 --wait
+  slurm-yolo sweep configs/pcb.yaml --grid train.lr0=0.01,0.001 --grid train.batch=8,16
+  slurm-yolo status 20261122_120000_ab12cd
+"""
+
+
+def _add_common_submit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML (sections run/train/slurm/archive)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=50 (repeatable; values are YAML)")
+    p.add_argument("--executor", choices=["slurm", "local"], default="slurm",
+                   help="slurm: sbatch through submitit (default); local: run here without Slurm")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    p.add_argument("--dry-run", action="store_true", help="print the batch script; create and submit nothing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slurm-yolo", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("submit", help="submit one training run",
+                       description="Create a run folder with run.json and submit one training job.")
+    _add_common_submit(p)
+    p.add_argument("--run-id", help="use this run ID (letters, digits, . _ -) instead of a generated one")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the job (state, epoch, mAP) until it ends; exit 3 if it did not complete")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("sweep", help="submit a grid of runs as one Slurm job array",
+                       description="Submit one job array: one run (own run ID and run.json) per grid point.")
+    _add_common_submit(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                   help="a swept key and its values, e.g. --grid train.lr0=0.01,0.001 (repeatable: cartesian product)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="show a run's record",
+                       description="Show run.json of a run, by run folder or by run ID under --runs-root.")
+    p.add_argument("run", metavar="RUN_ID_OR_DIR")
+    p.add_argument("--runs-root", default=os.environ.get("SLURM_YOLO_RUNS", "./runs"),
+                   help="where run folders are (default: $SLURM_YOLO_RUNS or ./runs)")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    p.set_defaults(func=cmd_status)
+
+    _add_extension_commands(sub)
+    return parser
+
+
+def _add_extension_commands(sub) -> None:
+    """Commands implemented in the epilog and catalog packages register themselves here."""
+    from slurm_yolo.epilog import cli as epilog_cli
+
+    epilog_cli.add_commands(sub)
+    try:
+        from slurm_yolo.catalog import cli as catalog_cli
+    except ImportError:  # catalog not built yet
+        return
+    catalog_cli.add_commands(sub)
+
+
+def emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=True, default=str))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from slurm_yolo.config import load_config
+    from slurm_yolo.launcher import submit as launcher
+
+    config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        result = launcher.dry_run(config, run_id=args.run_id)
+        if args.json:
+            emit_json(result)
+        else:
+            print(result["script"])
+            print(f"# dry run: would create {result['run_dir']}; nothing was submitted", file=sys.stderr)
+        return 0
+    handle = launcher.submit(config, run_id=args.run_id, executor=args.executor)
+    if not args.json:
+        print(f"run       {handle.run_id}\njob       {handle.job_id} ({handle.executor})\n"
+              f"folder    {handle.run_dir}\narchive   {handle.archive_url}", flush=True)
+    if not args.wait:
+        if args.json:
+            emit_json(handle.to_dict())
+        return 0
+    state = _wait(handle.run_dir, handle.job_id, handle.executor, quiet=args.json)
+    if args.json:
+        emit_json({**handle.to_dict(), "end_state": state})
+    if state != "COMPLETED":
+        raise RunFailed(f"run {handle.run_id} ended {state}; see {handle.run_dir}/train.log")
+    return 0
+
+
+def _wait(run_dir: str, job_id: str, executor: str, quiet: bool) -> str:
+    from slurm_yolo.launcher.watch import wait_for
+
+    if quiet:
+        return wait_for(run_dir, job_id, executor=executor)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("submitted") as status:
+        def show(p) -> None:
+            status.update(f"job {job_id}: {p.line()}")
+
+        state = wait_for(run_dir, job_id, executor=executor, on_progress=show)
+    console.print(f"job {job_id}: {state}")
+    return state
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from slurm_yolo.config import load_config
+    from slurm_yolo.errors import ConfigError
+    from slurm_yolo.launcher import submit as launcher
+
+    import yaml
+
+    grid: dict[str, list[Any]] = {}
+    for item in args.grid:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. --grid train.lr0=0.01,0.001")
+        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+    if args.dry_run:
+        combos = launcher.expand_grid(grid)
+        for combo in combos:  # validate every element, exactly as a real sweep would
+            load_config(args.config, args.overrides + [f"{k}={v}" for k, v in combo.items()])
+        result = launcher.dry_run(load_config(args.config, args.overrides), array_size=len(combos))
+        result["elements"] = combos
+        if args.json:
+            emit_json(result)
+        else:
+            print(result["script"])
+            print(f"# dry run: {len(combos)} runs in one array; nothing was submitted", file=sys.stderr)
+        return 0
+    handles = launcher.sweep(args.config, grid, base_overrides=args.overrides, executor=args.executor)
+    if args.json:
+        emit_json({"sweep_id": handles[0].sweep_id, "runs": [h.to_dict() for h in handles]})
+    else:
+        print(f"sweep {handles[0].sweep_id}: {len(handles)} runs in job array {handles[0].job_id.split('_')[0]}")
+        for h in handles:
+            print(f"  [{h.array_index}] {h.run_id}  job {h.job_id}  {h.run_dir}")
+    return 0
+
+
+def find_run_dir(run: str, runs_root: str) -> Path:
+    """A run folder from a path or a run ID under ``runs_root``."""
+    for candidate in (Path(run), Path(runs_root) / run):
+        if (candidate / "run.json").is_file():
+            return candidate
+    raise RunNotFound(f"no run folder for {run!r} (looked in {runs_root}); pass the run folder or --runs-root")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from slurm_yolo import record as rec
+
+    run_dir = find_run_dir(args.run, args.runs_root)
+    record = rec.read_record(run_dir)
+    if args.json:
+        emit_json(record)
+        return 0
+    print_record(record, run_dir)
+    return 0
+
+
+def print_record(record: dict[str, Any], run_dir: Path | str | None = None) -> None:
+    """A person-readable view of a run record."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    m = record.get("metrics") or {}
+    state = record.get("end_state") or record.get("status")
+    console.print(f"[bold]{record['run_id']}[/bold]  {record['task']}/{record['project']}/{record['model_name']}"
+                  f"  [bold]{state}[/bold]")
+    rows = [
+        ("user", f"{record.get('user')} on {record.get('host')}"),
+        ("submitted", record.get("submitted_at")),
+        ("slurm job", (record.get("slurm") or {}).get("job_id")),
+        ("folder", str(run_dir) if run_dir else None),
+        ("archive", record.get("archive_url")),
+        ("sweep", record.get("sweep_id")),
+        ("code", _code_line(record.get("code"))),
+        ("dataset", _dataset_line(record.get("dataset"))),
+        ("metrics", ", ".join(f"{k} {m[k]:.4f}" for k in ("map50", "map50_95", "precision", "recall")
+                              if isinstance(m.get(k), (int, float))) or None),
+    ]
+    for k, v in rows:
+        if v:
+            console.print(f"  {k:<10} {v}")
+    attempts = record.get("attempts") or []
+    if attempts:
+        t = Table("attempt", "node", "start", "end", "state", "epoch", "signals", box=None, padding=(0, 2))
+        for a in attempts:
+            t.add_row(str(a.get("attempt")), a.get("node") or "", a.get("start") or "", a.get("end") or "",
+                      a.get("end_state") or a.get("status") or "", str(a.get("epoch") or ""),
+                      ",".join(s["signal"] for s in a.get("signals") or []))
+        console.print(t)
+
+
+def _code_line(code: dict | None) -> str | None:
+    return f"{code['commit'][:12]}{' (dirty)' if code.get('dirty') else ''} in {code['repo']}" if code else None
+
+
+def _dataset_line(ds: dict | None) -> str | None:
+    if not ds:
+        return None
+    return f"{ds.get('path')} version {ds.get('version') or '-'} {ds.get('fingerprint') or ''} ({ds.get('files')} files)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``slurm-yolo`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SlurmYoloError as e:
+        print(f"slurm-yolo: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("slurm-yolo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

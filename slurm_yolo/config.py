@@ -1,0 +1,341 @@
+"""Experiment configs: load YAML, apply ``--set`` overrides, validate, resolve.
+
+One YAML file per experiment::
+
+    run:     {task: detect, project: pcb-inspection, model_name: yolov8s}
+    train:   {model: yolov8s.yaml, data: datasets/pcb/data.yaml, epochs: 100, ...}
+    slurm:   {partition: gpu, gpus: 1, cpus_per_task: 8, mem: 32G, time: "24:00:00", ...}
+    archive: {url: "s3://ai-training-logs/{user}/yolo", endpoint_url: null, sync_every: 10m}
+    runs_root: ./runs
+
+Validation is strict because a typo in a config otherwise costs a GPU-day: unknown keys
+(with a did-you-mean), wrong types, a missing dataset, unsafe names and a non-``s3://``
+destination are all :class:`~slurm_yolo.errors.ConfigError` (exit code 2), raised before
+anything is created or submitted. This module never imports torch or ultralytics.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from slurm_yolo.errors import ConfigError
+from slurm_yolo.names import validate_name
+
+# Schema: section -> key -> (accepted types, default). ``None`` in the types means "may be null".
+_STR, _INT, _NUM = (str,), (int,), (int, float)
+SCHEMA: dict[str, dict[str, tuple[tuple, Any]]] = {
+    "run": {
+        "task": (_STR, "detect"),
+        "project": (_STR, None),
+        "model_name": (_STR, None),
+        "dataset_version": (_STR + (type(None),), None),
+        "notes": (_STR + (type(None),), None),
+    },
+    "slurm": {
+        "partition": (_STR + (type(None),), None),
+        "gpus": (_INT, 0),
+        "cpus_per_task": (_INT, 1),
+        "mem": (_STR + _INT, "4G"),
+        "time": (_STR + _INT, "01:00:00"),
+        "account": (_STR + (type(None),), None),
+        "qos": (_STR + (type(None),), None),
+        "extra": ((dict,), {}),
+        "signal_delay_s": (_INT, 120),
+        "max_requeues": (_INT, 3),
+    },
+    "archive": {
+        "url": (_STR, None),
+        "endpoint_url": (_STR + (type(None),), None),
+        "sync_every": (_STR + _INT + (type(None),), "10m"),
+        "sync_every_epochs": (_INT + (type(None),), None),
+    },
+}
+TOP_LEVEL = {"run", "train", "slurm", "archive", "runs_root"}
+REQUIRED = [("run", "project"), ("run", "model_name"), ("train", "model"), ("train", "data"), ("archive", "url")]
+# Ultralytics arguments slurm-yolo owns: the run folder, the device list and resuming.
+RESERVED_TRAIN_KEYS = {"project", "name", "exist_ok", "resume", "device", "mode"}
+TASKS = {"detect", "segment", "classify", "pose", "obb"}
+
+_MEM_RE = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated, fully resolved experiment config.
+
+    Attributes:
+        data: the resolved config as plain data (absolute paths, defaults filled in);
+            this is what ``run.json`` records and what ``reproduce`` resubmits.
+        source: the YAML file it came from (``None`` for configs built in code).
+    """
+
+    data: Mapping[str, Any]
+    source: str | None = None
+
+    @property
+    def run(self) -> Mapping[str, Any]:
+        return self.data["run"]
+
+    @property
+    def train(self) -> Mapping[str, Any]:
+        return self.data["train"]
+
+    @property
+    def slurm(self) -> Mapping[str, Any]:
+        return self.data["slurm"]
+
+    @property
+    def archive(self) -> Mapping[str, Any]:
+        return self.data["archive"]
+
+    @property
+    def runs_root(self) -> Path:
+        return Path(self.data["runs_root"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A deep copy of the resolved config, safe to mutate."""
+        return copy.deepcopy(dict(self.data))
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = (), cwd: str | os.PathLike | None = None) -> Config:
+    """Load, override, validate and resolve a config file.
+
+    Args:
+        path: the YAML file.
+        overrides: ``key.sub=value`` strings; values are parsed as YAML (``3`` is an int).
+        cwd: base for relative paths (default: the current directory), as Ultralytics does.
+
+    Raises:
+        ConfigError: with a one-line message naming the file, key and fix.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}; check the path") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"config {path} is not valid YAML{at}: {getattr(e, 'problem', e)}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping with sections run/train/slurm/archive")
+    return resolve_config(raw, overrides, cwd=cwd, source=str(path))
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
+    out = copy.deepcopy(dict(raw))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=50")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from e
+        if isinstance(parsed, str) and _FLOAT_RE.fullmatch(parsed):
+            parsed = float(parsed)  # YAML 1.1 reads "1e-3" as a string; nobody means that
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = parsed
+    return out
+
+
+def resolve_config(
+    raw: Mapping[str, Any],
+    overrides: list[str] = (),
+    *,
+    cwd: str | os.PathLike | None = None,
+    source: str | None = None,
+    check_paths: bool = True,
+) -> Config:
+    """Validate a config mapping and return the resolved :class:`Config`.
+
+    Args:
+        raw: the parsed YAML.
+        overrides: ``--set`` strings applied first.
+        cwd: base for relative paths.
+        source: the file name, for messages.
+        check_paths: check that ``train.data`` exists (off when re-reading an archived config).
+    """
+    where = f"config {source}" if source else "config"
+    data = apply_overrides(raw, list(overrides))
+    base = Path(cwd or os.getcwd())
+
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{where}: unknown section {key!r}{_did_you_mean(key, TOP_LEVEL)}")
+    out: dict[str, Any] = {}
+    for section, fields in SCHEMA.items():
+        given = data.get(section) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"{where}: section {section!r} must be a mapping, got {type(given).__name__}")
+        for key in given:
+            if key not in fields:
+                raise ConfigError(f"{where}: unknown key {section}.{key}{_did_you_mean(key, fields)}")
+        sec = {}
+        for key, (types, default) in fields.items():
+            value = given.get(key, copy.deepcopy(default))
+            if value is None and (section, key) not in REQUIRED:
+                sec[key] = None
+                continue
+            if value is None or isinstance(value, bool) and bool not in types or not isinstance(value, types):
+                if value is None:
+                    raise ConfigError(f"{where}: {section}.{key} is required")
+                want = " or ".join(t.__name__ for t in types if t is not type(None))
+                raise ConfigError(f"{where}: {section}.{key} must be {want}, got {type(value).__name__} {value!r}")
+            sec[key] = value
+        out[section] = sec
+
+    train = data.get("train")
+    if not isinstance(train, dict):
+        raise ConfigError(f"{where}: section 'train' (Ultralytics arguments: model, data, epochs, ...) is required")
+    out["train"] = _check_train(dict(train), where, base, check_paths)
+    out["runs_root"] = str((base / str(data.get("runs_root") or "./runs")).resolve())
+    for section, key in REQUIRED:
+        if out[section].get(key) in (None, ""):
+            raise ConfigError(f"{where}: {section}.{key} is required")
+
+    run = out["run"]
+    for key in ("task", "project", "model_name"):
+        validate_name(run[key], f"run.{key}")
+    if run["task"] not in TASKS:
+        raise ConfigError(f"{where}: run.task={run['task']!r} is not one of {sorted(TASKS)}")
+    _check_slurm(out["slurm"], where)
+    _check_archive(out["archive"], where)
+    return Config(data=out, source=source)
+
+
+def _check_train(train: dict[str, Any], where: str, base: Path, check_paths: bool) -> dict[str, Any]:
+    known = ultralytics_train_keys()
+    for key in train:
+        if key in RESERVED_TRAIN_KEYS:
+            raise ConfigError(f"{where}: train.{key} is set by slurm-yolo (run folder, GPUs, resume); remove it")
+        if known is not None and key not in known:
+            raise ConfigError(f"{where}: unknown Ultralytics argument train.{key}{_did_you_mean(key, known)}")
+    data = train.get("data")
+    if not isinstance(data, str) or not data:
+        raise ConfigError(f"{where}: train.data (the dataset's data.yaml) is required")
+    model = train.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{where}: train.model (e.g. yolov8s.yaml or a .pt file) is required")
+    data_path = (base / data).resolve()
+    if check_paths and not data_path.is_file():
+        raise ConfigError(f"{where}: train.data={data} does not exist ({data_path}); generate or fix the dataset path")
+    train["data"] = str(data_path)
+    model_path = base / model
+    if model_path.exists():  # a local .pt/.yaml; otherwise an Ultralytics built-in name
+        train["model"] = str(model_path.resolve())
+    return train
+
+
+def _check_slurm(slurm: dict[str, Any], where: str) -> None:
+    if slurm["gpus"] < 0 or slurm["cpus_per_task"] < 1:
+        raise ConfigError(f"{where}: slurm.gpus must be >= 0 and slurm.cpus_per_task >= 1")
+    if slurm["max_requeues"] < 0 or slurm["signal_delay_s"] < 0:
+        raise ConfigError(f"{where}: slurm.max_requeues and slurm.signal_delay_s must be >= 0")
+    mem = str(slurm["mem"])
+    if not _MEM_RE.fullmatch(mem):
+        raise ConfigError(f"{where}: slurm.mem={mem!r} must look like 32G, 500M or a number of MB")
+    slurm["mem"] = mem.upper()
+    time_minutes(slurm["time"], where)
+    for k, v in slurm["extra"].items():
+        if not isinstance(k, str) or not re.fullmatch(r"[a-z][a-z0-9_-]*", k):
+            raise ConfigError(f"{where}: slurm.extra key {k!r} must be an sbatch option name like 'constraint'")
+        if not isinstance(v, (str, int, float, bool)) or "\n" in str(v):
+            raise ConfigError(f"{where}: slurm.extra.{k} must be a single-line scalar")
+    for k in ("partition", "account", "qos"):
+        if slurm[k] is not None and not re.fullmatch(r"[A-Za-z0-9._,-]+", slurm[k]):
+            raise ConfigError(f"{where}: slurm.{k}={slurm[k]!r} has characters Slurm names cannot have")
+
+
+def _check_archive(archive: dict[str, Any], where: str) -> None:
+    url = archive["url"]
+    if not url.startswith("s3://") or len(url) <= 5 or any(ord(c) < 32 for c in url) or "/../" in url + "/":
+        raise ConfigError(f"{where}: archive.url={url!r} must be an s3://bucket/prefix URL")
+    unknown = set(re.findall(r"{([^}]*)}", url)) - {"user"}
+    if unknown:
+        raise ConfigError(f"{where}: archive.url may only use the placeholder {{user}}, not {sorted(unknown)}")
+    if archive["endpoint_url"] and not re.match(r"https?://", archive["endpoint_url"]):
+        raise ConfigError(f"{where}: archive.endpoint_url must start with http:// or https://")
+    if archive["sync_every"] is not None:
+        duration_seconds(archive["sync_every"], "archive.sync_every")
+
+
+def time_minutes(value: str | int, where: str = "config") -> int:
+    """Parse a Slurm time limit into whole minutes (rounded up), as sbatch reads ``--time``.
+
+    Accepts ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS`` and an int of minutes.
+    """
+    bad = ConfigError(f"{where}: slurm.time={value!r} must look like 24:00:00, 2-00:00:00 or a number of minutes")
+    if isinstance(value, int):
+        if value <= 0:
+            raise bad
+        return value
+    text = value.strip()
+    days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
+    parts = rest.split(":")
+    if not days.isdigit() or not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+        raise bad
+    nums = [int(p) for p in parts]
+    if "-" in text:  # D-HH[:MM[:SS]]
+        h, m, s = (nums + [0, 0])[:3]
+    else:  # MM | MM:SS | HH:MM:SS
+        h, m, s = {1: (0, nums[0], 0), 2: (0, *nums), 3: tuple(nums)}[len(nums)]
+    total = int(days) * 1440 + h * 60 + m + (1 if s else 0)
+    if total <= 0:
+        raise bad
+    return total
+
+
+def duration_seconds(value: str | int | float, what: str) -> float:
+    """Parse ``90``, ``30s``, ``10m``, ``1.5h`` into seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.fullmatch(str(value).strip())
+        if not m:
+            raise ConfigError(f"{what}={value!r} must be a duration like 30s, 10m or 1h")
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+    if seconds <= 0:
+        raise ConfigError(f"{what} must be positive")
+    return seconds
+
+
+def ultralytics_train_keys() -> frozenset[str] | None:
+    """The argument names Ultralytics accepts, read from its ``cfg/default.yaml``.
+
+    Read as a data file next to the installed package, without importing ultralytics (which
+    would import torch and make the CLI slow). ``None`` when ultralytics is not installed on
+    this (login) node: then train keys are passed through unchecked.
+    """
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    default = Path(list(spec.submodule_search_locations)[0]) / "cfg" / "default.yaml"
+    try:
+        return frozenset(yaml.safe_load(default.read_text()))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _did_you_mean(key: str, choices) -> str:
+    close = difflib.get_close_matches(str(key), sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(choices)[:12])}"

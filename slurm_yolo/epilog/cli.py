@@ -1,0 +1,61 @@
+"""``slurm-yolo spool drain|list``: finish uploads the epilog could not (run by a timer as root)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("spool", help="admin: list or drain the epilog's spool of pending uploads",
+                       description="Runs left in the spool by the epilog (store down, slow, killed) are "
+                                   "uploaded by `drain`; run it from the systemd timer or cron as root.")
+    ssub = p.add_subparsers(dest="spool_command", metavar="ACTION", required=True)
+    d = ssub.add_parser("drain", help="upload every pending run (idempotent; safe to run twice at once)")
+    d.add_argument("--budget", type=float, default=600, help="stop starting new uploads after this many seconds")
+    d.add_argument("--site-config", default=None, help="default: $SLURM_YOLO_SITE_CONFIG or /etc/slurm-yolo/site.yaml")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.set_defaults(func=cmd_drain)
+    ls = ssub.add_parser("list", help="show pending runs and their last error")
+    ls.add_argument("--site-config", default=None)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+
+def _site(args):
+    from slurm_yolo.epilog.site import load_site_config, site_config_path
+
+    return load_site_config(args.site_config or site_config_path())
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    from slurm_yolo.epilog import spool
+
+    site = _site(args)
+    results = spool.drain(site, budget_s=args.budget, log=lambda m: None if args.json else print(m))
+    left = [e.name for e in spool.iter_entries(site.spool_dir)]
+    if args.json:
+        print(json.dumps({"shipped": [r.entry for r in results if r.ok],
+                          "failed": {r.entry: r.detail for r in results if not r.ok}, "pending": left}))
+    else:
+        print(f"{sum(r.ok for r in results)} shipped, {sum(not r.ok for r in results)} failed, {len(left)} pending")
+    return 0 if not left else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from slurm_yolo.epilog import spool
+
+    site = _site(args)
+    entries = []
+    for e in spool.iter_entries(site.spool_dir):
+        info = json.loads((e / spool.ENTRY_JSON).read_text())
+        entries.append({"entry": e.name, **{k: info.get(k) for k in ("user", "dest", "created", "last_error",
+                                                                      "attempts", "complete")}})
+    if args.json:
+        print(json.dumps(entries))
+    else:
+        for e in entries:
+            print(f"{e['entry']}  {e['user']}  {e['dest']}  tries={e.get('attempts') or 0}  {e.get('last_error') or ''}")
+        print(f"{len(entries)} pending", file=sys.stderr)
+    return 0

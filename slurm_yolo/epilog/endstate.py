@@ -1,0 +1,154 @@
+"""Decide how a job attempt ended, from the evidence the epilog can gather.
+
+Slurm's epilog environment alone cannot tell a time-out from a cancel from a success (all
+show ``SLURM_JOB_EXIT_CODE2=0:0``), so the verdict combines three sources:
+
+- the epilog environment (exit code, restart count);
+- what the job recorded itself in ``run.json`` (its status, the signals it caught);
+- one ``scontrol show job`` where the site allows it (Reason=TimeLimit/OutOfMemory, JobState).
+
+The rules are an ordered table: the first that matches wins, and the evidence is kept with
+the verdict so a person can check it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping
+
+REQUEUE_STATES = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PENDING", "CONFIGURING"}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything known about how one attempt ended.
+
+    Attributes:
+        exit_code2: ``SLURM_JOB_EXIT_CODE2`` (``"exit:signal"``), e.g. ``"3:0"``.
+        restart_count: ``SLURM_JOB_RESTART_COUNT`` in the epilog (already incremented on requeue).
+        attempt: the attempt that ended (1-based), from the job's own record.
+        job_status: the job's last status in run.json (COMPLETED, FAILED, TERMINATED, RUNNING, ...).
+        job_signals: signal names the job recorded during this attempt.
+        scontrol: ``scontrol show job`` fields (JobState, Reason, ExitCode, Restarts), or empty.
+    """
+
+    exit_code2: str | None = None
+    restart_count: int = 0
+    attempt: int = 1
+    job_status: str | None = None
+    job_signals: tuple[str, ...] = ()
+    scontrol: Mapping[str, str] = field(default_factory=dict)
+
+    def exit_status(self) -> tuple[int | None, int | None]:
+        """``(exit code, signal)`` from ``exit_code2``; ``(None, None)`` if absent."""
+        return _split_code(self.exit_code2)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scontrol"] = dict(self.scontrol)
+        d["job_signals"] = list(self.job_signals)
+        return d
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The end state of an attempt, with the rule that decided it and the evidence."""
+
+    state: str
+    rule: str
+    exit_code: int | None
+    evidence: Evidence
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "rule": self.rule, "exit_code": self.exit_code,
+                "evidence": self.evidence.to_dict()}
+
+
+def _split_code(text: str | None) -> tuple[int | None, int | None]:
+    if not text or not re.fullmatch(r"\d+:\d+", text.strip()):
+        return None, None
+    code, sig = text.strip().split(":")
+    return int(code), int(sig)
+
+
+def _sc(e: Evidence, key: str) -> str:
+    return (e.scontrol.get(key) or "").strip()
+
+
+def _requeued(e: Evidence) -> bool:
+    restarts = _sc(e, "Restarts")
+    return _sc(e, "JobState") in REQUEUE_STATES or (restarts.isdigit() and int(restarts) >= e.attempt) \
+        or e.restart_count >= e.attempt
+
+
+def _oom(e: Evidence) -> bool:
+    code, sig = e.exit_status()
+    return _sc(e, "Reason") == "OutOfMemory" or _sc(e, "JobState") == "OUT_OF_MEMORY" or sig == 125
+
+
+def _cancelled(e: Evidence) -> bool:
+    _, sc_sig = _split_code(_sc(e, "ExitCode"))
+    return _sc(e, "JobState") == "CANCELLED" or "SIGTERM" in e.job_signals or e.job_status == "TERMINATED" \
+        or sc_sig in (9, 15)
+
+
+def _failed(e: Evidence) -> bool:
+    code, sig = e.exit_status()
+    return bool(code) or bool(sig) or e.job_status == "FAILED"
+
+
+def _completed(e: Evidence) -> bool:
+    code, sig = e.exit_status()
+    return e.job_status == "COMPLETED" and not code and not sig
+
+
+# (state, rule name, predicate) — order matters: the first match wins.
+RULES: tuple[tuple[str, str, Callable[[Evidence], bool]], ...] = (
+    ("OUT_OF_MEMORY", "cgroup OOM (Reason=OutOfMemory or signal 125)", _oom),
+    ("PREEMPTED", "requeued after the job caught the pre-emption/time-limit signal",
+     lambda e: _requeued(e) and "SIGUSR2" in e.job_signals),
+    ("REQUEUED", "requeued (scontrol requeue, node failure or pre-emption)", _requeued),
+    ("TIMEOUT", "time limit (Reason=TimeLimit)", lambda e: _sc(e, "Reason") == "TimeLimit"
+     or _sc(e, "JobState") == "TIMEOUT"),
+    ("CANCELLED", "SIGTERM without a time limit (scancel)", _cancelled),
+    ("COMPLETED", "job recorded COMPLETED and exit code 0", _completed),
+    ("FAILED", "non-zero exit code or the job recorded FAILED", _failed),
+)
+
+
+def decide(e: Evidence) -> Verdict:
+    """The end state for this evidence (``UNKNOWN`` if no rule matches)."""
+    code, _ = e.exit_status()
+    for state, rule, predicate in RULES:
+        if predicate(e):
+            return Verdict(state, rule, code, e)
+    return Verdict("UNKNOWN", "no rule matched; see evidence", code, e)
+
+
+def parse_scontrol(text: str) -> dict[str, str]:
+    """``scontrol show job`` output → ``{"JobState": "COMPLETING", "Reason": "None", ...}``.
+
+    Values never contain spaces except after ``Command=``/``WorkDir=``/``Comment=``-like keys
+    that run to the end of their line, which we keep whole.
+    """
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        m = re.match(r"(Command|WorkDir|StdErr|StdIn|StdOut|Comment|Reason|AdminComment)=(.*)$", line)
+        if m and " " in m.group(2) and m.group(1) != "Reason":
+            fields[m.group(1)] = m.group(2)
+            continue
+        for token in line.split(" "):
+            key, sep, value = token.partition("=")
+            if sep and key and key not in fields:
+                fields[key] = value
+    return fields
+
+
+def scontrol_argv(scontrol: str, job_id: str) -> list[str]:
+    """``scontrol show job <id>`` — one query per job, by absolute path (the epilog has no PATH)."""
+    if not job_id.isdigit():
+        raise ValueError(f"job id {job_id!r} is not numeric")
+    return [scontrol, "show", "job", job_id]
+

@@ -1,0 +1,254 @@
+"""``slurm-yolo-epilog``: the Slurm node epilog. Runs as root after EVERY job on the node.
+
+Contract (docs/admin.md): exit 0 always, within the site's time budget; a cheap no-op for
+jobs that are not ours; no PATH (absolute paths only); every user-settable value is
+hostile input; what cannot be uploaded now stays in the spool for ``slurm-yolo spool drain``.
+
+Steps for one of our jobs: resolve the run folder from the marker (safely) → read the job's
+own record → decide the end state → write it back into the run folder (as the user) →
+snapshot the folder into the spool → upload with s5cmd → delete the spool entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+MARKER_PREFIX = "slurm-yolo:v1:"  # same value as launcher.slurm_params.MARKER_PREFIX (kept import-free)
+
+log = logging.getLogger("slurm_yolo.epilog")
+
+
+def is_ours(env: Mapping[str, str]) -> bool:
+    """The no-op test, first thing, before any import: is this job marked by slurm-yolo?"""
+    return env.get("SLURM_JOB_COMMENT", "").startswith(MARKER_PREFIX)
+
+
+def first_node(nodelist: str) -> str:
+    """First host of a Slurm hostlist expression (``gpu[03-05,9],cpu1`` → ``gpu03``)."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
+    if "[" not in head:
+        return head.strip()
+    prefix, _, rng = head.partition("[")
+    first = rng.rstrip("]").split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def is_archiving_node(env: Mapping[str, str]) -> bool:
+    """Multi-node jobs run the epilog on every node; only the first node of the job archives."""
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+    node = env.get("SLURMD_NODENAME") or ""
+    return not nodelist or not node or first_node(nodelist) == node
+
+
+def _user(uid: int, env: Mapping[str, str]) -> tuple[str, int]:
+    """User name and primary gid of the job's uid (names from the passwd database, not env)."""
+    try:
+        pw = pwd.getpwuid(uid)
+        return pw.pw_name, pw.pw_gid
+    except KeyError:
+        return f"uid{uid}", int(env.get("SLURM_JOB_GID", uid) or uid)
+
+
+def _setup_logging(path: str) -> None:
+    handler: logging.Handler
+    try:
+        Path(path).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+    except OSError:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("slurm_yolo")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, Any]:
+    """Do the epilog's work for one job of ours; returns a summary (also logged).
+
+    Raises:
+        snapshot.Refused: the marker or folder cannot be trusted (nothing copied).
+    """
+    from slurm_yolo.archive.layout import index_record
+    from slurm_yolo.epilog import endstate, snapshot, spool, writeback
+    from slurm_yolo.record import utc_now
+
+    job_id = env.get("SLURM_JOB_ID", "")
+    uid = int(env["SLURM_JOB_UID"])
+    user, gid = _user(uid, env)
+    marker_path = env["SLURM_JOB_COMMENT"][len(MARKER_PREFIX):]
+
+    fd = snapshot.open_dir_nofollow(marker_path, uid)
+    try:
+        task_id = env.get("SLURM_ARRAY_TASK_ID")
+        if task_id not in (None, ""):
+            run_path = snapshot.resolve_array_element(fd, task_id, uid)
+            os.close(fd)
+            fd = snapshot.open_dir_nofollow(run_path, uid)
+        else:
+            run_path = marker_path
+        record = snapshot.read_json_at(fd, "run.json", uid)
+        if not isinstance(record, dict) or not snapshot.safe_names(record) or record["run_id"] != Path(run_path).name:
+            raise snapshot.Refused(f"{run_path}/run.json has unsafe names or a run_id that is not the folder name")
+        run_id = record["run_id"]
+        attempts = record.get("attempts") or []
+        current = attempts[-1] if attempts else {}
+        evidence = endstate.Evidence(
+            exit_code2=env.get("SLURM_JOB_EXIT_CODE2"),
+            restart_count=int(env.get("SLURM_JOB_RESTART_COUNT") or 0),
+            attempt=int(current.get("attempt") or len(attempts) or 1),
+            job_status=current.get("status") if current else record.get("status"),
+            job_signals=tuple(str(s.get("signal")) for s in current.get("signals") or [] if isinstance(s, dict)),
+            scontrol=_scontrol(site, job_id, deadline) if site.scontrol else {},
+        )
+        verdict = endstate.decide(evidence)
+        dest, note = destination(record, site, user)
+        now = utc_now()
+
+        def apply(r: dict[str, Any]) -> None:
+            r["end_state"] = verdict.state
+            r["archive_url"] = dest
+            if r.get("attempts"):
+                a = r["attempts"][-1]
+                a.setdefault("end", now)
+                a["end_state"] = verdict.state
+                a["exit_code"] = verdict.exit_code
+                a["epilog"] = {"node": env.get("SLURMD_NODENAME"), "time": now, "rule": verdict.rule}
+            r["status"] = verdict.state
+
+        apply(record)
+        record.setdefault("epilog", {})["evidence"] = verdict.to_dict()["evidence"]
+        # Tell the user's folder too (as the user, never as root inside their folder).
+        wb = writeback.update_as_user(run_path, uid, gid, apply, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+
+        spool_root = Path(site.spool_dir)
+        spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = spool.RunLock(spool_root, run_id)
+        try:
+            lock.acquire(timeout=max(0.0, min(10.0, deadline - time.monotonic())))
+            attempt = evidence.attempt
+            superseded = spool.supersede_older(spool_root, run_id, attempt)
+            entry = spool_root / spool.entry_name(run_id, attempt)
+            stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
+            snap = snapshot.copy_tree(fd, uid, entry / "files", deadline=stage_deadline,
+                                      exclude=frozenset({"run.json", "MANIFEST.json", ".run.lock"}))
+            record.setdefault("epilog", {}).update(skipped=snap.skipped[:200], snapshot_complete=snap.complete)
+            manifest = {"version": 1, "run_id": run_id, "attempt": attempt, "created": now, "files": snap.files}
+            info = {"run_id": run_id, "index_id": run_id, "attempt": attempt, "job_id": job_id, "user": user,
+                    "uid": uid, "dest": dest, "source": run_path, "created": now, "state": spool.STAGED,
+                    "complete": snap.complete}
+            spool.write_entry(entry, info, record, manifest, index_record(record))
+            result = spool.ship(entry, site, deadline=deadline - 1.0)
+        finally:
+            lock.close()
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return {"job": job_id, "run": run_id, "state": verdict.state, "rule": verdict.rule, "dest": dest,
+            "files": len(snap.files), "skipped": len(snap.skipped), "complete": snap.complete,
+            "shipped": result.ok, "detail": result.detail, "writeback": wb, "note": note,
+            "superseded": superseded}
+
+
+def destination(record: Mapping[str, Any], site, user: str) -> tuple[str, str]:
+    """Where the run goes: the record's ``archive_url`` if it lies under the user's allowed
+    prefix and ends with the run's own path, else the allowed prefix + the run's path."""
+    tail = f"{record['task']}/{record['project']}/{record['model_name']}/{record['run_id']}/"
+    prefix = site.prefix_for(user)
+    wanted = record.get("archive_url")
+    if isinstance(wanted, str) and wanted.startswith(prefix) and wanted.endswith("/" + tail) \
+            and "/../" not in wanted and "/./" not in wanted and not any(ord(c) < 32 for c in wanted):
+        return wanted, ""
+    return prefix + tail, f"archive_url {wanted!r} is outside {prefix}; archived under it instead"
+
+
+def _scontrol(site, job_id: str, deadline: float) -> dict[str, str]:
+    from slurm_yolo.commands import run_command
+    from slurm_yolo.epilog.endstate import parse_scontrol, scontrol_argv
+    from slurm_yolo.errors import CommandError
+
+    try:
+        proc = run_command(scontrol_argv(site.scontrol_path, job_id), "epilog",
+                           timeout=max(0.5, min(5.0, deadline - time.monotonic())),
+                           env={"PATH": "/usr/bin:/bin"})
+        return parse_scontrol(proc.stdout)
+    except (CommandError, ValueError) as e:
+        log.warning("job %s: scontrol unavailable (%s); deciding without it", job_id, e)
+        return {}
+
+
+def run(env: Mapping[str, str]) -> int:
+    """The epilog proper (after the no-op test). Always returns 0."""
+    from slurm_yolo.epilog.site import load_site_config, site_config_path
+    from slurm_yolo.errors import SlurmYoloError
+    from slurm_yolo.epilog.snapshot import Refused
+
+    started = time.monotonic()
+    job_id = env.get("SLURM_JOB_ID", "?")
+    try:
+        site = load_site_config(site_config_path(dict(env)))
+    except SlurmYoloError as e:
+        _setup_logging("/var/log/slurm-yolo/epilog.log")
+        log.error("job %s: not archived: %s", job_id, e)
+        return 0
+    _setup_logging(site.log_file)
+    # Hard stop: whatever hangs (a dead NFS server, a stuck store), the node must not drain.
+    watchdog = threading.Timer(site.time_budget_s, _give_up, args=(job_id,))
+    watchdog.daemon = True
+    watchdog.start()
+    if not is_archiving_node(env):
+        log.info("job %s: not the first node of a multi-node job; the first node archives", job_id)
+        return 0
+    try:
+        summary = archive_job(env, site, deadline=started + site.time_budget_s - 2.0)
+        level = logging.INFO if summary["shipped"] else logging.WARNING
+        log.log(level, "job %s: %s", job_id, summary)
+    except Refused as e:
+        log.error("job %s: refused: %s", job_id, e)
+    except Exception:  # never let a bug drain the node; log it whole
+        log.exception("job %s: epilog error", job_id)
+    log.info("job %s: epilog done in %.2f s", job_id, time.monotonic() - started)
+    return 0
+
+
+def _give_up(job_id: str) -> None:
+    log.error("job %s: epilog time budget exhausted; exiting 0, run stays in the spool", job_id)
+    logging.shutdown()
+    os._exit(0)
+
+
+def _detach_fds() -> None:
+    """Slurm waits for the epilog's stdout to close; never let a child inherit it, nor other fds."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.closerange(3, 65536)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``slurm-yolo-epilog`` (``--check`` validates the site config instead)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        from slurm_yolo.epilog.check import main as check_main
+
+        return check_main(argv)
+    env = dict(os.environ)
+    if not is_ours(env):
+        return 0
+    _detach_fds()
+    try:
+        return run(env)
+    except BaseException:  # noqa: BLE001 - the contract is exit 0, always
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Safely find a job's run folder and copy it, as root, into the root-only spool.
+
+The epilog runs as root; the run folder, the marker pointing at it and everything inside
+belong to a user. Past Slurm CVEs were exactly root following user-controlled paths, so:
+
+- the marker path is walked one component at a time with ``O_NOFOLLOW`` from ``/`` (the
+  launcher writes a symlink-free real path), and the final folder must belong to the job's
+  user: a marker pointing at another user's folder is refused;
+- inside, every entry is ``lstat``-ed and opened relative to its parent's fd with
+  ``O_NOFOLLOW | O_NONBLOCK`` and checked again with ``fstat``: only regular files owned by
+  the job's user are copied. Symlinks, FIFOs, sockets, devices and files owned by anyone
+  else (a hard link to ``/etc/shadow`` is owned by root) are skipped and logged. ``O_NONBLOCK``
+  means even a FIFO swapped in between the two checks cannot block the epilog;
+- the copy goes into the spool (root, 0700) and is hashed on the way (one read per file),
+  so what is uploaded is exactly what was checked (no time-of-check/time-of-use window
+  with s5cmd re-opening user paths), and an upload that fails later is retried from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slurm_yolo.names import NAME_RE
+
+MAX_DEPTH = 32
+MAX_ENTRIES = 200_000
+MAX_JSON_BYTES = 16 << 20
+CHUNK = 1 << 20
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class Refused(Exception):
+    """The marker or run folder cannot be trusted; nothing is copied."""
+
+
+@dataclass
+class Snapshot:
+    """Result of copying a run folder: files copied (relpath → size/sha256) and what was skipped."""
+
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    complete: bool = True
+
+
+def valid_marker_path(path: str) -> bool:
+    """An absolute, normalised path without control characters or ``..`` components."""
+    return (
+        path.startswith("/") and len(path) < 4096 and os.path.normpath(path) == path
+        and not any(ord(c) < 32 or ord(c) == 127 for c in path)
+        and ".." not in path.split("/")
+    )
+
+
+def open_dir_nofollow(path: str, uid: int) -> int:
+    """Open ``path`` walking every component with ``O_NOFOLLOW``; the last must be owned by ``uid``.
+
+    Returns:
+        An open directory fd (caller closes it).
+
+    Raises:
+        Refused: a component is a symlink or missing, or the folder belongs to someone else.
+    """
+    if not valid_marker_path(path):
+        raise Refused(f"marker path {path!r} is not an absolute, normalised path")
+    fd = os.open("/", DIR_FLAGS)
+    try:
+        for part in [p for p in path.split("/") if p]:
+            try:
+                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                raise Refused(f"cannot open {part!r} in {path!r} without following links: {e.strerror}") from e
+            os.close(fd)
+            fd = nfd
+        st = os.fstat(fd)
+        if st.st_uid != uid:
+            raise Refused(f"{path} belongs to uid {st.st_uid}, not the job's uid {uid}")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_json_at(dir_fd: int, name: str, uid: int) -> Any:
+    """Read a small JSON file in ``dir_fd`` that must be a regular file owned by ``uid``."""
+    fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+            raise Refused(f"{name} is not a regular file owned by uid {uid}")
+        if st.st_size > MAX_JSON_BYTES:
+            raise Refused(f"{name} is larger than {MAX_JSON_BYTES} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return json.loads(f.read(MAX_JSON_BYTES + 1))
+    finally:
+        os.close(fd)
+
+
+def resolve_array_element(sweep_fd: int, task_id: str, uid: int) -> str:
+    """The run folder path of array element ``task_id`` from the sweep's ``array.json``."""
+    data = read_json_at(sweep_fd, "array.json", uid)
+    runs = data.get("runs") if isinstance(data, dict) else None
+    path = runs.get(str(task_id)) if isinstance(runs, dict) else None
+    if not isinstance(path, str):
+        raise Refused(f"array.json has no run for array task {task_id!r}")
+    return path
+
+
+def _safe_component(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
+def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: frozenset[str] = frozenset()) -> Snapshot:
+    """Copy the regular files owned by ``uid`` under ``src_fd`` into ``dest`` (created 0700).
+
+    Args:
+        src_fd: an open fd of the run folder (from :func:`open_dir_nofollow`).
+        uid: the job's uid; only files it owns are copied.
+        dest: where the copy goes (inside the root-only spool).
+        deadline: ``time.monotonic()`` value; past it the copy stops with ``complete=False``.
+        exclude: top-level names not to copy (the epilog writes its own run.json).
+    """
+    snap = Snapshot()
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    entries = 0
+
+    def walk(dir_fd: int, rel: str, depth: int) -> None:
+        nonlocal entries
+        if depth > MAX_DEPTH:
+            snap.skipped.append(f"{rel}: deeper than {MAX_DEPTH} levels")
+            return
+        with os.scandir(dir_fd) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            entries += 1
+            relpath = f"{rel}{name}"
+            if time.monotonic() > deadline or entries > MAX_ENTRIES:
+                snap.complete = False
+                return
+            if not rel and name in exclude:
+                continue
+            if not _safe_component(name):
+                snap.skipped.append(f"{relpath!r}: control characters in name")
+                continue
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue  # vanished meanwhile
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    sub = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+                except OSError as e:
+                    snap.skipped.append(f"{relpath}/: {e.strerror}")
+                    continue
+                try:
+                    if os.fstat(sub).st_uid != uid:
+                        snap.skipped.append(f"{relpath}/: not owned by the job's user")
+                        continue
+                    walk(sub, relpath + "/", depth + 1)
+                finally:
+                    os.close(sub)
+                if not snap.complete:
+                    return
+            elif stat.S_ISREG(st.st_mode):
+                _copy_file(dir_fd, name, relpath, uid, dest, snap)
+            else:
+                kind = "symlink" if stat.S_ISLNK(st.st_mode) else "special file"
+                snap.skipped.append(f"{relpath}: {kind}")
+
+    walk(src_fd, "", 0)
+    return snap
+
+
+def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap: Snapshot) -> None:
+    try:
+        fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as e:  # ELOOP: swapped for a symlink since lstat
+        snap.skipped.append(f"{relpath}: {e.strerror}")
+        return
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            snap.skipped.append(f"{relpath}: not a regular file when opened")
+            return
+        if st.st_uid != uid:
+            snap.skipped.append(f"{relpath}: owned by uid {st.st_uid}, not the job's user")
+            return
+        os.set_blocking(fd, True)
+        target = dest / relpath
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        size = 0
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(out, "wb") as f:
+            while chunk := os.read(fd, CHUNK):
+                h.update(chunk)
+                f.write(chunk)
+                size += len(chunk)
+        # Keep the source mtime so a later `s5cmd sync` skips files unchanged since last time.
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        snap.files[relpath] = {"size": size, "sha256": h.hexdigest()}
+    finally:
+        os.close(fd)
+
+
+def safe_names(record: dict[str, Any]) -> bool:
+    """Whether the record's path-forming fields are all safe names."""
+    return all(isinstance(record.get(k), str) and NAME_RE.fullmatch(record[k])
+               for k in ("run_id", "task", "project", "model_name"))

@@ -1,0 +1,211 @@
+"""The training job: a submitit callable that runs on the compute node.
+
+It trains with Ultralytics straight into the run folder (``weights/``, ``results.csv``,
+``args.yaml``, plots), and keeps ``run.json`` current: one entry per attempt (node, start,
+end, status, epoch reached, signals received), the environment, and the best metrics.
+Signals are recorded *before* the job exits so that the epilog can later tell a cancel or
+a time-out (SIGTERM, USR2) from a crash. torch and ultralytics are imported only here,
+inside the call, on the node.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slurm_yolo import record as rec
+
+RECORDED_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
+LOG_NAME = "train.log"
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread after SIGTERM: stop training, record, exit non-zero."""
+
+    def __init__(self) -> None:
+        super().__init__(143)
+
+
+def attempt_number() -> int:
+    """1-based attempt number: Slurm's restart count + 1 (submitit requeues keep the job ID)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1
+    except ValueError:
+        return 1
+
+
+def _current_attempt(record: dict[str, Any]) -> dict[str, Any]:
+    return record["attempts"][-1]
+
+
+class SignalRecorder:
+    """Records every signal in ``run.json`` (with time), then hands it to the previous handler.
+
+    submitit installs its own USR2 handler (checkpoint + requeue) before calling the job; we
+    chain to it so both happen. SIGTERM (scancel, time limit, node shutdown) ends the job
+    cleanly via :class:`Terminated` after it is recorded, instead of waiting for SIGKILL.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for name in RECORDED_SIGNALS:
+            signum = getattr(signal, name)
+            self.previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        entry = {"signal": name, "time": rec.utc_now()}
+        try:
+            rec.update_record(self.run_dir, lambda r: _current_attempt(r).setdefault("signals", []).append(entry))
+        except Exception as e:  # recording must never be what kills the job
+            print(f"[slurm-yolo] could not record {name}: {e}", file=sys.stderr, flush=True)
+        print(f"[slurm-yolo] received {name} at {entry['time']}", file=sys.stderr, flush=True)
+        prev = self.previous.get(signum)
+        if callable(prev):
+            prev(signum, frame)
+        if signum == signal.SIGTERM:
+            raise Terminated()
+
+
+class _Tee:
+    """Writes to the original stream and to the run's ``train.log``."""
+
+    def __init__(self, stream, log) -> None:
+        self._stream, self._log = stream, log
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        self._log.flush()
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+        self._log.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def environment() -> dict[str, Any]:
+    """Python, torch, ultralytics, CUDA and GPU of this node (imports torch)."""
+    import torch
+    import ultralytics
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ultralytics": ultralytics.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": gpus[0] if gpus else None,
+        "gpus": gpus,
+        "node": socket.gethostname(),
+        "platform": platform.platform(),
+    }
+
+
+def device_for(gpus_requested: int) -> Any:
+    """The Ultralytics ``device`` argument: GPUs Slurm gave us (N > 1 → DDP list), else CPU."""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    n = min(gpus_requested, visible)
+    if n <= 0:
+        return "cpu"
+    return 0 if n == 1 else list(range(n))
+
+
+class TrainJob:
+    """The submitit callable: ``TrainJob()(run_dir)`` trains the run described in ``run_dir/run.json``."""
+
+    def __call__(self, run_dir: str) -> dict[str, Any]:
+        run_dir = Path(run_dir)
+        started = time.time()
+        attempt = {
+            "attempt": attempt_number(),
+            "node": socket.gethostname(),
+            "start": rec.utc_now(),
+            "end": None,
+            "status": "RUNNING",
+            "end_state": None,
+            "epoch": None,
+            "signals": [],
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        }
+
+        def start(r: dict[str, Any]) -> None:
+            # A requeued attempt may find the previous attempt still marked RUNNING when the
+            # epilog could not record it; it did end, so say so.
+            for old in r["attempts"]:
+                if old.get("end") is None:
+                    old["end"] = attempt["start"]
+                    old.setdefault("status", "UNKNOWN")
+            r["attempts"].append(attempt)
+            r["status"] = "RUNNING"
+            r["end_state"] = None
+            r["slurm"].update({k: v for k, v in {
+                "job_id": _slurm_job_id(), "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+                "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+            }.items() if v is not None})
+
+        record = rec.update_record(run_dir, start)
+        SignalRecorder(run_dir).install()
+        log = open(run_dir / LOG_NAME, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the job
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        print(f"[slurm-yolo] run {record['run_id']} attempt {attempt['attempt']} on {attempt['node']}", flush=True)
+        status, error = "FAILED", None
+        try:
+            env = environment()
+            rec.update_record(run_dir, lambda r: r.update(environment=env))
+            self._train(run_dir, record["config"])
+            status = "COMPLETED"
+        except Terminated:
+            status = "TERMINATED"
+            raise
+        except BaseException as e:
+            error = f"{type(e).__name__}: {e}"[:500]
+            raise
+        finally:
+            metrics = rec.read_metrics(run_dir / "results.csv")
+
+            def finish(r: dict[str, Any]) -> None:
+                a = _current_attempt(r)
+                a.update(end=rec.utc_now(), status=status, duration_s=round(time.time() - started, 1))
+                a["epoch"] = metrics["epochs_done"] if metrics else a.get("epoch")
+                if error:
+                    a["error"] = error
+                r["status"] = status
+                if metrics:
+                    r["metrics"] = metrics
+
+            try:
+                rec.update_record(run_dir, finish)
+            except Exception as e:
+                print(f"[slurm-yolo] could not record the end of the attempt: {e}", file=sys.stderr, flush=True)
+        return {"run_dir": str(run_dir), "status": status, "metrics": metrics}
+
+    def _train(self, run_dir: Path, config: dict[str, Any]) -> None:
+        from ultralytics import YOLO
+
+        args = dict(config["train"])
+        model = args.pop("model")
+        args.update(project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
+                    device=device_for(int(config["slurm"].get("gpus") or 0)))
+        YOLO(model).train(**args)
+
+
+def _slurm_job_id() -> str | None:
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")

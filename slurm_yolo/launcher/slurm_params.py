@@ -1,0 +1,68 @@
+"""Pure builders: config -> submitit/sbatch parameters, the epilog marker, the batch script.
+
+Nothing here runs a command or touches the filesystem, so the exact sbatch parameters a
+config produces are checked against a golden file in the tests.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from slurm_yolo.config import Config, time_minutes
+
+# The job marker the epilog looks for in SLURM_JOB_COMMENT. Versioned so a future format
+# can coexist with epilogs already installed on nodes.
+MARKER_PREFIX = "slurm-yolo:v1:"
+
+
+def make_marker(path: str) -> str:
+    """The ``--comment`` value that tells the epilog where the run (or sweep) folder is."""
+    return MARKER_PREFIX + path
+
+
+def slurm_parameters(config: Config, *, job_name: str, marker: str) -> dict[str, Any]:
+    """submitit ``SlurmExecutor.update_parameters`` keywords for a config.
+
+    Args:
+        config: the validated config.
+        job_name: Slurm job name (shows in squeue).
+        marker: the epilog marker (see :func:`make_marker`), passed as ``--comment``.
+    """
+    s = config.slurm
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "time": time_minutes(s["time"]),
+        "nodes": 1,
+        "ntasks_per_node": 1,  # one launcher task; Ultralytics spawns its own DDP workers
+        "cpus_per_task": s["cpus_per_task"],
+        "mem": s["mem"],
+        "comment": marker,
+        # submitit sends USR2 this long before the time limit: time to checkpoint + requeue.
+        "signal_delay_s": s["signal_delay_s"],
+        "stderr_to_stdout": True,
+        # Requeue (pre-emption, `scontrol requeue`) must keep the job ID and the run folder.
+        "additional_parameters": {"requeue": True, **{k.replace("_", "-"): v for k, v in s["extra"].items()}},
+    }
+    if s["gpus"]:
+        params["gpus_per_node"] = s["gpus"]
+    for key in ("partition", "account", "qos"):
+        if s[key]:
+            params[key] = s[key]
+    return params
+
+
+def submit_command(python: str, folder: str) -> str:
+    """The command submitit puts in the batch script (what runs the pickled job)."""
+    return " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(folder)])
+
+
+def batch_script(params: dict[str, Any], *, python: str, folder: str, array_size: int | None = None) -> str:
+    """The sbatch script submitit would submit for these parameters (for ``--dry-run``).
+
+    Uses submitit's own renderer so what is printed is what would be submitted.
+    """
+    from submitit.slurm.slurm import _make_sbatch_string  # submitit's renderer; pure
+
+    extra = {"map_count": array_size} if array_size else {}
+    return _make_sbatch_string(command=submit_command(python, folder), folder=folder, **params, **extra)

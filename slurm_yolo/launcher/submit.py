@@ -1,0 +1,278 @@
+"""Submit runs and sweeps: run IDs, run folders with ``run.json``, submitit executors.
+
+Order of operations, so that a failure never leaves a half-submitted job:
+validate every config → create the run folder(s) + ``run.json`` → submit (one sbatch,
+an array for a sweep) → record the job ID. If submission fails, the folders just created
+are removed again and :class:`~slurm_yolo.errors.SubmitError` is raised.
+
+Never imports torch or ultralytics (the job module imports them lazily, on the node).
+"""
+
+from __future__ import annotations
+
+import getpass
+import itertools
+import os
+import shutil
+import socket
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from slurm_yolo import record as rec
+from slurm_yolo.config import Config, load_config
+from slurm_yolo.errors import ConfigError, SubmitError
+from slurm_yolo.launcher.provenance import code_version, dataset_identity
+from slurm_yolo.launcher.slurm_params import batch_script, make_marker, slurm_parameters
+from slurm_yolo.names import new_run_id, new_sweep_id, validate_name
+
+EXECUTORS = ("slurm", "local")
+SWEEPS_DIR = "_sweeps"
+ARRAY_JSON = "array.json"
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """What a submission returns: enough to find the run again.
+
+    Attributes:
+        run_id: the run ID.
+        job_id: Slurm job ID (``123`` or ``123_4`` for an array element; a PID for ``local``).
+        run_dir: the run folder on the shared filesystem.
+        archive_url: where the epilog archives the run.
+        executor: ``slurm`` or ``local``.
+        sweep_id: the sweep this run belongs to, if any.
+        array_index: its index in the sweep's job array, if any.
+    """
+
+    run_id: str
+    job_id: str
+    run_dir: str
+    archive_url: str
+    executor: str = "slurm"
+    sweep_id: str | None = None
+    array_index: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def archive_url_for(config: Config, run_id: str, user: str) -> str:
+    """``<archive.url with {user}>/<task>/<project>/<model_name>/<run_id>/``."""
+    base = config.archive["url"].replace("{user}", user).rstrip("/")
+    r = config.run
+    return f"{base}/{r['task']}/{r['project']}/{r['model_name']}/{run_id}/"
+
+
+def new_record(
+    config: Config, run_id: str, run_dir: Path, *, sweep_id: str | None = None,
+    array_index: int | None = None, reproduces: str | None = None, user: str | None = None,
+) -> dict[str, Any]:
+    """The initial ``run.json`` for a run about to be submitted."""
+    user = user or getpass.getuser()
+    source_dir = Path(config.source).resolve().parent if config.source else Path.cwd()
+    return {
+        "schema": rec.SCHEMA_VERSION,
+        "run_id": run_id,
+        "sweep_id": sweep_id,
+        "array_index": array_index,
+        "reproduces": reproduces,
+        "task": config.run["task"],
+        "project": config.run["project"],
+        "model_name": config.run["model_name"],
+        "user": user,
+        "uid": os.getuid(),
+        "host": socket.gethostname(),
+        "submitted_at": rec.utc_now(),
+        "config_file": config.source,
+        "config": config.to_dict(),
+        "code": code_version(source_dir),
+        "dataset": dataset_identity(config.train["data"], config.run.get("dataset_version")),
+        "archive_url": archive_url_for(config, run_id, user),
+        "slurm": {"job_id": None, "array_job_id": None, "array_task_id": array_index},
+        "environment": None,
+        "attempts": [],
+        "status": "SUBMITTED",
+        "end_state": None,
+        "metrics": None,
+    }
+
+
+def prepare_run(config: Config, run_id: str, **record_fields: Any) -> Path:
+    """Create the run folder (must not exist yet) and its ``run.json``; return the folder."""
+    validate_name(run_id, "run ID")
+    run_dir = config.runs_root / run_id
+    try:
+        config.runs_root.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir()
+    except FileExistsError as e:
+        raise ConfigError(f"run folder {run_dir} already exists; choose another --run-id") from e
+    except OSError as e:
+        raise ConfigError(f"cannot create run folder {run_dir}: {e.strerror}; check runs_root") from e
+    rec.write_record(run_dir, new_record(config, run_id, run_dir, **record_fields))
+    return run_dir
+
+
+def _python() -> str:
+    # The job runs the same interpreter (the site's slurm-yolo venv, on a shared path).
+    return sys.executable
+
+
+def make_executor(kind: str, folder: Path, config: Config, params: Mapping[str, Any]):
+    """A submitit executor of ``kind`` writing its logs and pickles to ``folder``."""
+    import submitit  # imported here: a few hundred ms, only paid when submitting
+
+    if kind == "slurm":
+        try:
+            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=config.slurm["max_requeues"],
+                                              python=_python())
+        except RuntimeError as e:  # submitit: no srun on PATH
+            raise SubmitError(f"Slurm is not available here ({e}); use --executor local or run on a login node") from e
+        executor.update_parameters(**params)
+        return executor
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=config.slurm["max_requeues"])
+        executor.update_parameters(timeout_min=params["time"], gpus_per_node=params.get("gpus_per_node", 0),
+                                   cpus_per_task=params["cpus_per_task"], signal_delay_s=params["signal_delay_s"])
+        return executor
+    raise ConfigError(f"--executor {kind!r}: choose one of {', '.join(EXECUTORS)}")
+
+
+def submit(
+    config: Config, *, run_id: str | None = None, executor: str = "slurm", reproduces: str | None = None,
+) -> RunHandle:
+    """Create a run folder and submit one training job.
+
+    Args:
+        config: a validated config (:func:`~slurm_yolo.config.load_config`).
+        run_id: bring your own run ID (validated); default: a new time-sortable one.
+        executor: ``slurm`` (sbatch through submitit) or ``local`` (no Slurm, this machine).
+        reproduces: the run ID this run reproduces, recorded in ``run.json``.
+
+    Raises:
+        ConfigError: invalid run ID or run folder already exists.
+        SubmitError: Slurm refused the job; the run folder has been removed again.
+    """
+    from slurm_yolo.job.train import TrainJob
+
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    run_id = validate_name(run_id, "--run-id") if run_id else new_run_id()
+    run_dir = prepare_run(config, run_id, reproduces=reproduces)
+    try:
+        params = slurm_parameters(config, job_name=f"yolo-{run_id}", marker=make_marker(str(run_dir)))
+        ex = make_executor(executor, run_dir / "slurm", config, params)
+        job = ex.submit(TrainJob(), str(run_dir))
+    except BaseException as e:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(e, (SubmitError, ConfigError)):
+            raise
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise SubmitError(f"submission of {run_id} failed: {_one_line(e)}; nothing was submitted") from e
+    rec.update_record(run_dir, lambda r: r["slurm"].update(job_id=str(job.job_id), executor=executor))
+    record = rec.read_record(run_dir)
+    return RunHandle(run_id, str(job.job_id), str(run_dir), record["archive_url"], executor)
+
+
+def dry_run(config: Config, *, run_id: str | None = None, array_size: int | None = None) -> dict[str, Any]:
+    """What :func:`submit` would do, without creating or submitting anything."""
+    run_id = validate_name(run_id, "--run-id") if run_id else new_run_id()
+    run_dir = config.runs_root / run_id
+    params = slurm_parameters(config, job_name=f"yolo-{run_id}", marker=make_marker(str(run_dir)))
+    script = batch_script(params, python=_python(), folder=str(run_dir / "slurm"), array_size=array_size)
+    return {"run_id": run_id, "run_dir": str(run_dir), "job_id": None, "dry_run": True,
+            "archive_url": archive_url_for(config, run_id, getpass.getuser()), "script": script}
+
+
+def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """``{"a": [1, 2], "b": [3]}`` → ``[{"a": 1, "b": 3}, {"a": 2, "b": 3}]`` (cartesian product)."""
+    for key, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or not list(values):
+            raise ConfigError(f"sweep grid {key}: needs a non-empty list of values")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(list(grid[k]) for k in keys))]
+
+
+def _override_strings(element: Mapping[str, Any] | Sequence[str]) -> list[str]:
+    if isinstance(element, Mapping):
+        import yaml
+
+        return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                for k, v in element.items()]
+    return [str(x) for x in element]
+
+
+def sweep(
+    config: str | os.PathLike,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    overrides: Sequence[Mapping[str, Any] | Sequence[str]] | None = None,
+    base_overrides: Sequence[str] = (),
+    executor: str = "slurm",
+) -> list[RunHandle]:
+    """Submit a sweep as ONE Slurm job array; each element is its own run with its own ID.
+
+    Args:
+        config: the base config file.
+        grid: ``{"train.lr0": [0.01, 0.001], ...}`` — one run per combination.
+        overrides: alternatively, a list of override sets, one run each
+            (``[{"train.lr0": 0.01}, ["train.lr0=0.001", "train.batch=8"]]``).
+        base_overrides: ``--set`` strings applied to every element first.
+        executor: ``slurm`` or ``local``.
+
+    Returns:
+        One :class:`RunHandle` per element, in array-index order, all with the same sweep ID.
+
+    Raises:
+        ConfigError: any element's config is invalid (checked before anything is created),
+            or the elements ask for different Slurm resources (one array has one shape).
+        SubmitError: Slurm refused the array; every folder created has been removed again.
+    """
+    from slurm_yolo.job.train import TrainJob
+
+    if (grid is None) == (overrides is None):
+        raise ConfigError("sweep: give exactly one of grid= or overrides=")
+    elements = expand_grid(grid) if grid is not None else list(overrides)
+    if not elements:
+        raise ConfigError("sweep: no runs to submit")
+    configs = [load_config(config, list(base_overrides) + _override_strings(e)) for e in elements]
+    if any(c.slurm != configs[0].slurm for c in configs):
+        raise ConfigError("sweep: slurm.* must be the same for every element (one job array has one shape)")
+    sweep_id = new_sweep_id()
+    run_ids = [new_run_id() for _ in configs]
+    if len(set(run_ids)) != len(run_ids):  # astronomically unlikely; fail rather than share folders
+        raise SubmitError("sweep: run ID collision; submit again")
+    sweep_dir = configs[0].runs_root / SWEEPS_DIR / sweep_id
+    created: list[Path] = []
+    try:
+        sweep_dir.mkdir(parents=True)
+        created.append(sweep_dir)
+        for i, (c, rid) in enumerate(zip(configs, run_ids)):
+            created.append(prepare_run(c, rid, sweep_id=sweep_id, array_index=i))
+        rec.write_json_atomic(sweep_dir / ARRAY_JSON, {
+            "sweep_id": sweep_id, "runs": {str(i): str(d) for i, d in enumerate(created[1:])},
+        })
+        params = slurm_parameters(configs[0], job_name=f"yolo-{sweep_id}", marker=make_marker(str(sweep_dir)))
+        ex = make_executor(executor, sweep_dir / "slurm", configs[0], params)
+        with ex.batch():
+            jobs = [ex.submit(TrainJob(), str(d)) for d in created[1:]]
+    except BaseException as e:
+        for d in created:
+            shutil.rmtree(d, ignore_errors=True)
+        if isinstance(e, (SubmitError, ConfigError, KeyboardInterrupt)):
+            raise
+        raise SubmitError(f"sweep submission failed: {_one_line(e)}; nothing was submitted") from e
+    handles = []
+    for i, (job, run_dir) in enumerate(zip(jobs, created[1:])):
+        rec.update_record(run_dir, lambda r, j=job: r["slurm"].update(
+            job_id=str(j.job_id), array_job_id=str(j.job_id).split("_")[0], executor=executor))
+        handles.append(RunHandle(run_dir.name, str(job.job_id), str(run_dir),
+                                 rec.read_record(run_dir)["archive_url"], executor, sweep_id, i))
+    return handles
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text[:300] + "…") if len(text) > 300 else text or type(e).__name__

@@ -1,0 +1,117 @@
+"""Follow a submitted run until it ends (``submit --wait``).
+
+Slurm accounting (sacct) is often off on small clusters, so the state comes from
+``squeue`` (which keeps finished jobs for MinJobAge), the progress from the run folder
+(``results.csv``), and the verdict from ``run.json``, where the epilog writes the end state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from slurm_yolo import record as rec
+from slurm_yolo.commands import run_command
+from slurm_yolo.errors import CommandError
+
+# squeue states after which the epilog has already run (the job left COMPLETING).
+FINAL_SLURM_STATES = {
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+    "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED",
+}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One observation of a running job."""
+
+    slurm_state: str | None  # None: squeue no longer knows the job
+    status: str | None       # the job's own status in run.json
+    end_state: str | None    # the epilog's verdict in run.json
+    attempt: int
+    epoch: int
+    epochs: int | None
+    map50_95: float | None
+
+    def line(self) -> str:
+        """A one-line summary for a progress display."""
+        parts = [self.slurm_state or self.status or "?"]
+        if self.attempt > 1:
+            parts.append(f"attempt {self.attempt}")
+        parts.append(f"epoch {self.epoch}/{self.epochs if self.epochs else '?'}")
+        if self.map50_95 is not None:
+            parts.append(f"mAP50-95 {self.map50_95:.4f}")
+        return "  ".join(parts)
+
+
+def squeue_argv(job_id: str) -> list[str]:
+    """``squeue`` for one job (finished ones too), state only."""
+    return ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"]
+
+
+def parse_squeue_state(text: str) -> str | None:
+    """The state from :func:`squeue_argv` output; ``None`` when the job is unknown."""
+    states = [line.strip() for line in text.splitlines() if line.strip()]
+    return states[0] if states else None
+
+
+def observe(run_dir: Path, job_id: str, executor: str) -> Progress:
+    """Look once at the job's Slurm state and the run folder."""
+    state = None
+    if executor == "slurm":
+        try:
+            state = parse_squeue_state(run_command(squeue_argv(job_id), "watch", timeout=30).stdout)
+        except CommandError as e:
+            if "Invalid job id" not in e.detail:
+                raise
+    record = rec.read_record(run_dir)
+    rows = rec.read_results_rows(run_dir / "results.csv")
+    latest = rows[-1] if rows else {}
+    return Progress(
+        slurm_state=state,
+        status=record.get("status"),
+        end_state=record.get("end_state"),
+        attempt=len(record.get("attempts") or []) or 1,
+        epoch=len(rows),
+        epochs=(record.get("config") or {}).get("train", {}).get("epochs"),
+        map50_95=latest.get("map50_95"),
+    )
+
+
+def is_over(p: Progress, executor: str) -> bool:
+    """Whether the run has ended for good (requeued jobs go back to PENDING and are not over)."""
+    if executor == "local":
+        return p.status not in (None, "SUBMITTED", "RUNNING")
+    return p.slurm_state is None or p.slurm_state in FINAL_SLURM_STATES
+
+
+def final_state(p: Progress) -> str:
+    """The run's end state: the epilog's verdict, else the job's own word, else Slurm's."""
+    return p.end_state or (p.status if p.status not in (None, "RUNNING", "SUBMITTED") else None) \
+        or p.slurm_state or "UNKNOWN"
+
+
+def wait_for(
+    run_dir: str | Path, job_id: str, *, executor: str = "slurm", poll_s: float = 3.0,
+    on_progress: Callable[[Progress], None] = lambda p: None, epilog_grace_s: float = 20.0,
+) -> str:
+    """Poll until the run ends; return its end state (``COMPLETED``, ``FAILED``, ...).
+
+    After Slurm reports a final state, waits up to ``epilog_grace_s`` for the epilog's
+    verdict to appear in ``run.json`` (sites without the epilog still get Slurm's state).
+    """
+    run_dir = Path(run_dir)
+    while True:
+        p = observe(run_dir, job_id, executor)
+        on_progress(p)
+        if is_over(p, executor):
+            break
+        time.sleep(poll_s)
+    deadline = time.monotonic() + epilog_grace_s
+    while executor == "slurm" and p.end_state is None and time.monotonic() < deadline:
+        time.sleep(min(poll_s, 1.0))
+        p = observe(run_dir, job_id, executor)
+    on_progress(p)
+    return final_state(p)

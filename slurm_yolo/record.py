@@ -1,0 +1,150 @@
+"""``run.json``: the record of one run, and atomic reads and writes of it.
+
+The launcher creates it, the job fills in the environment, attempts, status and metrics,
+and the epilog records the end state of each attempt. Each writer replaces the whole file
+atomically (temp file in the same folder + ``os.replace``), so a reader never sees half a
+record and a kill mid-write leaves the previous version.
+
+Schema (``schema: 1``)::
+
+    run_id, sweep_id, array_index, reproduces
+    task, project, model_name, user, uid, host, submitted_at
+    config        the fully resolved config
+    code          {repo, commit, dirty} or null
+    dataset       {path, version, fingerprint, files}
+    archive_url   s3://.../<task>/<project>/<model_name>/<run_id>/
+    slurm         {job_id, array_job_id, array_task_id}
+    environment   {python, torch, ultralytics, cuda, gpu, node, platform}
+    attempts      [{attempt, node, start, end, end_state, exit_code, epoch, signals: [{signal, time}]}]
+    status        SUBMITTED | RUNNING | COMPLETED | FAILED | ... (what the job last said)
+    end_state     the epilog's verdict for the last attempt (same vocabulary as attempts)
+    metrics       {epoch, map50, map50_95, precision, recall} best row of results.csv
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+SCHEMA_VERSION = 1
+RUN_JSON = "run.json"
+
+# End states (also used for ``status``). The epilog decides the final one for each attempt.
+END_STATES = (
+    "COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "PREEMPTED", "REQUEUED", "UNKNOWN",
+)
+ACTIVE_STATES = ("SUBMITTED", "PENDING", "RUNNING")
+
+# results.csv column -> metric name in run.json (Ultralytics' detection columns).
+METRIC_COLUMNS = {
+    "metrics/mAP50(B)": "map50",
+    "metrics/mAP50-95(B)": "map50_95",
+    "metrics/precision(B)": "precision",
+    "metrics/recall(B)": "recall",
+}
+
+
+def utc_now() -> str:
+    """The current time as an ISO-8601 UTC string with seconds, e.g. ``2026-11-22T12:00:00Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read ``run_dir/run.json``.
+
+    Raises:
+        FileNotFoundError: no record there.
+        ValueError: the file is not a JSON object.
+    """
+    with open(Path(run_dir) / RUN_JSON, encoding="utf-8") as f:
+        record = json.load(f)
+    if not isinstance(record, dict):
+        raise ValueError(f"{run_dir}/{RUN_JSON} is not a JSON object")
+    return record
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, mode: int = 0o644) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Atomically replace ``run_dir/run.json`` with ``record``."""
+    write_json_atomic(Path(run_dir) / RUN_JSON, record)
+
+
+def update_record(run_dir: str | os.PathLike, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read the record, apply ``change`` to it in place, write it back atomically; return it.
+
+    The launcher (recording the job ID right after sbatch) and a job that already started
+    can overlap, so the read-modify-write holds an exclusive ``flock`` on ``.run.lock``.
+    """
+    lock_fd = os.open(Path(run_dir) / ".run.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        record = read_record(run_dir)
+        change(record)
+        write_record(run_dir, record)
+        return record
+    finally:
+        os.close(lock_fd)
+
+
+def read_metrics(results_csv: str | os.PathLike) -> dict[str, Any] | None:
+    """Best epoch's metrics from an Ultralytics ``results.csv`` (best by mAP50-95).
+
+    Returns ``None`` when the file is missing or has no data rows yet. Column names are
+    stripped: older Ultralytics versions pad them with spaces.
+    """
+    rows = read_results_rows(results_csv)
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r.get("map50_95") if r.get("map50_95") is not None else -1.0)
+    best = dict(best)
+    best["epochs_done"] = len(rows)
+    return best
+
+
+def read_results_rows(results_csv: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows of ``results.csv`` as ``{epoch, map50, map50_95, precision, recall}`` dicts."""
+    try:
+        with open(results_csv, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            raw_rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except FileNotFoundError:
+        return []
+    rows = []
+    for raw in raw_rows:
+        row: dict[str, Any] = {"epoch": _num(raw.get("epoch"), int)}
+        for column, name in METRIC_COLUMNS.items():
+            row[name] = _num(raw.get(column), float)
+        rows.append(row)
+    return rows
+
+
+def _num(text: str | None, kind: type):
+    try:
+        return kind(float(text)) if text not in (None, "") else None
+    except ValueError:
+        return None

@@ -1,0 +1,55 @@
+"""End-state decisions: a table of evidence (as observed on the real cluster) → verdict."""
+
+from __future__ import annotations
+
+import pytest
+
+from slurm_yolo.epilog.endstate import Evidence, decide, parse_scontrol
+
+SCONTROL_OOM = """JobId=12 JobName=yolo-x
+   UserId=root(0) GroupId=root(0) MCS_label=N/A
+   JobState=COMPLETING Reason=OutOfMemory Dependency=(null)
+   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:125
+   Comment=slurm-yolo:v1:/tmp/runs/a b
+   WorkDir=/tmp/with space
+"""
+
+
+def ev(**kw):
+    return Evidence(**kw)
+
+
+@pytest.mark.parametrize("evidence, state", [
+    (ev(exit_code2="0:0", job_status="COMPLETED", scontrol={"Reason": "None", "ExitCode": "0:0"}), "COMPLETED"),
+    (ev(exit_code2="0:0", job_status="COMPLETED"), "COMPLETED"),
+    (ev(exit_code2="3:0", job_status="RUNNING"), "FAILED"),
+    (ev(exit_code2="1:0", job_status="FAILED"), "FAILED"),
+    (ev(exit_code2="0:125", job_status="RUNNING", scontrol={"Reason": "OutOfMemory"}), "OUT_OF_MEMORY"),
+    (ev(exit_code2="0:125", job_status="RUNNING"), "OUT_OF_MEMORY"),
+    (ev(exit_code2="0:0", job_status="TERMINATED", job_signals=("SIGTERM",),
+        scontrol={"Reason": "TimeLimit", "ExitCode": "0:15"}), "TIMEOUT"),
+    (ev(exit_code2="0:0", job_status="TERMINATED", job_signals=("SIGTERM",),
+        scontrol={"Reason": "None", "ExitCode": "0:15"}), "CANCELLED"),
+    (ev(exit_code2="0:0", job_status="TERMINATED", job_signals=("SIGTERM",)), "CANCELLED"),
+    (ev(exit_code2="0:0", restart_count=1, attempt=1, job_status="TERMINATED", job_signals=("SIGTERM",),
+        scontrol={"Restarts": "1", "JobState": "REQUEUED"}), "REQUEUED"),
+    (ev(exit_code2="0:0", restart_count=1, attempt=1, job_status="RUNNING", job_signals=("SIGUSR2",)), "PREEMPTED"),
+    (ev(exit_code2="0:0", restart_count=1, attempt=2, job_status="COMPLETED", scontrol={"Restarts": "1"}),
+     "COMPLETED"),
+    (ev(exit_code2="0:0", job_status="RUNNING"), "UNKNOWN"),
+    (ev(exit_code2=None, job_status=None), "UNKNOWN"),
+])
+def test_decide(evidence, state):
+    assert decide(evidence).state == state
+
+
+def test_verdict_keeps_evidence_and_exit_code():
+    v = decide(ev(exit_code2="3:0", job_status="FAILED"))
+    assert v.exit_code == 3 and v.to_dict()["evidence"]["exit_code2"] == "3:0"
+
+
+def test_parse_scontrol():
+    f = parse_scontrol(SCONTROL_OOM)
+    assert f["JobState"] == "COMPLETING" and f["Reason"] == "OutOfMemory" and f["ExitCode"] == "0:125"
+    assert f["Restarts"] == "0" and f["Comment"] == "slurm-yolo:v1:/tmp/runs/a b"
+    assert f["WorkDir"] == "/tmp/with space"

@@ -1,0 +1,65 @@
+"""Classifying s5cmd --json output, from output captured from the real binary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from slurm_yolo.archive import s5cmd
+from slurm_yolo.archive.store import Store
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "s5cmd"
+
+
+def captured(name):
+    return (DATA / f"{name}.stdout").read_text(), (DATA / f"{name}.stderr").read_text()
+
+
+def test_partial_run_exit_1_with_successes_and_failures():
+    outcomes = s5cmd.parse_output(*captured("run_partial"))
+    ok = [o for o in outcomes if o.ok]
+    bad = [o for o in outcomes if not o.ok]
+    assert sorted(o.destination for o in ok) == ["s3://bk1/x/a.txt", "s3://bk1/x/sub/b.txt"]
+    assert sorted(o.error_class for o in bad) == ["missing_source", "no_bucket"]
+    result = s5cmd.Result(1, outcomes)
+    assert not result.ok and not result.transient
+
+
+def test_refused_connection_is_transient():
+    result = s5cmd.Result(1, s5cmd.parse_output(*captured("refused")))
+    assert not result.ok and result.transient
+    assert result.failures[0].error_class == "unreachable"
+
+
+@pytest.mark.parametrize("line, ok, cls", [
+    ('{"operation":"cp","success":true,"source":"a","destination":"s3://b/a","object":{"size":3}}', True, None),
+    ('{"key":"s3://b/x","size":3,"type":"file"}', True, None),
+    ('{"operation":"cp","error":"AccessDenied: Access Denied status code: 403"}', False, "denied"),
+    ('{"operation":"cp","error":"SlowDown: reduce your request rate"}', False, "throttled"),
+    ("panic: runtime error", False, "unknown"),
+    ("", None, None),
+])
+def test_parse_line(line, ok, cls):
+    o = s5cmd.parse_line(line)
+    if ok is None:
+        assert o is None
+    else:
+        assert o.ok is ok and o.error_class == cls
+
+
+def test_timeout_is_reported_not_raised():
+    r = s5cmd.run(["/bin/sleep", "5"], Store(), deadline=__import__("time").monotonic() + 0.2)
+    assert r.timed_out and not r.ok and r.transient
+
+
+def test_base_argv_always_json_and_absolute_binary():
+    argv = s5cmd.base_argv(Store(endpoint_url="http://127.0.0.1:1", credentials_file="/etc/c", profile="p"))
+    assert argv[0].startswith("/") and "--json" in argv
+    assert argv[argv.index("--endpoint-url") + 1] == "http://127.0.0.1:1"
+
+
+def test_store_environment_does_not_inherit(monkeypatch):
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    env = Store(keys=(("AWS_ACCESS_KEY_ID", "k"),)).environment()
+    assert "LD_PRELOAD" not in env and env["AWS_ACCESS_KEY_ID"] == "k"
