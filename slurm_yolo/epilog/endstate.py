@@ -17,7 +17,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
-REQUEUE_STATES = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PENDING", "CONFIGURING"}
+# During the epilog scontrol shows JobState=COMPLETING in every case seen (docs/admin.md); these
+# are for Slurm versions that already show the requeue.
+REQUEUE_STATES = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ RULES: tuple[tuple[str, str, Callable[[Evidence], bool]], ...] = (
     ("REQUEUED", "requeued (scontrol requeue, node failure or pre-emption)", _requeued),
     ("TIMEOUT", "time limit (Reason=TimeLimit)", lambda e: _sc(e, "Reason") == "TimeLimit"
      or _sc(e, "JobState") == "TIMEOUT"),
+    # submitit sends USR2 signal_delay_s before the limit; a job that is not requeued then
+    # (no requeues left) ends itself before Slurm's own kill.
+    ("TIMEOUT", "time-limit warning (USR2) and not requeued", lambda e: "SIGUSR2" in e.job_signals),
     ("CANCELLED", "SIGTERM without a time limit (scancel)", _cancelled),
     ("COMPLETED", "job recorded COMPLETED and exit code 0", _completed),
     ("FAILED", "non-zero exit code or the job recorded FAILED", _failed),
@@ -126,24 +131,33 @@ def decide(e: Evidence) -> Verdict:
     return Verdict("UNKNOWN", "no rule matched; see evidence", code, e)
 
 
-def parse_scontrol(text: str) -> dict[str, str]:
+def parse_scontrol(text: str, job_id: str | None = None) -> dict[str, str]:
     """``scontrol show job`` output → ``{"JobState": "COMPLETING", "Reason": "None", ...}``.
 
-    Values never contain spaces except after ``Command=``/``WorkDir=``/``Comment=``-like keys
-    that run to the end of their line, which we keep whole.
+    For an array element scontrol may print several records (the array's and the
+    element's); with ``job_id`` the record whose ``JobId`` matches is returned. Values never
+    contain spaces except in line-long keys (Command=, WorkDir=, Comment=, ...) kept whole.
     """
-    fields: dict[str, str] = {}
+    records: list[dict[str, str]] = []
     for line in text.splitlines():
         line = line.strip()
-        m = re.match(r"(Command|WorkDir|StdErr|StdIn|StdOut|Comment|Reason|AdminComment)=(.*)$", line)
-        if m and " " in m.group(2) and m.group(1) != "Reason":
-            fields[m.group(1)] = m.group(2)
+        if line.startswith("JobId="):
+            records.append({})
+        if not records:
+            continue
+        fields = records[-1]
+        m = re.match(r"(Command|WorkDir|StdErr|StdIn|StdOut|Comment|AdminComment)=(.*)$", line)
+        if m:
+            fields[m.group(1)] = m.group(2).rstrip()
             continue
         for token in line.split(" "):
             key, sep, value = token.partition("=")
             if sep and key and key not in fields:
                 fields[key] = value
-    return fields
+    for fields in records:
+        if job_id is None or fields.get("JobId") == str(job_id):
+            return fields
+    return {}
 
 
 def scontrol_argv(scontrol: str, job_id: str) -> list[str]:

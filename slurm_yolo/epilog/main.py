@@ -85,14 +85,16 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
     marker_path = env["SLURM_JOB_COMMENT"][len(MARKER_PREFIX):]
 
     fd = snapshot.open_dir_nofollow(marker_path, uid)
+    sc_fields: dict[str, str] | None = None
     try:
-        task_id = env.get("SLURM_ARRAY_TASK_ID")
-        if task_id not in (None, ""):
-            run_path = snapshot.resolve_array_element(fd, task_id, uid)
+        run_path = marker_path
+        if snapshot.exists_at(fd, "array.json"):
+            # A sweep: Slurm gives the epilog no SLURM_ARRAY_TASK_ID, so find the element
+            # whose job recorded this SLURM_JOB_ID, else ask scontrol for ArrayTaskId.
+            sc_fields = _scontrol(site, job_id, deadline) if site.scontrol else {}
+            run_path = snapshot.resolve_array_element(fd, job_id, uid, task_id=sc_fields.get("ArrayTaskId"))
             os.close(fd)
             fd = snapshot.open_dir_nofollow(run_path, uid)
-        else:
-            run_path = marker_path
         record = snapshot.read_json_at(fd, "run.json", uid)
         if not isinstance(record, dict) or not snapshot.safe_names(record) or record["run_id"] != Path(run_path).name:
             raise snapshot.Refused(f"{run_path}/run.json has unsafe names or a run_id that is not the folder name")
@@ -105,7 +107,7 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
             attempt=int(current.get("attempt") or len(attempts) or 1),
             job_status=current.get("status") if current else record.get("status"),
             job_signals=tuple(str(s.get("signal")) for s in current.get("signals") or [] if isinstance(s, dict)),
-            scontrol=_scontrol(site, job_id, deadline) if site.scontrol else {},
+            scontrol=sc_fields if sc_fields is not None else _scontrol(site, job_id, deadline) if site.scontrol else {},
         )
         verdict = endstate.decide(evidence)
         dest, note = destination(record, site, user)
@@ -179,7 +181,7 @@ def _scontrol(site, job_id: str, deadline: float) -> dict[str, str]:
         proc = run_command(scontrol_argv(site.scontrol_path, job_id), "epilog",
                            timeout=max(0.5, min(5.0, deadline - time.monotonic())),
                            env={"PATH": "/usr/bin:/bin"})
-        return parse_scontrol(proc.stdout)
+        return parse_scontrol(proc.stdout, job_id)
     except (CommandError, ValueError) as e:
         log.warning("job %s: scontrol unavailable (%s); deciding without it", job_id, e)
         return {}

@@ -103,13 +103,46 @@ def read_json_at(dir_fd: int, name: str, uid: int) -> Any:
         os.close(fd)
 
 
-def resolve_array_element(sweep_fd: int, task_id: str, uid: int) -> str:
-    """The run folder path of array element ``task_id`` from the sweep's ``array.json``."""
+def exists_at(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` exists in ``dir_fd`` (not following a final symlink)."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+
+
+def resolve_array_element(sweep_fd: int, job_id: str, uid: int, task_id: str | None = None) -> str:
+    """The run folder of the array element that ran as Slurm job ``job_id``.
+
+    ``array.json`` (written by the launcher) lists the element folders; the element whose
+    ``run.json`` records ``job_id`` in its last attempt is the one (each job writes that
+    first thing). ``task_id`` (from scontrol's ArrayTaskId) is used when no element has
+    recorded it, e.g. a job killed before it started Python.
+    """
     data = read_json_at(sweep_fd, "array.json", uid)
     runs = data.get("runs") if isinstance(data, dict) else None
-    path = runs.get(str(task_id)) if isinstance(runs, dict) else None
+    if not isinstance(runs, dict):
+        raise Refused("array.json has no 'runs' mapping")
+    for path in runs.values():
+        if not isinstance(path, str) or not valid_marker_path(path):
+            continue
+        try:
+            fd = open_dir_nofollow(path, uid)
+        except Refused:
+            continue
+        try:
+            record = read_json_at(fd, "run.json", uid)
+        except (OSError, ValueError, Refused):
+            continue
+        finally:
+            os.close(fd)
+        attempts = record.get("attempts") if isinstance(record, dict) else None
+        if attempts and isinstance(attempts[-1], dict) and str(attempts[-1].get("slurm_job_id")) == str(job_id):
+            return path
+    path = runs.get(str(task_id)) if task_id not in (None, "") else None
     if not isinstance(path, str):
-        raise Refused(f"array.json has no run for array task {task_id!r}")
+        raise Refused(f"no element of the sweep recorded job {job_id} and scontrol gave no ArrayTaskId")
     return path
 
 

@@ -36,6 +36,7 @@ def ev(**kw):
     (ev(exit_code2="0:0", restart_count=1, attempt=1, job_status="RUNNING", job_signals=("SIGUSR2",)), "PREEMPTED"),
     (ev(exit_code2="0:0", restart_count=1, attempt=2, job_status="COMPLETED", scontrol={"Restarts": "1"}),
      "COMPLETED"),
+    (ev(exit_code2="1:0", job_status="FAILED", job_signals=("SIGUSR2",)), "TIMEOUT"),
     (ev(exit_code2="0:0", job_status="RUNNING"), "UNKNOWN"),
     (ev(exit_code2=None, job_status=None), "UNKNOWN"),
 ])
@@ -53,3 +54,18 @@ def test_parse_scontrol():
     assert f["JobState"] == "COMPLETING" and f["Reason"] == "OutOfMemory" and f["ExitCode"] == "0:125"
     assert f["Restarts"] == "0" and f["Comment"] == "slurm-yolo:v1:/tmp/runs/a b"
     assert f["WorkDir"] == "/tmp/with space"
+
+
+SCONTROL_ARRAY = """JobId=13 ArrayJobId=11 ArrayTaskId=0 JobName=yolo-sw
+   JobState=COMPLETING Reason=None Dependency=(null)
+   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0
+JobId=11 ArrayJobId=11 ArrayTaskId=1 JobName=yolo-sw
+   JobState=COMPLETING Reason=None Dependency=(null)
+   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0
+"""
+
+
+def test_parse_scontrol_picks_the_array_element():
+    assert parse_scontrol(SCONTROL_ARRAY, "11")["ArrayTaskId"] == "1"
+    assert parse_scontrol(SCONTROL_ARRAY, "13")["ArrayTaskId"] == "0"
+    assert parse_scontrol(SCONTROL_ARRAY, "99") == {}

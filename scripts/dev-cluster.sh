@@ -1,0 +1,435 @@
+#!/usr/bin/env bash
+# A real one-node Slurm cluster plus a loopback S3 server (moto) for development, tests and
+# the demo, on one Debian 12 machine, as root. Every piece of state lives in ONE folder.
+#
+# Usage: scripts/dev-cluster.sh up|down|status|env
+#   up      install what is missing, start munged, moto (S3), slurmctld, slurmd; idempotent
+#   down    stop what `up` started (munged only if `up` started it); idempotent
+#   status  one line per component; exit 0 if all are up, 1 otherwise
+#   env     `export` lines for: eval "$(scripts/dev-cluster.sh env)"
+#
+# Environment:
+#   SLURM_YOLO_DEV_STATE  state folder            (default /var/lib/slurm-yolo-dev)
+#   SLURM_YOLO_VENV       venv made by setup.sh   (default /opt/slurm-yolo/venv)
+#   SLURM_YOLO_S3_PORT    moto S3 port            (default 9555)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${SLURM_YOLO_DEV_STATE:-/var/lib/slurm-yolo-dev}
+venv=${SLURM_YOLO_VENV:-/opt/slurm-yolo/venv}
+s3_port=${SLURM_YOLO_S3_PORT:-9555}
+endpoint="http://127.0.0.1:$s3_port"
+bucket=slurm-yolo
+node=$(hostname -s)
+conf="$STATE/etc/slurm.conf"
+# Debian's munged keeps its socket and pid file here (its systemd unit's RuntimeDirectory).
+munge_pidfile=/run/munge/munged.pid
+
+log() { printf '[dev-cluster] %s\n' "$*" >&2; }
+die() { printf '[dev-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# pid_alive PIDFILE COMM: true if PIDFILE names a live process whose name starts with COMM
+# (guards against a stale pid file whose pid was reused by something else).
+pid_alive() {
+  local pid comm state
+  [ -s "$1" ] || return 1
+  pid=$(tr -dc '0-9' <"$1" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] || return 1
+  comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+  [[ "$comm" == "$2"* ]] || return 1
+  # A killed daemon can linger as a zombie until PID 1 reaps it: that is not alive.
+  state=$(sed -e 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ "$state" != Z ] && [ "$state" != X ]
+}
+
+# stop_pidfile NAME PIDFILE COMM: SIGTERM, wait up to 15 s, then SIGKILL. No error if not running.
+stop_pidfile() {
+  local name=$1 pidfile=$2 comm=$3 pid
+  if ! pid_alive "$pidfile" "$comm"; then
+    log "$name: not running"
+    rm -f "$pidfile"
+    return 0
+  fi
+  pid=$(tr -dc '0-9' <"$pidfile")
+  log "$name: stopping (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do
+    pid_alive "$pidfile" "$comm" || break
+    sleep 0.1
+  done
+  if pid_alive "$pidfile" "$comm"; then
+    log "$name: still alive after 15 s, SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+s3_ok() {  # endpoint answers and the bucket exists
+  [ -x "$venv/bin/python" ] || return 1
+  "$venv/bin/python" - "$endpoint" "$bucket" <<'EOF' >/dev/null 2>&1
+import sys, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="testing", aws_secret_access_key="testing",
+                  config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
+s3.head_bucket(Bucket=sys.argv[2])
+EOF
+}
+
+s3_answers() {  # anything at all listens and speaks HTTP
+  "$venv/bin/python" - "$endpoint" <<'EOF' >/dev/null 2>&1
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1] + "/", timeout=2)
+except urllib.error.HTTPError:
+    pass
+EOF
+}
+
+node_state() { SLURM_CONF=$conf timeout 10 sinfo -h -n "$node" -o %T 2>/dev/null | head -n1; }
+
+# ---------------------------------------------------------------------------------------------
+install_packages() {
+  local need=() p
+  for p in slurmctld slurmd slurm-client munge; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    log "apt-get install ${need[*]}"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+  fi
+}
+
+ensure_venv() {
+  if [ ! -x "$venv/bin/python" ]; then
+    log "no venv at $venv: running scripts/setup.sh --no-train"
+    SLURM_YOLO_VENV=$venv bash "$here/scripts/setup.sh" --no-train
+  fi
+  if [ ! -x "$venv/bin/moto_server" ]; then
+    log "installing moto[server] into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5'
+  fi
+}
+
+start_munge() {
+  if munge_ok; then
+    log "munge: already running"
+    return 0
+  fi
+  if [ ! -s /etc/munge/munge.key ]; then
+    log "munge: creating /etc/munge/munge.key"
+    mungekey -c -k /etc/munge/munge.key
+  fi
+  # Same ownership and modes the Debian package and its systemd unit give.
+  chown munge:munge /etc/munge /etc/munge/munge.key
+  chmod 0700 /etc/munge; chmod 0600 /etc/munge/munge.key
+  install -d -o munge -g munge -m 0755 /run/munge
+  install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+  if pid_alive "$munge_pidfile" munged; then
+    log "munge: munged runs but does not answer; restarting it"
+    kill -TERM "$(tr -dc '0-9' <"$munge_pidfile")" 2>/dev/null || true
+    sleep 1
+  fi
+  rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock "$munge_pidfile"
+  log "munge: starting munged as user munge"
+  if ! runuser -u munge -- /usr/sbin/munged >/dev/null 2>&1; then
+    log "munge: as user munge failed; trying as root with --force"
+    /usr/sbin/munged --force
+  fi
+  touch "$STATE/munged.started"    # so `down` knows munged is ours to stop
+  for _ in $(seq 1 50); do munge_ok && break; sleep 0.1; done
+  munge_ok || { tail -n 20 /var/log/munge/munged.log >&2 || true; die "munge -n | unmunge fails"; }
+}
+
+make_dirs() {
+  install -d -o root -g root -m 0755 "$STATE" "$STATE/etc" "$STATE/log" "$STATE/run"
+  install -d -o root -g root -m 0700 "$STATE/slurmctld" "$STATE/spool"
+  # slurmd puts each job's script in SlurmdSpoolDir/jobNNNNN (owned by the job user): the
+  # folder must be traversable by everyone, as Debian's /var/spool/slurmd is.
+  install -d -o root -g root -m 0755 "$STATE/slurmd"
+  chmod 0755 "$STATE/slurmd"
+  install -d -o root -g root -m 1777 "$STATE/runs"
+  chmod 1777 "$STATE/runs"   # install -d keeps the mode of an existing folder otherwise
+  chmod 0700 "$STATE/spool"
+}
+
+conf_changed=0  # set to 1 by write_slurm_conf when slurm.conf or cgroup.conf changed
+written=0       # set by write_atomic: 1 if the file was (re)written
+
+write_atomic() {  # write_atomic PATH MODE  (content on stdin; replaced only when it changed)
+  local tmp
+  tmp=$(mktemp "$1.XXXXXX")
+  cat >"$tmp"
+  chown root:root "$tmp"; chmod "$2" "$tmp"
+  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then
+    rm -f "$tmp"; chown root:root "$1"; chmod "$2" "$1"; written=0
+  else
+    mv -f "$tmp" "$1"; written=1
+  fi
+}
+
+write_slurm_conf() {
+  # RealMemory must not exceed what slurmd finds, or the node is drained ("Low RealMemory").
+  local mem found
+  found=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -n1)
+  mem=8000
+  if [ -n "$found" ] && [ "$found" -lt "$mem" ]; then mem=$found; fi
+  write_atomic "$conf" 0644 <<EOF
+# One-node dev cluster for slurm-yolo (written by scripts/dev-cluster.sh; do not edit)
+ClusterName=slurmyolo
+SlurmctldHost=$node(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort=6817
+SlurmdPort=6818
+AuthType=auth/munge
+# A requeued job waits cred_expire seconds before it may start again (default 120 s).
+AuthInfo=cred_expire=10
+CredType=cred/munge
+MpiDefault=none
+MailProg=/bin/true
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=5,bf_interval=5
+JobRequeue=1
+ReturnToService=2
+MinJobAge=600
+KillWait=5
+OverTimeLimit=0
+# Without a default, CR_Core_Memory gives a job with no --mem the whole node's memory.
+DefMemPerCPU=1000
+InactiveLimit=0
+Waittime=0
+Epilog=$STATE/epilog
+PrologEpilogTimeout=180
+StateSaveLocation=$STATE/slurmctld
+SlurmdSpoolDir=$STATE/slurmd
+SlurmctldPidFile=$STATE/run/slurmctld.pid
+SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmctldLogFile=$STATE/log/slurmctld.log
+SlurmdLogFile=$STATE/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+NodeName=$node NodeAddr=127.0.0.1 CPUs=2 RealMemory=$mem State=UNKNOWN
+# Two cores only: let up to 10 jobs share a core so that tests (and the 20-jobs-at-once
+# epilog test) can run jobs side by side; memory stays a consumable, enforced resource.
+PartitionName=debug Default=YES Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=FORCE:10
+EOF
+  conf_changed=$written
+  # Swap limits need cgroup v1 memory.memsw.* (absent when the kernel has swap accounting off).
+  local swap=""
+  if [ -e /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes ]; then swap="ConstrainSwapSpace=yes"; fi
+  write_atomic "$STATE/etc/cgroup.conf" 0644 <<EOF
+# written by scripts/dev-cluster.sh
+ConstrainCores=no
+ConstrainRAMSpace=yes
+$swap
+EOF
+  [ "$written" = 1 ] && conf_changed=1
+  # Keep Debian's /etc/slurm/plugstack.conf (if any) out of our cluster: an empty one here.
+  [ -f "$STATE/etc/plugstack.conf" ] || write_atomic "$STATE/etc/plugstack.conf" 0644 </dev/null
+}
+
+write_epilog() {
+  local src="$here/scripts/slurm-yolo-epilog.sh" tmp
+  if [ -f "$src" ]; then
+    tmp=$(mktemp "$STATE/epilog.XXXXXX")
+    # slurmd runs the epilog with no PATH: absolute paths only.
+    sed -e "s|^PYTHON=.*|PYTHON=$venv/bin/python|" \
+        -e "s|^SITE_CONFIG=.*|SITE_CONFIG=$STATE/site.yaml|" "$src" >"$tmp"
+    grep -q "^PYTHON=" "$tmp" || log "epilog: WARNING: no PYTHON= line in $src to point at $venv/bin/python"
+    if ! grep -q "^SITE_CONFIG=" "$tmp" && ! grep -q "SLURM_YOLO_SITE_CONFIG=" "$tmp"; then
+      # Neither a SITE_CONFIG= line to rewrite nor its own setting: set it after the shebang.
+      sed -i "1a SLURM_YOLO_SITE_CONFIG=$STATE/site.yaml; export SLURM_YOLO_SITE_CONFIG" "$tmp"
+    fi
+    write_atomic "$STATE/epilog" 0755 <"$tmp"
+    rm -f "$tmp"
+  else
+    log "epilog: $src missing; installing a no-op placeholder"
+    printf '#!/bin/sh\nexit 0\n' | write_atomic "$STATE/epilog" 0755
+  fi
+}
+
+write_site_files() {
+  write_atomic "$STATE/credentials" 0600 <<'EOF'
+[default]
+aws_access_key_id = testing
+aws_secret_access_key = testing
+EOF
+  write_atomic "$STATE/site.yaml" 0644 <<EOF
+# slurm-yolo site config for the local dev cluster (written by scripts/dev-cluster.sh)
+store:
+  endpoint_url: $endpoint
+  region: us-east-1
+  credentials_file: $STATE/credentials
+  profile: default
+allowed_prefix: "s3://$bucket/runs/{user}/"
+index_url: "s3://$bucket/index/"
+spool_dir: $STATE/spool
+log_file: $STATE/log/epilog.log
+time_budget_s: 60
+s5cmd_workers: 32
+scontrol: true
+EOF
+}
+
+start_moto() {
+  if pid_alive "$STATE/run/moto.pid" moto_server || pid_alive "$STATE/run/moto.pid" python; then
+    log "s3: moto already running"
+  elif s3_answers; then
+    die "something else already listens on 127.0.0.1:$s3_port (set SLURM_YOLO_S3_PORT)"
+  else
+    log "s3: starting moto_server on $endpoint"
+    setsid nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" \
+      >>"$STATE/log/moto.log" 2>&1 </dev/null &
+    echo $! >"$STATE/run/moto.pid"
+  fi
+  for _ in $(seq 1 100); do s3_answers && break; sleep 0.2; done
+  s3_answers || { tail -n 20 "$STATE/log/moto.log" >&2 || true; die "moto_server does not answer on $endpoint"; }
+  "$venv/bin/python" - "$endpoint" "$bucket" <<'EOF'
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="testing", aws_secret_access_key="testing")
+try:
+    s3.head_bucket(Bucket=sys.argv[2])
+except Exception:
+    s3.create_bucket(Bucket=sys.argv[2])
+EOF
+}
+
+slurm_logs_tail() {
+  local f
+  for f in "$STATE/log/slurmctld.log" "$STATE/log/slurmd.log"; do
+    [ -f "$f" ] && { printf '==> %s <==\n' "$f" >&2; tail -n 25 "$f" >&2; }
+  done
+  return 0
+}
+
+start_slurm() {
+  export SLURM_CONF=$conf
+  if [ "$conf_changed" = 1 ] && { pid_alive "$STATE/run/slurmctld.pid" slurmctld || pid_alive "$STATE/run/slurmd.pid" slurmd; }; then
+    # Some settings (auth, plugins, ports) need a restart, not `scontrol reconfigure`.
+    # Running jobs survive: their slurmstepd keep running and the state is saved.
+    log "slurm.conf/cgroup.conf changed: restarting slurmd and slurmctld"
+    stop_pidfile slurmd "$STATE/run/slurmd.pid" slurmd
+    stop_pidfile slurmctld "$STATE/run/slurmctld.pid" slurmctld
+  fi
+  if pid_alive "$STATE/run/slurmctld.pid" slurmctld; then
+    log "slurmctld: already running"
+  else
+    log "slurmctld: starting"
+    slurmctld -f "$conf" || { slurm_logs_tail; die "slurmctld failed to start"; }
+  fi
+  for _ in $(seq 1 100); do scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.2; done
+  scontrol ping 2>/dev/null | grep -q 'is UP' || { slurm_logs_tail; die "slurmctld does not answer"; }
+  if pid_alive "$STATE/run/slurmd.pid" slurmd; then
+    log "slurmd: already running"
+  else
+    log "slurmd: starting"
+    slurmd -f "$conf" || { slurm_logs_tail; die "slurmd failed to start"; }
+  fi
+  local st="" resumed=0
+  for _ in $(seq 1 120); do
+    st=$(node_state)
+    case "$st" in
+      idle|mixed|allocated|completing) break ;;
+      drained|draining|drain*|down|fail*)
+        if [ "$resumed" = 0 ]; then
+          log "node $node is $st: scontrol update state=resume"
+          scontrol update nodename="$node" state=resume 2>/dev/null || true
+          resumed=1
+        fi ;;
+    esac
+    sleep 0.5
+  done
+  case "$st" in
+    idle|mixed|allocated|completing) log "node $node: $st" ;;
+    *) slurm_logs_tail; die "node $node not idle after 60 s (state: ${st:-none})" ;;
+  esac
+}
+
+cmd_up() {
+  [ "$(id -u)" = 0 ] || die "run as root"
+  install_packages
+  make_dirs
+  ensure_venv
+  start_munge
+  write_slurm_conf
+  write_epilog
+  write_site_files
+  start_moto
+  start_slurm
+  log "up: state in $STATE; now run: eval \"\$($here/scripts/dev-cluster.sh env)\""
+}
+
+cmd_down() {
+  stop_pidfile slurmd "$STATE/run/slurmd.pid" slurmd
+  stop_pidfile slurmctld "$STATE/run/slurmctld.pid" slurmctld
+  if pid_alive "$STATE/run/moto.pid" moto_server; then
+    stop_pidfile s3 "$STATE/run/moto.pid" moto_server
+  else
+    stop_pidfile s3 "$STATE/run/moto.pid" python
+  fi
+  if [ -f "$STATE/munged.started" ]; then
+    stop_pidfile munged "$munge_pidfile" munged
+    rm -f "$STATE/munged.started"
+  else
+    log "munged: not started by us; left alone"
+  fi
+}
+
+cmd_status() {
+  local ok=0 st
+  if munge_ok; then echo "munge:     up"; else echo "munge:     DOWN"; ok=1; fi
+  if pid_alive "$STATE/run/slurmctld.pid" slurmctld && SLURM_CONF=$conf timeout 10 scontrol ping 2>/dev/null | grep -q 'is UP'; then
+    echo "slurmctld: up (pid $(cat "$STATE/run/slurmctld.pid"))"
+  else
+    echo "slurmctld: DOWN"; ok=1
+  fi
+  st=$(node_state || true)
+  if pid_alive "$STATE/run/slurmd.pid" slurmd; then
+    case "$st" in
+      idle|mixed|allocated|completing) echo "slurmd:    up (pid $(cat "$STATE/run/slurmd.pid")), node $node ${st}" ;;
+      *) echo "slurmd:    up (pid $(cat "$STATE/run/slurmd.pid")), node $node ${st:-unknown} (NOT USABLE)"; ok=1 ;;
+    esac
+  else
+    echo "slurmd:    DOWN${st:+ (node $node $st)}"; ok=1
+  fi
+  if s3_ok; then echo "s3:        up $endpoint, bucket s3://$bucket"; else echo "s3:        DOWN ($endpoint, bucket s3://$bucket)"; ok=1; fi
+  return $ok
+}
+
+cmd_env() {
+  emit() { printf 'export %s=%q\n' "$1" "$2"; }
+  emit SLURM_CONF "$conf"
+  # PATH is expanded by the evaluating shell, so it keeps that shell's own PATH.
+  # shellcheck disable=SC2016  # $PATH is for the evaluating shell to expand
+  printf 'export PATH=%q:"$PATH"\n' "$venv/bin"
+  emit AWS_ENDPOINT_URL "$endpoint"
+  emit S3_ENDPOINT_URL "$endpoint"
+  emit AWS_ACCESS_KEY_ID testing
+  emit AWS_SECRET_ACCESS_KEY testing
+  emit AWS_DEFAULT_REGION us-east-1
+  emit SLURM_YOLO_SITE_CONFIG "$STATE/site.yaml"
+  emit SLURM_YOLO_DEV_STATE "$STATE"
+  emit SLURM_YOLO_RUNS "$STATE/runs"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+esac

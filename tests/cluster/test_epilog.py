@@ -1,0 +1,164 @@
+"""Issue 3 on the real cluster: every way a job can end leads to a verified archive.
+
+Each test submits a real job with `slurm-yolo submit`, makes it end in the stated way,
+then reads the store back: every manifest file present with the right sha256, run.json
+with the right end state, the index record written. The node is checked after every test
+(conftest: never drained).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import (archived_record, demo_config, index_record, job_state, list_keys, read_object,
+                                    slurm_yolo as cli, spool_dir, submit_json, verify_archive, wait_for,
+                                    wait_job_over)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.training]
+
+
+def results_rows(run_dir: Path) -> int:
+    try:
+        return max(0, len((run_dir / "results.csv").read_text().strip().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def wait_training(run_dir: Path, rows: int = 1, timeout: float = 300) -> None:
+    wait_for(lambda: results_rows(run_dir) >= rows, timeout, f"{rows} epoch(s) in {run_dir}/results.csv")
+
+
+def private_dataset(src_yaml: Path, dest: Path) -> Path:
+    """A copy of the dataset the test may damage."""
+    shutil.copytree(src_yaml.parent, dest)
+    text = (dest / "data.yaml").read_text().replace(str(src_yaml.parent), str(dest))
+    (dest / "data.yaml").write_text(text)
+    subprocess.run(["chmod", "-R", "a+rwX", str(dest)], check=True)
+    return dest / "data.yaml"
+
+
+def test_completes_normally(cluster, s3, dataset, runs_root, tmp_path):
+    out = submit_json(cluster, demo_config(tmp_path, dataset), runs_root=runs_root)
+    wait_job_over(cluster, out["job_id"])
+    record, manifest = verify_archive(s3, out["archive_url"])
+    assert record["end_state"] == "COMPLETED" and record["attempts"][-1]["end_state"] == "COMPLETED"
+    assert {"results.csv", "args.yaml", "weights/best.pt", "weights/last.pt", "train.log"} <= set(manifest["files"])
+    assert out["archive_url"] == record["archive_url"]
+    assert "/runs/root/test/detect/pcb-test/yolov8n/" in out["archive_url"]
+    idx = index_record(s3, cluster, out["run_id"])
+    assert idx["end_state"] == "COMPLETED" and idx["archive_url"] == out["archive_url"]
+    assert idx["map50_95"] == record["metrics"]["map50_95"]
+    # The user's own folder learns the verdict too.
+    local = json.loads((Path(out["run_dir"]) / "run.json").read_text())
+    assert local["end_state"] == "COMPLETED"
+
+
+def test_error_mid_training_is_failed(cluster, s3, dataset, runs_root, tmp_path):
+    data = private_dataset(dataset, tmp_path / "ds")
+    out = submit_json(cluster, demo_config(tmp_path, data, epochs=50), runs_root=runs_root)
+    wait_training(Path(out["run_dir"]))
+    shutil.rmtree(data.parent / "images" / "train")  # the next epoch cannot load its images
+    wait_job_over(cluster, out["job_id"])
+    record = archived_record(s3, out["archive_url"])
+    verify_archive(s3, out["archive_url"])
+    assert record["end_state"] == "FAILED", record["epilog"]
+    attempt = record["attempts"][-1]
+    assert attempt["exit_code"] != 0 and "error" in attempt
+    assert 1 <= attempt["epoch"] < 50
+
+
+def test_cgroup_oom_kill(cluster, s3, dataset, runs_root, tmp_path):
+    out = submit_json(cluster, demo_config(tmp_path, dataset), "slurm.mem=400M", runs_root=runs_root)
+    assert wait_job_over(cluster, out["job_id"]) == "OUT_OF_MEMORY"
+    record, _ = verify_archive(s3, out["archive_url"])
+    assert record["end_state"] == "OUT_OF_MEMORY", record["epilog"]
+
+
+def test_time_limit(cluster, s3, dataset, runs_root, tmp_path):
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=500), "slurm.time=1",
+                      "slurm.signal_delay_s=30", "slurm.max_requeues=0", runs_root=runs_root)
+    wait_job_over(cluster, out["job_id"], timeout=240)
+    record, _ = verify_archive(s3, out["archive_url"])
+    assert record["end_state"] == "TIMEOUT", record["epilog"]
+    assert record["attempts"][-1]["epoch"] >= 1
+
+
+def test_scancel_mid_training(cluster, s3, dataset, runs_root, tmp_path):
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=100), runs_root=runs_root)
+    wait_training(Path(out["run_dir"]))
+    subprocess.run(["scancel", out["job_id"]], check=True, env=cluster)
+    wait_job_over(cluster, out["job_id"])
+    record, _ = verify_archive(s3, out["archive_url"])
+    assert record["end_state"] == "CANCELLED", record["epilog"]
+    assert "SIGTERM" in [s["signal"] for s in record["attempts"][-1]["signals"]]
+
+
+def test_requeue_mid_training(cluster, s3, dataset, runs_root, tmp_path):
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=4), runs_root=runs_root)
+    run_dir = Path(out["run_dir"])
+    wait_training(run_dir)
+    subprocess.run(["scontrol", "requeue", out["job_id"]], check=True, env=cluster)
+    # The first attempt's snapshot lands in the store, marked with its attempt number...
+    first = archived_record(s3, out["archive_url"], state="REQUEUED", timeout=120)
+    assert first["attempts"][0]["end_state"] == "REQUEUED" and first["attempts"][0]["attempt"] == 1
+    # ...and the final attempt's archive is the complete run.
+    wait_for(lambda: job_state(cluster, out["job_id"]) == "COMPLETED", 400, "the requeued job to complete")
+    record = archived_record(s3, out["archive_url"], state="COMPLETED", timeout=60)
+    verify_archive(s3, out["archive_url"])
+    assert [a["attempt"] for a in record["attempts"]] == [1, 2]
+    assert [a["end_state"] for a in record["attempts"]] == ["REQUEUED", "COMPLETED"]
+
+
+def test_non_root_user_lands_under_own_prefix(cluster, s3, dataset, runs_root, tmp_path, test_user):
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=1), user=test_user.pw_name,
+                      runs_root=runs_root)
+    assert Path(out["run_dir"]).stat().st_uid == test_user.pw_uid
+    wait_job_over(cluster, out["job_id"])
+    record, _ = verify_archive(s3, out["archive_url"])
+    assert f"/runs/{test_user.pw_name}/" in out["archive_url"] == record["archive_url"]
+    assert record["user"] == test_user.pw_name and record["end_state"] == "COMPLETED"
+    local = json.loads((Path(out["run_dir"]) / "run.json").read_text())
+    assert local["end_state"] == "COMPLETED"
+    assert (Path(out["run_dir"]) / "run.json").stat().st_uid == test_user.pw_uid  # written back as the user
+
+
+@pytest.fixture
+def store_down(cluster):
+    """Point the site config at a closed port for the duration of the test."""
+    path = Path(cluster["SLURM_YOLO_SITE_CONFIG"])
+    original = path.read_text()
+    path.write_text(original.replace(cluster["AWS_ENDPOINT_URL"], "http://127.0.0.1:9"))
+
+    def restore():
+        path.write_text(original)
+
+    yield restore
+    restore()
+
+
+def test_store_down_goes_to_spool_then_drains(cluster, s3, dataset, runs_root, tmp_path, store_down):
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=1), runs_root=runs_root)
+    state = wait_job_over(cluster, out["job_id"])
+    assert state == "COMPLETED"  # the epilog exited 0 (else Slurm would say otherwise and drain the node)
+    log = (Path(cluster["SLURM_YOLO_DEV_STATE"]) / "log" / "epilog.log").read_text()
+    done = [line for line in log.splitlines() if f"job {out['job_id']}: epilog done in" in line]
+    assert done and float(done[-1].split("done in ")[1].split(" s")[0]) < 60
+    pending = json.loads(cli(cluster, "spool", "list", "--json").stdout)
+    assert [e["entry"] for e in pending if e["entry"].startswith(out["run_id"])] == [f"{out['run_id']}.a1"]
+    assert not list_keys(s3, out["archive_url"])
+    store_down()  # the store is back
+    drained = cli(cluster, "spool", "drain", "--json")
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    assert f"{out['run_id']}.a1" in json.loads(drained.stdout)["shipped"]
+    record, _ = verify_archive(s3, out["archive_url"])
+    assert record["end_state"] == "COMPLETED"
+    assert index_record(s3, cluster, out["run_id"])["run_id"] == out["run_id"]
+    again = cli(cluster, "spool", "drain", "--json")  # idempotent
+    assert again.returncode == 0 and json.loads(again.stdout)["pending"] == []
