@@ -33,6 +33,9 @@ class Evidence:
         job_status: the job's last status in run.json (COMPLETED, FAILED, TERMINATED, RUNNING, ...).
         job_signals: signal names the job recorded during this attempt.
         scontrol: ``scontrol show job`` fields (JobState, Reason, ExitCode, Restarts), or empty.
+        oom_in_log: slurmstepd reported an oom-kill in this attempt's job log. An OOM in the
+            srun step (where the job runs) shows as a plain ``1:0`` exit and Reason=NonZeroExitCode
+            during the epilog; Slurm only marks the job OUT_OF_MEMORY after the epilog.
     """
 
     exit_code2: str | None = None
@@ -41,6 +44,7 @@ class Evidence:
     job_status: str | None = None
     job_signals: tuple[str, ...] = ()
     scontrol: Mapping[str, str] = field(default_factory=dict)
+    oom_in_log: bool = False
 
     def exit_status(self) -> tuple[int | None, int | None]:
         """``(exit code, signal)`` from ``exit_code2``; ``(None, None)`` if absent."""
@@ -86,7 +90,8 @@ def _requeued(e: Evidence) -> bool:
 
 def _oom(e: Evidence) -> bool:
     code, sig = e.exit_status()
-    return _sc(e, "Reason") == "OutOfMemory" or _sc(e, "JobState") == "OUT_OF_MEMORY" or sig == 125
+    return _sc(e, "Reason") == "OutOfMemory" or _sc(e, "JobState") == "OUT_OF_MEMORY" or sig == 125 \
+        or e.oom_in_log
 
 
 def _cancelled(e: Evidence) -> bool:
@@ -107,7 +112,7 @@ def _completed(e: Evidence) -> bool:
 
 # (state, rule name, predicate) — order matters: the first match wins.
 RULES: tuple[tuple[str, str, Callable[[Evidence], bool]], ...] = (
-    ("OUT_OF_MEMORY", "cgroup OOM (Reason=OutOfMemory or signal 125)", _oom),
+    ("OUT_OF_MEMORY", "cgroup OOM (Reason=OutOfMemory, signal 125 or slurmstepd's oom-kill report)", _oom),
     ("PREEMPTED", "requeued after the job caught the pre-emption/time-limit signal",
      lambda e: _requeued(e) and "SIGUSR2" in e.job_signals),
     ("REQUEUED", "requeued (scontrol requeue, node failure or pre-emption)", _requeued),
@@ -129,6 +134,33 @@ def decide(e: Evidence) -> Verdict:
         if predicate(e):
             return Verdict(state, rule, code, e)
     return Verdict("UNKNOWN", "no rule matched; see evidence", code, e)
+
+
+OOM_REPORT = re.compile(r"Detected \d+ oom.kill event")
+ATTEMPT_BANNER = "[slurm-yolo] run "
+LOG_TAIL_BYTES = 256 << 10
+
+
+def oom_in_log_text(text: str, attempt: int) -> bool:
+    """Whether slurmstepd reported an oom-kill after the banner of ``attempt`` in a job log.
+
+    The log is appended to across requeues; the job prints ``[slurm-yolo] run X attempt N``
+    when it starts, so only what follows this attempt's banner counts.
+    """
+    banner = text.rfind(f" attempt {attempt} on ")
+    return bool(OOM_REPORT.search(text[banner if banner >= 0 else 0:]))
+
+
+def oom_in_logs(snapshot_dir, job_id: str, attempt: int) -> bool:
+    """Scan this job's Slurm logs in the epilog's (already safely copied) snapshot."""
+    from pathlib import Path
+
+    for log in sorted(Path(snapshot_dir).glob(f"slurm/{job_id}_*log.*")):
+        with open(log, "rb") as f:
+            f.seek(max(0, log.stat().st_size - LOG_TAIL_BYTES))
+            if oom_in_log_text(f.read().decode("utf-8", "replace"), attempt):
+                return True
+    return False
 
 
 def parse_scontrol(text: str, job_id: str | None = None) -> dict[str, str]:

@@ -82,65 +82,51 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
     job_id = env.get("SLURM_JOB_ID", "")
     uid = int(env["SLURM_JOB_UID"])
     user, gid = _user(uid, env)
-    marker_path = env["SLURM_JOB_COMMENT"][len(MARKER_PREFIX):]
-
-    fd = snapshot.open_dir_nofollow(marker_path, uid)
-    sc_fields: dict[str, str] | None = None
+    fd, run_path, record, sc_fields = _resolve_run(env, site, uid, deadline)
     try:
-        run_path = marker_path
-        if snapshot.exists_at(fd, "array.json"):
-            # A sweep: Slurm gives the epilog no SLURM_ARRAY_TASK_ID, so find the element
-            # whose job recorded this SLURM_JOB_ID, else ask scontrol for ArrayTaskId.
-            sc_fields = _scontrol(site, job_id, deadline) if site.scontrol else {}
-            run_path = snapshot.resolve_array_element(fd, job_id, uid, task_id=sc_fields.get("ArrayTaskId"))
-            os.close(fd)
-            fd = snapshot.open_dir_nofollow(run_path, uid)
-        record = snapshot.read_json_at(fd, "run.json", uid)
-        if not isinstance(record, dict) or not snapshot.safe_names(record) or record["run_id"] != Path(run_path).name:
-            raise snapshot.Refused(f"{run_path}/run.json has unsafe names or a run_id that is not the folder name")
         run_id = record["run_id"]
         attempts = record.get("attempts") or []
-        current = attempts[-1] if attempts else {}
-        evidence = endstate.Evidence(
-            exit_code2=env.get("SLURM_JOB_EXIT_CODE2"),
-            restart_count=int(env.get("SLURM_JOB_RESTART_COUNT") or 0),
-            attempt=int(current.get("attempt") or len(attempts) or 1),
-            job_status=current.get("status") if current else record.get("status"),
-            job_signals=tuple(str(s.get("signal")) for s in current.get("signals") or [] if isinstance(s, dict)),
-            scontrol=sc_fields if sc_fields is not None else _scontrol(site, job_id, deadline) if site.scontrol else {},
-        )
-        verdict = endstate.decide(evidence)
-        dest, note = destination(record, site, user)
-        now = utc_now()
-
-        def apply(r: dict[str, Any]) -> None:
-            r["end_state"] = verdict.state
-            r["archive_url"] = dest
-            if r.get("attempts"):
-                a = r["attempts"][-1]
-                a.setdefault("end", now)
-                a["end_state"] = verdict.state
-                a["exit_code"] = verdict.exit_code
-                a["epilog"] = {"node": env.get("SLURMD_NODENAME"), "time": now, "rule": verdict.rule}
-            r["status"] = verdict.state
-
-        apply(record)
-        record.setdefault("epilog", {})["evidence"] = verdict.to_dict()["evidence"]
-        # Tell the user's folder too (as the user, never as root inside their folder).
-        wb = writeback.update_as_user(run_path, uid, gid, apply, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
-
+        current = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
+        attempt = int(current.get("attempt") or len(attempts) or 1)
         spool_root = Path(site.spool_dir)
         spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = spool.RunLock(spool_root, run_id)
         try:
             lock.acquire(timeout=max(0.0, min(10.0, deadline - time.monotonic())))
-            attempt = evidence.attempt
             superseded = spool.supersede_older(spool_root, run_id, attempt)
             entry = spool_root / spool.entry_name(run_id, attempt)
             stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
             snap = snapshot.copy_tree(fd, uid, entry / "files", deadline=stage_deadline,
                                       exclude=frozenset({"run.json", "MANIFEST.json", ".run.lock"}))
-            record.setdefault("epilog", {}).update(skipped=snap.skipped[:200], snapshot_complete=snap.complete)
+            evidence = endstate.Evidence(
+                exit_code2=env.get("SLURM_JOB_EXIT_CODE2"),
+                restart_count=int(env.get("SLURM_JOB_RESTART_COUNT") or 0),
+                attempt=attempt,
+                job_status=current.get("status") if current else record.get("status"),
+                job_signals=tuple(str(x.get("signal")) for x in current.get("signals") or [] if isinstance(x, dict)),
+                scontrol=sc_fields if sc_fields is not None else
+                _scontrol(site, job_id, deadline, env) if site.scontrol else {},
+                oom_in_log=endstate.oom_in_logs(entry / "files", job_id, attempt),
+            )
+            verdict = endstate.decide(evidence)
+            dest, note = destination(record, site, user)
+            now = utc_now()
+
+            def apply(r: dict[str, Any]) -> None:
+                r["end_state"] = r["status"] = verdict.state
+                r["archive_url"] = dest
+                if r.get("attempts"):
+                    a = r["attempts"][-1]
+                    a["end"] = a.get("end") or now
+                    a.update(end_state=verdict.state, exit_code=verdict.exit_code,
+                             epilog={"node": env.get("SLURMD_NODENAME"), "time": now, "rule": verdict.rule})
+
+            apply(record)
+            record["epilog"] = {"evidence": verdict.to_dict()["evidence"], "skipped": snap.skipped[:200],
+                                "snapshot_complete": snap.complete}
+            # Tell the user's folder too (as the user, never as root inside their folder).
+            wb = writeback.update_as_user(run_path, uid, gid, apply,
+                                          timeout=min(5.0, max(0.5, deadline - time.monotonic())))
             manifest = {"version": 1, "run_id": run_id, "attempt": attempt, "created": now, "files": snap.files}
             info = {"run_id": run_id, "index_id": run_id, "attempt": attempt, "job_id": job_id, "user": user,
                     "uid": uid, "dest": dest, "source": run_path, "created": now, "state": spool.STAGED,
@@ -150,14 +136,37 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
         finally:
             lock.close()
     finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        os.close(fd)
     return {"job": job_id, "run": run_id, "state": verdict.state, "rule": verdict.rule, "dest": dest,
             "files": len(snap.files), "skipped": len(snap.skipped), "complete": snap.complete,
             "shipped": result.ok, "detail": result.detail, "writeback": wb, "note": note,
             "superseded": superseded}
+
+
+def _resolve_run(env: Mapping[str, str], site, uid: int, deadline: float):
+    """Marker → (open run folder fd, its path, its run.json, scontrol fields if already asked)."""
+    from slurm_yolo.epilog import snapshot
+
+    job_id = env.get("SLURM_JOB_ID", "")
+    marker_path = env["SLURM_JOB_COMMENT"][len(MARKER_PREFIX):]
+    fd = snapshot.open_dir_nofollow(marker_path, uid)
+    sc_fields: dict[str, str] | None = None
+    try:
+        run_path = marker_path
+        if snapshot.exists_at(fd, "array.json"):
+            # A sweep: Slurm gives the epilog no SLURM_ARRAY_TASK_ID, so find the element
+            # whose job recorded this SLURM_JOB_ID, else ask scontrol for ArrayTaskId.
+            sc_fields = _scontrol(site, job_id, deadline, env) if site.scontrol else {}
+            run_path = snapshot.resolve_array_element(fd, job_id, uid, task_id=sc_fields.get("ArrayTaskId"))
+            os.close(fd)
+            fd = snapshot.open_dir_nofollow(run_path, uid)
+        record = snapshot.read_json_at(fd, "run.json", uid)
+        if not isinstance(record, dict) or not snapshot.safe_names(record) or record["run_id"] != Path(run_path).name:
+            raise snapshot.Refused(f"{run_path}/run.json has unsafe names or a run_id that is not the folder name")
+        return fd, run_path, record, sc_fields
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def destination(record: Mapping[str, Any], site, user: str) -> tuple[str, str]:
@@ -172,7 +181,7 @@ def destination(record: Mapping[str, Any], site, user: str) -> tuple[str, str]:
     return prefix + tail, f"archive_url {wanted!r} is outside {prefix}; archived under it instead"
 
 
-def _scontrol(site, job_id: str, deadline: float) -> dict[str, str]:
+def _scontrol(site, job_id: str, deadline: float, env: Mapping[str, str]) -> dict[str, str]:
     from slurm_yolo.commands import run_command
     from slurm_yolo.epilog.endstate import parse_scontrol, scontrol_argv
     from slurm_yolo.errors import CommandError
@@ -180,7 +189,8 @@ def _scontrol(site, job_id: str, deadline: float) -> dict[str, str]:
     try:
         proc = run_command(scontrol_argv(site.scontrol_path, job_id), "epilog",
                            timeout=max(0.5, min(5.0, deadline - time.monotonic())),
-                           env={"PATH": "/usr/bin:/bin"})
+                           # slurmd sets SLURM_CONF for the epilog; scontrol needs it (or /etc/slurm).
+                           env={"PATH": "/usr/bin:/bin", **{k: env[k] for k in ("SLURM_CONF",) if k in env}})
         return parse_scontrol(proc.stdout, job_id)
     except (CommandError, ValueError) as e:
         log.warning("job %s: scontrol unavailable (%s); deciding without it", job_id, e)

@@ -28,15 +28,12 @@ pytestmark = pytest.mark.cluster
 
 
 def _cluster_env() -> dict[str, str]:
-    out = subprocess.run(["bash", str(DEV), "env"], capture_output=True, text=True, timeout=30)
-    env = dict(os.environ)
+    """The environment after `eval "$(scripts/dev-cluster.sh env)"`, exactly as a shell gets it."""
+    out = subprocess.run(["bash", "-c", f'eval "$(bash {shlex.quote(str(DEV))} env)" && env -0'],
+                         capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
         pytest.fail(f"scripts/dev-cluster.sh env failed: {out.stderr.strip()}")
-    for line in out.stdout.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            env[key] = shlex.split(value)[0] if value else ""
-    return env
+    return dict(item.split("=", 1) for item in out.stdout.split("\0") if "=" in item)
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +97,7 @@ def node_stays_usable(request):
     assert "drain" not in out and "down" not in out, f"node state after test: {out}"
 
 
-def demo_config(tmp_path: Path, dataset: Path, **train) -> Path:
+def demo_config(tmp_path: Path, dataset: Path, **train) -> Path:  # noqa: ARG001 - tmp_path kept for symmetry
     """A tiny CPU config on the synthetic dataset (1 CPU so that two jobs run at once)."""
     import yaml
 
@@ -112,10 +109,12 @@ def demo_config(tmp_path: Path, dataset: Path, **train) -> Path:
                   "signal_delay_s": 30},
         "archive": {"url": "s3://slurm-yolo/runs/{user}/test"},
     }
-    path = tmp_path / f"cfg-{uuid.uuid4().hex[:6]}.yaml"
+    # Outside pytest's 0700 tmp tree: the non-root test user must be able to read it.
+    shared = Path("/tmp/slurm-yolo-test-configs")
+    shared.mkdir(mode=0o755, exist_ok=True)
+    path = shared / f"cfg-{uuid.uuid4().hex[:8]}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     os.chmod(path, 0o644)
-    os.chmod(tmp_path, 0o755)
     return path
 
 

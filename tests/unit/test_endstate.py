@@ -69,3 +69,17 @@ def test_parse_scontrol_picks_the_array_element():
     assert parse_scontrol(SCONTROL_ARRAY, "11")["ArrayTaskId"] == "1"
     assert parse_scontrol(SCONTROL_ARRAY, "13")["ArrayTaskId"] == "0"
     assert parse_scontrol(SCONTROL_ARRAY, "99") == {}
+
+
+def test_step_oom_seen_only_in_the_log_is_out_of_memory():
+    v = decide(ev(exit_code2="1:0", job_status="RUNNING", oom_in_log=True,
+                  scontrol={"Reason": "NonZeroExitCode", "ExitCode": "1:0"}))
+    assert v.state == "OUT_OF_MEMORY"
+
+
+def test_oom_report_counts_only_for_this_attempt():
+    from slurm_yolo.epilog.endstate import oom_in_log_text
+
+    log = ("[slurm-yolo] run r attempt 1 on vm\nslurmstepd-vm: error: Detected 1 oom-kill event(s) in StepId=5.0.\n"
+           "[slurm-yolo] run r attempt 2 on vm\nepoch 1\n")
+    assert oom_in_log_text(log, 1) and not oom_in_log_text(log, 2)

@@ -1,0 +1,301 @@
+"""``slurm-yolo runs|reproduce|index|store``: the catalog's commands (thin: parse, call, print).
+
+With ``--json`` every command prints exactly one JSON value on stdout; otherwise rich
+tables for people. Warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from slurm_yolo.catalog import index, query, retention, runs
+
+LIST_COLUMNS = ("run_id", "project", "model_name", "end_state", "end", "map50_95", "map50", "user",
+                "hparams.lr0", "hparams.batch")
+
+# A sort spec such as "-map50_95" or "-map50_95,run_id": a value, although it starts with "-".
+_SORT_SPEC_RE = re.compile(r"-[a-z][a-z0-9_.]*(,-?[a-z][a-z0-9_.]*)*")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reads ``--sort -map50_95`` as ``--sort=-map50_95``.
+
+    argparse takes any word starting with ``-`` for an option (and ``-hparams.lr0`` for
+    ``-h``!); a leading ``-`` is how the issue spells "descending", so words that look like
+    sort specs and are not registered options are values here.
+    """
+
+    def _parse_optional(self, arg_string):
+        if _SORT_SPEC_RE.fullmatch(arg_string) and arg_string not in self._option_string_actions:
+            return None
+        return super()._parse_optional(arg_string)
+
+
+def add_commands(sub) -> None:
+    """Register the catalog commands on the ``slurm-yolo`` subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--index", metavar="URL",
+                        help="index URL s3://BUCKET/PREFIX/ (default: $SLURM_YOLO_INDEX, else the site config)")
+    common.add_argument("--json", action="store_true", help="print one JSON value (for scripts)")
+
+    p = sub.add_parser("runs", help="find, show, compare and fetch archived runs")
+    rsub = p.add_subparsers(dest="runs_command", metavar="ACTION", required=True, parser_class=_Parser)
+
+    p = rsub.add_parser("list", parents=[common], help="list runs matching filters",
+                        description="List runs from the store's index. Filters are ANDed.")
+    p.add_argument("--project")
+    p.add_argument("--task")
+    p.add_argument("--sweep", metavar="SWEEP_ID")
+    p.add_argument("--state", metavar="END_STATE", help="e.g. COMPLETED, FAILED, OUT_OF_MEMORY, TIMEOUT")
+    p.add_argument("--user")
+    p.add_argument("--since", metavar="AGE_OR_DATE", help="submitted since: 90d, 12h, 2w or 2026-08-01")
+    p.add_argument("--where", action="append", default=[], metavar="EXPR",
+                   help="FIELD OP VALUE, e.g. 'map50_95>0.85' or 'hparams.lr0==0.01' (repeatable, ANDed)")
+    p.add_argument("--sort", default="-submitted_at", metavar="FIELDS",
+                   help="comma-separated fields, '-' for descending (default: -submitted_at); missing values last")
+    p.add_argument("--limit", type=int, metavar="N")
+    p.set_defaults(func=cmd_list)
+
+    p = rsub.add_parser("show", parents=[common], help="a run's record, config, attempts and archive URL")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.set_defaults(func=cmd_show)
+
+    p = rsub.add_parser("compare", parents=[common], help="differing hyper-parameters and metrics side by side")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--keys", help="compare exactly these args.yaml keys, e.g. lr0,batch (default: all that differ)")
+    p.add_argument("--plot", metavar="PNG", help="write mAP50-95 per epoch of every run to this PNG")
+    p.set_defaults(func=cmd_compare)
+
+    p = rsub.add_parser("fetch", parents=[common], help="download a run's bundle and verify it against its manifest")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--to", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("reproduce", parents=[common], help="resubmit an archived run's config as a new run",
+                       description="Resubmit the archived resolved config of a run (with --set changes) as a new "
+                                   "run recording which run it reproduces; warns about code/environment changes.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a config value, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--executor", choices=["slurm", "local"], default="slurm")
+    p.add_argument("--dry-run", action="store_true", help="resolve and warn; submit nothing")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("index", help="maintain the store's run index (INDEX.jsonl)")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    p = isub.add_parser("rebuild", parents=[common], help="recreate the index from every run.json in the store")
+    p.add_argument("--root", action="append", default=[], metavar="S3_URL",
+                   help="where archived runs are (repeatable; default: the index's bucket)")
+    p.set_defaults(func=cmd_rebuild)
+    p = isub.add_parser("compact", parents=[common], help="fold pending index updates into INDEX.jsonl")
+    p.set_defaults(func=cmd_compact)
+
+    p = sub.add_parser("store", help="keep the store affordable: lifecycle rules, pruning")
+    ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    p = ssub.add_parser("lifecycle", parents=[common], help="show or apply the bucket lifecycle rule for runs")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--apply", action="store_true")
+    mode.add_argument("--show", action="store_true")
+    p.add_argument("--bucket", help="default: the index's bucket")
+    p.add_argument("--prefix", default="", help="key prefix of archived runs (must not contain the index)")
+    p.add_argument("--ia-after", default="30d", metavar="DAYS", help="to STANDARD_IA after (default 30d)")
+    end = p.add_mutually_exclusive_group()
+    end.add_argument("--expire-after", metavar="DAYS", help="delete after, e.g. 180d")
+    end.add_argument("--archive-after", metavar="DAYS", help="to GLACIER after, e.g. 180d")
+    p.set_defaults(func=cmd_lifecycle)
+
+    p = ssub.add_parser("prune", parents=[common], help="delete old runs except the best of each group",
+                        description="Among runs older than --older-than, keep the top runs by --metric per "
+                                    "(task, project, model) — or per --project — and delete the rest.")
+    p.add_argument("--keep-top", required=True, metavar="N_OR_PCT", help="per group: a count (10; idempotent, for cron) or a share of the old runs present now "
+                        "(10%%, rounded up)")
+    p.add_argument("--metric", default="map50_95")
+    p.add_argument("--older-than", required=True, metavar="AGE_OR_DATE", help="e.g. 180d or 2026-01-01")
+    p.add_argument("--project")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    p.set_defaults(func=cmd_prune)
+
+
+def _print_json(obj: Any) -> None:
+    from slurm_yolo.cli import emit_json
+
+    emit_json(obj)
+
+
+def _warn(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(f"slurm-yolo: warning: {line}", file=sys.stderr)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _table(title: str | None, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(*headers, title=title, box=None, padding=(0, 1), title_justify="left")
+    for row in rows:
+        t.add_row(*[_fmt(v) for v in row])
+    Console().print(t)
+
+
+def build_query(args: argparse.Namespace, now: datetime | None = None) -> query.Query:
+    """A :class:`~slurm_yolo.catalog.query.Query` from ``runs list`` arguments (validates them all)."""
+    now = now or datetime.now(timezone.utc)
+    if args.limit is not None and args.limit < 0:
+        from slurm_yolo.errors import ConfigError
+
+        raise ConfigError(f"--limit {args.limit}: must be 0 or more")
+    return query.Query(project=args.project, task=args.task, sweep=args.sweep, state=args.state, user=args.user,
+                       since=query.parse_since(args.since, now) if args.since else None,
+                       where=tuple(query.parse_where(w) for w in args.where), sort=query.parse_sort(args.sort),
+                       limit=args.limit)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    q = build_query(args)  # before any store access: a typo fails fast
+    cat = index.locate(args.index)
+    found = query.select(index.load_records(cat), q)
+    if args.json:
+        _print_json(found)
+        return 0
+    _table(None, [c.replace("hparams.", "") for c in LIST_COLUMNS],
+           [[query.field_value(x, c) for c in LIST_COLUMNS] for x in found])
+    print(f"{len(found)} runs", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    cat = index.locate(args.index)
+    record = runs.run_record(cat, args.run_id)
+    if args.json:
+        _print_json(record)
+        return 0
+    import yaml
+
+    from slurm_yolo.cli import print_record
+
+    print_record(record)
+    print("config:\n" + yaml.safe_dump(record.get("config"), sort_keys=False).rstrip())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    cat = index.locate(args.index)
+    keys = [k.strip() for k in (args.keys or "").split(",") if k.strip()]
+    comparison = runs.compare(cat, args.run_ids, keys)
+    out = comparison.to_dict()
+    if args.plot:
+        out["plot"] = str(runs.plot_curves(comparison, args.plot))
+    if args.json:
+        _print_json(out)
+        return 0
+    rows = [[k, *v] for k, v in comparison.hparams.items()] + [[m, *v] for m, v in comparison.metrics.items()]
+    _table(None, ["", *comparison.run_ids], rows)
+    if not comparison.hparams:
+        print("no differing hyper-parameters in args.yaml", file=sys.stderr)
+    if args.plot:
+        print(f"plot: {out['plot']}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    result = runs.fetch(index.locate(args.index), args.run_id, args.to)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{result['run_id']}: {result['files']} files, {result['bytes']} bytes verified in {result['dir']}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    result = runs.reproduce(index.locate(args.index), args.run_id, args.overrides, executor=args.executor,
+                            dry_run=args.dry_run)
+    _warn(result.warnings)
+    if args.json:
+        _print_json(result.to_dict())
+    elif result.handle is None:
+        print(f"dry run: would resubmit {args.run_id} with {len(args.overrides)} override(s); nothing was submitted")
+    else:
+        h = result.handle
+        print(f"run       {h['run_id']} (reproduces {args.run_id})\njob       {h['job_id']} ({h['executor']})\n"
+              f"folder    {h['run_dir']}\narchive   {h['archive_url']}")
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    cat = index.locate(args.index)
+    n = index.rebuild(cat, args.root)
+    if args.json:
+        _print_json({"index_url": cat.index_url, "runs": n})
+    else:
+        print(f"{cat.index_url}INDEX.jsonl rebuilt: {n} runs")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    cat = index.locate(args.index)
+    n = index.compact(cat)
+    if args.json:
+        _print_json({"index_url": cat.index_url, "runs": n})
+    else:
+        print(f"{cat.index_url}INDEX.jsonl: {n} runs")
+    return 0
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    cat = index.locate(args.index)
+    bucket = args.bucket or cat.bucket
+    if args.apply:
+        rule = retention.lifecycle_rule(
+            args.prefix, ia_after=query.parse_days(args.ia_after, "--ia-after"),
+            expire_after=query.parse_days(args.expire_after, "--expire-after") if args.expire_after else None,
+            archive_after=query.parse_days(args.archive_after, "--archive-after") if args.archive_after else None)
+        retention.check_rule_spares_index(bucket, rule, cat.index_url)
+        rules = retention.apply_lifecycle(cat.store, bucket, rule)
+    else:
+        rules = retention.read_lifecycle(cat.store, bucket)
+    if args.json:
+        _print_json({"bucket": bucket, "rules": rules})
+        return 0
+    if not rules:
+        print(f"s3://{bucket}: no lifecycle rules")
+    _table(f"s3://{bucket} lifecycle rules" if rules else None, ["id", "status", "prefix", "transitions", "expire",
+                                                                 "abort multipart"],
+           [[r.get("ID"), r.get("Status"), (r.get("Filter") or {}).get("Prefix", r.get("Prefix", "")),
+             ", ".join(f"{t['StorageClass']} after {t['Days']}d" for t in r.get("Transitions", [])),
+             f"{r['Expiration']['Days']}d" if "Days" in r.get("Expiration", {}) else "",
+             f"{r['AbortIncompleteMultipartUpload']['DaysAfterInitiation']}d"
+             if "AbortIncompleteMultipartUpload" in r else ""] for r in rules])
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    query.check_field(args.metric)
+    keep = retention.parse_keep(args.keep_top)
+    cutoff = query.parse_since(args.older_than, datetime.now(timezone.utc), "--older-than")
+    cat = index.locate(args.index)
+    plan = retention.plan_prune(index.load_records(cat), metric=args.metric, keep_top=keep, older_than=cutoff,
+                                project=args.project)
+    out = plan.to_dict()
+    if not args.json:
+        verb = "would delete" if args.dry_run else "deleting"
+        _table(f"{verb} {len(plan.delete)} runs, keeping {len(plan.keep)} (older than {cutoff:%Y-%m-%d})",
+               ["run_id", "project", "model_name", args.metric, "archive_url"],
+               [[x["run_id"], x["project"], x["model_name"], x[args.metric], x["archive_url"]] for x in out["delete"]])
+    if not args.dry_run:
+        out["deleted"] = retention.execute_prune(cat, plan)
+    out["dry_run"] = args.dry_run
+    if args.json:
+        _print_json(out)
+    elif not args.dry_run:
+        print(f"deleted {out['deleted']} runs")
+    return 0

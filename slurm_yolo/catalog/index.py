@@ -1,0 +1,349 @@
+"""The run index in the store: ``INDEX.jsonl`` kept current under concurrent writers.
+
+::
+
+    <index_url>runs/<run_id>.json                 the run's index record (epilog; kept)
+    <index_url>pending/<run_id>/<utc>-<rand>.json  an update not yet in INDEX.jsonl
+    <index_url>INDEX.jsonl                         every run, one line each, sorted by run ID
+
+Why a ``pending/`` folder: listing 10,000 ``runs/`` records takes seconds, so readers
+cannot afford to find new records by listing ``runs/``. Each update is written once under a
+*unique* key in ``pending/`` (never overwritten, so deleting it later can never drop a newer
+update), then folded into ``INDEX.jsonl`` by a compare-and-swap (``If-Match`` the ETag read,
+``If-None-Match: *`` to create). A reader loads ``INDEX.jsonl`` plus whatever is still
+pending, so a run is visible as soon as its pending entry exists, even if compaction lost
+every race. Pending entries are deleted only after ``INDEX.jsonl`` was read back at the
+ETag we wrote: a record is never lost even on a store whose conditional writes race.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+from slurm_yolo.archive import layout, s5cmd
+from slurm_yolo.archive.store import Store, join_url, split_url
+from slurm_yolo.errors import ConfigError, StoreError
+from slurm_yolo.record import RUN_JSON
+
+SITE_CONFIG = "/etc/slurm-yolo/site.yaml"
+PENDING = "pending/"
+# Compare-and-swap attempts before giving up (the pending entry keeps the run visible).
+MAX_ATTEMPTS = 40
+CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+# boto3 error code → what the user should do about it.
+ERROR_HINTS = {
+    "NoSuchBucket": "the bucket does not exist; check the URL (--index / SLURM_YOLO_INDEX)",
+    "AccessDenied": "access denied; check your store credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE)",
+    "InvalidAccessKeyId": "the access key is unknown to the store; check AWS_ACCESS_KEY_ID",
+    "SignatureDoesNotMatch": "the secret key is wrong; check AWS_SECRET_ACCESS_KEY",
+}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Where the index is and how to reach the store.
+
+    Attributes:
+        store: connection settings.
+        index_url: ``s3://bucket/prefix/`` (always ends with ``/``).
+    """
+
+    store: Store
+    index_url: str
+
+    @property
+    def bucket(self) -> str:
+        return split_url(self.index_url)[0]
+
+    def key(self, rel: str) -> str:
+        """Object key of ``rel`` under the index prefix."""
+        return split_url(self.index_url)[1] + rel
+
+
+def locate(index_url: str | None = None, env: Mapping[str, str] | None = None) -> Catalog:
+    """The catalog a user's command works on.
+
+    The index URL is ``index_url`` (``--index``), else ``$SLURM_YOLO_INDEX``, else ``index_url``
+    in the site config (``$SLURM_YOLO_SITE_CONFIG`` or ``/etc/slurm-yolo/site.yaml``). The
+    store connection comes from the environment (:meth:`Store.from_env`); the endpoint falls
+    back to the site config's ``store.endpoint_url`` (users of a MinIO site need not set it).
+
+    Raises:
+        ConfigError: no index URL anywhere, or not an ``s3://`` URL.
+    """
+    env = os.environ if env is None else env
+    site = _read_site(env.get("SLURM_YOLO_SITE_CONFIG") or SITE_CONFIG)
+    url = index_url or env.get("SLURM_YOLO_INDEX") or site.get("index_url")
+    if not url:
+        raise ConfigError("no index URL: pass --index s3://BUCKET/index/, set SLURM_YOLO_INDEX, "
+                          f"or ask your admin to set index_url in {SITE_CONFIG}")
+    split_url(url)  # validates
+    site_store = site.get("store") if isinstance(site.get("store"), dict) else {}
+    endpoint = env.get("S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or site_store.get("endpoint_url")
+    return Catalog(Store.from_env(env, endpoint_url=endpoint), url.rstrip("/") + "/")
+
+
+def _read_site(path: str) -> dict[str, Any]:
+    # Only public settings are read here (URLs); the site's credentials file is root-only by design.
+    try:
+        with open(path, encoding="utf-8") as f:
+            site = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        return {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read the site config {path}: {e}; ask your admin, or pass --index") from e
+    return site if isinstance(site, dict) else {}
+
+
+def store_error(op: str, url: str, e: Exception) -> StoreError:
+    """A one-line :class:`StoreError` for a boto3/botocore failure on ``url``."""
+    hint = ERROR_HINTS.get(error_code(e)) or f"{type(e).__name__}: {str(e)[:200]}; check the endpoint (AWS_ENDPOINT_URL)"
+    return StoreError(f"{op} {url}: {hint}")
+
+
+def error_code(e: Exception) -> str:
+    """The S3 error code of a botocore ``ClientError`` (else its HTTP status, else ``""``)."""
+    response = getattr(e, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", "")) or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def get_object(client, bucket: str, key: str) -> tuple[bytes, str] | None:
+    """``(body, etag)`` of an object, ``None`` when it does not exist."""
+    try:
+        obj = client.get_object(Bucket=bucket, Key=key)
+        return obj["Body"].read(), obj["ETag"]
+    except Exception as e:  # botocore raises ClientError and connection errors
+        if error_code(e) in ("NoSuchKey", "404"):
+            return None
+        raise store_error("read", f"s3://{bucket}/{key}", e) from e
+
+
+def parse_jsonl(body: bytes) -> dict[str, dict]:
+    """Index lines by run ID (blank and unparsable lines are skipped: one bad line must not hide all runs)."""
+    out = {}
+    for line in body.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("run_id"):
+            out[rec["run_id"]] = rec
+    return out
+
+
+def dump_jsonl(records: Mapping[str, dict]) -> bytes:
+    """``INDEX.jsonl``: one compact line per run, sorted by run ID (stable diffs, time order for generated IDs)."""
+    return "".join(json.dumps(records[k], sort_keys=True, separators=(",", ":"), default=str) + "\n"
+                   for k in sorted(records)).encode()
+
+
+def list_keys(client, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object under ``prefix`` (``Key``, ``Size``, ``LastModified``, ...), in key order."""
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [obj for page in pages for obj in page.get("Contents", [])]
+    except Exception as e:
+        raise store_error("list", f"s3://{bucket}/{prefix}", e) from e
+
+
+def read_pending(cat: Catalog, client) -> list[tuple[str, dict]]:
+    """``(key, record)`` of every pending update, oldest first within each run."""
+    keys = [obj["Key"] for obj in list_keys(client, cat.bucket, cat.key(PENDING))]
+    with ThreadPoolExecutor(8) as pool:  # small GETs: latency-bound, so overlap them
+        bodies = list(pool.map(lambda k: get_object(client, cat.bucket, k), keys))
+    out = []
+    for key, got in zip(keys, bodies):
+        if got is None:  # compacted and deleted since the listing
+            continue
+        try:
+            rec = json.loads(got[0])
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("run_id"):
+            out.append((key, rec))
+    return out
+
+
+def merge(base: Mapping[str, dict], pending: Sequence[tuple[str, dict]]) -> dict[str, dict]:
+    """``base`` updated with the pending records; the later key (newer UTC stamp) wins per run."""
+    out = dict(base)
+    for _, rec in pending:
+        out[rec["run_id"]] = rec
+    return out
+
+
+def load_records(cat: Catalog, client=None) -> list[dict[str, Any]]:
+    """All index lines: ``INDEX.jsonl`` plus the updates not compacted into it yet."""
+    client = client or cat.store.boto3_client()
+    got = get_object(client, cat.bucket, cat.key(layout.INDEX_JSONL))
+    base = parse_jsonl(got[0]) if got else {}
+    return list(merge(base, read_pending(cat, client)).values())
+
+
+def pending_key(cat: Catalog, run_id: str, now: datetime | None = None) -> str:
+    """A fresh, never-reused pending key for an update of ``run_id``; sorts by time within the run."""
+    now = now or datetime.now(timezone.utc)
+    return cat.key(f"{PENDING}{run_id}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(4)}.json")
+
+
+def add_to_index(store: Store, index_url: str, record: Mapping[str, Any]) -> None:
+    """Add or update one run in the index; called by the epilog after it wrote ``runs/<run_id>.json``.
+
+    Writes the record as a pending update (from then on every reader sees it), then
+    compacts all pending updates into ``INDEX.jsonl``. Safe to call from any number of
+    nodes at once and to repeat (idempotent per record).
+
+    Args:
+        store: the store connection.
+        index_url: ``s3://bucket/prefix/`` of the index (the site's ``index_url``).
+        record: the index line, :func:`slurm_yolo.archive.layout.index_record` of ``run.json``.
+
+    Raises:
+        StoreError: the pending update could not be written (nothing changed: retry later),
+            or compaction lost :data:`MAX_ATTEMPTS` races (the run is visible anyway;
+            ``slurm-yolo index compact`` finishes it).
+    """
+    cat = Catalog(store, index_url.rstrip("/") + "/")
+    client = store.boto3_client()
+    key = pending_key(cat, str(record["run_id"]))
+    body = json.dumps(dict(record), sort_keys=True, default=str).encode()
+    try:
+        client.put_object(Bucket=cat.bucket, Key=key, Body=body, ContentType="application/json")
+    except Exception as e:
+        raise store_error("write index update", f"s3://{cat.bucket}/{key}", e) from e
+    update_index(cat, merge, client=client)
+
+
+def compact(cat: Catalog) -> int:
+    """Fold every pending update into ``INDEX.jsonl``; return how many runs it lists."""
+    return update_index(cat, merge)
+
+
+def remove_from_index(cat: Catalog, run_ids: Iterable[str]) -> int:
+    """Drop runs from ``INDEX.jsonl`` and pending updates (after their objects were deleted)."""
+    gone = set(run_ids)
+    return update_index(cat, lambda base, pending: {k: v for k, v in merge(base, pending).items() if k not in gone})
+
+
+def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[str, dict]]], dict[str, dict]],
+                 *, client=None, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Compare-and-swap ``INDEX.jsonl`` to ``transform(current lines, pending updates)``.
+
+    Loop: read INDEX.jsonl and its ETag, read the pending updates, put the new content with
+    ``If-Match`` (``If-None-Match: *`` when there is none yet). On 412/409 another writer got
+    there first: back off with full jitter and start over from its version. After a
+    successful put, the pending updates are deleted only if ``INDEX.jsonl`` still has our
+    ETag: a newer version (from a writer that read ours) also contains them, and deleting
+    then could lose them on a store whose conditional writes are not atomic.
+
+    Returns:
+        the number of runs in the ``INDEX.jsonl`` written.
+
+    Raises:
+        StoreError: unreachable store, or still conflicting after :data:`MAX_ATTEMPTS` tries.
+    """
+    client = client or cat.store.boto3_client()
+    key = cat.key(layout.INDEX_JSONL)
+    url = f"s3://{cat.bucket}/{key}"
+    for attempt in range(MAX_ATTEMPTS):
+        got = get_object(client, cat.bucket, key)
+        current = parse_jsonl(got[0]) if got else {}
+        pending = read_pending(cat, client)
+        new = transform(current, pending)
+        body = dump_jsonl(new)
+        if got is not None and body == got[0] and not pending:
+            return len(new)
+        condition = {"IfMatch": got[1]} if got else {"IfNoneMatch": "*"}
+        try:
+            put = client.put_object(Bucket=cat.bucket, Key=key, Body=body, ContentType="application/x-ndjson",
+                                    **condition)
+        except Exception as e:
+            if error_code(e) not in CONFLICT_CODES:
+                raise store_error("write", url, e) from e
+            sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+            continue
+        if pending and _etag_now(client, cat.bucket, key) != put["ETag"].strip('"'):
+            continue  # replaced since: re-read, and delete pending updates only once we see them committed
+        _delete_keys(client, cat.bucket, [k for k, _ in pending])
+        return len(new)
+    raise StoreError(f"{url} stayed busy for {MAX_ATTEMPTS} tries; the updates stay pending and visible: "
+                     "run `slurm-yolo index compact` later")
+
+
+def _etag_now(client, bucket: str, key: str) -> str | None:
+    try:
+        return client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+    except Exception as e:
+        if error_code(e) in ("NoSuchKey", "404"):
+            return None
+        raise store_error("read", f"s3://{bucket}/{key}", e) from e
+
+
+def _delete_keys(client, bucket: str, keys: Sequence[str]) -> None:
+    for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+        chunk = keys[i:i + 1000]
+        try:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+        except Exception as e:
+            raise store_error("delete", f"s3://{bucket}/{chunk[0]}", e) from e
+
+
+def rebuild(cat: Catalog, archive_roots: Sequence[str] = ()) -> int:
+    """Recreate the index from the ``run.json`` files in the store; return the number of runs.
+
+    Downloads every ``run.json`` under the roots with s5cmd, writes each run's
+    ``runs/<run_id>.json`` and replaces ``INDEX.jsonl`` (pending updates are folded in, newer
+    wins). Runs whose ``run.json`` is gone disappear from ``INDEX.jsonl``.
+
+    Args:
+        cat: the catalog.
+        archive_roots: ``s3://bucket/prefix`` URLs to search; default: the index's bucket.
+
+    Raises:
+        StoreError: s5cmd failed to list/download or upload.
+    """
+    roots = list(archive_roots) or [f"s3://{cat.bucket}/"]
+    records: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="slurm-yolo-rebuild-") as tmp:
+        for n, root in enumerate(roots):
+            split_url(root)
+            dest = Path(tmp, "in", str(n))
+            result = s5cmd.run(s5cmd.base_argv(cat.store) + ["cp", join_url(root, "*", RUN_JSON), f"{dest}/"],
+                               cat.store)
+            check_s5cmd(result, f"download run.json files under {root}", allow_empty=True)
+            for path in sorted(dest.rglob(RUN_JSON)):
+                try:
+                    run = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue  # a torn or foreign file: not a run
+                if isinstance(run, dict) and run.get("run_id"):
+                    records[run["run_id"]] = layout.index_record(run)
+        if records:
+            out = Path(tmp, "out")
+            out.mkdir()
+            for run_id, rec in records.items():
+                (out / Path(layout.index_key(run_id)).name).write_text(json.dumps(rec, sort_keys=True, default=str))
+            result = s5cmd.run(s5cmd.base_argv(cat.store) + ["cp", "--content-type", "application/json", f"{out}/*",
+                                                             join_url(cat.index_url, layout.INDEX_RUNS) + "/"], cat.store)
+            check_s5cmd(result, "write index records")
+    return update_index(cat, lambda _current, pending: merge(records, pending))
+
+
+def check_s5cmd(result: s5cmd.Result, what: str, *, allow_empty: bool = False) -> None:
+    """Raise :class:`StoreError` naming ``what`` unless every s5cmd operation succeeded."""
+    # s5cmd reports a wildcard that matched nothing as an error; for "find all X" that is an empty answer.
+    failures = [o for o in result.failures if not (allow_empty and "no object found" in (o.error or ""))]
+    if result.timed_out or failures:
+        raise StoreError(f"{what}: s5cmd {result.summary()}; check the store URL and credentials")

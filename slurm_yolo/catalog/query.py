@@ -1,0 +1,204 @@
+"""Filter and sort index lines: the pure core of ``runs list`` (no I/O, no store).
+
+An index line is the flat dict of :func:`slurm_yolo.archive.layout.index_record`. Field
+names are its keys plus ``hparams.<name>`` for the recorded training arguments. A missing
+or ``null`` field never satisfies a ``--where`` condition (as SQL's NULL), and sorts last
+in both directions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import operator
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Sequence
+
+from slurm_yolo.errors import ConfigError
+
+# Top-level fields of an index line (layout.index_record); ``hparams.*`` is open-ended.
+FIELDS = (
+    "run_id", "sweep_id", "task", "project", "model_name", "dataset_version", "dataset_fingerprint", "user",
+    "gpu", "submitted_at", "start", "end", "attempts", "end_state", "job_id", "map50", "map50_95",
+    "precision", "recall", "epochs_done", "archive_url", "reproduces",
+)
+# Longest operators first so that ">=" is not read as ">" followed by "=...".
+OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
+}
+_WHERE_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|==|!=|>|<)\s*(.*?)\s*")
+_AGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([hdw])")
+_AGE_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
+WHERE_HELP = "expected FIELD OP VALUE with OP one of > >= < <= == !=, e.g. --where 'map50_95>0.85' or --where hparams.lr0==0.01"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One ``--where`` condition: ``field op value``; numeric when ``value`` is a number."""
+
+    field: str
+    op: str
+    value: float | str
+
+    def matches(self, line: dict[str, Any]) -> bool:
+        got = field_value(line, self.field)
+        if got is None:
+            return False
+        compare = OPERATORS[self.op]
+        if isinstance(self.value, float):
+            if isinstance(got, bool) or not isinstance(got, (int, float)):
+                return False
+            return compare(got, self.value)
+        return compare(str(got), self.value)
+
+
+@dataclass(frozen=True)
+class Query:
+    """What ``runs list`` asks for. Empty/None fields do not filter.
+
+    Attributes:
+        project, task, sweep, state, user: exact matches on the index line.
+        since: keep runs submitted at or after this time (UTC).
+        where: conditions, all of which must hold.
+        sort: field names, ``-`` prefix for descending; applied left to right as priorities.
+        limit: at most this many lines after sorting.
+    """
+
+    project: str | None = None
+    task: str | None = None
+    sweep: str | None = None
+    state: str | None = None
+    user: str | None = None
+    since: datetime | None = None
+    where: tuple[Condition, ...] = ()
+    sort: tuple[str, ...] = ()
+    limit: int | None = None
+    _exact: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        exact = (("project", self.project), ("task", self.task), ("sweep_id", self.sweep),
+                 ("end_state", self.state), ("user", self.user))
+        object.__setattr__(self, "_exact", tuple((k, v) for k, v in exact if v is not None))
+
+    def matches(self, line: dict[str, Any]) -> bool:
+        if any(line.get(k) != v for k, v in self._exact):
+            return False
+        if self.since is not None:
+            when = parse_time(line.get("submitted_at") or line.get("start"))
+            if when is None or when < self.since:
+                return False
+        return all(c.matches(line) for c in self.where)
+
+
+def field_value(line: dict[str, Any], name: str) -> Any:
+    """``line[name]``, following dots into nested dicts (``hparams.lr0``); ``None`` if absent."""
+    if "." not in name:
+        return line.get(name)
+    value: Any = line
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def check_field(name: str) -> str:
+    """Return ``name`` if it is an index field (or ``hparams.X``), else raise ConfigError."""
+    if name in FIELDS or (name.startswith("hparams.") and len(name) > len("hparams.")):
+        return name
+    close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(FIELDS)}, hparams.<name>"
+    raise ConfigError(f"unknown field {name!r} ({hint})")
+
+
+def parse_where(text: str) -> Condition:
+    """Parse ``'map50_95>0.85'``, ``'hparams.lr0 == 0.01'``, ``"project!='pcb'"``.
+
+    Raises:
+        ConfigError: not ``FIELD OP VALUE``, or an unknown field; the message shows the fix.
+    """
+    m = _WHERE_RE.fullmatch(text)
+    if not m or not m.group(3):
+        raise ConfigError(f"--where {text!r}: {WHERE_HELP}")
+    name, op, raw = m.groups()
+    try:
+        check_field(name)
+    except ConfigError as e:
+        raise ConfigError(f"--where {text!r}: {e}") from None
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return Condition(name, op, raw[1:-1])  # quoted: always a string, even '2'
+    try:
+        number = float(raw)
+    except ValueError:
+        return Condition(name, op, raw)
+    if math.isnan(number):
+        raise ConfigError(f"--where {text!r}: NaN cannot be compared; {WHERE_HELP}")
+    return Condition(name, op, number)
+
+
+def parse_time(text: Any) -> datetime | None:
+    """An ISO-8601 timestamp or date as an aware UTC datetime; ``None`` if absent/unparsable."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def parse_since(text: str, now: datetime, what: str = "--since") -> datetime:
+    """``90d``, ``12h``, ``2w`` before ``now``, or an ISO date/time (``2026-08-01``) → UTC datetime."""
+    m = _AGE_RE.fullmatch(text.strip())
+    if m:
+        return now - timedelta(seconds=float(m.group(1)) * _AGE_UNITS[m.group(2)])
+    when = parse_time(text.strip())
+    if when is None:
+        raise ConfigError(f"{what} {text!r}: expected an age like 90d, 12h, 2w or an ISO date like 2026-08-01")
+    return when
+
+
+def parse_days(text: str, what: str) -> int:
+    """``30d``, ``2w`` or ``30`` as a whole number of days (lifecycle rules count in days)."""
+    m = re.fullmatch(r"(\d+)\s*([dw]?)", text.strip())
+    if not m or int(m.group(1)) <= 0:
+        raise ConfigError(f"{what} {text!r}: expected a positive number of days like 30d or 26w")
+    return int(m.group(1)) * (7 if m.group(2) == "w" else 1)
+
+
+def parse_sort(text: str | None) -> tuple[str, ...]:
+    """``'-map50_95,run_id'`` → ``('-map50_95', 'run_id')``, fields checked."""
+    if not text:
+        return ()
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    for k in keys:
+        try:
+            check_field(k.lstrip("-"))
+        except ConfigError as e:
+            raise ConfigError(f"--sort {text!r}: {e}") from None
+    return keys
+
+
+def sort_lines(lines: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Sort by several keys (``-`` for descending); ``None`` and mixed types last, stably."""
+    out = list(lines)
+    for key in reversed(keys):  # stable sorts from the least significant key
+        name, descending = key.lstrip("-"), key.startswith("-")
+        present = [x for x in out if _sortable(field_value(x, name))]
+        absent = [x for x in out if not _sortable(field_value(x, name))]
+        numeric = all(isinstance(field_value(x, name), (int, float)) for x in present)
+        value = (lambda x: field_value(x, name)) if numeric else (lambda x: str(field_value(x, name)))
+        out = sorted(present, key=value, reverse=descending) + absent
+    return out
+
+
+def _sortable(value: Any) -> bool:
+    return value is not None and not isinstance(value, (dict, list))
+
+
+def select(lines: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
+    """The lines matching ``query``, sorted and limited."""
+    out = sort_lines([x for x in lines if query.matches(x)], query.sort)
+    return out if query.limit is None else out[: query.limit]

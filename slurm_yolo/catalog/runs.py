@@ -1,0 +1,277 @@
+"""One run at a time: show, compare, fetch (verified), reproduce."""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+from slurm_yolo.archive import layout, s5cmd
+from slurm_yolo.archive.manifest import verify_tree
+from slurm_yolo.archive.store import split_url
+from slurm_yolo.catalog.index import Catalog, check_s5cmd, get_object, load_records
+from slurm_yolo.errors import ConfigError, IntegrityError, RunNotFound, StoreError
+from slurm_yolo.names import validate_name
+from slurm_yolo.record import RUN_JSON, read_results_rows
+
+ARGS_YAML = "args.yaml"
+RESULTS_CSV = "results.csv"
+# args.yaml keys that differ between any two runs by construction (run folder names), not by choice.
+PER_RUN_ARGS = {"name", "save_dir", "project"}
+METRICS = ("map50", "map50_95", "precision", "recall", "epochs_done")
+
+
+def find_run(cat: Catalog, run_id: str, client=None) -> dict[str, Any]:
+    """The index line of ``run_id``: its ``runs/<run_id>.json`` record, else a search of the index.
+
+    Raises:
+        RunNotFound: no such run in the index.
+    """
+    validate_name(run_id, "run ID")
+    client = client or cat.store.boto3_client()
+    got = get_object(client, cat.bucket, cat.key(layout.index_key(run_id)))
+    if got is not None:
+        return json.loads(got[0])
+    for rec in load_records(cat, client):  # a run not given a runs/ record (e.g. index rebuilt elsewhere)
+        if rec.get("run_id") == run_id:
+            return rec
+    raise RunNotFound(f"no run {run_id!r} in the index {cat.index_url}; check the ID with `slurm-yolo runs list`, "
+                      "or run `slurm-yolo index rebuild`")
+
+
+def archive_url(line: Mapping[str, Any]) -> str:
+    """The archive URL of an index line, checked to be the run's own folder.
+
+    Why checked: ``fetch`` and ``prune`` act on ``<archive_url>*``; a damaged record pointing at
+    a bucket root must never turn into "copy/delete everything".
+    """
+    url, run_id = line.get("archive_url"), line.get("run_id")
+    if not isinstance(url, str) or not isinstance(run_id, str) or not url.endswith(f"/{validate_name(run_id, 'run ID')}/"):
+        raise StoreError(f"index record of {run_id!r} has archive_url {url!r}, not .../{run_id}/; "
+                         "run `slurm-yolo index rebuild`")
+    split_url(url)
+    return url
+
+
+def read_archived(cat: Catalog, line: Mapping[str, Any], name: str, client=None) -> bytes | None:
+    """The bytes of file ``name`` of an archived run; ``None`` if it is not there."""
+    client = client or cat.store.boto3_client()
+    bucket, key = split_url(archive_url(line))
+    got = get_object(client, bucket, key + name)
+    return got[0] if got else None
+
+
+def run_record(cat: Catalog, run_id: str, client=None) -> dict[str, Any]:
+    """The archived ``run.json`` of a run (the full record: config, attempts, environment).
+
+    Raises:
+        RunNotFound: not in the index. StoreError: indexed but its run.json is missing.
+    """
+    client = client or cat.store.boto3_client()
+    line = find_run(cat, run_id, client)
+    body = read_archived(cat, line, RUN_JSON, client)
+    if body is None:
+        raise StoreError(f"{line['archive_url']}{RUN_JSON} is missing: the archive of {run_id} is incomplete "
+                         "(epilog spool not drained yet?); try again later or ask your admin")
+    return json.loads(body)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``runs compare``: hyper-parameters that differ, metrics, and mAP50-95 per epoch.
+
+    Attributes:
+        run_ids: the runs, in the order asked.
+        hparams: ``{key: [value per run]}`` (only differing keys, or exactly ``keys`` if given).
+        metrics: ``{metric: [value per run]}``.
+        curves: ``{run_id: [(epoch, map50_95), ...]}`` from each results.csv.
+    """
+
+    run_ids: tuple[str, ...]
+    hparams: dict[str, list[Any]]
+    metrics: dict[str, list[Any]]
+    curves: dict[str, list[tuple[int, float]]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runs": list(self.run_ids), "hparams": self.hparams, "metrics": self.metrics,
+                "curves": {k: [list(p) for p in v] for k, v in self.curves.items()}}
+
+
+def differing(args: Sequence[Mapping[str, Any]], keys: Sequence[str] = ()) -> dict[str, list[Any]]:
+    """``{key: [value per run]}`` for ``keys``, or for every key whose values are not all equal."""
+    if keys:
+        return {k: [a.get(k) for a in args] for k in keys}
+    names = sorted({k for a in args for k in a} - PER_RUN_ARGS)
+    return {k: [a.get(k) for a in args] for k in names if len({json.dumps(a.get(k), default=str) for a in args}) > 1}
+
+
+def compare(cat: Catalog, run_ids: Sequence[str], keys: Sequence[str] = ()) -> Comparison:
+    """Compare runs from their archived ``args.yaml``, index metrics and ``results.csv``."""
+    if len(run_ids) < 2:
+        raise ConfigError("runs compare needs at least two run IDs")
+    client = cat.store.boto3_client()
+    lines = [find_run(cat, r, client) for r in run_ids]
+    args, curves = [], {}
+    with tempfile.TemporaryDirectory(prefix="slurm-yolo-compare-") as tmp:
+        for line in lines:
+            raw = read_archived(cat, line, ARGS_YAML, client)
+            loaded = yaml.safe_load(raw) if raw else None
+            args.append(loaded if isinstance(loaded, dict) else {})
+            csv_path = Path(tmp, line["run_id"] + ".csv")
+            csv_path.write_bytes(read_archived(cat, line, RESULTS_CSV, client) or b"")
+            curves[line["run_id"]] = [(r["epoch"], r["map50_95"]) for r in read_results_rows(csv_path)
+                                      if r["epoch"] is not None and r["map50_95"] is not None]
+    return Comparison(tuple(run_ids), differing(args, keys), {m: [x.get(m) for x in lines] for m in METRICS}, curves)
+
+
+def plot_curves(comparison: Comparison, out: str | Path) -> Path:
+    """Write a PNG of mAP50-95 per epoch, one line per run.
+
+    Raises:
+        ConfigError: matplotlib is not installed (it comes with ultralytics).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on a login node
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ConfigError("--plot needs matplotlib: `pip install matplotlib` (or install slurm-yolo[train])") from e
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run_id, points in comparison.curves.items():
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=run_id)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mAP50-95")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def fetch(cat: Catalog, run_id: str, to: str | Path) -> dict[str, Any]:
+    """Download a run's bundle into ``to`` with s5cmd and verify every file against ``MANIFEST.json``.
+
+    Returns:
+        ``{"run_id", "archive_url", "dir", "files", "bytes"}``.
+
+    Raises:
+        StoreError: the download failed. IntegrityError: a file is missing or differs
+            (the message names it), or the archive has no manifest.
+    """
+    line = find_run(cat, run_id)
+    url = archive_url(line)
+    dest = Path(to)
+    dest.mkdir(parents=True, exist_ok=True)
+    result = s5cmd.run(s5cmd.base_argv(cat.store) + ["cp", url + "*", f"{dest}/"], cat.store)
+    check_s5cmd(result, f"download {url}")
+    try:
+        manifest = json.loads((dest / layout.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise IntegrityError(f"{url}{layout.MANIFEST} is missing or unreadable: the archive of {run_id} is "
+                             f"incomplete; nothing in {dest} can be trusted") from e
+    problems = verify_tree(dest, manifest)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise IntegrityError(f"{run_id}: {problems[0]}{more} in {dest}; the stored copy differs from its manifest")
+    files = manifest.get("files", {})
+    return {"run_id": run_id, "archive_url": url, "dir": str(dest), "files": len(files),
+            "bytes": sum(f["size"] for f in files.values())}
+
+
+def current_environment() -> dict[str, str | None]:
+    """Python, torch and ultralytics versions here, from package metadata (no torch import)."""
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "torch": version("torch"), "ultralytics": version("ultralytics")}
+
+
+def reproduction_warnings(record: Mapping[str, Any], env_now: Mapping[str, Any],
+                          code_now: Mapping[str, Any] | None) -> list[str]:
+    """Differences between the archived run and here that may change the result."""
+    out = []
+    code = record.get("code") or {}
+    if code.get("commit"):
+        if code.get("dirty"):
+            out.append(f"the archived run had uncommitted changes on {code['commit'][:12]}: they are not reproduced")
+        if code_now is None:
+            out.append(f"not in a git repository; the archived code was {code['commit'][:12]} in {code.get('repo')}")
+        elif code_now.get("commit") != code["commit"]:
+            out.append(f"code is at {str(code_now.get('commit'))[:12]}, the archived run used {code['commit'][:12]}: "
+                       f"`git checkout {code['commit'][:12]}` for an exact rerun")
+    archived_env = record.get("environment") or {}
+    for name in ("python", "torch", "ultralytics"):
+        then, now = archived_env.get(name), env_now.get(name)
+        if then and then != now:
+            out.append(f"{name} is {now or 'not installed'} here, the archived run used {then}")
+    return out
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """What ``reproduce`` did (or would do, with ``dry_run``).
+
+    Attributes:
+        reproduces: the original run ID.
+        config: the re-resolved config (the original's, with the overrides).
+        warnings: code and environment differences.
+        handle: the new run's ``RunHandle.to_dict()``; ``None`` for a dry run.
+    """
+
+    reproduces: str
+    config: dict[str, Any]
+    warnings: tuple[str, ...]
+    handle: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reproduces": self.reproduces, "config": self.config, "warnings": list(self.warnings),
+                "run": self.handle}
+
+
+def reproduce(
+    cat: Catalog, run_id: str, overrides: Sequence[str] = (), *, executor: str = "slurm", dry_run: bool = False,
+    submit: Callable[..., Any] | None = None, code_now: Callable[[str], Mapping[str, Any] | None] | None = None,
+) -> Reproduction:
+    """Resubmit an archived run's resolved config as a new run that records ``reproduces``.
+
+    Args:
+        cat: the catalog.
+        run_id: the run to reproduce.
+        overrides: ``key=value`` changes (``--set``), applied to the archived resolved config.
+        executor: ``slurm`` or ``local``.
+        dry_run: resolve and warn, submit nothing.
+        submit: the submit function (default :func:`slurm_yolo.launcher.submit.submit`; tests inject one).
+        code_now: the current code version of a directory (default: ``provenance.code_version``).
+
+    Raises:
+        RunNotFound, StoreError: the run or its run.json cannot be read.
+        ConfigError: an override is invalid or the dataset no longer exists.
+    """
+    from slurm_yolo.config import resolve_config
+    from slurm_yolo.launcher import provenance
+
+    record = run_record(cat, run_id)
+    if not isinstance(record.get("config"), dict):
+        raise ConfigError(f"run.json of {run_id} has no resolved config to reproduce (written by an old version?)")
+    config = resolve_config(record["config"], list(overrides), source=f"{run_id}/run.json", check_paths=True)
+    repo = (record.get("code") or {}).get("repo")
+    here = repo if repo and Path(repo).is_dir() else str(Path.cwd())
+    warnings = tuple(reproduction_warnings(record, current_environment(), (code_now or provenance.code_version)(here)))
+    if dry_run:
+        return Reproduction(run_id, config.to_dict(), warnings)
+    if submit is None:
+        from slurm_yolo.launcher.submit import submit
+    handle = submit(config, executor=executor, reproduces=run_id)
+    return Reproduction(run_id, config.to_dict(), warnings, handle.to_dict())

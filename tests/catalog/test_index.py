@@ -1,0 +1,122 @@
+"""INDEX.jsonl against the real loopback S3 server: concurrent writers, pending updates, rebuild."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from catalog_seed import archive_run, make_line, run_json, write_index
+from slurm_yolo.archive import layout
+from slurm_yolo.catalog import index
+from slurm_yolo.errors import ConfigError
+
+
+def index_lines(client, cat) -> list[dict]:
+    body = client.get_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL))["Body"].read()
+    return [json.loads(x) for x in body.splitlines()]
+
+
+def pending_keys(client, cat) -> list[str]:
+    return [o["Key"] for o in index.list_keys(client, cat.bucket, cat.key(index.PENDING))]
+
+
+def test_twenty_concurrent_writers_lose_and_duplicate_nothing(cat, client):
+    rng = random.Random(1)
+    write_index(client, cat, [make_line(i, rng) for i in range(100, 130)])  # an existing index to keep
+    lines = [make_line(i, rng) for i in range(20)]
+    start = threading.Barrier(20)
+
+    def writer(line):
+        start.wait()  # all 20 race for the same ETag
+        index.add_to_index(cat.store, cat.index_url, line)
+
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(writer, lines))
+
+    got = index_lines(client, cat)
+    ids = [x["run_id"] for x in got]
+    assert len(ids) == len(set(ids)) == 50
+    assert {x["run_id"]: x for x in got if x["run_id"] in {y["run_id"] for y in lines}} == {y["run_id"]: y for y in lines}
+    assert ids == sorted(ids)
+    assert pending_keys(client, cat) == []  # all folded in and cleaned up
+
+
+def test_update_of_a_run_replaces_its_line(cat, client):
+    line = make_line(1, random.Random(2))
+    index.add_to_index(cat.store, cat.index_url, line)
+    index.add_to_index(cat.store, cat.index_url, {**line, "end_state": "FAILED", "attempts": 2})
+    (only,) = index_lines(client, cat)
+    assert (only["end_state"], only["attempts"]) == ("FAILED", 2)
+
+
+def test_a_pending_update_is_visible_before_compaction(cat, client):
+    rng = random.Random(3)
+    write_index(client, cat, [make_line(i, rng) for i in range(5)])
+    newer = {**make_line(2, random.Random(4)), "run_id": make_line(2, random.Random(3))["run_id"], "map50_95": 0.99}
+    new_run = make_line(7, rng)
+    for line in (newer, new_run):  # what add_to_index leaves behind when compaction never ran
+        client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+    records = {x["run_id"]: x for x in index.load_records(cat)}
+    assert len(records) == 6
+    assert records[newer["run_id"]]["map50_95"] == 0.99 and new_run["run_id"] in records
+    assert index.compact(cat) == 6
+    assert pending_keys(client, cat) == [] and len(index_lines(client, cat)) == 6
+
+
+def test_conflicts_retry_then_give_up_with_a_fix(cat, client):
+    """A store that always answers 412 (someone else always wins): bounded retries, then StoreError."""
+    real = cat.store.boto3_client()
+
+    class AlwaysConflict:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def put_object(self, **kw):
+            if "IfMatch" in kw or "IfNoneMatch" in kw:
+                raise real.exceptions.ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
+            return real.put_object(**kw)
+
+    sleeps = []
+    with pytest.raises(index.StoreError, match="index compact"):
+        index.update_index(cat, index.merge, client=AlwaysConflict(), sleep=sleeps.append)
+    assert len(sleeps) == index.MAX_ATTEMPTS and max(sleeps) <= 2.0
+
+
+def test_rebuild_from_run_json_files(cat, client, bucket):
+    recs = [run_json(f"20261101_00000{i}_abcdef", bucket, lr0=0.01 * (i + 1), map50_95=0.1 * i) for i in range(3)]
+    for r in recs:
+        archive_run(client, bucket, r, {"results.csv": b"epoch\n"}, cat.index_url)
+    client.put_object(Bucket=bucket, Key="runs/detect/pcb/yolov8n/junk/run.json", Body=b"{not json")
+    write_index(client, cat, [make_line(1, random.Random(5))])  # a stale line whose run.json is gone
+    client.delete_object(Bucket=bucket, Key=cat.key(layout.index_key(recs[0]["run_id"])))
+
+    assert index.rebuild(cat) == 3
+    assert index_lines(client, cat) == [layout.index_record(r) for r in recs]
+    got = client.get_object(Bucket=bucket, Key=cat.key(layout.index_key(recs[0]["run_id"])))["Body"].read()
+    assert json.loads(got) == layout.index_record(recs[0])
+
+
+def test_rebuild_of_an_empty_root_gives_an_empty_index(cat, client):
+    assert index.rebuild(cat, [f"s3://{cat.bucket}/nothing-here/"]) == 0
+    assert index_lines(client, cat) == []
+
+
+def test_locate_order_flag_env_site(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text("index_url: s3://site-bucket/idx\nstore: {endpoint_url: 'http://minio:9000'}\n")
+    env = {"SLURM_YOLO_SITE_CONFIG": str(site)}
+    assert index.locate(None, env).index_url == "s3://site-bucket/idx/"
+    assert index.locate(None, env).store.endpoint_url == "http://minio:9000"
+    env["SLURM_YOLO_INDEX"] = "s3://env-bucket/i/"
+    env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:1"
+    assert index.locate(None, env).index_url == "s3://env-bucket/i/"
+    assert index.locate(None, env).store.endpoint_url == "http://127.0.0.1:1"
+    assert index.locate("s3://flag/x", env).index_url == "s3://flag/x/"
+    with pytest.raises(ConfigError, match="--index"):
+        index.locate(None, {"SLURM_YOLO_SITE_CONFIG": str(tmp_path / "none.yaml")})
+    with pytest.raises(ConfigError, match="s3://"):
+        index.locate("/local/path", {})
