@@ -99,6 +99,30 @@ def new_record(
     }
 
 
+def check_destination(config: Config, user: str, site_path: str | None = None) -> None:
+    """Refuse an ``archive.url`` outside the site's allowed prefix, before anything is created.
+
+    The epilog enforces the prefix anyway (it archives under the allowed prefix instead);
+    checking here turns a surprise into a clear error. Skipped when the site config is not
+    readable from this machine (e.g. a laptop).
+    """
+    from slurm_yolo.epilog.site import load_site_config, site_config_path
+    from slurm_yolo.errors import SiteConfigError
+
+    path = site_path or site_config_path()
+    if not os.access(path, os.R_OK):
+        return
+    try:
+        site = load_site_config(path, check_owner=False)
+    except SiteConfigError:
+        return  # the admin's problem; the epilog logs it
+    url = config.archive["url"].replace("{user}", user).rstrip("/") + "/"
+    prefix = site.prefix_for(user)
+    if not url.startswith(prefix):
+        raise ConfigError(f"archive.url={config.archive['url']!r} is outside this site's allowed prefix {prefix} "
+                          f"(from {path}); set archive.url under it, e.g. {site.allowed_prefix}yolo")
+
+
 def prepare_run(config: Config, run_id: str, **record_fields: Any) -> Path:
     """Create the run folder (must not exist yet) and its ``run.json``; return the folder."""
     validate_name(run_id, "run ID")
@@ -159,6 +183,8 @@ def submit(
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     run_id = validate_name(run_id, "--run-id") if run_id else new_run_id()
+    if executor == "slurm":
+        check_destination(config, getpass.getuser())
     run_dir = prepare_run(config, run_id, reproduces=reproduces)
     try:
         params = slurm_parameters(config, job_name=f"yolo-{run_id}", marker=make_marker(str(run_dir)))
@@ -240,6 +266,9 @@ def sweep(
     configs = [load_config(config, list(base_overrides) + _override_strings(e)) for e in elements]
     if any(c.slurm != configs[0].slurm for c in configs):
         raise ConfigError("sweep: slurm.* must be the same for every element (one job array has one shape)")
+    if executor == "slurm":
+        for c in configs:
+            check_destination(c, getpass.getuser())
     sweep_id = new_sweep_id()
     run_ids = [new_run_id() for _ in configs]
     if len(set(run_ids)) != len(run_ids):  # astronomically unlikely; fail rather than share folders

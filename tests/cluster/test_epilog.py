@@ -163,3 +163,37 @@ def test_store_down_goes_to_spool_then_drains(cluster, s3, dataset, runs_root, t
     assert index_record(s3, cluster, out["run_id"])["run_id"] == out["run_id"]
     again = cli(cluster, "spool", "drain", "--json")  # idempotent
     assert again.returncode == 0 and json.loads(again.stdout)["pending"] == []
+
+
+def test_twenty_jobs_ending_together(cluster, s3, dataset, runs_root, tmp_path):
+    """20 epilogs at once: 20 complete archives, 20 index records, nothing mixed up.
+
+    Twenty training jobs do not fit in this machine's memory at once, so each job gets a
+    memory limit that the cgroup enforces while torch is being imported: all 20 start
+    together (the partition lets 10 share a core) and are OOM-killed within seconds of
+    each other. Each run folder first gets a realistic payload (weights, images, csv) so
+    that the 20 concurrent uploads carry real data.
+    """
+    config = demo_config(tmp_path, dataset, epochs=1)
+    outs = []
+    for i in range(20):
+        outs.append(submit_json(cluster, config, "slurm.mem=300M", f"train.seed={i}", runs_root=runs_root))
+        run = Path(outs[-1]["run_dir"])
+        (run / "weights").mkdir()
+        (run / "weights" / "last.pt").write_bytes(os.urandom(2 << 20) + str(i).encode())
+        for j in range(10):
+            (run / f"val_batch{j}.jpg").write_bytes(os.urandom(20_000))
+        (run / "results.csv").write_text(f"epoch,metrics/mAP50-95(B)\n1,0.{i:02d}\n")
+    for out in outs:
+        wait_job_over(cluster, out["job_id"], timeout=300)
+    run_ids = set()
+    for i, out in enumerate(outs):
+        record, manifest = verify_archive(s3, archived_record(s3, out["archive_url"]) and out["archive_url"])
+        assert record["run_id"] == out["run_id"] and record["config"]["train"]["seed"] == i
+        assert manifest["files"]["weights/last.pt"]["size"] == (2 << 20) + len(str(i))
+        assert len([k for k in manifest["files"] if k.startswith("val_batch")]) == 10
+        assert index_record(s3, cluster, out["run_id"])["archive_url"] == out["archive_url"]
+        run_ids.add(record["run_id"])
+    assert len(run_ids) == 20
+    left = json.loads(cli(cluster, "spool", "list", "--json").stdout)
+    assert not [e for e in left if e["entry"].split(".a")[0] in run_ids]
