@@ -5,6 +5,7 @@
     <archive prefix>/<task>/<project>/<model_name>/<run_id>/   the run folder as is, plus
         run.json        the record, with the end state          (uploaded last: commit marker)
         MANIFEST.json   size + sha256 of every other file        (uploaded last: commit marker)
+        attempts/attempt-<n>.json   run.json as attempt n ended (requeued runs have several)
     <index_url>runs/<run_id>.json                                one index record per run
     <index_url>INDEX.jsonl                                       all index records, compacted
 

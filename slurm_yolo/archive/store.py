@@ -41,7 +41,7 @@ class Store:
         return cls(
             endpoint_url=endpoint_url or env.get("S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or None,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            credentials_file=env.get("AWS_SHARED_CREDENTIALS_FILE") or None,
+            credentials_file=env.get("AWS_SHARED_CREDENTIALS_FILE") or _home_credentials(env),
             profile=env.get("AWS_PROFILE") or None,
             keys=tuple((k, env[k]) for k in _PASSTHROUGH if env.get(k)),
         )
@@ -89,6 +89,12 @@ class Store:
         return session.client("s3", endpoint_url=self.endpoint_url,
                               config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"},
                                                 connect_timeout=5, read_timeout=30))
+
+
+def _home_credentials(env: Mapping[str, str]) -> str | None:
+    # s5cmd runs with a minimal environment (no HOME), so name ~/.aws/credentials explicitly.
+    path = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".aws", "credentials")
+    return path if os.path.isfile(path) else None
 
 
 def split_url(url: str) -> tuple[str, str]:

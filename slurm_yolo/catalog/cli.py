@@ -111,7 +111,8 @@ def add_commands(sub) -> None:
     p = ssub.add_parser("prune", parents=[common], help="delete old runs except the best of each group",
                         description="Among runs older than --older-than, keep the top runs by --metric per "
                                     "(task, project, model) — or per --project — and delete the rest.")
-    p.add_argument("--keep-top", required=True, metavar="N_OR_PCT", help="per group: a count (10; idempotent, for cron) or a share of the old runs present now "
+    p.add_argument("--keep-top", required=True, metavar="N_OR_PCT",
+                   help="per group: a count (10; idempotent, for cron) or a share of the old runs present now "
                         "(10%%, rounded up)")
     p.add_argument("--metric", default="map50_95")
     p.add_argument("--older-than", required=True, metavar="AGE_OR_DATE", help="e.g. 180d or 2026-01-01")

@@ -35,6 +35,7 @@ import yaml
 from slurm_yolo.archive import layout, s5cmd
 from slurm_yolo.archive.store import Store, join_url, split_url
 from slurm_yolo.errors import ConfigError, StoreError
+from slurm_yolo.names import NAME_RE
 from slurm_yolo.record import RUN_JSON
 
 SITE_CONFIG = "/etc/slurm-yolo/site.yaml"
@@ -109,14 +110,15 @@ def _read_site(path: str) -> dict[str, Any]:
 
 def store_error(op: str, url: str, e: Exception) -> StoreError:
     """A one-line :class:`StoreError` for a boto3/botocore failure on ``url``."""
-    hint = ERROR_HINTS.get(error_code(e)) or f"{type(e).__name__}: {str(e)[:200]}; check the endpoint (AWS_ENDPOINT_URL)"
+    hint = ERROR_HINTS.get(error_code(e)) or f"{type(e).__name__}: {str(e)[:200]}; check AWS_ENDPOINT_URL"
     return StoreError(f"{op} {url}: {hint}")
 
 
 def error_code(e: Exception) -> str:
     """The S3 error code of a botocore ``ClientError`` (else its HTTP status, else ``""``)."""
     response = getattr(e, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", "")) or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    code = response.get("Error", {}).get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(code or "")
 
 
 def get_object(client, bucket: str, key: str) -> tuple[bytes, str] | None:
@@ -198,7 +200,7 @@ def pending_key(cat: Catalog, run_id: str, now: datetime | None = None) -> str:
     return cat.key(f"{PENDING}{run_id}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(4)}.json")
 
 
-def add_to_index(store: Store, index_url: str, record: Mapping[str, Any]) -> None:
+def add_to_index(store: Store, index_url: str, record: Mapping[str, Any], *, deadline: float | None = None) -> None:
     """Add or update one run in the index; called by the epilog after it wrote ``runs/<run_id>.json``.
 
     Writes the record as a pending update (from then on every reader sees it), then
@@ -209,6 +211,8 @@ def add_to_index(store: Store, index_url: str, record: Mapping[str, Any]) -> Non
         store: the store connection.
         index_url: ``s3://bucket/prefix/`` of the index (the site's ``index_url``).
         record: the index line, :func:`slurm_yolo.archive.layout.index_record` of ``run.json``.
+        deadline: a ``time.monotonic()`` value after which compaction stops retrying (the
+            epilog's time budget); the update stays pending, and visible.
 
     Raises:
         StoreError: the pending update could not be written (nothing changed: retry later),
@@ -223,7 +227,7 @@ def add_to_index(store: Store, index_url: str, record: Mapping[str, Any]) -> Non
         client.put_object(Bucket=cat.bucket, Key=key, Body=body, ContentType="application/json")
     except Exception as e:
         raise store_error("write index update", f"s3://{cat.bucket}/{key}", e) from e
-    update_index(cat, merge, client=client)
+    update_index(cat, merge, client=client, deadline=deadline)
 
 
 def compact(cat: Catalog) -> int:
@@ -238,7 +242,7 @@ def remove_from_index(cat: Catalog, run_ids: Iterable[str]) -> int:
 
 
 def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[str, dict]]], dict[str, dict]],
-                 *, client=None, sleep: Callable[[float], None] = time.sleep) -> int:
+                 *, client=None, sleep: Callable[[float], None] = time.sleep, deadline: float | None = None) -> int:
     """Compare-and-swap ``INDEX.jsonl`` to ``transform(current lines, pending updates)``.
 
     Loop: read INDEX.jsonl and its ETag, read the pending updates, put the new content with
@@ -252,12 +256,15 @@ def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[
         the number of runs in the ``INDEX.jsonl`` written.
 
     Raises:
-        StoreError: unreachable store, or still conflicting after :data:`MAX_ATTEMPTS` tries.
+        StoreError: unreachable store, or still conflicting after :data:`MAX_ATTEMPTS` tries
+            or at ``deadline`` (a ``time.monotonic()`` value).
     """
     client = client or cat.store.boto3_client()
     key = cat.key(layout.INDEX_JSONL)
     url = f"s3://{cat.bucket}/{key}"
     for attempt in range(MAX_ATTEMPTS):
+        if deadline is not None and time.monotonic() > deadline:
+            break
         got = get_object(client, cat.bucket, key)
         current = parse_jsonl(got[0]) if got else {}
         pending = read_pending(cat, client)
@@ -278,8 +285,8 @@ def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[
             continue  # replaced since: re-read, and delete pending updates only once we see them committed
         _delete_keys(client, cat.bucket, [k for k, _ in pending])
         return len(new)
-    raise StoreError(f"{url} stayed busy for {MAX_ATTEMPTS} tries; the updates stay pending and visible: "
-                     "run `slurm-yolo index compact` later")
+    raise StoreError(f"{url} stayed busy (other writers won {MAX_ATTEMPTS} tries or until the deadline); "
+                     "the updates stay pending and visible: run `slurm-yolo index compact` later")
 
 
 def _etag_now(client, bucket: str, key: str) -> str | None:
@@ -328,15 +335,17 @@ def rebuild(cat: Catalog, archive_roots: Sequence[str] = ()) -> int:
                     run = json.loads(path.read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     continue  # a torn or foreign file: not a run
-                if isinstance(run, dict) and run.get("run_id"):
+                # run.json is written by the user's job: a run ID that is not a safe name is not ours.
+                if isinstance(run, dict) and isinstance(run.get("run_id"), str) and NAME_RE.fullmatch(run["run_id"]):
                     records[run["run_id"]] = layout.index_record(run)
         if records:
             out = Path(tmp, "out")
             out.mkdir()
             for run_id, rec in records.items():
                 (out / Path(layout.index_key(run_id)).name).write_text(json.dumps(rec, sort_keys=True, default=str))
-            result = s5cmd.run(s5cmd.base_argv(cat.store) + ["cp", "--content-type", "application/json", f"{out}/*",
-                                                             join_url(cat.index_url, layout.INDEX_RUNS) + "/"], cat.store)
+            dest = join_url(cat.index_url, layout.INDEX_RUNS) + "/"
+            argv = ["cp", "--content-type", "application/json", f"{out}/*", dest]
+            result = s5cmd.run(s5cmd.base_argv(cat.store) + argv, cat.store)
             check_s5cmd(result, "write index records")
     return update_index(cat, lambda _current, pending: merge(records, pending))
 

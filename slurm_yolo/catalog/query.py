@@ -31,7 +31,8 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 _WHERE_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|==|!=|>|<)\s*(.*?)\s*")
 _AGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([hdw])")
 _AGE_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
-WHERE_HELP = "expected FIELD OP VALUE with OP one of > >= < <= == !=, e.g. --where 'map50_95>0.85' or --where hparams.lr0==0.01"
+WHERE_HELP = ("expected FIELD OP VALUE with OP one of > >= < <= == !=, "
+              "e.g. --where 'map50_95>0.85' or --where hparams.lr0==0.01")
 
 
 @dataclass(frozen=True)

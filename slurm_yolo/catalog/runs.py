@@ -52,7 +52,7 @@ def archive_url(line: Mapping[str, Any]) -> str:
     a bucket root must never turn into "copy/delete everything".
     """
     url, run_id = line.get("archive_url"), line.get("run_id")
-    if not isinstance(url, str) or not isinstance(run_id, str) or not url.endswith(f"/{validate_name(run_id, 'run ID')}/"):
+    if not (isinstance(url, str) and isinstance(run_id, str) and url.endswith(f"/{validate_name(run_id, 'run ID')}/")):
         raise StoreError(f"index record of {run_id!r} has archive_url {url!r}, not .../{run_id}/; "
                          "run `slurm-yolo index rebuild`")
     split_url(url)

@@ -23,6 +23,9 @@ from typing import Any, Mapping
 MARKER_PREFIX = "slurm-yolo:v1:"  # same value as launcher.slurm_params.MARKER_PREFIX (kept import-free)
 
 log = logging.getLogger("slurm_yolo.epilog")
+# Never archived: the epilog writes run.json/MANIFEST.json itself; the lock file is
+# bookkeeping; last.good.pt is the job's local crash-safety copy of last.pt (for resume).
+SNAPSHOT_EXCLUDE = frozenset({"run.json", "MANIFEST.json", ".run.lock", "weights/last.good.pt"})
 
 
 def is_ours(env: Mapping[str, str]) -> bool:
@@ -97,7 +100,7 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
             entry = spool_root / spool.entry_name(run_id, attempt)
             stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
             snap = snapshot.copy_tree(fd, uid, entry / "files", deadline=stage_deadline,
-                                      exclude=frozenset({"run.json", "MANIFEST.json", ".run.lock"}))
+                                      exclude=SNAPSHOT_EXCLUDE)
             evidence = endstate.Evidence(
                 exit_code2=env.get("SLURM_JOB_EXIT_CODE2"),
                 restart_count=int(env.get("SLURM_JOB_RESTART_COUNT") or 0),

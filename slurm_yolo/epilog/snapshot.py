@@ -158,7 +158,7 @@ def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: fr
         uid: the job's uid; only files it owns are copied.
         dest: where the copy goes (inside the root-only spool).
         deadline: ``time.monotonic()`` value; past it the copy stops with ``complete=False``.
-        exclude: top-level names not to copy (the epilog writes its own run.json).
+        exclude: relative paths not to copy (the epilog writes its own run.json).
     """
     snap = Snapshot()
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: fr
             if time.monotonic() > deadline or entries > MAX_ENTRIES:
                 snap.complete = False
                 return
-            if not rel and name in exclude:
+            if relpath in exclude:
                 continue
             if not _safe_component(name):
                 snap.skipped.append(f"{relpath!r}: control characters in name")

@@ -7,6 +7,7 @@ One entry per ended attempt, in the root-only spool folder::
         files/...         the run folder snapshot (copied safely, see snapshot.py)
         meta/run.json     the record with the epilog's end state   } uploaded last:
         meta/MANIFEST.json size + sha256 of every file in files/    } the commit marker
+        meta/attempts/attempt-N.json  the record as this attempt ended (kept per attempt)
         index.json        the run's index record
 
 Shipping is idempotent: ``s5cmd sync`` copies only what the store does not have yet (so a
@@ -89,8 +90,11 @@ class RunLock:
 def write_entry(entry: Path, info: dict[str, Any], record: dict[str, Any], manifest: dict[str, Any],
                 index: dict[str, Any]) -> None:
     """Write the metadata of a staged entry (the files are already in ``entry/files``)."""
-    (entry / "meta").mkdir(mode=0o700, exist_ok=True)
+    (entry / "meta" / "attempts").mkdir(mode=0o700, parents=True, exist_ok=True)
     write_json_atomic(entry / "meta" / "run.json", record, mode=0o600)
+    # Each attempt's snapshot stays in the store, marked with its number; later attempts
+    # overwrite run.json but never this file.
+    write_json_atomic(entry / "meta" / "attempts" / f"attempt-{info['attempt']}.json", record, mode=0o600)
     write_json_atomic(entry / "meta" / MANIFEST, manifest, mode=0o600)
     write_json_atomic(entry / "index.json", index, mode=0o600)
     write_json_atomic(entry / ENTRY_JSON, info, mode=0o600)

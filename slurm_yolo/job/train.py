@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import signal
 import socket
 import sys
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from slurm_yolo import record as rec
+from slurm_yolo.archive.store import Store
+from slurm_yolo.config import duration_seconds
+from slurm_yolo.job.monitor import GOOD_CHECKPOINT, RunMonitor
 
 RECORDED_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
 LOG_NAME = "train.log"
@@ -164,18 +168,32 @@ class TrainJob:
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
         print(f"[slurm-yolo] run {record['run_id']} attempt {attempt['attempt']} on {attempt['node']}", flush=True)
         status, error = "FAILED", None
+        config = record["config"]
+        monitor = start_monitor(run_dir, record)
         try:
+            limit = int(config["slurm"].get("max_requeues", 3)) + 1
+            if attempt["attempt"] > limit:
+                raise RuntimeError(f"attempt {attempt['attempt']} exceeds slurm.max_requeues+1={limit}; not training")
             env = environment()
             rec.update_record(run_dir, lambda r: r.update(environment=env))
-            self._train(run_dir, record["config"])
+            self._train(run_dir, config, attempt["attempt"])
             status = "COMPLETED"
         except Terminated:
-            status = "TERMINATED"
+            status = "REQUEUING" if self.requeuing else "TERMINATED"
             raise
         except BaseException as e:
-            error = f"{type(e).__name__}: {e}"[:500]
+            if self.requeuing:  # submitit checkpointed us and asked Slurm to requeue: not a failure
+                status = "REQUEUING"
+            else:
+                error = f"{type(e).__name__}: {e}"[:500]
             raise
         finally:
+            monitor.stop()
+            if monitor.syncing and os.environ.get("SUBMITIT_EXECUTOR") == "local":
+                # No epilog runs after a local job: one last sync is its archive.
+                monitor.sync(len(rec.read_results_rows(run_dir / "results.csv")))
+            if status == "COMPLETED":
+                (run_dir / "weights" / GOOD_CHECKPOINT).unlink(missing_ok=True)
             metrics = rec.read_metrics(run_dir / "results.csv")
 
             def finish(r: dict[str, Any]) -> None:
@@ -194,14 +212,111 @@ class TrainJob:
                 print(f"[slurm-yolo] could not record the end of the attempt: {e}", file=sys.stderr, flush=True)
         return {"run_dir": str(run_dir), "status": status, "metrics": metrics}
 
-    def _train(self, run_dir: Path, config: dict[str, Any]) -> None:
+    requeuing = False
+
+    def checkpoint(self, run_dir: str):
+        """Called by submitit on the time-limit/pre-emption signal (USR2): requeue this run.
+
+        Ultralytics saves ``weights/last.pt`` every epoch, so there is nothing to save here;
+        the next attempt resumes from it. Returns ``None`` (no requeue) once
+        ``slurm.max_requeues`` attempts have been used.
+        """
+        import submitit
+
+        try:
+            limit = int(rec.read_record(run_dir)["config"]["slurm"].get("max_requeues", 3))
+        except (OSError, ValueError, KeyError):
+            limit = 3
+        if attempt_number() > limit:
+            return None
+        self.requeuing = True
+        return submitit.helpers.DelayedSubmission(TrainJob(), run_dir)
+
+    def _train(self, run_dir: Path, config: dict[str, Any], attempt: int) -> None:
         from ultralytics import YOLO
 
         args = dict(config["train"])
         model = args.pop("model")
-        args.update(project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
-                    device=device_for(int(config["slurm"].get("gpus") or 0)))
-        YOLO(model).train(**args)
+        device = device_for(int(config["slurm"].get("gpus") or 0))
+        resume = find_resume_checkpoint(run_dir) if attempt > 1 or (run_dir / "weights" / "last.pt").exists() else None
+        if resume is None:
+            args.update(project=str(run_dir.parent), name=run_dir.name, exist_ok=True, device=device)
+            YOLO(model).train(**args)
+            return
+        path, epoch = resume
+        if epoch is None or epoch + 1 >= int(args.get("epochs", 100)):
+            print(f"[slurm-yolo] {path.name} is the final checkpoint: training already finished", flush=True)
+            return
+        kept = truncate_results(run_dir / "results.csv", epoch + 1)
+        print(f"[slurm-yolo] resuming from {path} (epoch {epoch + 1} done; results.csv rows kept: {kept})",
+              flush=True)
+        # Only what Ultralytics allows to change on resume; the rest comes from the checkpoint.
+        YOLO(str(path)).train(resume=True, device=device, workers=args.get("workers", 8))
+
+
+def find_resume_checkpoint(run_dir: Path) -> tuple[Path, int | None] | None:
+    """The checkpoint to resume from and its last completed epoch (0-based), or ``None``.
+
+    ``weights/last.pt`` if it loads, else the monitor's ``weights/last.good.pt``: a
+    ``last.pt`` truncated by a kill during its write must never break resume. A damaged
+    ``last.pt`` is replaced by the good copy so Ultralytics keeps writing a sane file.
+    """
+    import torch
+
+    weights = run_dir / "weights"
+    for name in ("last.pt", GOOD_CHECKPOINT):
+        path = weights / name
+        if not path.is_file():
+            continue
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated zip, a bad pickle: try the next candidate
+            print(f"[slurm-yolo] checkpoint {path} is unusable ({type(e).__name__}: {e}); trying the next",
+                  file=sys.stderr, flush=True)
+            continue
+        epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
+        if ckpt.get("optimizer") is None:  # a final, stripped checkpoint: nothing to resume
+            epoch = None
+        if name != "last.pt":
+            tmp = weights / ".last.pt.restore.tmp"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, weights / "last.pt")
+            path = weights / "last.pt"
+        return path, epoch
+    return None
+
+
+def truncate_results(results_csv: Path, max_epoch: int) -> int:
+    """Drop rows after ``max_epoch`` (1-based) from results.csv, so a resumed run that redoes
+    an epoch does not list it twice. Returns the number of data rows kept."""
+    try:
+        lines = results_csv.read_text().splitlines(keepends=True)
+    except FileNotFoundError:
+        return 0
+    header, rows = lines[:1], lines[1:]
+    kept = [r for r in rows if r.strip() and _epoch_of(r) is not None and _epoch_of(r) <= max_epoch]
+    if len(kept) != len(rows):
+        tmp = results_csv.with_name(f".{results_csv.name}.tmp")
+        tmp.write_text("".join(header + kept))
+        os.replace(tmp, results_csv)
+    return len(kept)
+
+
+def _epoch_of(row: str) -> int | None:
+    try:
+        return int(float(row.split(",")[0]))
+    except ValueError:
+        return None
+
+
+def start_monitor(run_dir: Path, record: dict[str, Any]) -> RunMonitor:
+    """Start the side thread (good checkpoints + in-training sync) for this run."""
+    archive = record["config"].get("archive") or {}
+    every_s = duration_seconds(archive["sync_every"], "archive.sync_every") if archive.get("sync_every") else None
+    monitor = RunMonitor(run_dir, record.get("archive_url"), Store.from_env(endpoint_url=archive.get("endpoint_url")),
+                         every_s, archive.get("sync_every_epochs"))
+    monitor.start()
+    return monitor
 
 
 def _slurm_job_id() -> str | None:

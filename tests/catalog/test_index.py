@@ -40,7 +40,8 @@ def test_twenty_concurrent_writers_lose_and_duplicate_nothing(cat, client):
     got = index_lines(client, cat)
     ids = [x["run_id"] for x in got]
     assert len(ids) == len(set(ids)) == 50
-    assert {x["run_id"]: x for x in got if x["run_id"] in {y["run_id"] for y in lines}} == {y["run_id"]: y for y in lines}
+    new = {y["run_id"]: y for y in lines}
+    assert {x["run_id"]: x for x in got if x["run_id"] in new} == new
     assert ids == sorted(ids)
     assert pending_keys(client, cat) == []  # all folded in and cleaned up
 
@@ -91,6 +92,7 @@ def test_rebuild_from_run_json_files(cat, client, bucket):
     for r in recs:
         archive_run(client, bucket, r, {"results.csv": b"epoch\n"}, cat.index_url)
     client.put_object(Bucket=bucket, Key="runs/detect/pcb/yolov8n/junk/run.json", Body=b"{not json")
+    client.put_object(Bucket=bucket, Key="runs/detect/pcb/yolov8n/evil/run.json", Body=b'{"run_id": "../../INDEX"}')
     write_index(client, cat, [make_line(1, random.Random(5))])  # a stale line whose run.json is gone
     client.delete_object(Bucket=bucket, Key=cat.key(layout.index_key(recs[0]["run_id"])))
 
@@ -120,3 +122,26 @@ def test_locate_order_flag_env_site(tmp_path):
         index.locate(None, {"SLURM_YOLO_SITE_CONFIG": str(tmp_path / "none.yaml")})
     with pytest.raises(ConfigError, match="s3://"):
         index.locate("/local/path", {})
+
+
+def test_cli_compact_and_rebuild(cli_env, client, bucket, capsys):
+    from slurm_yolo.cli import main
+
+    rec = run_json("20261101_000000_cliabc", bucket)
+    archive_run(client, bucket, rec, {"a.txt": b"a"}, cli_env.index_url)
+    assert main(["index", "rebuild", "--root", f"s3://{bucket}/runs/", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"index_url": cli_env.index_url, "runs": 1}
+    client.put_object(Bucket=bucket, Key=index.pending_key(cli_env, "x1"), Body=json.dumps({"run_id": "x1"}))
+    assert main(["index", "compact"]) == 0
+    assert "2 runs" in capsys.readouterr().out
+    assert [x["run_id"] for x in index_lines(client, cli_env)] == ["20261101_000000_cliabc", "x1"]
+
+
+def test_deadline_leaves_the_update_pending_and_visible(cat, client):
+    import time
+
+    line = make_line(3, random.Random(9))
+    with pytest.raises(index.StoreError, match="pending and visible"):
+        index.add_to_index(cat.store, cat.index_url, line, deadline=time.monotonic() - 1)
+    assert [x["run_id"] for x in index.load_records(cat)] == [line["run_id"]]
+    assert len(pending_keys(client, cat)) == 1

@@ -88,6 +88,8 @@ def test_prune_dry_run_lists_exactly_what_a_real_prune_deletes(old_and_new_runs,
     plan = json.loads(capsys.readouterr().out)
     assert {x["run_id"] for x in plan["delete"]} == expected_delete and len(expected_delete) == 8
     assert {x["run_id"] for x in plan["keep"]} == expected_keep
+    assert main(argv[:-1] + ["--dry-run"]) == 0
+    assert "would delete 8 runs" in capsys.readouterr().out
     assert archived_keys(client, bucket) == before  # a dry run deletes nothing
 
     assert main(argv) == 0

@@ -209,7 +209,8 @@ def verify_archive(s3, archive_url: str) -> tuple[dict, dict]:
         data = read_object(s3, archive_url + rel)
         assert len(data) == want["size"], rel
         assert hashlib.sha256(data).hexdigest() == want["sha256"], f"{rel}: sha256 mismatch"
-    assert stored - set(manifest["files"]) <= {"run.json", "MANIFEST.json"}, stored - set(manifest["files"])
+    extra = {k for k in stored - set(manifest["files"]) if not k.startswith("attempts/attempt-")}
+    assert extra <= {"run.json", "MANIFEST.json"}, extra
     return record, manifest
 
 

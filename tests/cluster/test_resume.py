@@ -1,0 +1,110 @@
+"""Issue 4 on the real cluster: requeued runs resume; a damaged last.pt is survived; sync while training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import (archived_record, demo_config, job_state, list_keys, read_object, submit_json,
+                                    verify_archive, wait_for, wait_job_over)
+from tests.cluster.faultproxy import FaultProxy
+
+pytestmark = [pytest.mark.cluster, pytest.mark.training]
+
+
+def epochs_in(run_dir: Path) -> list[int]:
+    try:
+        rows = (run_dir / "results.csv").read_text().strip().splitlines()[1:]
+    except FileNotFoundError:
+        return []
+    return [int(float(r.split(",")[0])) for r in rows if r.strip()]
+
+
+def wait_epochs(run_dir: Path, n: int, timeout: float = 300) -> None:
+    wait_for(lambda: len(epochs_in(run_dir)) >= n, timeout, f"{n} epochs in {run_dir}")
+
+
+def finish_and_check(cluster, s3, out, epochs: int, first_state: str) -> dict:
+    run_dir = Path(out["run_dir"])
+    wait_for(lambda: job_state(cluster, out["job_id"]) == "COMPLETED", 600, f"job {out['job_id']} to complete")
+    record = archived_record(s3, out["archive_url"], state="COMPLETED", timeout=60)
+    verify_archive(s3, out["archive_url"])
+    assert [a["attempt"] for a in record["attempts"]] == [1, 2]
+    assert [a["end_state"] for a in record["attempts"]] == [first_state, "COMPLETED"]
+    assert record["attempts"][0]["epoch"] >= 1 and record["attempts"][1]["epoch"] == epochs
+    assert epochs_in(run_dir) == list(range(1, epochs + 1))  # resumed, not restarted, no duplicates
+    log = (run_dir / "train.log").read_text()
+    assert "resuming from" in log
+    # Each attempt's snapshot is kept, marked with its attempt number.
+    first = json.loads(read_object(s3, out["archive_url"] + "attempts/attempt-1.json"))
+    assert first["attempts"][0]["end_state"] == first_state
+    return record
+
+
+def test_scontrol_requeue_resumes_from_last_epoch(cluster, s3, dataset, runs_root, tmp_path):
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=6), runs_root=runs_root)
+    wait_epochs(Path(out["run_dir"]), 2)
+    subprocess.run(["scontrol", "requeue", out["job_id"]], check=True, env=cluster)
+    finish_and_check(cluster, s3, out, 6, "REQUEUED")
+
+
+def test_preemption_signal_requeues_and_resumes(cluster, s3, dataset, runs_root, tmp_path):
+    """The signal path: USR2 (what Slurm sends before a time limit or a pre-emption) →
+    submitit calls TrainJob.checkpoint → the job requeues itself → resumes."""
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=6), runs_root=runs_root)
+    wait_epochs(Path(out["run_dir"]), 2)
+    subprocess.run(["scancel", "--signal=USR2", out["job_id"]], check=True, env=cluster)
+    record = finish_and_check(cluster, s3, out, 6, "PREEMPTED")
+    assert "SIGUSR2" in [s["signal"] for s in record["attempts"][0]["signals"]]
+
+
+def test_truncated_last_pt_falls_back_to_the_good_copy(cluster, s3, dataset, runs_root, tmp_path):
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=6), runs_root=runs_root)
+    run_dir = Path(out["run_dir"])
+    wait_epochs(run_dir, 2)
+    wait_for(lambda: (run_dir / "weights" / "last.good.pt").exists(), 60, "the monitor's good checkpoint copy")
+    subprocess.run(["scontrol", "requeuehold", out["job_id"]], check=True, env=cluster)
+    wait_for(lambda: job_state(cluster, out["job_id"]) == "PENDING", 120, "the job to be requeued and held")
+    last = run_dir / "weights" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # as if killed in the middle of torch.save
+    subprocess.run(["scontrol", "release", out["job_id"]], check=True, env=cluster)
+    finish_and_check(cluster, s3, out, 6, "REQUEUED")
+    assert "last.pt is unusable" in (run_dir / "train.log").read_text()
+
+
+def test_sync_while_training_and_store_outage(cluster, s3, dataset, runs_root, tmp_path):
+    """In-training sync through an endpoint that is down first: training is not disturbed;
+    once the store is back, results.csv and run.json reach it while the job still runs."""
+    host, port = cluster["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
+    proxy = FaultProxy(host, int(port))  # starts down: connections refused
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=200), "archive.sync_every=2s",
+                      f"archive.endpoint_url={proxy.url}", runs_root=runs_root)
+    run_dir = Path(out["run_dir"])
+    wait_epochs(run_dir, 3)
+    assert job_state(cluster, out["job_id"]) == "RUNNING"
+    assert not list_keys(s3, out["archive_url"])
+    assert "will retry" in (run_dir / "train.log").read_text()  # failures logged, not raised
+    t_outage_epochs = len(epochs_in(run_dir))
+    proxy.up()
+
+    def synced():
+        keys = set(list_keys(s3, out["archive_url"]))
+        if not {"results.csv", "run.json"} <= keys:
+            return None
+        return read_object(s3, out["archive_url"] + "results.csv")
+
+    stored = wait_for(synced, 60, "results.csv and run.json in the store during training")
+    assert job_state(cluster, out["job_id"]) == "RUNNING"  # still training
+    assert len(stored.decode().strip().splitlines()) - 1 >= t_outage_epochs
+    remote = json.loads(read_object(s3, out["archive_url"] + "run.json"))
+    assert remote["status"] == "RUNNING" and remote["progress"]["epochs_done"] >= t_outage_epochs
+    subprocess.run(["scancel", out["job_id"]], check=True, env=cluster)
+    wait_job_over(cluster, out["job_id"])
+    proxy.down()
+    record, _ = verify_archive(s3, out["archive_url"])  # the epilog's final copy, straight to the store
+    assert record["end_state"] == "CANCELLED"
