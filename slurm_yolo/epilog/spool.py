@@ -11,8 +11,8 @@ One entry per ended attempt, in the root-only spool folder::
         index.json        the run's index record
 
 Shipping is idempotent: ``s5cmd sync`` copies only what the store does not have yet (so a
-partial copy resumes), then the commit marker, then the index record, then the entry is
-deleted. A per-run ``flock`` makes two drains (or a drain and an epilog) never ship the same
+partial copy resumes), then the commit marker, then the run's index record, then the line
+in ``INDEX.jsonl`` (conditional writes), then the entry is deleted. A per-run ``flock`` makes two drains (or a drain and an epilog) never ship the same
 run at once; a newer attempt's entry supersedes older ones of the same run.
 """
 
@@ -111,9 +111,11 @@ def supersede_older(spool_dir: str | os.PathLike, run_id: str, attempt: int) -> 
     return removed
 
 
-def _note(entry: Path, info: dict[str, Any], **changes: Any) -> None:
-    info.update(changes)
+def _failed(entry: Path, info: dict[str, Any], detail: str, started: float) -> ShipResult:
+    """Record the failure in the entry (it stays in the spool for the drain) and report it."""
+    info.update(attempts=info.get("attempts", 0) + 1, last_error=detail, last_try=utc_now())
     write_json_atomic(entry / ENTRY_JSON, info, mode=0o600)
+    return ShipResult(entry.name, False, detail, time.monotonic() - started)
 
 
 def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
@@ -134,9 +136,15 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
     for label, argv in steps:
         result = s5cmd.run(argv, site.store, deadline=deadline)
         if not result.ok:
-            detail = f"{label}: {result.summary()}"
-            _note(entry, info, attempts=info.get("attempts", 0) + 1, last_error=detail, last_try=utc_now())
-            return ShipResult(entry.name, False, detail, time.monotonic() - started)
+            return _failed(entry, info, f"{label}: {result.summary()}", started)
+    # INDEX.jsonl needs conditional writes (If-Match), which s5cmd cannot do: boto3 here.
+    from slurm_yolo.catalog.index import add_to_index
+    from slurm_yolo.errors import StoreError
+
+    try:
+        add_to_index(site.store, site.index_url, json.loads((entry / "index.json").read_text()), deadline=deadline)
+    except StoreError as e:
+        return _failed(entry, info, f"INDEX.jsonl: {e}", started)
     shutil.rmtree(entry, ignore_errors=True)
     return ShipResult(entry.name, True, f"shipped to {dest}", time.monotonic() - started)
 

@@ -58,6 +58,12 @@ def test_completes_normally(cluster, s3, dataset, runs_root, tmp_path):
     # The user's own folder learns the verdict too.
     local = json.loads((Path(out["run_dir"]) / "run.json").read_text())
     assert local["end_state"] == "COMPLETED"
+    # ...and the catalog finds it through the index the epilog wrote.
+    shown = cli(cluster, "runs", "show", out["run_id"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["archive_url"] == out["archive_url"]
+    listed = json.loads(cli(cluster, "runs", "list", "--project", "pcb-test", "--json").stdout)
+    assert out["run_id"] in [r["run_id"] for r in listed]
 
 
 def test_error_mid_training_is_failed(cluster, s3, dataset, runs_root, tmp_path):
@@ -195,5 +201,8 @@ def test_twenty_jobs_ending_together(cluster, s3, dataset, runs_root, tmp_path):
         assert index_record(s3, cluster, out["run_id"])["archive_url"] == out["archive_url"]
         run_ids.add(record["run_id"])
     assert len(run_ids) == 20
+    lines = [json.loads(x) for x in read_object(s3, "s3://slurm-yolo/index/INDEX.jsonl").decode().splitlines() if x]
+    ours = [x["run_id"] for x in lines if x["run_id"] in run_ids]
+    assert sorted(ours) == sorted(run_ids)  # every run once in INDEX.jsonl: none lost, none twice
     left = json.loads(cli(cluster, "spool", "list", "--json").stdout)
     assert not [e for e in left if e["entry"].split(".a")[0] in run_ids]
