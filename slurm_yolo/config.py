@@ -224,12 +224,19 @@ def resolve_config(
 
 
 def _check_train(train: dict[str, Any], where: str, base: Path, check_paths: bool) -> dict[str, Any]:
-    known = ultralytics_train_keys()
-    for key in train:
+    known = ultralytics_train_defaults()
+    for key, value in train.items():
         if key in RESERVED_TRAIN_KEYS:
             raise ConfigError(f"{where}: train.{key} is set by slurm-yolo (run folder, GPUs, resume); remove it")
-        if known is not None and key not in known:
+        if known is None:
+            continue
+        if key not in known:
             raise ConfigError(f"{where}: unknown Ultralytics argument train.{key}{_did_you_mean(key, known)}")
+        default = known[key]
+        # Numbers must be numbers (Ultralytics would fail only once the job runs on a GPU node).
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float, list))):
+            raise ConfigError(f"{where}: train.{key} must be a number, got {type(value).__name__} {value!r}")
     data = train.get("data")
     if not isinstance(data, str) or not data:
         raise ConfigError(f"{where}: train.data (the dataset's data.yaml) is required")
@@ -319,8 +326,8 @@ def duration_seconds(value: str | int | float, what: str) -> float:
     return seconds
 
 
-def ultralytics_train_keys() -> frozenset[str] | None:
-    """The argument names Ultralytics accepts, read from its ``cfg/default.yaml``.
+def ultralytics_train_defaults() -> dict[str, Any] | None:
+    """The arguments Ultralytics accepts and their defaults, from its ``cfg/default.yaml``.
 
     Read as a data file next to the installed package, without importing ultralytics (which
     would import torch and make the CLI slow). ``None`` when ultralytics is not installed on
@@ -331,9 +338,10 @@ def ultralytics_train_keys() -> frozenset[str] | None:
         return None
     default = Path(list(spec.submodule_search_locations)[0]) / "cfg" / "default.yaml"
     try:
-        return frozenset(yaml.safe_load(default.read_text()))
+        data = yaml.safe_load(default.read_text())
     except (OSError, yaml.YAMLError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _did_you_mean(key: str, choices) -> str:

@@ -206,3 +206,10 @@ def test_twenty_jobs_ending_together(cluster, s3, dataset, runs_root, tmp_path):
     assert sorted(ours) == sorted(run_ids)  # every run once in INDEX.jsonl: none lost, none twice
     left = json.loads(cli(cluster, "spool", "list", "--json").stdout)
     assert not [e for e in left if e["entry"].split(".a")[0] in run_ids]
+
+
+def test_check_validates_the_installation(cluster):
+    proc = subprocess.run([str(Path(cluster["PATH"].split(":")[0]) / "slurm-yolo-epilog"), "--check"],
+                          capture_output=True, text=True, env=cluster, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "FAIL" not in proc.stdout and "bucket slurm-yolo: reachable" in proc.stdout

@@ -1,0 +1,106 @@
+"""The CLI's contract: --help, --dry-run, --json, one-line errors with exit codes, nothing half-done."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slurm_yolo.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    data = tmp_path / "data.yaml"
+    data.write_text("path: .\ntrain: images\nval: images\nnames: {0: a}\n")
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["train"]["data"] = str(data)
+    raw["runs_root"] = str(tmp_path / "runs")
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "slurm_yolo.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def test_help_lists_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for cmd in ("submit", "sweep", "status", "spool", "runs", "reproduce", "index", "store"):
+        assert cmd in out.stdout
+
+
+def test_dry_run_json_submits_and_creates_nothing(cfg, tmp_path):
+    out = run_cli("submit", cfg, "--dry-run", "--json", "--run-id", "ci-42")
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert obj["run_id"] == "ci-42" and obj["job_id"] is None and obj["dry_run"] is True
+    assert obj["archive_url"].endswith("/detect/pcb-demo/yolov8n/ci-42/")
+    assert "#SBATCH --comment=slurm-yolo:v1:" in obj["script"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_launcher_never_imports_torch_or_ultralytics(cfg):
+    code = (f"import sys; from slurm_yolo.cli import main; rc = main(['submit', {str(cfg)!r}, '--dry-run']); "
+            "assert rc == 0; bad = [m for m in ('torch', 'ultralytics') if m in sys.modules]; "
+            "assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_sweep_dry_run_validates_every_element(cfg):
+    out = run_cli("sweep", cfg, "--grid", "train.lr0=0.01,0.001", "--grid", "train.batch=4,8", "--dry-run", "--json")
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert len(obj["elements"]) == 4 and "#SBATCH --array=0-3%4" in obj["script"]
+    bad = run_cli("sweep", cfg, "--grid", "train.lr0=0.01,fast", "--grid", "slurm.gpus=1,x", "--dry-run")
+    assert bad.returncode == 2 and "slurm.gpus must be int" in bad.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "train.epochs=many"], "train.epochs"),
+    (["--set", "slurm.gpu=1"], "did you mean 'gpus'"),
+    (["--set", "train.data=/nope/data.yaml"], "does not exist"),
+    (["--run-id", "../evil"], "is not a valid name"),
+    (["--set", "archive.url=file:///tmp"], "must be an s3://bucket/prefix URL"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_created(cfg, tmp_path, args, fragment):
+    out = run_cli("submit", cfg, *args)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("slurm-yolo: error:") and fragment in lines[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_failed_sbatch_leaves_no_half_submitted_run(cfg, tmp_path):
+    """A unit test of the failure path with a fake sbatch (the real one is used everywhere else)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: debug' >&2\nexit 1\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:/usr/bin:/bin"}
+    out = run_cli("submit", cfg, "--json", env=env)
+    assert out.returncode == 1 and out.stdout == ""
+    assert "invalid partition" in out.stderr and "nothing was submitted" in out.stderr
+    assert list((tmp_path / "runs").iterdir()) == []  # the run folder was removed again
+
+
+def test_status_of_unknown_run(tmp_path):
+    out = run_cli("status", "20260101_000000_aaaaaa", "--runs-root", tmp_path)
+    assert out.returncode == 1 and "no run folder" in out.stderr
+
+
+def test_main_returns_exit_code_in_process(cfg):
+    assert main(["submit", str(cfg), "--dry-run", "--json"]) == 0
