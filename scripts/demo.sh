@@ -5,9 +5,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${SLURM_YOLO_VENV:-/opt/slurm-yolo/venv}
 cd "$here"
-bash scripts/setup.sh
-bash scripts/dev-cluster.sh up
-eval "$(bash scripts/dev-cluster.sh env)"
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
+bring_up
 [ -f datasets/demo/data.yaml ] || "$venv/bin/python" -m slurm_yolo.synthetic datasets/demo
 run_id="demo-$(date -u +%Y%m%d_%H%M%S)"
 echo "== slurm-yolo submit configs/demo.yaml --wait --run-id $run_id"

@@ -6,7 +6,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${SLURM_YOLO_VENV:-/opt/slurm-yolo/venv}
 cd "$here"
-bash scripts/setup.sh
-bash scripts/dev-cluster.sh up
-eval "$(bash scripts/dev-cluster.sh env)"
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
+bring_up
 exec "$venv/bin/python" -m pytest tests -ra "$@"

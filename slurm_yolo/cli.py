@@ -91,12 +91,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.dry_run:
         result = launcher.dry_run(config, run_id=args.run_id)
-        if args.json:
-            emit_json(result)
-        else:
-            print(result["script"])
-            print(f"# dry run: would create {result['run_dir']}; nothing was submitted", file=sys.stderr)
-        return 0
+        return _show_dry_run(result, args.json, f"would create {result['run_dir']}")
     handle = launcher.submit(config, run_id=args.run_id, executor=args.executor)
     if not args.json:
         print(f"run       {handle.run_id}\njob       {handle.job_id} ({handle.executor})\n"
@@ -110,6 +105,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         emit_json({**handle.to_dict(), "end_state": state})
     if state != "COMPLETED":
         raise RunFailed(f"run {handle.run_id} ended {state}; see {handle.run_dir}/train.log")
+    return 0
+
+
+def _show_dry_run(result: dict[str, Any], as_json: bool, what: str) -> int:
+    if as_json:
+        emit_json(result)
+    else:
+        print(result["script"])
+        print(f"# dry run: {what}; nothing was submitted", file=sys.stderr)
     return 0
 
 
@@ -146,15 +150,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         combos = launcher.expand_grid(grid)
         for combo in combos:  # validate every element, exactly as a real sweep would
-            load_config(args.config, args.overrides + [f"{k}={v}" for k, v in combo.items()])
+            load_config(args.config, args.overrides + launcher.override_strings(combo))
         result = launcher.dry_run(load_config(args.config, args.overrides), array_size=len(combos))
         result["elements"] = combos
-        if args.json:
-            emit_json(result)
-        else:
-            print(result["script"])
-            print(f"# dry run: {len(combos)} runs in one array; nothing was submitted", file=sys.stderr)
-        return 0
+        return _show_dry_run(result, args.json, f"{len(combos)} runs in one array")
     handles = launcher.sweep(args.config, grid, base_overrides=args.overrides, executor=args.executor)
     if args.json:
         emit_json({"sweep_id": handles[0].sweep_id, "runs": [h.to_dict() for h in handles]})

@@ -221,7 +221,8 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(list(grid[k]) for k in keys))]
 
 
-def _override_strings(element: Mapping[str, Any] | Sequence[str]) -> list[str]:
+def override_strings(element: Mapping[str, Any] | Sequence[str]) -> list[str]:
+    """``{"train.lr0": 0.01}`` → ``["train.lr0=0.01"]`` (values as YAML); lists pass through."""
     if isinstance(element, Mapping):
         import yaml
 
@@ -263,7 +264,7 @@ def sweep(
     elements = expand_grid(grid) if grid is not None else list(overrides)
     if not elements:
         raise ConfigError("sweep: no runs to submit")
-    configs = [load_config(config, list(base_overrides) + _override_strings(e)) for e in elements]
+    configs = [load_config(config, list(base_overrides) + override_strings(e)) for e in elements]
     if any(c.slurm != configs[0].slurm for c in configs):
         raise ConfigError("sweep: slurm.* must be the same for every element (one job array has one shape)")
     if executor == "slurm":

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from slurm_yolo.catalog.index import Catalog
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_store_settings(monkeypatch):
+    """The suite also runs inside the dev cluster's shell (AWS_ENDPOINT_URL, S3_ENDPOINT_URL,
+    SLURM_YOLO_SITE_CONFIG ...): catalog tests must only see the store they set up."""
+    for key in list(os.environ):
+        if key.startswith(("AWS_", "S3_", "SLURM_YOLO_")) and key != "AWS_CA_BUNDLE":
+            monkeypatch.delenv(key)
 
 
 @pytest.fixture

@@ -1,0 +1,401 @@
+"""Benchmark: the epilog's no-op path, and archiving a realistic run folder, side by side.
+
+Part 1, the no-op path (a job that is not ours, i.e. almost every job on a cluster), each
+started as a fresh process with a slurmd-like environment (no PATH, ``SLURM_JOB_ID=1``,
+a foreign or absent ``SLURM_JOB_COMMENT``), runs interleaved:
+
+* the shipped shim ``scripts/slurm-yolo-epilog.sh`` (decides in ``/bin/sh``, no Python);
+* ``python -I -m slurm_yolo.epilog.main`` (the Python no-op path: pointing ``Epilog=`` at
+  the console script directly);
+* a bare ``python3 -c pass`` (the reference).
+
+Part 2, archiving one run folder (2 × 50 MB weights, 300 images of 30-60 KB, results.csv,
+args.yaml, plots; random bytes, made once) to an S3 store, 3 repetitions each, interleaved,
+every run to a fresh prefix, objects deleted after each run (moto keeps them in memory):
+
+* slurm-yolo: the epilog's own ``archive_job`` (``open_dir_nofollow`` → ``copy_tree`` into
+  the spool with sha256 → write-back of the end state as the user → ``spool.write_entry`` →
+  ``spool.ship``: ``s5cmd sync`` with the site's ``--numworkers``, commit marker, index
+  record → spool entry deleted); also timed on its own: the safe copy + sha256 step;
+* a sequential boto3 ``upload_file`` loop (boto3's defaults: files over 8 MB go multipart
+  with up to 10 threads per file);
+* a 5-thread boto3 pool (``ThreadPoolExecutor(5)`` of ``upload_file``).
+
+The boto3 timings include creating the client; none include Python start-up or imports.
+Both against the loopback ``moto_server`` directly and behind ``benchmarks/proxy.py``
+(client → server latency added, default 20 ms: one extra ``--delay-ms`` per request).
+Every run is checked: the object count and total bytes under its prefix must match.
+
+Run: ``/opt/slurm-yolo/venv/bin/python benchmarks/bench_epilog.py [--markdown FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from slurm_yolo.archive import s5cmd  # noqa: E402
+from slurm_yolo.archive.store import Store  # noqa: E402
+from slurm_yolo.epilog import main as epilog_main  # noqa: E402
+from slurm_yolo.epilog import snapshot  # noqa: E402
+from slurm_yolo.epilog.site import SiteConfig  # noqa: E402
+
+ACCESS = (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"))
+VENV_PY = "/opt/slurm-yolo/venv/bin/python"
+BUCKET = "bench-epilog"
+RUN_ID = "20250101_000000_bench1"
+
+
+# ---------------------------------------------------------------- helpers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on {port} within 30 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A fresh moto S3 server on a free loopback port (its own process group)."""
+    port = free_port()
+    binary = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(binary) if binary.exists() else shutil.which("moto_server") or "moto_server",
+                             "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_port(port, proc, "moto_server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def latency_proxy(target: str, delay_ms: float) -> Iterator[str]:
+    """benchmarks/proxy.py in front of ``target``; it exits when we close its stdin."""
+    host_port = target.removeprefix("http://")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "proxy.py"), "--target", host_port,
+                             "--delay-ms", str(delay_ms), "--max-seconds", "900"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline().strip()  # "listening on 127.0.0.1:PORT"
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"proxy did not start: {line!r}")
+        yield "http://" + line.removeprefix("listening on ")
+    finally:
+        proc.stdin.close()  # EOF: the proxy stops by itself
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+
+
+def stats_ms(samples: list[float]) -> tuple[float, float]:
+    return statistics.mean(samples) * 1000, statistics.median(samples) * 1000
+
+
+# ---------------------------------------------------------------- part 1: no-op path
+
+def bench_noop(n: int) -> list[tuple[str, float, float]]:
+    """(label, mean ms, median ms) per way of starting the no-op epilog, interleaved runs."""
+    shim = str(ROOT / "scripts" / "slurm-yolo-epilog.sh")
+    foreign = {"SLURM_JOB_ID": "1", "SLURM_JOB_COMMENT": "some other comment"}  # no PATH, like slurmd
+    absent = {"SLURM_JOB_ID": "1"}
+    cases: list[tuple[str, list[str], dict[str, str]]] = [
+        ("(a) shim `slurm-yolo-epilog.sh`, comment absent", [shim], absent),
+        ("(a) shim `slurm-yolo-epilog.sh`, foreign comment", [shim], foreign),
+        ("(b) `python -I -m slurm_yolo.epilog.main`, foreign comment",
+         [VENV_PY, "-I", "-m", "slurm_yolo.epilog.main"], foreign),
+        ("(c) `python3 -c pass` (reference)", [VENV_PY.removesuffix("python") + "python3", "-c", "pass"], foreign),
+    ]
+    samples: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+    for i in range(n + 3):  # 3 warm-up rounds, not counted
+        for label, argv, env in cases:
+            t0 = time.perf_counter()
+            rc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, cwd="/").returncode
+            dt = time.perf_counter() - t0
+            if rc != 0:
+                raise RuntimeError(f"{argv} exited {rc}")
+            if i >= 3:
+                samples[label].append(dt)
+    return [(label, *stats_ms(samples[label])) for label, _, _ in cases]
+
+
+# ---------------------------------------------------------------- part 2: archive a run folder
+
+def make_run_folder(parent: Path, seed: int = 7) -> tuple[Path, dict[str, int]]:
+    """A realistic ultralytics run folder (random bytes), named after its run ID, with run.json."""
+    rng = random.Random(seed)
+    run = parent / RUN_ID
+    files: dict[str, int] = {}
+
+    def put(rel: str, data: bytes) -> None:
+        p = run / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        files[rel] = len(data)
+
+    for name in ("best.pt", "last.pt"):
+        put(f"weights/{name}", rng.randbytes(50 * 1000 * 1000))
+    jpeg_head = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
+    for i in range(300):
+        rel = (f"train_batch{i}.jpg" if i < 30 else f"val/val_batch{i:03d}_pred.jpg" if i < 60
+               else f"images/sample_{i:03d}.jpg")
+        put(rel, jpeg_head + rng.randbytes(rng.randint(30_000, 60_000)) + b"\xff\xd9")
+    header = "epoch,train/box_loss,train/cls_loss,train/dfl_loss,metrics/precision(B),metrics/recall(B)," \
+             "metrics/mAP50(B),metrics/mAP50-95(B),val/box_loss,val/cls_loss,val/dfl_loss,lr/pg0,lr/pg1,lr/pg2\n"
+    put("results.csv", (header + "".join(",".join(f"{rng.random():.5f}" for _ in range(14)) + "\n"
+                                         for _ in range(100))).encode())
+    put("args.yaml", "".join(f"key{i}: {rng.random():.4f}\n" for i in range(100)).encode())
+    for plot in ("results.png", "confusion_matrix.png", "confusion_matrix_normalized.png", "PR_curve.png",
+                 "F1_curve.png", "P_curve.png", "R_curve.png", "labels.jpg"):
+        put(plot, rng.randbytes(rng.randint(80_000, 250_000)))
+    record = {
+        "version": 1, "run_id": RUN_ID, "task": "detect", "project": "bench", "model_name": "yolov8n",
+        "status": "running", "user": "root",
+        "attempts": [{"attempt": 1, "slurm_job_id": "4242", "status": "running", "start": "2025-01-01T00:00:00Z"}],
+        "metrics": {"map50": 0.9, "map50_95": 0.7},
+    }
+    (run / "run.json").write_text(json.dumps(record))
+    return run, files
+
+
+@dataclass
+class Upload:
+    seconds: float
+    objects: int
+    nbytes: int
+    extra: dict[str, float]
+
+
+def list_sizes(client, prefix: str) -> dict[str, int]:
+    """Key → size of every object under ``prefix``."""
+    return {obj["Key"]: obj["Size"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+            for obj in page.get("Contents", [])}
+
+
+def delete_keys(client, keys: list[str]) -> None:
+    for i in range(0, len(keys), 1000):
+        client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                                                     "Quiet": True})
+
+
+def via_slurm_yolo(run: Path, files: dict[str, int], endpoint: str, spool: Path, workers: int,
+                   s5cmd_path: str | None, check_client) -> Upload:
+    """The epilog's own archive path (``archive_job``) with a site config on ``endpoint``."""
+    tag = uuid.uuid4().hex[:8]
+    site = SiteConfig(path="(benchmark)", store=Store(endpoint_url=endpoint, keys=ACCESS, s5cmd=s5cmd_path),
+                      allowed_prefix=f"s3://{BUCKET}/{tag}/runs/{{user}}/", index_url=f"s3://{BUCKET}/{tag}/index/",
+                      spool_dir=str(spool), log_file=str(spool.parent / "epilog.log"), s5cmd_workers=workers,
+                      scontrol=False)
+    env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_UID": str(os.getuid()), "SLURM_JOB_GID": str(os.getgid()),
+           "SLURM_JOB_COMMENT": epilog_main.MARKER_PREFIX + str(run), "SLURM_JOB_EXIT_CODE2": "0:0",
+           "SLURMD_NODENAME": "node1", "SLURM_JOB_NODELIST": "node1"}
+    t0 = time.perf_counter()
+    summary = epilog_main.archive_job(env, site, deadline=time.monotonic() + 600)
+    seconds = time.perf_counter() - t0
+    if not summary["shipped"] or summary["skipped"] or not summary["complete"]:
+        raise RuntimeError(f"slurm-yolo did not ship everything: {summary}")
+    # Every file of the folder with its size, the commit marker and the index record (the
+    # epilog may add more metadata, e.g. per-attempt records: allowed, counted).
+    stored = list_sizes(check_client, f"{tag}/")
+    sizes = {k.rpartition(f"/{RUN_ID}/")[2]: sz for k, sz in stored.items() if f"/{RUN_ID}/" in k}
+    missing = [rel for rel, size in files.items() if sizes.get(rel) != size]
+    missing += [m for m in ("run.json", "MANIFEST.json") if m not in sizes]
+    if missing or f"{tag}/index/runs/{RUN_ID}.json" not in stored:
+        raise RuntimeError(f"slurm-yolo: missing or wrong size in the store: {missing[:10]} (or the index record)")
+    delete_keys(check_client, list(stored))
+    # The safe copy + sha256 step alone (a second copy, outside the timing above).
+    scratch = spool / f"copy-only-{tag}"
+    fd = snapshot.open_dir_nofollow(str(run), os.getuid())
+    try:
+        t1 = time.perf_counter()
+        snap = snapshot.copy_tree(fd, os.getuid(), scratch, deadline=time.monotonic() + 600,
+                                  exclude=frozenset({"run.json", "MANIFEST.json", ".run.lock"}))
+        copy_s = time.perf_counter() - t1
+    finally:
+        os.close(fd)
+    shutil.rmtree(scratch)
+    assert len(snap.files) == len(files)
+    return Upload(seconds, len(stored), sum(stored.values()), {"copy_s": copy_s})
+
+
+def via_boto3(run: Path, files: dict[str, int], endpoint: str, threads: int, check_client) -> Upload:
+    """``upload_file`` of every file, sequentially (threads=1) or from a thread pool."""
+    prefix = f"boto3-{uuid.uuid4().hex[:8]}/"
+    t0 = time.perf_counter()
+    client = Store(endpoint_url=endpoint, keys=ACCESS).boto3_client()
+    rels = sorted(files)
+
+    def one(rel: str) -> None:
+        client.upload_file(str(run / rel), BUCKET, prefix + rel)
+
+    if threads == 1:
+        for rel in rels:
+            one(rel)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, rels))
+    seconds = time.perf_counter() - t0
+    stored = list_sizes(check_client, prefix)
+    if len(stored) != len(files) or any(stored.get(prefix + rel) != size for rel, size in files.items()):
+        raise RuntimeError(f"boto3 x{threads}: {len(stored)} objects in the store, expected {len(files)}")
+    delete_keys(check_client, list(stored))
+    return Upload(seconds, len(stored), sum(stored.values()), {})
+
+
+def bench_archive(run: Path, files: dict[str, int], endpoint: str, direct: str, spool: Path, reps: int,
+                  workers: int, s5cmd_path: str | None, log: Callable[[str], None]) -> dict[str, list[Upload]]:
+    """Each approach ``reps`` times, interleaved, uploading through ``endpoint``."""
+    check_client = Store(endpoint_url=direct, keys=ACCESS).boto3_client()  # checks bypass the proxy
+    approaches: list[tuple[str, Callable[[], Upload]]] = [
+        ("slurm-yolo epilog (copy+sha256, s5cmd)", lambda: via_slurm_yolo(run, files, endpoint, spool, workers,
+                                                                           s5cmd_path, check_client)),
+        ("boto3 sequential upload_file", lambda: via_boto3(run, files, endpoint, 1, check_client)),
+        ("boto3 ThreadPoolExecutor(5)", lambda: via_boto3(run, files, endpoint, 5, check_client)),
+    ]
+    out: dict[str, list[Upload]] = {label: [] for label, _ in approaches}
+    for rep in range(reps):
+        for label, fn in approaches:
+            u = fn()
+            out[label].append(u)
+            log(f"  rep {rep + 1} {label}: {u.seconds:.2f} s ({u.objects} objects)")
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def noop_table(rows: list[tuple[str, float, float]], n: int) -> str:
+    ref_mean, ref_med = rows[-1][1], rows[-1][2]
+    lines = [f"| no-op epilog, N={n} runs each (fresh process) | mean ms | median ms | median vs (c) |",
+             "|---|---:|---:|---:|"]
+    for label, mean, med in rows:
+        lines.append(f"| {label} | {mean:.1f} | {med:.1f} | {med / ref_med:.2f}× |")
+    return "\n".join(lines)
+
+
+def archive_table(results: dict[str, dict[str, list[Upload]]], total_bytes: int) -> str:
+    lines = ["| network | approach | objects | median s | min–max s | MB/s | time vs sequential boto3 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for net, by in results.items():
+        ref = statistics.median(u.seconds for u in by["boto3 sequential upload_file"])
+        for label, ups in by.items():
+            secs = [u.seconds for u in ups]
+            med = statistics.median(secs)
+            lines.append(f"| {net} | {label} | {ups[0].objects} | {med:.2f} | {min(secs):.2f}–{max(secs):.2f} | "
+                         f"{total_bytes / 1e6 / med:.0f} | {med / ref:.2f}× |")
+            if ups and "copy_s" in ups[0].extra:  # the part of the epilog's time that is not upload
+                copy = [u.extra["copy_s"] for u in ups]
+                lines.append(f"| {net} | ↳ of which: safe copy + sha256 into the spool (timed alone) | — | "
+                             f"{statistics.median(copy):.2f} | {min(copy):.2f}–{max(copy):.2f} | "
+                             f"{total_bytes / 1e6 / statistics.median(copy):.0f} | — |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--noop-runs", type=int, default=30)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=SiteConfig.s5cmd_workers,
+                        help="s5cmd --numworkers (the site config's default)")
+    parser.add_argument("--s5cmd", help="s5cmd binary for slurm-yolo (default: what the epilog resolves, "
+                        "slurm_yolo.archive.s5cmd.binary())")
+    parser.add_argument("--markdown", help="also write the results as a markdown section to this file")
+    args = parser.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    log(f"no-op path: {args.noop_runs} runs each …")
+    noop = bench_noop(args.noop_runs)
+    work = Path(tempfile.mkdtemp(prefix="bench-epilog-"))
+    results: dict[str, dict[str, list[Upload]]] = {}
+    try:
+        run, files = make_run_folder(work)
+        total = sum(files.values())
+        log(f"run folder: {len(files)} files, {total / 1e6:.1f} MB")
+        for net in ("loopback", f"proxy +{args.delay_ms:g} ms/request"):
+            with moto_server() as endpoint:  # a fresh server per network: bounded memory
+                Store(endpoint_url=endpoint, keys=ACCESS).boto3_client().create_bucket(Bucket=BUCKET)
+                spool = work / "spool"
+                log(f"{net}:")
+                if net == "loopback":
+                    results[net] = bench_archive(run, files, endpoint, endpoint, spool, args.reps, args.workers,
+                                                 args.s5cmd, log)
+                else:
+                    with latency_proxy(endpoint, args.delay_ms) as proxied:
+                        results[net] = bench_archive(run, files, proxied, endpoint, spool, args.reps, args.workers,
+                                                 args.s5cmd, log)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    load_after = os.getloadavg()[0]
+
+    machine = (f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
+               f"{platform.python_version()}, moto_server on 127.0.0.1")
+    folder = (f"{len(files)} files, {total / 1e6:.1f} MB: weights/best.pt + last.pt (50 MB each), 300 images of "
+              f"30–60 KB, results.csv, args.yaml, 8 plots; random bytes")
+    text = "\n".join([
+        "## Epilog: no-op path and archive time", "",
+        f"Machine: {machine}. Benchmark wall time {elapsed:.0f} s; 1-min load average {load_before:.1f} "
+        f"before, {load_after:.1f} after (anything above ~0.5 means other processes shared the 2 cores).", "",
+        "Reproduce: `/opt/slurm-yolo/venv/bin/python benchmarks/bench_epilog.py --markdown /tmp/epilog-benchmarks.md`",
+        "", noop_table(noop, args.noop_runs), "",
+        f"Run folder: {folder}. s5cmd `{args.s5cmd or s5cmd.binary()}` --numworkers {args.workers}. "
+        "Each run to a fresh prefix; "
+        f"object count and bytes checked after every run.", "",
+        archive_table(results, total), "",
+    ])
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

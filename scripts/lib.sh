@@ -1,0 +1,7 @@
+# Shared by demo.sh and test.sh: install everything, bring the dev cluster up, load its env.
+# shellcheck shell=bash
+bring_up() {
+  bash "$here/scripts/setup.sh"
+  bash "$here/scripts/dev-cluster.sh" up
+  eval "$(bash "$here/scripts/dev-cluster.sh" env)"
+}
