@@ -30,7 +30,7 @@ class Evidence:
         exit_code2: ``SLURM_JOB_EXIT_CODE2`` (``"exit:signal"``), e.g. ``"3:0"``.
         restart_count: ``SLURM_JOB_RESTART_COUNT`` in the epilog (already incremented on requeue).
         attempt: the attempt that ended (1-based), from the job's own record.
-        job_status: the job's last status in run.json (COMPLETED, FAILED, TERMINATED, RUNNING, ...).
+        job_status: the job's last status in run.json (COMPLETED, FAILED, REQUEUING, RUNNING, ...).
         job_signals: signal names the job recorded during this attempt.
         scontrol: ``scontrol show job`` fields (JobState, Reason, ExitCode, Restarts), or empty.
         oom_in_log: slurmstepd reported an oom-kill in this attempt's job log. An OOM in the
@@ -96,7 +96,7 @@ def _oom(e: Evidence) -> bool:
 
 def _cancelled(e: Evidence) -> bool:
     _, sc_sig = _split_code(_sc(e, "ExitCode"))
-    return _sc(e, "JobState") == "CANCELLED" or "SIGTERM" in e.job_signals or e.job_status == "TERMINATED" \
+    return _sc(e, "JobState") == "CANCELLED" or "SIGTERM" in e.job_signals \
         or sc_sig in (9, 15)
 
 

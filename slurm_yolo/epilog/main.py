@@ -80,7 +80,7 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
     """
     from slurm_yolo.archive.layout import index_record
     from slurm_yolo.epilog import endstate, snapshot, spool, writeback
-    from slurm_yolo.record import utc_now
+    from slurm_yolo.record import read_metrics, utc_now
 
     job_id = env.get("SLURM_JOB_ID", "")
     uid = int(env["SLURM_JOB_UID"])
@@ -115,14 +115,21 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
             dest, note = destination(record, site, user)
             now = utc_now()
 
+            # From the snapshot, not from the job: a job killed by SIGKILL/OOM never wrote them.
+            metrics = read_metrics(entry / "files" / "results.csv")
+
             def apply(r: dict[str, Any]) -> None:
                 r["end_state"] = r["status"] = verdict.state
                 r["archive_url"] = dest
+                if metrics:
+                    r["metrics"] = metrics
                 if r.get("attempts"):
                     a = r["attempts"][-1]
                     a["end"] = a.get("end") or now
                     a.update(end_state=verdict.state, exit_code=verdict.exit_code,
                              epilog={"node": env.get("SLURMD_NODENAME"), "time": now, "rule": verdict.rule})
+                    if metrics:
+                        a["epoch"] = metrics["epochs_done"]
 
             apply(record)
             record["epilog"] = {"evidence": verdict.to_dict()["evidence"], "skipped": snap.skipped[:200],

@@ -81,7 +81,7 @@ def sync_argv(store: Store, run_dir: Path, archive_url: str, workers: int = 8) -
 
 
 class RunMonitor(threading.Thread):
-    """Daemon thread: every ``poll_s`` keep a good checkpoint; every ``every_s`` seconds (or
+    """Daemon thread: every ``poll_s`` (1 s) keep a good checkpoint; every ``every_s`` seconds (or
     ``every_epochs`` new epochs) record progress in run.json and sync the folder to the store.
 
     Args:
@@ -93,7 +93,7 @@ class RunMonitor(threading.Thread):
     """
 
     def __init__(self, run_dir: Path, archive_url: str | None, store: Store, every_s: float | None,
-                 every_epochs: int | None, poll_s: float = 2.0) -> None:
+                 every_epochs: int | None, poll_s: float = 1.0) -> None:
         super().__init__(name="slurm-yolo-monitor", daemon=True)
         self.run_dir, self.archive_url, self.store = run_dir, archive_url, store
         self.every_s, self.every_epochs, self.poll_s = every_s, every_epochs, poll_s

@@ -29,13 +29,6 @@ RECORDED_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
 LOG_NAME = "train.log"
 
 
-class Terminated(SystemExit):
-    """Raised in the main thread after SIGTERM: stop training, record, exit non-zero."""
-
-    def __init__(self) -> None:
-        super().__init__(143)
-
-
 def attempt_number() -> int:
     """1-based attempt number: Slurm's restart count + 1 (submitit requeues keep the job ID)."""
     try:
@@ -52,8 +45,10 @@ class SignalRecorder:
     """Records every signal in ``run.json`` (with time), then hands it to the previous handler.
 
     submitit installs its own USR2 handler (checkpoint + requeue) before calling the job; we
-    chain to it so both happen. SIGTERM (scancel, time limit, node shutdown) ends the job
-    cleanly via :class:`Terminated` after it is recorded, instead of waiting for SIGKILL.
+    chain to it so both happen. SIGTERM (scancel, time limit, requeue) is only recorded:
+    raising from a signal handler lands anywhere in the main thread, e.g. between
+    Ultralytics truncating ``last.pt`` and writing it, so the job trains on until Slurm's
+    SIGKILL (``KillWait`` later) and the epilog decides the end state from the record.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -77,8 +72,6 @@ class SignalRecorder:
         prev = self.previous.get(signum)
         if callable(prev):
             prev(signum, frame)
-        if signum == signal.SIGTERM:
-            raise Terminated()
 
 
 class _Tee:
@@ -178,9 +171,6 @@ class TrainJob:
             rec.update_record(run_dir, lambda r: r.update(environment=env))
             self._train(run_dir, config, attempt["attempt"])
             status = "COMPLETED"
-        except Terminated:
-            status = "REQUEUING" if self.requeuing else "TERMINATED"
-            raise
         except BaseException as e:
             if self.requeuing:  # submitit checkpointed us and asked Slurm to requeue: not a failure
                 status = "REQUEUING"
@@ -240,6 +230,9 @@ class TrainJob:
         device = device_for(int(config["slurm"].get("gpus") or 0))
         resume = find_resume_checkpoint(run_dir) if attempt > 1 or (run_dir / "weights" / "last.pt").exists() else None
         if resume is None:
+            if attempt > 1:  # the earlier attempt left no loadable checkpoint: start over, cleanly
+                print("[slurm-yolo] no usable checkpoint: training starts over", file=sys.stderr, flush=True)
+                (run_dir / "results.csv").unlink(missing_ok=True)
             args.update(project=str(run_dir.parent), name=run_dir.name, exist_ok=True, device=device)
             YOLO(model).train(**args)
             return

@@ -107,20 +107,8 @@ def test_scancel_mid_training(cluster, s3, dataset, runs_root, tmp_path):
     assert "SIGTERM" in [s["signal"] for s in record["attempts"][-1]["signals"]]
 
 
-def test_requeue_mid_training(cluster, s3, dataset, runs_root, tmp_path):
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=4), runs_root=runs_root)
-    run_dir = Path(out["run_dir"])
-    wait_training(run_dir)
-    subprocess.run(["scontrol", "requeue", out["job_id"]], check=True, env=cluster)
-    # The first attempt's snapshot lands in the store, marked with its attempt number...
-    first = archived_record(s3, out["archive_url"], state="REQUEUED", timeout=120)
-    assert first["attempts"][0]["end_state"] == "REQUEUED" and first["attempts"][0]["attempt"] == 1
-    # ...and the final attempt's archive is the complete run.
-    wait_for(lambda: job_state(cluster, out["job_id"]) == "COMPLETED", 400, "the requeued job to complete")
-    record = archived_record(s3, out["archive_url"], state="COMPLETED", timeout=60)
-    verify_archive(s3, out["archive_url"])
-    assert [a["attempt"] for a in record["attempts"]] == [1, 2]
-    assert [a["end_state"] for a in record["attempts"]] == ["REQUEUED", "COMPLETED"]
+# `scontrol requeue` mid-training (archive of each attempt, then the complete run) is
+# tested with resuming in test_resume.py::test_scontrol_requeue_resumes_from_last_epoch.
 
 
 def test_non_root_user_lands_under_own_prefix(cluster, s3, dataset, runs_root, tmp_path, test_user):
