@@ -78,10 +78,13 @@ class Config:
         data: the resolved config as plain data (absolute paths, defaults filled in);
             this is what ``run.json`` records and what ``reproduce`` resubmits.
         source: the YAML file it came from (``None`` for configs built in code).
+        code_dir: where to read the code version from (default: the source's folder, else
+            the current directory); ``reproduce`` points it at the archived commit's checkout.
     """
 
     data: Mapping[str, Any]
     source: str | None = None
+    code_dir: str | None = None
 
     @property
     def run(self) -> Mapping[str, Any]:

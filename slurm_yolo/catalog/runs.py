@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 import platform
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -198,6 +200,48 @@ def current_environment() -> dict[str, str | None]:
     return {"python": platform.python_version(), "torch": version("torch"), "ultralytics": version("ultralytics")}
 
 
+def archived_code_checkout(code: Mapping[str, Any], runs_root: Path) -> Path | None:
+    """The archived commit's code, when its repository is on this machine and has the commit.
+
+    The repository itself when it is at that commit already; else a detached ``git worktree``
+    of the commit under ``<runs_root>/_code/<commit>`` (on the shared filesystem, so the
+    job's node sees it; reused by later reproductions). ``None`` when it cannot be had: then
+    the current code is used and :func:`reproduction_warnings` says so.
+    """
+    from slurm_yolo.commands import run_command
+    from slurm_yolo.errors import CommandError
+
+    repo, commit = code.get("repo"), code.get("commit")
+    if not repo or not commit or not Path(repo).is_dir():
+        return None
+    git = ["git", "-C", repo]
+    try:
+        run_command(git + ["cat-file", "-e", f"{commit}^{{commit}}"], "reproduce", timeout=30)
+        if run_command(git + ["rev-parse", "HEAD"], "reproduce", timeout=30).stdout.strip() == commit:
+            return Path(repo)
+        dest = runs_root / "_code" / commit[:12]
+        if not (dest / ".git").exists():
+            run_command(git + ["worktree", "add", "--detach", str(dest), commit], "reproduce", timeout=300)
+        return dest
+    except CommandError:
+        return None
+
+
+def rebase_paths(config: Mapping[str, Any], repo: str | None, checkout: Path) -> dict[str, Any]:
+    """The config with ``train.model``/``train.data`` paths inside ``repo`` moved into ``checkout``
+    (where the checkout has them: datasets are rarely in git)."""
+    out = copy.deepcopy(dict(config))
+    if not repo or Path(repo) == checkout:
+        return out
+    for key in ("model", "data"):
+        value = out.get("train", {}).get(key)
+        if isinstance(value, str) and value.startswith(repo.rstrip("/") + "/"):
+            candidate = checkout / Path(value).relative_to(repo)
+            if candidate.exists():
+                out["train"][key] = str(candidate)
+    return out
+
+
 def reproduction_warnings(record: Mapping[str, Any], env_now: Mapping[str, Any],
                           code_now: Mapping[str, Any] | None) -> list[str]:
     """Differences between the archived run and here that may change the result."""
@@ -265,10 +309,16 @@ def reproduce(
     record = run_record(cat, run_id)
     if not isinstance(record.get("config"), dict):
         raise ConfigError(f"run.json of {run_id} has no resolved config to reproduce (written by an old version?)")
-    config = resolve_config(record["config"], list(overrides), source=f"{run_id}/run.json", check_paths=True)
-    repo = (record.get("code") or {}).get("repo")
+    code = record.get("code") or {}
+    repo = code.get("repo")
     here = repo if repo and Path(repo).is_dir() else str(Path.cwd())
-    warnings = tuple(reproduction_warnings(record, current_environment(), (code_now or provenance.code_version)(here)))
+    checkout = None if dry_run else archived_code_checkout(code, Path(record["config"].get("runs_root") or "runs"))
+    raw = rebase_paths(record["config"], repo, checkout) if checkout else record["config"]
+    config = resolve_config(raw, list(overrides), source=f"{run_id}/run.json", check_paths=True)
+    if checkout:
+        config = replace(config, code_dir=str(checkout))
+    code_here = (code_now or provenance.code_version)(str(checkout) if checkout else here)
+    warnings = tuple(reproduction_warnings(record, current_environment(), code_here))
     if dry_run:
         return Reproduction(run_id, config.to_dict(), warnings)
     if submit is None:

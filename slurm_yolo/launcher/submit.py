@@ -71,7 +71,8 @@ def new_record(
 ) -> dict[str, Any]:
     """The initial ``run.json`` for a run about to be submitted."""
     user = user or getpass.getuser()
-    source_dir = Path(config.source).resolve().parent if config.source else Path.cwd()
+    source_dir = Path(config.code_dir) if config.code_dir else \
+        Path(config.source).resolve().parent if config.source and Path(config.source).is_file() else Path.cwd()
     return {
         "schema": rec.SCHEMA_VERSION,
         "run_id": run_id,

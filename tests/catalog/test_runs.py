@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,36 @@ def test_find_run_falls_back_to_the_index(cli_env, client):
     assert runs.find_run(cli_env, RUN_A) == line
     with pytest.raises(RunNotFound):
         runs.find_run(cli_env, RUN_B)
+
+
+def test_reproduce_uses_the_archived_commit_when_the_repo_has_it(tmp_path):
+    """A model .yaml tracked in the user's repo changed after the run: reproduce trains the
+    archived version, from a worktree of the archived commit, and records that commit."""
+    import subprocess
+
+    from slurm_yolo.launcher.provenance import code_version
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "model.yaml").write_text("nc: 4  # archived version\n")
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "a"], check=True)
+    archived = code_version(repo)
+    (repo / "model.yaml").write_text("nc: 9  # changed later\n")
+    subprocess.run(git + ["commit", "-qam", "b"], check=True)
+    data = tmp_path / "data.yaml"
+    data.write_text("names: {0: a}\n")
+    record = {"config": {"run": {"task": "detect", "project": "p", "model_name": "m"},
+                         "train": {"model": str(repo / "model.yaml"), "data": str(data)},
+                         "archive": {"url": "s3://b/runs/{user}/x"}, "runs_root": str(tmp_path / "runs")},
+              "code": archived}
+    checkout = runs.archived_code_checkout(archived, tmp_path / "runs")
+    assert checkout == tmp_path / "runs" / "_code" / archived["commit"][:12]
+    rebased = runs.rebase_paths(record["config"], archived["repo"], checkout)
+    assert Path(rebased["train"]["model"]).read_text() == "nc: 4  # archived version\n"
+    assert rebased["train"]["data"] == str(data)  # not in git: left where it is
+    assert code_version(checkout)["commit"] == archived["commit"]
+    assert runs.archived_code_checkout(archived, tmp_path / "runs") == checkout  # reused
+    assert runs.archived_code_checkout({"repo": str(repo), "commit": "f" * 40}, tmp_path / "runs") is None
