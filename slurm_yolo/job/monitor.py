@@ -72,12 +72,17 @@ def keep_good_checkpoint(weights: Path, seen: dict[str, Any]) -> bool:
     return True
 
 
-def sync_argv(store: Store, run_dir: Path, archive_url: str, workers: int = 8) -> list[str]:
-    """``s5cmd sync`` of the run folder to its archive URL, minus lock/temp files."""
+NICE = "/usr/bin/nice"
+
+
+def sync_argv(store: Store, run_dir: Path, archive_url: str, workers: int = 4) -> list[str]:
+    """``s5cmd sync`` of the run folder to its archive URL, minus lock/temp files, at the
+    lowest CPU priority (nice 19): the data loader's CPU time matters more than the copy."""
     argv = s5cmd.base_argv(store, workers=workers, retries=2) + ["sync", "--no-follow-symlinks"]
     for pattern in SYNC_EXCLUDES:
         argv += ["--exclude", pattern]
-    return argv + [f"{run_dir}/", archive_url]
+    prefix = [NICE, "-n", "19"] if os.access(NICE, os.X_OK) else []
+    return prefix + argv + [f"{run_dir}/", archive_url]
 
 
 class RunMonitor(threading.Thread):

@@ -44,6 +44,7 @@ def test_truncate_results_drops_redone_epochs(tmp_path):
 
 def test_sync_argv_excludes_and_does_not_follow_links(tmp_path):
     argv = sync_argv(Store(endpoint_url="http://127.0.0.1:1"), tmp_path, "s3://b/p/")
+    assert argv[:3] == ["/usr/bin/nice", "-n", "19"] and argv[3].endswith("/s5cmd")
     assert argv[argv.index("sync") + 1] == "--no-follow-symlinks"
     assert "*/.run.lock" in argv and "*/weights/last.good.pt" in argv
     assert argv[-2:] == [f"{tmp_path}/", "s3://b/p/"]
