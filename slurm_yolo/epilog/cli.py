@@ -24,8 +24,13 @@ def add_commands(sub) -> None:
 
 
 def _site(args):
-    from slurm_yolo.epilog.site import load_site_config, site_config_path
+    import os
 
+    from slurm_yolo.epilog.site import load_site_config, site_config_path
+    from slurm_yolo.errors import SiteConfigError
+
+    if os.geteuid() != 0:
+        raise SiteConfigError("the spool is root-only: run `slurm-yolo spool ...` as root (the drain timer does)")
     return load_site_config(args.site_config or site_config_path())
 
 
