@@ -141,12 +141,10 @@ class TrainJob:
         }
 
         def start(r: dict[str, Any]) -> None:
-            # A requeued attempt may find the previous attempt still marked RUNNING when the
-            # epilog could not record it; it did end, so say so.
+            # An earlier attempt killed before the epilog could record it did end, at the latest now.
             for old in r["attempts"]:
                 if old.get("end") is None:
                     old["end"] = attempt["start"]
-                    old.setdefault("status", "UNKNOWN")
             r["attempts"].append(attempt)
             r["status"] = "RUNNING"
             r["end_state"] = None
