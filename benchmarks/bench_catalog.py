@@ -21,7 +21,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,11 +39,7 @@ from slurm_yolo.catalog import index, query  # noqa: E402
 from slurm_yolo.catalog.index import Catalog  # noqa: E402
 from slurm_yolo.cli import main as cli_main  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _services import free_port, wait_port  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 
 @contextlib.contextmanager
@@ -55,12 +50,7 @@ def moto_server():
     proc = subprocess.Popen([str(binary) if binary.exists() else shutil.which("moto_server"), "-H", "127.0.0.1",
                              "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_port(port, proc, "moto_server")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

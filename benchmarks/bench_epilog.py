@@ -38,7 +38,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,8 @@ from slurm_yolo.epilog import main as epilog_main  # noqa: E402
 from slurm_yolo.epilog import snapshot  # noqa: E402
 from slurm_yolo.epilog.site import SiteConfig  # noqa: E402
 
+from _services import free_port, wait_port  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
 ACCESS = (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"))
 VENV_PY = "/opt/slurm-yolo/venv/bin/python"
 BUCKET = "bench-epilog"
@@ -66,24 +67,6 @@ RUN_ID = "20250101_000000_bench1"
 
 
 # ---------------------------------------------------------------- helpers
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on {port} within 30 s")
-
 
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
@@ -308,7 +291,7 @@ def bench_archive(run: Path, files: dict[str, int], endpoint: str, direct: str, 
 # ---------------------------------------------------------------- report
 
 def noop_table(rows: list[tuple[str, float, float]], n: int) -> str:
-    ref_mean, ref_med = rows[-1][1], rows[-1][2]
+    ref_med = rows[-1][2]
     lines = [f"| no-op epilog, N={n} runs each (fresh process) | mean ms | median ms | median vs (c) |",
              "|---|---:|---:|---:|"]
     for label, mean, med in rows:

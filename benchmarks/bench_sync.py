@@ -32,13 +32,11 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import json
 import os
 import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from _services import free_port, wait_port  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ACCESS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -56,24 +56,6 @@ BUCKET = "bench-sync"
 
 
 # ---------------------------------------------------------------- services
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on {port}")
-
 
 @contextlib.contextmanager
 def moto_server(log_path: Path) -> Iterator[tuple[int, int]]:

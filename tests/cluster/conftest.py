@@ -217,12 +217,3 @@ def verify_archive(s3, archive_url: str) -> tuple[dict, dict]:
 def index_record(s3, env, run_id: str) -> dict:
     bucket, prefix = split(env.get("SLURM_YOLO_INDEX", "s3://slurm-yolo/index/"))
     return json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}runs/{run_id}.json")["Body"].read())
-
-
-def site_config_path(env) -> Path:
-    return Path(env["SLURM_YOLO_SITE_CONFIG"])
-
-
-def spool_dir(env) -> Path:
-    return Path(env["SLURM_YOLO_DEV_STATE"]) / "spool"
-

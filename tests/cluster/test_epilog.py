@@ -12,14 +12,12 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import (archived_record, demo_config, index_record, job_state, list_keys, read_object,
-                                    slurm_yolo as cli, spool_dir, submit_json, verify_archive, wait_for,
-                                    wait_job_over)
+from tests.cluster.conftest import (archived_record, demo_config, index_record, list_keys, read_object, slurm_yolo as cli,
+                                    submit_json, verify_archive, wait_for, wait_job_over)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.training]
 

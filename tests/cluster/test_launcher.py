@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 import slurm_yolo
-from tests.cluster.conftest import (REPO, archived_record, demo_config, job_state, slurm_yolo as cli, submit_json,
-                                    wait_for, wait_job_over)
+from tests.cluster.conftest import (REPO, demo_config, slurm_yolo as cli, wait_for, wait_job_over)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.training]
 

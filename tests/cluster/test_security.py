@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import (demo_config, list_keys, read_object, slurm_yolo as cli, submit_json,
-                                    verify_archive, wait_for, wait_job_over)
+                                    verify_archive, wait_job_over)
 
 pytestmark = [pytest.mark.cluster]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 
 from slurm_yolo import record as rec

@@ -6,7 +6,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 
 from slurm_yolo.config import resolve_config
 from slurm_yolo.launcher.slurm_params import MARKER_PREFIX, batch_script, make_marker, slurm_parameters
