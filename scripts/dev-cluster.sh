@@ -33,7 +33,8 @@ die() { printf '[dev-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 pid_alive() {
   local pid comm state
   [ -s "$1" ] || return 1
-  pid=$(tr -dc '0-9' <"$1" 2>/dev/null) || return 1
+  # The daemon may remove its pid file while we read it: no shell error for that.
+  pid=$( { tr -dc '0-9' <"$1"; } 2>/dev/null) || return 1
   [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] || return 1
   comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
   [[ "$comm" == "$2"* ]] || return 1
