@@ -32,19 +32,27 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating venv $venv"
   mkdir -p "$(dirname "$venv")"
   /usr/bin/python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip setuptools wheel
+  "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip setuptools wheel 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
 fi
-pip=("$venv/bin/pip" install -q --disable-pip-version-check)
+pip_install() {
+  # This machine's pip.conf names extra index folders that may not exist; pip warns about each
+  # of them on every call. Keep the log readable; real errors still show, and still fail.
+  local rc=0
+  "$venv/bin/pip" install -q --disable-pip-version-check "$@" \
+    > >(grep -v "is ignored: it is neither a file nor a directory" >&2) 2>&1 || rc=$?
+  return $rc
+}
 if [ "$train" = 1 ] && ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   # The exact versions whose wheels lie on this machine's disk (no multi-GB download).
   log "installing torch + torchvision"
-  "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
+  pip_install "torch==2.14.1" "torchvision==0.29.1"
 fi
 extras="test"
 [ "$train" = 1 ] && extras="train,test"
 log "installing slurm-yolo[$extras]"
-"${pip[@]}" "$here[$extras]"
+pip_install "$here[$extras]"
 # Reinstall our own code every time (cheap) so the venv always matches this checkout.
-"${pip[@]}" --no-deps --force-reinstall "$here"
+pip_install --no-deps --force-reinstall "$here"
 chmod -R a+rX "$venv"
 log "ok: $venv"

@@ -151,11 +151,13 @@ def oom_in_log_text(text: str, attempt: int) -> bool:
     return bool(OOM_REPORT.search(text[banner if banner >= 0 else 0:]))
 
 
-def oom_in_logs(snapshot_dir, job_id: str, attempt: int) -> bool:
+def oom_in_logs(snapshot_dir, attempt: int) -> bool:
     """Scan this job's Slurm logs in the epilog's (already safely copied) snapshot."""
     from pathlib import Path
 
-    for log in sorted(Path(snapshot_dir).glob(f"slurm/{job_id}_*log.*")):
+    # Only this job's logs are in the snapshot: a run's own slurm/ folder (one job ID across
+    # requeues), or the one log the epilog copied from a sweep's folder.
+    for log in sorted(Path(snapshot_dir).glob("slurm/*_log.*")):
         with open(log, "rb") as f:
             f.seek(max(0, log.stat().st_size - LOG_TAIL_BYTES))
             if oom_in_log_text(f.read().decode("utf-8", "replace"), attempt):

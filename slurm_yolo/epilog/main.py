@@ -85,7 +85,7 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
     job_id = env.get("SLURM_JOB_ID", "")
     uid = int(env["SLURM_JOB_UID"])
     user, gid = _user(uid, env)
-    fd, run_path, record, sc_fields = _resolve_run(env, site, uid, deadline)
+    fd, run_path, record, sc_fields, sweep_path = _resolve_run(env, site, uid, deadline)
     try:
         run_id = record["run_id"]
         attempts = record.get("attempts") or []
@@ -101,6 +101,8 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
             stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
             snap = snapshot.copy_tree(fd, uid, entry / "files", deadline=stage_deadline,
                                       exclude=SNAPSHOT_EXCLUDE)
+            if sweep_path:  # an array element's Slurm log lives in the sweep folder: archive it too
+                snapshot.copy_sweep_log(sweep_path, uid, record.get("slurm") or {}, entry / "files", snap)
             evidence = endstate.Evidence(
                 exit_code2=env.get("SLURM_JOB_EXIT_CODE2"),
                 restart_count=int(env.get("SLURM_JOB_RESTART_COUNT") or 0),
@@ -109,7 +111,7 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
                 job_signals=tuple(str(x.get("signal")) for x in current.get("signals") or [] if isinstance(x, dict)),
                 scontrol=sc_fields if sc_fields is not None else
                 _scontrol(site, job_id, deadline, env) if site.scontrol else {},
-                oom_in_log=endstate.oom_in_logs(entry / "files", job_id, attempt),
+                oom_in_log=endstate.oom_in_logs(entry / "files", attempt),
             )
             verdict = endstate.decide(evidence)
             dest, note = destination(record, site, user)
@@ -154,16 +156,19 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
 
 
 def _resolve_run(env: Mapping[str, str], site, uid: int, deadline: float):
-    """Marker → (open run folder fd, its path, its run.json, scontrol fields if already asked)."""
+    """Marker → (open run folder fd, its path, its run.json, scontrol fields if already asked,
+    the sweep folder for an array element else ``None``)."""
     from slurm_yolo.epilog import snapshot
 
     job_id = env.get("SLURM_JOB_ID", "")
     marker_path = env["SLURM_JOB_COMMENT"][len(MARKER_PREFIX):]
     fd = snapshot.open_dir_nofollow(marker_path, uid)
     sc_fields: dict[str, str] | None = None
+    sweep_path = None
     try:
         run_path = marker_path
         if snapshot.exists_at(fd, "array.json"):
+            sweep_path = marker_path
             # A sweep: Slurm gives the epilog no SLURM_ARRAY_TASK_ID, so find the element
             # whose job recorded this SLURM_JOB_ID, else ask scontrol for ArrayTaskId.
             sc_fields = _scontrol(site, job_id, deadline, env) if site.scontrol else {}
@@ -173,7 +178,7 @@ def _resolve_run(env: Mapping[str, str], site, uid: int, deadline: float):
         record = snapshot.read_json_at(fd, "run.json", uid)
         if not isinstance(record, dict) or not snapshot.safe_names(record) or record["run_id"] != Path(run_path).name:
             raise snapshot.Refused(f"{run_path}/run.json has unsafe names or a run_id that is not the folder name")
-        return fd, run_path, record, sc_fields
+        return fd, run_path, record, sc_fields, sweep_path
     except BaseException:
         os.close(fd)
         raise

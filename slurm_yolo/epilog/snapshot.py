@@ -211,6 +211,29 @@ def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: fr
     return snap
 
 
+def copy_sweep_log(sweep_path: str, uid: int, slurm: dict[str, Any], dest: Path, snap: Snapshot) -> None:
+    """Copy an array element's Slurm log (``<sweep>/slurm/<array job>_<task>_*log*``) into the
+    snapshot's ``slurm/``, with the same checks as :func:`copy_tree`. The IDs come from the
+    job's record and are only used as a digits-only file name prefix inside the user's folder."""
+    array_job, task = str(slurm.get("array_job_id") or ""), str(slurm.get("array_task_id") or "")
+    if not (array_job.isdigit() and task.isdigit()):
+        return
+    sweep_fd = open_dir_nofollow(sweep_path, uid)
+    try:
+        logs_fd = os.open("slurm", DIR_FLAGS, dir_fd=sweep_fd)
+    except OSError:
+        os.close(sweep_fd)
+        return
+    try:
+        with os.scandir(logs_fd) as it:
+            names = sorted(e.name for e in it if e.name.startswith(f"{array_job}_{task}_") and "_log." in e.name)
+        for name in names:
+            _copy_file(logs_fd, name, f"slurm/{name}", uid, dest, snap)
+    finally:
+        os.close(logs_fd)
+        os.close(sweep_fd)
+
+
 def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap: Snapshot) -> None:
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import slurm_yolo
-from tests.cluster.conftest import (REPO, demo_config, slurm_yolo as cli, wait_for, wait_job_over)
+from tests.cluster.conftest import (REPO, demo_config, slurm_yolo as cli, verify_archive, wait_for, wait_job_over)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.training]
 
@@ -43,7 +43,7 @@ def test_submit_demo_wait_completes_with_metrics(cluster, dataset, runs_root, tm
     assert out["run_id"] in human.stdout and "COMPLETED" in human.stdout
 
 
-def test_sweep_of_three_is_one_array(cluster, dataset, runs_root, tmp_path, monkeypatch):
+def test_sweep_of_three_is_one_array(cluster, s3, dataset, runs_root, tmp_path, monkeypatch):
     """slurm_yolo.sweep(...) from Python: ONE job array, 3 run IDs, one sweep ID, all COMPLETED."""
     for k, v in cluster.items():
         monkeypatch.setenv(k, v)
@@ -64,6 +64,9 @@ def test_sweep_of_three_is_one_array(cluster, dataset, runs_root, tmp_path, monk
         assert record["end_state"] == "COMPLETED", record["attempts"]
         assert record["sweep_id"] == h.sweep_id and record["config"]["train"]["lr0"] == lr
         assert record["slurm"]["job_id"] == h.job_id
+        # Archived like any run, with the element's own Slurm log (kept in the sweep's folder).
+        _, manifest = verify_archive(s3, h.archive_url)
+        assert f"slurm/{h.job_id}_0_log.out" in manifest["files"]
 
 
 def test_local_executor_runs_without_slurm(cluster, dataset, runs_root, tmp_path):
