@@ -13,6 +13,9 @@ from tests.cluster.conftest import (archived_record, demo_config, job_state, lis
 from tests.cluster.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.training]
+# After SIGTERM a job trains on until Slurm's SIGKILL (KillWait, 5 s on the dev cluster) and
+# these epochs take ~0.5 s: enough of them that a requeue always lands mid-training.
+EPOCHS = 30
 
 
 def epochs_in(run_dir: Path) -> list[int]:
@@ -46,27 +49,27 @@ def finish_and_check(cluster, s3, out, epochs: int, first_state: str) -> dict:
 
 
 def test_scontrol_requeue_resumes_from_last_epoch(cluster, s3, dataset, runs_root, tmp_path):
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=10), runs_root=runs_root)
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=EPOCHS), runs_root=runs_root)
     wait_epochs(Path(out["run_dir"]), 2)
     subprocess.run(["scontrol", "requeue", out["job_id"]], check=True, env=cluster)
     # The first attempt's snapshot lands in the store as soon as it ends, before attempt 2 does.
     first = archived_record(s3, out["archive_url"], state="REQUEUED", timeout=120)
     assert [a["end_state"] for a in first["attempts"]] == ["REQUEUED"]
-    finish_and_check(cluster, s3, out, 10, "REQUEUED")
+    finish_and_check(cluster, s3, out, EPOCHS, "REQUEUED")
 
 
 def test_preemption_signal_requeues_and_resumes(cluster, s3, dataset, runs_root, tmp_path):
     """The signal path: USR2 (what Slurm sends before a time limit or a pre-emption) →
     submitit calls TrainJob.checkpoint → the job requeues itself → resumes."""
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=10), runs_root=runs_root)
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=EPOCHS), runs_root=runs_root)
     wait_epochs(Path(out["run_dir"]), 2)
     subprocess.run(["scancel", "--signal=USR2", out["job_id"]], check=True, env=cluster)
-    record = finish_and_check(cluster, s3, out, 10, "PREEMPTED")
+    record = finish_and_check(cluster, s3, out, EPOCHS, "PREEMPTED")
     assert "SIGUSR2" in [s["signal"] for s in record["attempts"][0]["signals"]]
 
 
 def test_truncated_last_pt_falls_back_to_the_good_copy(cluster, s3, dataset, runs_root, tmp_path):
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=10), runs_root=runs_root)
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=EPOCHS), runs_root=runs_root)
     run_dir = Path(out["run_dir"])
     wait_epochs(run_dir, 2)
     wait_for(lambda: (run_dir / "weights" / "last.good.pt").exists(), 60, "the monitor's good checkpoint copy")
@@ -76,7 +79,7 @@ def test_truncated_last_pt_falls_back_to_the_good_copy(cluster, s3, dataset, run
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])  # as if killed in the middle of torch.save
     subprocess.run(["scontrol", "release", out["job_id"]], check=True, env=cluster)
-    finish_and_check(cluster, s3, out, 10, "REQUEUED")
+    finish_and_check(cluster, s3, out, EPOCHS, "REQUEUED")
     assert "last.pt is unusable" in (run_dir / "train.log").read_text()
 
 
