@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show a run's record",
                        description="Show run.json of a run, by run folder or by run ID under --runs-root.")
     p.add_argument("run", metavar="RUN_ID_OR_DIR")
-    p.add_argument("--runs-root", default=os.environ.get("SLURM_YOLO_RUNS", "./runs"),
-                   help="where run folders are (default: $SLURM_YOLO_RUNS or ./runs)")
+    p.add_argument("--runs-root", default=None,
+                   help="where run folders are (default: look in $SLURM_YOLO_RUNS, then ./runs)")
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
     p.set_defaults(func=cmd_status)
 
@@ -78,6 +78,15 @@ def _add_extension_commands(sub) -> None:
     except ImportError:  # catalog not built yet
         return
     catalog_cli.add_commands(sub)
+
+
+def console(**kwargs: Any):
+    """A rich console; when stdout is not a terminal (a pipe, a log) rich would assume 80
+    columns and cut table cells, so give it room instead."""
+    from rich.console import Console
+
+    stream = sys.stderr if kwargs.get("stderr") else sys.stdout
+    return Console(width=None if stream.isatty() else 200, **kwargs)
 
 
 def emit_json(obj: Any) -> None:
@@ -122,15 +131,13 @@ def _wait(run_dir: str, job_id: str, executor: str, quiet: bool) -> str:
 
     if quiet:
         return wait_for(run_dir, job_id, executor=executor)
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    with console.status("submitted") as status:
+    err = console(stderr=True)
+    with err.status("submitted") as status:
         def show(p) -> None:
             status.update(f"job {job_id}: {p.line()}")
 
         state = wait_for(run_dir, job_id, executor=executor, on_progress=show)
-    console.print(f"job {job_id}: {state}")
+    err.print(f"job {job_id}: {state}")
     return state
 
 
@@ -164,12 +171,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_run_dir(run: str, runs_root: str) -> Path:
-    """A run folder from a path or a run ID under ``runs_root``."""
-    for candidate in (Path(run), Path(runs_root) / run):
+def find_run_dir(run: str, runs_root: str | None) -> Path:
+    """A run folder from a path, or a run ID under ``runs_root`` (else $SLURM_YOLO_RUNS, then ./runs)."""
+    roots = [runs_root] if runs_root else [r for r in (os.environ.get("SLURM_YOLO_RUNS"), "./runs") if r]
+    for candidate in [Path(run)] + [Path(root) / run for root in roots]:
         if (candidate / "run.json").is_file():
             return candidate
-    raise RunNotFound(f"no run folder for {run!r} (looked in {runs_root}); pass the run folder or --runs-root")
+    raise RunNotFound(f"no run folder for {run!r} (looked in {', '.join(roots)}); pass the run folder or --runs-root")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -186,13 +194,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def print_record(record: dict[str, Any], run_dir: Path | str | None = None) -> None:
     """A person-readable view of a run record."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    out = console()
     m = record.get("metrics") or {}
     state = record.get("end_state") or record.get("status")
-    console.print(f"[bold]{record['run_id']}[/bold]  {record['task']}/{record['project']}/{record['model_name']}"
+    out.print(f"[bold]{record['run_id']}[/bold]  {record['task']}/{record['project']}/{record['model_name']}"
                   f"  [bold]{state}[/bold]")
     rows = [
         ("user", f"{record.get('user')} on {record.get('host')}"),
@@ -208,7 +215,7 @@ def print_record(record: dict[str, Any], run_dir: Path | str | None = None) -> N
     ]
     for k, v in rows:
         if v:
-            console.print(f"  {k:<10} {v}")
+            out.print(f"  {k:<10} {v}")
     attempts = record.get("attempts") or []
     if attempts:
         t = Table("attempt", "node", "start", "end", "state", "epoch", "signals", box=None, padding=(0, 2))
@@ -216,7 +223,7 @@ def print_record(record: dict[str, Any], run_dir: Path | str | None = None) -> N
             t.add_row(str(a.get("attempt")), a.get("node") or "", a.get("start") or "", a.get("end") or "",
                       a.get("end_state") or a.get("status") or "", str(a.get("epoch") or ""),
                       ",".join(s["signal"] for s in a.get("signals") or []))
-        console.print(t)
+        out.print(t)
 
 
 def _code_line(code: dict | None) -> str | None:

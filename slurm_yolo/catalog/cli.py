@@ -139,13 +139,14 @@ def _fmt(value: Any) -> str:
 
 
 def _table(title: str | None, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from slurm_yolo.cli import console
 
     t = Table(*headers, title=title, box=None, padding=(0, 1), title_justify="left")
     for row in rows:
         t.add_row(*[_fmt(v) for v in row])
-    Console().print(t)
+    console().print(t)
 
 
 def build_query(args: argparse.Namespace, now: datetime | None = None) -> query.Query:

@@ -99,6 +99,8 @@ def test_failed_sbatch_leaves_no_half_submitted_run(cfg, tmp_path):
 
 def test_status_of_unknown_run(tmp_path):
     out = run_cli("status", "20260101_000000_aaaaaa", "--runs-root", tmp_path)
+    assert out.returncode == 1 and "no run folder" in out.stderr and str(tmp_path) in out.stderr
+    out = run_cli("status", "20260101_000000_aaaaaa")
     assert out.returncode == 1 and "no run folder" in out.stderr
 
 
