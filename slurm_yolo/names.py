@@ -22,6 +22,10 @@ RUN_ID_RE = NAME_RE
 GENERATED_RUN_ID_RE = re.compile(r"\d{8}_\d{6}_[0-9a-z]{6}")
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+# The job marker the epilog looks for in SLURM_JOB_COMMENT (``--comment``), followed by the
+# run or sweep folder. Versioned so a future format can coexist with epilogs already on nodes.
+# scripts/slurm-yolo-epilog.sh tests the same prefix in /bin/sh.
+MARKER_PREFIX = "slurm-yolo:v1:"
 
 
 def validate_name(value: object, what: str) -> str:

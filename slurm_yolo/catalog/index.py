@@ -34,11 +34,11 @@ import yaml
 
 from slurm_yolo.archive import layout, s5cmd
 from slurm_yolo.archive.store import Store, join_url, split_url
+from slurm_yolo.epilog.site import site_config_path
 from slurm_yolo.errors import ConfigError, StoreError
 from slurm_yolo.names import NAME_RE
 from slurm_yolo.record import RUN_JSON
 
-SITE_CONFIG = "/etc/slurm-yolo/site.yaml"
 PENDING = "pending/"
 # Compare-and-swap attempts before giving up (the pending entry keeps the run visible).
 MAX_ATTEMPTS = 40
@@ -85,11 +85,12 @@ def locate(index_url: str | None = None, env: Mapping[str, str] | None = None) -
         ConfigError: no index URL anywhere, or not an ``s3://`` URL.
     """
     env = os.environ if env is None else env
-    site = _read_site(env.get("SLURM_YOLO_SITE_CONFIG") or SITE_CONFIG)
+    site_path = site_config_path(dict(env))
+    site = _read_site(site_path)
     url = index_url or env.get("SLURM_YOLO_INDEX") or site.get("index_url")
     if not url:
         raise ConfigError("no index URL: pass --index s3://BUCKET/index/, set SLURM_YOLO_INDEX, "
-                          f"or ask your admin to set index_url in {SITE_CONFIG}")
+                          f"or ask your admin to set index_url in {site_path}")
     split_url(url)  # validates
     site_store = site.get("store") if isinstance(site.get("store"), dict) else {}
     endpoint = env.get("S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or site_store.get("endpoint_url")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-MARKER_PREFIX = "slurm-yolo:v1:"  # same value as launcher.slurm_params.MARKER_PREFIX (kept import-free)
+from slurm_yolo.names import MARKER_PREFIX  # cheap: re, secrets
 
 log = logging.getLogger("slurm_yolo.epilog")
 # Never archived: the epilog writes run.json/MANIFEST.json itself; the lock file is

@@ -10,10 +10,8 @@ import shlex
 from typing import Any
 
 from slurm_yolo.config import Config, time_minutes
+from slurm_yolo.names import MARKER_PREFIX
 
-# The job marker the epilog looks for in SLURM_JOB_COMMENT. Versioned so a future format
-# can coexist with epilogs already installed on nodes.
-MARKER_PREFIX = "slurm-yolo:v1:"
 
 
 def make_marker(path: str) -> str:

@@ -146,3 +146,9 @@ def test_writeback_runs_with_the_users_privileges():
     assert update_as_user(str(theirs), nobody.pw_uid, nobody.pw_gid, change) == "failed"
     assert read_record(theirs)["end_state"] is None
     shutil.rmtree(tmp_path)
+
+
+def test_shim_and_python_agree_on_the_marker():
+    from slurm_yolo.names import MARKER_PREFIX
+
+    assert f"  {MARKER_PREFIX}*) ;;" in SHIM.read_text()
