@@ -95,8 +95,10 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
         spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = spool.RunLock(spool_root, run_id)
         try:
-            lock.acquire(timeout=max(0.0, min(10.0, deadline - time.monotonic())))
-            superseded = spool.supersede_older(spool_root, run_id, attempt)
+            # A drain shipping an older attempt of this run holds the lock: then stage only, and
+            # leave shipping (in attempt order) to the drain, so old never lands after new.
+            locked = lock.acquire(timeout=max(0.0, min(10.0, deadline - time.monotonic())))
+            superseded = spool.supersede_older(spool_root, run_id, attempt) if locked else []
             entry = spool_root / spool.entry_name(run_id, attempt)
             stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
             snap = snapshot.copy_tree(fd, uid, entry / "files", deadline=stage_deadline,
@@ -140,11 +142,11 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
             wb = writeback.update_as_user(run_path, uid, gid, apply,
                                           timeout=min(5.0, max(0.5, deadline - time.monotonic())))
             manifest = {"version": 1, "run_id": run_id, "attempt": attempt, "created": now, "files": snap.files}
-            info = {"run_id": run_id, "index_id": run_id, "attempt": attempt, "job_id": job_id, "user": user,
-                    "uid": uid, "dest": dest, "source": run_path, "created": now, "state": spool.STAGED,
-                    "complete": snap.complete}
+            info = {"run_id": run_id, "attempt": attempt, "job_id": job_id, "user": user, "uid": uid, "dest": dest,
+                    "source": run_path, "created": now, "complete": snap.complete}
             spool.write_entry(entry, info, record, manifest, index_record(record))
-            result = spool.ship(entry, site, deadline=deadline - 1.0)
+            result = spool.ship(entry, site, deadline=deadline - 1.0) if locked else \
+                spool.ShipResult(entry.name, False, "another drain holds this run: left to the drain", 0.0)
         finally:
             lock.close()
     finally:

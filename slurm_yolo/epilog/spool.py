@@ -34,7 +34,6 @@ from slurm_yolo.epilog.site import SiteConfig
 from slurm_yolo.record import utc_now, write_json_atomic
 
 ENTRY_JSON = "entry.json"
-STAGED, SHIPPED = "staged", "shipped"
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
         steps.append(("files", base + ["sync", f"{entry / 'files'}/", dest]))
     steps.append(("commit marker", base + ["cp", f"{entry / 'meta'}/*", dest]))
     steps.append(("index record", base + ["cp", "--content-type", "application/json", str(entry / "index.json"),
-                                          join_url(site.index_url, index_key(info["index_id"]))]))
+                                          join_url(site.index_url, index_key(info["run_id"]))]))
     for label, argv in steps:
         result = s5cmd.run(argv, site.store, deadline=deadline)
         if not result.ok:

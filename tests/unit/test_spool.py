@@ -26,7 +26,7 @@ def stage(site: SiteConfig, run_id: str, files: dict[str, bytes], attempt: int =
     manifest = {"files": {rel: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for rel, d in files.items()}}
     dest = f"{site.allowed_prefix.replace('{user}', 'u')}detect/p/m/{run_id}/"
     record = {"run_id": run_id, "end_state": "COMPLETED", "archive_url": dest}
-    spool.write_entry(entry, {"run_id": run_id, "index_id": run_id, "attempt": attempt, "dest": dest},
+    spool.write_entry(entry, {"run_id": run_id, "attempt": attempt, "dest": dest},
                       record, manifest, {"run_id": run_id, "archive_url": dest, "end_state": "COMPLETED"})
     return entry
 
