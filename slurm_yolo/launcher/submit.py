@@ -124,6 +124,21 @@ def check_destination(config: Config, user: str, site_path: str | None = None) -
                           f"(from {path}); set archive.url under it, e.g. {site.allowed_prefix}yolo")
 
 
+def check_sync_credentials(config: Config, env: Mapping[str, str] | None = None) -> None:
+    """In-training sync runs as the user with the user's own S3 credentials: refuse a run that
+    would sync without any, up front (the epilog's final archive uses the site's and needs none)."""
+    from slurm_yolo.archive.store import Store
+
+    archive = config.archive
+    if archive.get("sync_every") is None and archive.get("sync_every_epochs") is None:
+        return
+    store = Store.from_env(env, endpoint_url=archive.get("endpoint_url"))
+    if not (store.keys or store.credentials_file or store.profile):
+        raise ConfigError("in-training sync needs your S3 credentials: set AWS_ACCESS_KEY_ID and "
+                          "AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials / AWS_PROFILE), or turn it off with "
+                          "--set archive.sync_every=null (the epilog still archives the run)")
+
+
 def prepare_run(config: Config, run_id: str, **record_fields: Any) -> Path:
     """Create the run folder (must not exist yet) and its ``run.json``; return the folder."""
     validate_name(run_id, "run ID")
@@ -186,6 +201,7 @@ def submit(
     run_id = validate_name(run_id, "--run-id") if run_id else new_run_id()
     if executor == "slurm":
         check_destination(config, getpass.getuser())
+    check_sync_credentials(config)
     run_dir = prepare_run(config, run_id, reproduces=reproduces)
     try:
         params = slurm_parameters(config, job_name=f"yolo-{run_id}", marker=make_marker(str(run_dir)))
@@ -268,9 +284,10 @@ def sweep(
     configs = [load_config(config, list(base_overrides) + override_strings(e)) for e in elements]
     if any(c.slurm != configs[0].slurm for c in configs):
         raise ConfigError("sweep: slurm.* must be the same for every element (one job array has one shape)")
-    if executor == "slurm":
-        for c in configs:
+    for c in configs:
+        if executor == "slurm":
             check_destination(c, getpass.getuser())
+        check_sync_credentials(c)
     sweep_id = new_sweep_id()
     run_ids = [new_run_id() for _ in configs]
     if len(set(run_ids)) != len(run_ids):  # astronomically unlikely; fail rather than share folders

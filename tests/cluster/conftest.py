@@ -123,7 +123,9 @@ def slurm_yolo(env: dict[str, str], *args: str, user: str | None = None, timeout
     """Run the real `slurm-yolo` CLI (optionally as another user, with that user's own env)."""
     argv = [str(BIN / "slurm-yolo"), *args]
     if user:
-        keep = ["SLURM_CONF", "PATH", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "SLURM_YOLO_SITE_CONFIG"]
+        # The user's own shell: Slurm, the store endpoint and *their* S3 keys (dev: "testing").
+        keep = ["SLURM_CONF", "PATH", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "SLURM_YOLO_SITE_CONFIG",
+                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
         argv = ["runuser", "-u", user, "--", "env", *(f"{k}={env[k]}" for k in keep if k in env), *argv]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd or "/tmp")
 

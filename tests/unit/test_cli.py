@@ -23,6 +23,7 @@ def cfg(tmp_path):
     raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     raw["train"]["data"] = str(data)
     raw["runs_root"] = str(tmp_path / "runs")
+    raw["archive"]["sync_every"] = None  # no S3 credentials needed (see the sync test below)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -106,3 +107,11 @@ def test_status_of_unknown_run(tmp_path):
 
 def test_main_returns_exit_code_in_process(cfg):
     assert main(["submit", str(cfg), "--dry-run", "--json"]) == 0
+
+
+def test_sync_without_credentials_is_refused_up_front(cfg, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+    env["HOME"] = str(tmp_path)  # no ~/.aws/credentials either
+    out = run_cli("submit", cfg, "--executor", "local", "--set", "archive.sync_every=1m", env=env)
+    assert out.returncode == 2 and "in-training sync needs your S3 credentials" in out.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
