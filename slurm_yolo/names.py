@@ -18,7 +18,6 @@ from slurm_yolo.errors import ConfigError
 # at most 64 characters. Nothing here can be a path separator, a control character or a
 # shell metacharacter.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-RUN_ID_RE = NAME_RE
 GENERATED_RUN_ID_RE = re.compile(r"\d{8}_\d{6}_[0-9a-z]{6}")
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"

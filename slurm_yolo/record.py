@@ -17,7 +17,8 @@ Schema (``schema: 1``)::
     environment   {python, torch, ultralytics, cuda, gpu, node, platform}
     attempts      [{attempt, node, start, end, end_state, exit_code, epoch, signals: [{signal, time}]}]
     status        SUBMITTED | RUNNING | COMPLETED | FAILED | ... (what the job last said)
-    end_state     the epilog's verdict for the last attempt (same vocabulary as attempts)
+    end_state     the epilog's verdict for the last attempt: COMPLETED, FAILED, OUT_OF_MEMORY, TIMEOUT,
+                  CANCELLED, PREEMPTED, REQUEUED or UNKNOWN (docs/admin.md)
     metrics       {epoch, map50, map50_95, precision, recall} best row of results.csv
 """
 
@@ -34,12 +35,6 @@ from typing import Any, Callable
 
 SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
-
-# End states (also used for ``status``). The epilog decides the final one for each attempt.
-END_STATES = (
-    "COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "PREEMPTED", "REQUEUED", "UNKNOWN",
-)
-ACTIVE_STATES = ("SUBMITTED", "PENDING", "RUNNING")
 
 # results.csv column -> metric name in run.json (Ultralytics' detection columns).
 METRIC_COLUMNS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CHUNK = 1 << 20
 
@@ -17,16 +17,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def build_manifest(root: str | os.PathLike, relpaths: Iterable[str], **meta: Any) -> dict[str, Any]:
-    """``{"files": {relpath: {"size", "sha256"}}, **meta}`` for files under ``root``."""
-    root = Path(root)
-    files = {}
-    for rel in sorted(relpaths):
-        p = root / rel
-        files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
-    return {"version": 1, "files": files, **meta}
 
 
 def verify_tree(root: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:

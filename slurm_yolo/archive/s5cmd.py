@@ -15,7 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from slurm_yolo.archive.store import Store
 
@@ -162,15 +162,6 @@ def quote_run_arg(text: str) -> str:
     if any(c in text for c in '"\n\r\\') or "\x00" in text:
         raise ValueError(f"path cannot be passed to s5cmd run safely: {text!r}")
     return f'"{text}"'
-
-
-def copy_commands(pairs: Iterable[tuple[str, str]], *, content_type_json: Sequence[str] = ()) -> str:
-    """An s5cmd ``run`` file copying each (local path, s3 URL) pair."""
-    lines = []
-    for src, dst in pairs:
-        flags = "--content-type application/json " if dst in content_type_json else ""
-        lines.append(f"cp {flags}{quote_run_arg(src)} {quote_run_arg(dst)}")
-    return "\n".join(lines) + "\n"
 
 
 def run(
