@@ -22,7 +22,7 @@ node epilog however it ends. Typical use:
 
   slurm-yolo submit configs/pcb.yaml --set train.epochs=50 --wait
   slurm-yolo sweep configs/pcb.yaml --grid train.lr0=0.01,0.001 --grid train.batch=8,16
-  slurm-yolo status 20261122_120000_ab12cd
+  slurm-yolo status 20261122_120000_ab12cd34
 """
 
 

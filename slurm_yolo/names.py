@@ -18,7 +18,8 @@ from slurm_yolo.errors import ConfigError
 # at most 64 characters. Nothing here can be a path separator, a control character or a
 # shell metacharacter.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-GENERATED_RUN_ID_RE = re.compile(r"\d{8}_\d{6}_[0-9a-z]{6}")
+GENERATED_RUN_ID_RE = re.compile(r"\d{8}_\d{6}_[0-9a-z]{8}")
+SUFFIX_LEN = 8
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 # The job marker the epilog looks for in SLURM_JOB_COMMENT (``--comment``), followed by the
@@ -44,15 +45,17 @@ def validate_name(value: object, what: str) -> str:
 
 
 def new_run_id(now: datetime | None = None) -> str:
-    """Make a run ID ``YYYYMMDD_HHMMSS_<6 random base-36 chars>`` in UTC.
+    """Make a run ID ``YYYYMMDD_HHMMSS_<8 random base-36 chars>`` in UTC.
 
-    IDs sort by submission time; the random suffix (36**6 ≈ 2.2e9 values, drawn from the
-    OS CSPRNG) makes two submits in the same second collide with negligible probability,
-    and the launcher creates the run folder with ``exist_ok=False``, so a collision fails
-    loudly instead of sharing a folder.
+    IDs sort by submission time. The suffix has 36**8 ≈ 2.8e12 values drawn from the OS
+    CSPRNG (fork-safe: a forked submitter never repeats its parent's draws), so even 1,000
+    submits in the same second collide with probability ≈ 2e-7. That is good enough for the
+    store, where runs of different users meet; on the shared filesystem uniqueness is not
+    left to chance at all: :func:`slurm_yolo.launcher.submit.prepare_run` creates the folder
+    with an exclusive ``mkdir`` and draws again if it already exists.
     """
     now = now or datetime.now(timezone.utc)
-    suffix = "".join(secrets.choice(_ALPHABET) for _ in range(6))
+    suffix = "".join(secrets.choice(_ALPHABET) for _ in range(SUFFIX_LEN))
     return f"{now.astimezone(timezone.utc):%Y%m%d_%H%M%S}_{suffix}"
 
 

@@ -18,7 +18,7 @@ import socket
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from slurm_yolo import record as rec
 from slurm_yolo.config import Config, load_config
@@ -139,18 +139,44 @@ def check_sync_credentials(config: Config, env: Mapping[str, str] | None = None)
                           "--set archive.sync_every=null (the epilog still archives the run)")
 
 
-def prepare_run(config: Config, run_id: str, **record_fields: Any) -> Path:
-    """Create the run folder (must not exist yet) and its ``run.json``; return the folder."""
-    validate_name(run_id, "run ID")
-    run_dir = config.runs_root / run_id
+# Draws of a fresh generated ID before giving up. One retry is already a ~1e-12 event with
+# 8-character suffixes; more than one means runs_root is not what we think it is.
+FRESH_ID_TRIES = 5
+
+
+def make_fresh_dir(parent: Path, name: str | None, draw: Callable[[], str], what: str = "run") -> Path:
+    """Create ``parent/<name>`` (or ``parent/<draw()>``) with an exclusive ``mkdir``; return it.
+
+    ``mkdir`` is atomic on a shared filesystem, so it is the referee between concurrent
+    submits: a generated name that already exists is drawn again, a given one is an error.
+    """
     try:
-        config.runs_root.mkdir(parents=True, exist_ok=True)
-        run_dir.mkdir()
-    except FileExistsError as e:
-        raise ConfigError(f"run folder {run_dir} already exists; choose another --run-id") from e
+        parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"cannot create run folder {run_dir}: {e.strerror}; check runs_root") from e
-    rec.write_record(run_dir, new_record(config, run_id, run_dir, **record_fields))
+        raise ConfigError(f"cannot create {parent}: {e.strerror}; check runs_root") from e
+    for _ in range(1 if name else FRESH_ID_TRIES):
+        path = parent / validate_name(name or draw(), f"{what} ID")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            if name:
+                raise ConfigError(f"{what} folder {path} already exists; choose another --run-id") from None
+        except OSError as e:
+            raise ConfigError(f"cannot create {what} folder {path}: {e.strerror}; check runs_root") from e
+    raise SubmitError(f"no fresh {what} ID in {parent} after {FRESH_ID_TRIES} draws; check runs_root")
+
+
+def prepare_run(config: Config, run_id: str | None = None, **record_fields: Any) -> Path:
+    """Create the run folder and its ``run.json``; return the folder (its name is the run ID).
+
+    Args:
+        config: the run's validated config.
+        run_id: a given run ID (must not exist yet); ``None`` draws a new one.
+        record_fields: extra :func:`new_record` fields (sweep ID, array index, ...).
+    """
+    run_dir = make_fresh_dir(config.runs_root, run_id, new_run_id)
+    rec.write_record(run_dir, new_record(config, run_dir.name, run_dir, **record_fields))
     return run_dir
 
 
@@ -198,11 +224,13 @@ def submit(
 
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
-    run_id = validate_name(run_id, "--run-id") if run_id else new_run_id()
+    if run_id:
+        validate_name(run_id, "--run-id")
     if executor == "slurm":
         check_destination(config, getpass.getuser())
     check_sync_credentials(config)
     run_dir = prepare_run(config, run_id, reproduces=reproduces)
+    run_id = run_dir.name
     try:
         params = slurm_parameters(config, job_name=f"yolo-{run_id}", marker=make_marker(str(run_dir)))
         ex = make_executor(executor, run_dir / "slurm", config, params)
@@ -288,17 +316,13 @@ def sweep(
         if executor == "slurm":
             check_destination(c, getpass.getuser())
         check_sync_credentials(c)
-    sweep_id = new_sweep_id()
-    run_ids = [new_run_id() for _ in configs]
-    if len(set(run_ids)) != len(run_ids):  # astronomically unlikely; fail rather than share folders
-        raise SubmitError("sweep: run ID collision; submit again")
-    sweep_dir = configs[0].runs_root / SWEEPS_DIR / sweep_id
     created: list[Path] = []
     try:
-        sweep_dir.mkdir(parents=True)
+        sweep_dir = make_fresh_dir(configs[0].runs_root / SWEEPS_DIR, None, new_sweep_id, "sweep")
+        sweep_id = sweep_dir.name
         created.append(sweep_dir)
-        for i, (c, rid) in enumerate(zip(configs, run_ids)):
-            created.append(prepare_run(c, rid, sweep_id=sweep_id, array_index=i))
+        for i, c in enumerate(configs):
+            created.append(prepare_run(c, sweep_id=sweep_id, array_index=i))
         rec.write_json_atomic(sweep_dir / ARRAY_JSON, {
             "sweep_id": sweep_id, "runs": {str(i): str(d) for i, d in enumerate(created[1:])},
         })
