@@ -57,6 +57,11 @@ class RunNotFound(SlurmYoloError):
     """No run with that ID or folder exists (locally or in the index)."""
 
 
+class Refused(SlurmYoloError):
+    """The epilog cannot trust a job's marker or run folder (symlink, wrong owner, unsafe
+    names); it copies nothing from it."""
+
+
 class RunFailed(SlurmYoloError):
     """A waited-for run ended in a state other than COMPLETED."""
 

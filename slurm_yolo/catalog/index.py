@@ -180,9 +180,17 @@ def read_pending(cat: Catalog, client) -> list[tuple[str, dict]]:
 
 
 def merge(base: Mapping[str, dict], pending: Sequence[tuple[str, dict]]) -> dict[str, dict]:
-    """``base`` updated with the pending records; the later key (newer UTC stamp) wins per run."""
+    """``base`` updated with the pending records; the later key (newer UTC stamp) wins per run.
+
+    A run ID belongs to the user who indexed it first: an update from another user (two
+    users picking the same ``--run-id``) never replaces it, so nobody can take over, or
+    hide, someone else's run in the catalog. The epilog sets ``user`` from passwd.
+    """
     out = dict(base)
     for _, rec in pending:
+        old = out.get(rec["run_id"])
+        if old is not None and old.get("user") != rec.get("user"):
+            continue
         out[rec["run_id"]] = rec
     return out
 
@@ -199,6 +207,24 @@ def pending_key(cat: Catalog, run_id: str, now: datetime | None = None) -> str:
     """A fresh, never-reused pending key for an update of ``run_id``; sorts by time within the run."""
     now = now or datetime.now(timezone.utc)
     return cat.key(f"{PENDING}{run_id}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(4)}.json")
+
+
+def index_owner(store: Store, record_url: str) -> str | None:
+    """The ``user`` of the index record at ``record_url`` (``index/runs/<run_id>.json``), or
+    ``None`` when there is none yet.
+
+    Raises:
+        StoreError: the store could not be read.
+    """
+    bucket, _, key = record_url.removeprefix("s3://").partition("/")
+    got = get_object(store.boto3_client(), bucket, key)
+    if got is None:
+        return None
+    try:
+        rec = json.loads(got[0])
+    except ValueError:
+        return None  # a broken record protects nobody: replace it
+    return rec.get("user") if isinstance(rec, dict) else None
 
 
 def add_to_index(store: Store, index_url: str, record: Mapping[str, Any], *, deadline: float | None = None) -> None:

@@ -55,8 +55,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     entries = []
     for e in spool.iter_entries(site.spool_dir):
         info = json.loads((e / spool.ENTRY_JSON).read_text())
-        entries.append({"entry": e.name, **{k: info.get(k) for k in ("user", "dest", "created", "last_error",
-                                                                      "attempts", "complete")}})
+        entries.append({"entry": e.name, **{k: info.get(k) for k in ("run_id", "job_id", "user", "dest", "created",
+                                                                      "last_error", "attempts", "complete")}})
     if args.json:
         print(json.dumps(entries))
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import shutil
 import sys
 import threading
 import time
@@ -93,13 +94,17 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
         attempt = int(current.get("attempt") or len(attempts) or 1)
         spool_root = Path(site.spool_dir)
         spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock = spool.RunLock(spool_root, run_id)
+        key = spool.run_key(uid, job_id, run_id)
+        lock = spool.RunLock(spool_root, key)
         try:
             # A drain shipping an older attempt of this run holds the lock: then stage only, and
             # leave shipping (in attempt order) to the drain, so old never lands after new.
             locked = lock.acquire(timeout=max(0.0, min(10.0, deadline - time.monotonic())))
-            superseded = spool.supersede_older(spool_root, run_id, attempt) if locked else []
-            entry = spool_root / spool.entry_name(run_id, attempt)
+            superseded = spool.supersede_older(spool_root, key, attempt) if locked else []
+            entry = spool_root / spool.entry_name(key, attempt)
+            # Same uid, job and attempt: only a copy an interrupted epilog of this very attempt
+            # left behind. Start clean so nothing of it is mixed into this snapshot.
+            shutil.rmtree(entry, ignore_errors=True)
             stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
             snap = snapshot.copy_tree(fd, uid, entry / "files", deadline=stage_deadline,
                                       exclude=SNAPSHOT_EXCLUDE)
@@ -125,6 +130,8 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
             def apply(r: dict[str, Any]) -> None:
                 r["end_state"] = r["status"] = verdict.state
                 r["archive_url"] = dest
+                # Who ran it comes from slurmd and passwd, never from the user-writable record.
+                r["user"], r["uid"] = user, uid
                 if metrics:
                     r["metrics"] = metrics
                 if r.get("attempts"):

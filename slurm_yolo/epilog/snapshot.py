@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slurm_yolo.errors import Refused
 from slurm_yolo.names import NAME_RE
 
 MAX_DEPTH = 32
@@ -35,10 +36,6 @@ MAX_JSON_BYTES = 16 << 20
 CHUNK = 1 << 20
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-class Refused(Exception):
-    """The marker or run folder cannot be trusted; nothing is copied."""
 
 
 @dataclass
@@ -259,8 +256,6 @@ def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap:
                 h.update(chunk)
                 f.write(chunk)
                 size += len(chunk)
-        # Keep the source mtime so a later `s5cmd sync` skips files unchanged since last time.
-        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
         snap.files[relpath] = {"size": size, "sha256": h.hexdigest()}
     finally:
         os.close(fd)

@@ -2,7 +2,7 @@
 
 One entry per ended attempt, in the root-only spool folder::
 
-    <spool>/<run_id>.a<attempt>/
+    <spool>/<uid>.<job_id>.<run_id>.a<attempt>/
         entry.json        where it goes (destination, index key), who it belongs to, state, errors
         files/...         the run folder snapshot (copied safely, see snapshot.py)
         meta/run.json     the record with the epilog's end state   } uploaded last:
@@ -10,10 +10,18 @@ One entry per ended attempt, in the root-only spool folder::
         meta/attempts/attempt-N.json  the record as this attempt ended (kept per attempt)
         index.json        the run's index record
 
-Shipping is idempotent: ``s5cmd sync`` copies only what the store does not have yet (so a
-partial copy resumes), then the commit marker, then the run's index record, then the line
-in ``INDEX.jsonl`` (conditional writes), then the entry is deleted. A per-run ``flock`` makes two drains (or a drain and an epilog) never ship the same
-run at once; a newer attempt's entry supersedes older ones of the same run.
+The run ID alone is chosen by the user (``--run-id``), so it never names an entry alone:
+the uid and the Slurm job ID (both from slurmd, and kept across requeues) come first, and
+two users, or two jobs, with the same run ID never share an entry, a lock or a supersede.
+
+Shipping is idempotent: ``s5cmd cp`` uploads every staged file (not ``sync``: an in-training
+sync may have left a same-size object with a newer time, e.g. a ``last.pt`` uploaded while
+it was being rewritten, and ``sync`` would keep it), then the commit marker, then the run's
+index record, then the line in ``INDEX.jsonl`` (conditional writes), then the entry is
+deleted. An entry whose snapshot the epilog could not finish in its time budget is copied
+again from the run folder by the drain before it ships. A per-run ``flock`` makes two
+drains (or a drain and an epilog) never ship the same run at once; a newer attempt's entry
+supersedes older ones of the same run.
 """
 
 from __future__ import annotations
@@ -46,8 +54,14 @@ class ShipResult:
     seconds: float
 
 
-def entry_name(run_id: str, attempt: int) -> str:
-    return f"{run_id}.a{attempt}"
+def run_key(uid: int, job_id: str, run_id: str) -> str:
+    """What identifies one run in the spool: ``<uid>.<job_id>.<run_id>`` (see module doc)."""
+    return f"{int(uid)}.{job_id if str(job_id).isdigit() else 0}.{run_id}"
+
+
+def entry_name(key: str, attempt: int) -> str:
+    """The spool folder of one attempt of the run ``key`` (:func:`run_key`)."""
+    return f"{key}.a{attempt}"
 
 
 def iter_entries(spool_dir: str | os.PathLike) -> Iterator[Path]:
@@ -57,21 +71,22 @@ def iter_entries(spool_dir: str | os.PathLike) -> Iterator[Path]:
         return iter(())
 
     def key(p: Path):
-        run_id, _, attempt = p.name.rpartition(".a")
-        return run_id, int(attempt) if attempt.isdigit() else 0
+        key, _, attempt = p.name.rpartition(".a")
+        return key, int(attempt) if attempt.isdigit() else 0
 
     return iter(sorted((p for p in root.iterdir() if p.is_dir() and (p / ENTRY_JSON).is_file()), key=key))
 
 
 class RunLock:
-    """An exclusive per-run ``flock`` in the spool (``<spool>/.locks/<run_id>``)."""
+    """An exclusive per-run ``flock`` in the spool (``<spool>/.locks/<run key>``)."""
 
-    def __init__(self, spool_dir: str | os.PathLike, run_id: str) -> None:
+    def __init__(self, spool_dir: str | os.PathLike, key: str) -> None:
         locks = Path(spool_dir) / ".locks"
         locks.mkdir(mode=0o700, exist_ok=True)
-        self.fd = os.open(locks / run_id, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self.fd = os.open(locks / key, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
     def acquire(self, timeout: float) -> bool:
+        """Take the lock, polling for up to ``timeout`` seconds; ``False`` if someone holds it."""
         end = time.monotonic() + timeout
         while True:
             try:
@@ -83,6 +98,7 @@ class RunLock:
                 time.sleep(0.05)
 
     def close(self) -> None:
+        """Release the lock."""
         os.close(self.fd)
 
 
@@ -99,12 +115,12 @@ def write_entry(entry: Path, info: dict[str, Any], record: dict[str, Any], manif
     write_json_atomic(entry / ENTRY_JSON, info, mode=0o600)
 
 
-def supersede_older(spool_dir: str | os.PathLike, run_id: str, attempt: int) -> list[str]:
-    """Delete entries of earlier attempts of a run: the new snapshot contains everything newer."""
+def supersede_older(spool_dir: str | os.PathLike, key: str, attempt: int) -> list[str]:
+    """Delete entries of earlier attempts of the run ``key``: the new snapshot has everything newer."""
     removed = []
     for p in iter_entries(spool_dir):
-        rid, _, a = p.name.rpartition(".a")
-        if rid == run_id and a.isdigit() and int(a) < attempt:
+        k, _, a = p.name.rpartition(".a")
+        if k == key and a.isdigit() and int(a) < attempt:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
     return removed
@@ -118,7 +134,7 @@ def _failed(entry: Path, info: dict[str, Any], detail: str, started: float) -> S
 
 
 def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
-    """Upload one staged entry: files (sync), commit marker, index record; delete it on success.
+    """Upload one staged entry: files, commit marker, index record; delete it on success.
 
     Never raises for store problems: the entry stays in the spool with the error recorded.
     """
@@ -127,25 +143,99 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
     dest = info["dest"]
     base = s5cmd.base_argv(site.store, workers=site.s5cmd_workers, retries=3)
     steps: list[tuple[str, list[str]]] = []
-    if any((entry / "files").iterdir()):
-        steps.append(("files", base + ["sync", f"{entry / 'files'}/", dest]))
+    if (entry / "files").is_dir() and any((entry / "files").iterdir()):
+        steps.append(("files", base + ["cp", f"{entry / 'files'}/*", dest]))
     steps.append(("commit marker", base + ["cp", f"{entry / 'meta'}/*", dest]))
-    steps.append(("index record", base + ["cp", "--content-type", "application/json", str(entry / "index.json"),
-                                          join_url(site.index_url, index_key(info["run_id"]))]))
     for label, argv in steps:
         result = s5cmd.run(argv, site.store, deadline=deadline)
         if not result.ok:
             return _failed(entry, info, f"{label}: {result.summary()}", started)
-    # INDEX.jsonl needs conditional writes (If-Match), which s5cmd cannot do: boto3 here.
-    from slurm_yolo.catalog.index import add_to_index
+    # Who owns the run ID in the index, and INDEX.jsonl, need a read and conditional writes
+    # (If-Match), which s5cmd cannot do: boto3 for those.
+    from slurm_yolo.catalog.index import add_to_index, index_owner
     from slurm_yolo.errors import StoreError
 
+    index_url = join_url(site.index_url, index_key(info["run_id"]))
     try:
-        add_to_index(site.store, site.index_url, json.loads((entry / "index.json").read_text()), deadline=deadline)
+        owner = index_owner(site.store, index_url)
     except StoreError as e:
-        return _failed(entry, info, f"INDEX.jsonl: {e}", started)
+        return _failed(entry, info, f"index record: {e}", started)
+    taken = owner is not None and owner != info.get("user")
+    if not taken:
+        result = s5cmd.run(base + ["cp", "--content-type", "application/json", str(entry / "index.json"), index_url],
+                           site.store, deadline=deadline)
+        if not result.ok:
+            return _failed(entry, info, f"index record: {result.summary()}", started)
+        try:
+            add_to_index(site.store, site.index_url, json.loads((entry / "index.json").read_text()),
+                         deadline=deadline)
+        except StoreError as e:
+            return _failed(entry, info, f"INDEX.jsonl: {e}", started)
+    note = f"; NOT indexed: run ID {info['run_id']} belongs to {owner} in the index (use unique run IDs)" \
+        if taken else ""
+    if info.get("complete") is False and not info.get("restaged"):
+        # The epilog ran out of time while copying: the partial snapshot is in the store now,
+        # and the entry stays for the drain to copy the rest (restage) and ship it again.
+        info.update(shipped_partial=utc_now())
+        write_json_atomic(entry / ENTRY_JSON, info, mode=0o600)
+        return ShipResult(entry.name, True, f"partial snapshot shipped to {dest}; the drain ships the rest{note}",
+                          time.monotonic() - started)
     shutil.rmtree(entry, ignore_errors=True)
-    return ShipResult(entry.name, True, f"shipped to {dest}", time.monotonic() - started)
+    return ShipResult(entry.name, True, f"shipped to {dest}{note}", time.monotonic() - started)
+
+
+def restage(entry: Path, info: dict[str, Any], *, deadline: float) -> str:
+    """Copy the run folder again into an entry whose snapshot the epilog cut short.
+
+    Same safe copy as the epilog's (as root, only the job user's files, no links). Files the
+    first copy has that this one does not (an array element's Slurm log, which lives in the
+    sweep folder) are kept. Marks the entry ``restaged`` whatever happens, so it ships and
+    leaves the spool even when the folder is gone: a partial archive beats a stuck spool.
+
+    Returns:
+        What happened, one line for the drain's log.
+    """
+    from slurm_yolo.epilog import snapshot
+    from slurm_yolo.epilog.main import SNAPSHOT_EXCLUDE
+    from slurm_yolo.errors import Refused
+
+    uid = int(info["uid"])
+    fresh, old, parked = entry / "files.new", entry / "files", entry / "files.old"
+    shutil.rmtree(fresh, ignore_errors=True)
+    try:
+        fd = snapshot.open_dir_nofollow(str(info["source"]), uid)
+    except (Refused, OSError, KeyError) as e:
+        outcome = f"run folder not copied again ({e}); shipping the partial snapshot"
+    else:
+        try:
+            snap = snapshot.copy_tree(fd, uid, fresh, deadline=deadline, exclude=SNAPSHOT_EXCLUDE)
+        finally:
+            os.close(fd)
+        if snap.complete:
+            manifest = json.loads((entry / "meta" / MANIFEST).read_text())
+            for rel, meta in manifest.get("files", {}).items():
+                if rel not in snap.files and (old / rel).is_file():
+                    (fresh / rel).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    os.replace(old / rel, fresh / rel)
+                    snap.files[rel] = meta
+            if old.exists():
+                os.replace(old, parked)
+            os.replace(fresh, old)
+            shutil.rmtree(parked, ignore_errors=True)
+            manifest["files"] = snap.files
+            write_json_atomic(entry / "meta" / MANIFEST, manifest, mode=0o600)
+            for rec_path in [entry / "meta" / "run.json", *(entry / "meta" / "attempts").glob("*.json")]:
+                record = json.loads(rec_path.read_text())
+                record.setdefault("epilog", {}).update(snapshot_complete=True, skipped=snap.skipped[:200])
+                write_json_atomic(rec_path, record, mode=0o600)
+            info["complete"] = True
+            outcome = f"run folder copied again ({len(snap.files)} files)"
+        else:
+            shutil.rmtree(fresh, ignore_errors=True)
+            outcome = "run folder still too large to copy in the drain's budget; shipping the partial snapshot"
+    info["restaged"] = outcome
+    write_json_atomic(entry / ENTRY_JSON, info, mode=0o600)
+    return outcome
 
 
 def drain(site: SiteConfig, *, budget_s: float = 600, log: Callable[[str], None] = lambda m: None,
@@ -160,14 +250,16 @@ def drain(site: SiteConfig, *, budget_s: float = 600, log: Callable[[str], None]
     for entry in iter_entries(site.spool_dir):
         if time.monotonic() >= deadline:
             break
-        run_id = entry.name.rpartition(".a")[0]
-        lock = RunLock(site.spool_dir, run_id)
+        lock = RunLock(site.spool_dir, entry.name.rpartition(".a")[0])
         try:
             if not lock.acquire(lock_timeout):
                 log(f"{entry.name}: busy (another drain or epilog holds it), skipped")
                 continue
             if not (entry / ENTRY_JSON).is_file():
                 continue  # shipped by someone else while we waited
+            info = json.loads((entry / ENTRY_JSON).read_text())
+            if info.get("complete") is False and not info.get("restaged"):
+                log(f"{entry.name}: {restage(entry, info, deadline=deadline)}")
             result = ship(entry, site, deadline=deadline)
             log(f"{entry.name}: {'ok' if result.ok else 'failed'} {result.detail} ({result.seconds:.1f} s)")
             results.append(result)

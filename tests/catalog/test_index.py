@@ -56,8 +56,9 @@ def test_update_of_a_run_replaces_its_line(cat, client):
 
 def test_a_pending_update_is_visible_before_compaction(cat, client):
     rng = random.Random(3)
-    write_index(client, cat, [make_line(i, rng) for i in range(5)])
-    newer = {**make_line(2, random.Random(4)), "run_id": make_line(2, random.Random(3))["run_id"], "map50_95": 0.99}
+    lines = [make_line(i, rng) for i in range(5)]
+    write_index(client, cat, lines)
+    newer = {**make_line(2, random.Random(4)), "run_id": lines[2]["run_id"], "user": lines[2]["user"], "map50_95": 0.99}
     new_run = make_line(7, rng)
     for line in (newer, new_run):  # what add_to_index leaves behind when compaction never ran
         client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, line["run_id"]), Body=json.dumps(line))
@@ -66,6 +67,21 @@ def test_a_pending_update_is_visible_before_compaction(cat, client):
     assert records[newer["run_id"]]["map50_95"] == 0.99 and new_run["run_id"] in records
     assert index.compact(cat) == 6
     assert pending_keys(client, cat) == [] and len(index_lines(client, cat)) == 6
+
+
+def test_another_users_update_never_replaces_a_run(cat, client):
+    # Two users picked the same --run-id: the run stays the first user's, in readers and in
+    # the compacted index.
+    rng = random.Random(5)
+    mine = {**make_line(1, rng), "user": "alice", "map50_95": 0.5}
+    write_index(client, cat, [mine])
+    squat = {**mine, "user": "bob", "map50_95": 0.99, "archive_url": "s3://elsewhere/"}
+    update = {**mine, "map50_95": 0.6}
+    for line in (squat, update):
+        client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+    assert [(x["user"], x["map50_95"]) for x in index.load_records(cat)] == [("alice", 0.6)]
+    assert index.compact(cat) == 1
+    assert [(x["user"], x["map50_95"]) for x in index_lines(client, cat)] == [("alice", 0.6)]
 
 
 def test_conflicts_retry_then_give_up_with_a_fix(cat, client):

@@ -144,12 +144,13 @@ def test_store_down_goes_to_spool_then_drains(cluster, s3, dataset, runs_root, t
     done = [line for line in log.splitlines() if f"job {out['job_id']}: epilog done in" in line]
     assert done and float(done[-1].split("done in ")[1].split(" s")[0]) < 60
     pending = json.loads(cli(cluster, "spool", "list", "--json").stdout)
-    assert [e["entry"] for e in pending if e["entry"].startswith(out["run_id"])] == [f"{out['run_id']}.a1"]
+    mine = [e["entry"] for e in pending if e["run_id"] == out["run_id"]]
+    assert mine == [f"{os.getuid()}.{out['job_id']}.{out['run_id']}.a1"]
     assert not list_keys(s3, out["archive_url"])
     store_down()  # the store is back
     drained = cli(cluster, "spool", "drain", "--json")
     assert drained.returncode == 0, drained.stdout + drained.stderr
-    assert f"{out['run_id']}.a1" in json.loads(drained.stdout)["shipped"]
+    assert mine[0] in json.loads(drained.stdout)["shipped"]
     record, _ = verify_archive(s3, out["archive_url"])
     assert record["end_state"] == "COMPLETED"
     assert index_record(s3, cluster, out["run_id"])["run_id"] == out["run_id"]
@@ -191,7 +192,7 @@ def test_twenty_jobs_ending_together(cluster, s3, dataset, runs_root, tmp_path):
     ours = [x["run_id"] for x in lines if x["run_id"] in run_ids]
     assert sorted(ours) == sorted(run_ids)  # every run once in INDEX.jsonl: none lost, none twice
     left = json.loads(cli(cluster, "spool", "list", "--json").stdout)
-    assert not [e for e in left if e["entry"].split(".a")[0] in run_ids]
+    assert not [e for e in left if e["run_id"] in run_ids]
 
 
 def test_check_validates_the_installation(cluster):

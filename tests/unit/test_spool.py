@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,17 +19,27 @@ def site_for(store: Store, bucket: str, tmp_path: Path) -> SiteConfig:
                       index_url=f"s3://{bucket}/index/", spool_dir=str(tmp_path / "spool"), s5cmd_workers=8)
 
 
-def stage(site: SiteConfig, run_id: str, files: dict[str, bytes], attempt: int = 1) -> Path:
-    entry = Path(site.spool_dir) / spool.entry_name(run_id, attempt)
+def stage(site: SiteConfig, run_id: str, files: dict[str, bytes], attempt: int = 1, *, uid: int = 1000,
+          job_id: str = "77", **info) -> Path:
+    entry = Path(site.spool_dir) / spool.entry_name(spool.run_key(uid, job_id, run_id), attempt)
     for rel, data in files.items():
         (entry / "files" / rel).parent.mkdir(parents=True, exist_ok=True)
         (entry / "files" / rel).write_bytes(data)
-    manifest = {"files": {rel: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for rel, d in files.items()}}
+    manifest = {"files": {rel: {"size": len(d), "sha256": sha(d)} for rel, d in files.items()}}
     dest = f"{site.allowed_prefix.replace('{user}', 'u')}detect/p/m/{run_id}/"
-    record = {"run_id": run_id, "end_state": "COMPLETED", "archive_url": dest}
-    spool.write_entry(entry, {"run_id": run_id, "attempt": attempt, "dest": dest},
-                      record, manifest, {"run_id": run_id, "archive_url": dest, "end_state": "COMPLETED"})
+    record = {"run_id": run_id, "end_state": "COMPLETED", "archive_url": dest, "epilog": {"snapshot_complete": True}}
+    spool.write_entry(entry, {"run_id": run_id, "attempt": attempt, "dest": dest, "uid": uid, **info},
+                      record, manifest, {"run_id": run_id, "archive_url": dest, "end_state": "COMPLETED",
+                                        "user": info.get("user")})
     return entry
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def get(client, bucket, key) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def keys(client, bucket, prefix=""):
@@ -71,7 +82,7 @@ def test_two_drains_at_once_ship_each_run_once(store, bucket, tmp_path):
     for t in threads:
         t.join()
     shipped = [r.entry for r in results if r.ok]
-    assert sorted(shipped) == [f"run{i}.a1" for i in range(6)]  # each once, none failed
+    assert sorted(shipped) == [f"1000.77.run{i}.a1" for i in range(6)]  # each once, none failed
     assert not [r for r in results if not r.ok]
     assert list(spool.iter_entries(site.spool_dir)) == []
     assert len(keys(store.boto3_client(), bucket, "runs/")) == 6 * (5 + 3)
@@ -82,5 +93,79 @@ def test_newer_attempt_supersedes_older_entry(store, bucket, tmp_path):
     site = site_for(store, bucket, tmp_path)
     stage(site, "r3", {"a": b"1"}, attempt=1)
     stage(site, "r3", {"a": b"2"}, attempt=2)
-    assert spool.supersede_older(site.spool_dir, "r3", 2) == ["r3.a1"]
-    assert [p.name for p in spool.iter_entries(site.spool_dir)] == ["r3.a2"]
+    assert spool.supersede_older(site.spool_dir, spool.run_key(1000, "77", "r3"), 2) == ["1000.77.r3.a1"]
+    assert [p.name for p in spool.iter_entries(site.spool_dir)] == ["1000.77.r3.a2"]
+
+
+def test_same_run_id_of_two_users_never_shares_an_entry(store, bucket, tmp_path):
+    # --run-id is the user's choice: bob picking alice's must not reach her entry.
+    site = site_for(store, bucket, tmp_path)
+    alice = stage(site, "ci-7", {"private.txt": b"alice"}, uid=1001, job_id="10")
+    bob = stage(site, "ci-7", {"mine.txt": b"bob"}, uid=1002, job_id="11", attempt=5)
+    assert alice != bob
+    assert spool.supersede_older(site.spool_dir, spool.run_key(1002, "11", "ci-7"), 5) == []
+    assert sorted(p.name for p in (alice / "files").iterdir()) == ["private.txt"]
+    assert sorted(p.name for p in (bob / "files").iterdir()) == ["mine.txt"]
+
+
+def test_epilog_ships_a_stale_same_size_object_over(store, bucket, tmp_path):
+    # An in-training sync uploaded last.pt while it was being rewritten: same size, newer
+    # object time. The epilog's copy is authoritative and must replace it (sync would not).
+    site = site_for(store, bucket, tmp_path)
+    entry = stage(site, "r4", {"weights/last.pt": b"good" * 1000})
+    hour_ago = time.time() - 3600  # the file's last change came before the stale upload ended
+    os.utime(entry / "files" / "weights" / "last.pt", (hour_ago, hour_ago))
+    c = store.boto3_client()
+    c.put_object(Bucket=bucket, Key="runs/u/detect/p/m/r4/weights/last.pt", Body=b"torn" * 1000)
+    assert spool.ship(entry, site, deadline=time.monotonic() + 60).ok
+    assert get(c, bucket, "runs/u/detect/p/m/r4/weights/last.pt") == b"good" * 1000
+
+
+def test_cut_short_snapshot_ships_now_and_the_drain_copies_the_rest(store, bucket, tmp_path):
+    source = tmp_path / "runs" / "r5"
+    (source / "weights").mkdir(parents=True)
+    (source / "results.csv").write_bytes(b"epoch\n1\n2\n")
+    (source / "weights" / "last.pt").write_bytes(b"w" * 3000)
+    site = site_for(store, bucket, tmp_path)
+    # The epilog copied results.csv (and the sweep log, which is not in the run folder)
+    # before its budget ran out.
+    entry = stage(site, "r5", {"results.csv": b"epoch\n1\n2\n", "slurm/9_0_log.out": b"log"},
+                  uid=os.getuid(), source=str(source), complete=False)
+    first = spool.ship(entry, site, deadline=time.monotonic() + 60)
+    assert first.ok and "drain ships the rest" in first.detail
+    assert [p.name for p in spool.iter_entries(site.spool_dir)] == [entry.name]
+
+    lines: list[str] = []
+    assert [r.ok for r in spool.drain(site, log=lines.append)] == [True]
+    assert any("copied again (3 files)" in m for m in lines), lines
+    assert list(spool.iter_entries(site.spool_dir)) == []
+    c = store.boto3_client()
+    run = "runs/u/detect/p/m/r5/"
+    manifest = json.loads(get(c, bucket, run + "MANIFEST.json"))
+    assert sorted(manifest["files"]) == ["results.csv", "slurm/9_0_log.out", "weights/last.pt"]
+    for rel, meta in manifest["files"].items():
+        assert sha(get(c, bucket, run + rel)) == meta["sha256"]
+    assert json.loads(get(c, bucket, run + "run.json"))["epilog"]["snapshot_complete"] is True
+
+
+def test_cut_short_snapshot_whose_folder_is_gone_still_leaves_the_spool(store, bucket, tmp_path):
+    site = site_for(store, bucket, tmp_path)
+    stage(site, "r6", {"results.csv": b"x"}, uid=os.getuid(), source=str(tmp_path / "deleted"), complete=False)
+    lines: list[str] = []
+    assert [r.ok for r in spool.drain(site, log=lines.append)] == [True]
+    assert any("not copied again" in m for m in lines), lines
+    assert list(spool.iter_entries(site.spool_dir)) == []
+
+
+def test_a_run_id_indexed_by_another_user_is_archived_but_not_taken_over(store, bucket, tmp_path):
+    site = site_for(store, bucket, tmp_path)
+    alice = stage(site, "ci-8", {"a.txt": b"alice"}, uid=1001, job_id="20", user="alice")
+    assert spool.ship(alice, site, deadline=time.monotonic() + 60).ok
+    bob = stage(site, "ci-8", {"b.txt": b"bob"}, uid=1002, job_id="21", user="bob")
+    (bob / "index.json").write_text(json.dumps({"run_id": "ci-8", "user": "bob", "archive_url": "s3://elsewhere/"}))
+    result = spool.ship(bob, site, deadline=time.monotonic() + 60)
+    assert result.ok and "NOT indexed: run ID ci-8 belongs to alice" in result.detail
+    c = store.boto3_client()
+    assert json.loads(get(c, bucket, "index/runs/ci-8.json"))["user"] == "alice"
+    lines = [json.loads(x) for x in get(c, bucket, "index/INDEX.jsonl").decode().splitlines()]
+    assert [(x["run_id"], x["user"]) for x in lines] == [("ci-8", "alice")]
