@@ -7,6 +7,7 @@ Slurm accounting (sacct) is often off on small clusters, so the state comes from
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,10 +58,37 @@ def parse_squeue_state(text: str) -> str | None:
     return states[0] if states else None
 
 
+def local_job_alive(job_id: str) -> bool:
+    """Whether a local job's process (submitit's LocalExecutor: the job ID is its PID) runs.
+
+    When this process submitted it, it is our child: reap it, because a dead child stays
+    a zombie that ``kill(pid, 0)`` still finds. Otherwise ask the kernel.
+    """
+    try:
+        pid = int(job_id)
+    except ValueError:
+        return True  # not a PID: nothing to check, rely on run.json
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def observe(run_dir: Path, job_id: str, executor: str) -> Progress:
-    """Look once at the job's Slurm state and the run folder."""
+    """Look once at the job's Slurm state (or local process) and the run folder."""
     state = None
-    if executor == "slurm":
+    if executor == "local":
+        # Checked BEFORE reading run.json: a process that is gone has written all it ever
+        # will, so a status still RUNNING means it died without a word (SIGKILL, OOM).
+        state = "RUNNING" if local_job_alive(job_id) else "GONE"
+    elif executor == "slurm":
         try:
             state = parse_squeue_state(run_command(squeue_argv(job_id), "watch", timeout=30).stdout)
         except CommandError as e:
@@ -83,14 +111,17 @@ def observe(run_dir: Path, job_id: str, executor: str) -> Progress:
 def is_over(p: Progress, executor: str) -> bool:
     """Whether the run has ended for good (requeued jobs go back to PENDING and are not over)."""
     if executor == "local":
-        return p.status not in (None, "SUBMITTED", "RUNNING")
+        return p.status not in (None, "SUBMITTED", "RUNNING") or p.slurm_state == "GONE"
     return p.slurm_state is None or p.slurm_state in FINAL_SLURM_STATES
 
 
 def final_state(p: Progress) -> str:
-    """The run's end state: the epilog's verdict, else the job's own word, else Slurm's."""
-    return p.end_state or (p.status if p.status not in (None, "RUNNING", "SUBMITTED") else None) \
-        or p.slurm_state or "UNKNOWN"
+    """The run's end state: the epilog's verdict, else the job's own word, else Slurm's
+    (a local process that died without recording an end is ``FAILED``)."""
+    own = p.status if p.status not in (None, "RUNNING", "SUBMITTED") else None
+    if p.slurm_state == "GONE":
+        return p.end_state or own or "FAILED"
+    return p.end_state or own or p.slurm_state or "UNKNOWN"
 
 
 def wait_for(
