@@ -181,7 +181,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from slurm_yolo import record as rec
 
     run_dir = find_run_dir(args.run, args.runs_root)
-    record = rec.read_record(run_dir)
+    try:
+        record = rec.read_record(run_dir)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not an object
+        raise SlurmYoloError(f"{run_dir}/run.json cannot be read ({' '.join(str(e).split())[:200]}); "
+                             "the archived copy may be intact: try `slurm-yolo runs show`") from e
     if args.json:
         emit_json(record)
         return 0

@@ -381,5 +381,6 @@ def check_s5cmd(result: s5cmd.Result, what: str, *, allow_empty: bool = False) -
     """Raise :class:`StoreError` naming ``what`` unless every s5cmd operation succeeded."""
     # s5cmd reports a wildcard that matched nothing as an error; for "find all X" that is an empty answer.
     failures = [o for o in result.failures if not (allow_empty and "no object found" in (o.error or ""))]
-    if result.timed_out or failures:
+    # A usage error or a crash prints no JSON at all: then only the exit code tells.
+    if result.timed_out or failures or (result.returncode != 0 and not result.outcomes):
         raise StoreError(f"{what}: s5cmd {result.summary()}; check the store URL and credentials")

@@ -161,3 +161,13 @@ def test_deadline_leaves_the_update_pending_and_visible(cat, client):
         index.add_to_index(cat.store, cat.index_url, line, deadline=time.monotonic() - 1)
     assert [x["run_id"] for x in index.load_records(cat)] == [line["run_id"]]
     assert len(pending_keys(client, cat)) == 1
+
+
+def test_an_s5cmd_failure_without_json_output_is_an_error():
+    # "Incorrect Usage" and crashes print no JSON line: the exit code alone says it failed.
+    from slurm_yolo.archive.s5cmd import Result
+    from slurm_yolo.errors import StoreError
+
+    with pytest.raises(StoreError, match="listing runs"):
+        index.check_s5cmd(Result(returncode=1, outcomes=(), stderr_text="Incorrect Usage"), "listing runs")
+    index.check_s5cmd(Result(returncode=0, outcomes=()), "listing runs")  # nothing to do is fine

@@ -105,6 +105,14 @@ def test_status_of_unknown_run(tmp_path):
     assert out.returncode == 1 and "no run folder" in out.stderr
 
 
+def test_status_of_a_corrupt_record_is_one_line(tmp_path):
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "run.json").write_text('{"run_id": "r1", "sta')  # a torn write by hand
+    out = run_cli("status", "r1", "--runs-root", tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "run.json cannot be read" in out.stderr
+
+
 def test_main_returns_exit_code_in_process(cfg):
     assert main(["submit", str(cfg), "--dry-run", "--json"]) == 0
 
