@@ -100,11 +100,11 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
             # A drain shipping an older attempt of this run holds the lock: then stage only, and
             # leave shipping (in attempt order) to the drain, so old never lands after new.
             locked = lock.acquire(timeout=max(0.0, min(10.0, deadline - time.monotonic())))
-            superseded = spool.supersede_older(spool_root, key, attempt) if locked else []
             entry = spool_root / spool.entry_name(key, attempt)
             # Same uid, job and attempt: only a copy an interrupted epilog of this very attempt
             # left behind. Start clean so nothing of it is mixed into this snapshot.
             shutil.rmtree(entry, ignore_errors=True)
+            superseded = spool.supersede_older(spool_root, key, attempt) if locked else []
             stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
             snap = snapshot.copy_tree(fd, uid, entry / "files", deadline=stage_deadline,
                                       exclude=SNAPSHOT_EXCLUDE)

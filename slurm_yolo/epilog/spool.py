@@ -116,11 +116,19 @@ def write_entry(entry: Path, info: dict[str, Any], record: dict[str, Any], manif
 
 
 def supersede_older(spool_dir: str | os.PathLike, key: str, attempt: int) -> list[str]:
-    """Delete entries of earlier attempts of the run ``key``: the new snapshot has everything newer."""
+    """Delete entries of earlier attempts of the run ``key``: the new snapshot has everything newer.
+
+    Their per-attempt records (``meta/attempts/attempt-N.json``) move into the new entry
+    first, so every attempt's record still reaches the store.
+    """
     removed = []
+    keep = Path(spool_dir) / entry_name(key, attempt) / "meta" / "attempts"
     for p in iter_entries(spool_dir):
         k, _, a = p.name.rpartition(".a")
         if k == key and a.isdigit() and int(a) < attempt:
+            for rec in sorted((p / "meta" / "attempts").glob("attempt-*.json")):
+                keep.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.replace(rec, keep / rec.name)
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
     return removed

@@ -95,6 +95,9 @@ def test_newer_attempt_supersedes_older_entry(store, bucket, tmp_path):
     stage(site, "r3", {"a": b"2"}, attempt=2)
     assert spool.supersede_older(site.spool_dir, spool.run_key(1000, "77", "r3"), 2) == ["1000.77.r3.a1"]
     assert [p.name for p in spool.iter_entries(site.spool_dir)] == ["1000.77.r3.a2"]
+    # attempt 1's record was never shipped: it travels with attempt 2's entry
+    kept = Path(site.spool_dir) / "1000.77.r3.a2" / "meta" / "attempts"
+    assert sorted(p.name for p in kept.iterdir()) == ["attempt-1.json", "attempt-2.json"]
 
 
 def test_same_run_id_of_two_users_never_shares_an_entry(store, bucket, tmp_path):
