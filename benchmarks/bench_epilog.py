@@ -15,7 +15,7 @@ every run to a fresh prefix, objects deleted after each run (moto keeps them in 
 
 * slurm-yolo: the epilog's own ``archive_job`` (``open_dir_nofollow`` → ``copy_tree`` into
   the spool with sha256 → write-back of the end state as the user → ``spool.write_entry`` →
-  ``spool.ship``: ``s5cmd sync`` with the site's ``--numworkers``, commit marker, index
+  ``spool.ship``: ``s5cmd cp`` with the site's ``--numworkers``, commit marker, index
   record → spool entry deleted); also timed on its own: the safe copy + sha256 step;
 * a sequential boto3 ``upload_file`` loop (boto3's defaults: files over 8 MB go multipart
   with up to 10 threads per file);
