@@ -37,6 +37,7 @@ def _add_common_submit(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``slurm-yolo`` argument parser, with the epilog's and the catalog's commands."""
     parser = argparse.ArgumentParser(prog="slurm-yolo", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -87,6 +88,7 @@ def console(**kwargs: Any):
 
 
 def emit_json(obj: Any) -> None:
+    """Print ``obj`` as exactly one JSON line (what ``--json`` promises scripts)."""
     print(json.dumps(obj, indent=None, sort_keys=True, default=str))
 
 

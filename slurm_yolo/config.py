@@ -88,18 +88,22 @@ class Config:
 
     @property
     def run(self) -> Mapping[str, Any]:
+        """``run:`` — task, project, model_name, dataset_version (the store layout)."""
         return self.data["run"]
 
     @property
     def train(self) -> Mapping[str, Any]:
+        """``train:`` — Ultralytics training arguments, paths resolved."""
         return self.data["train"]
 
     @property
     def slurm(self) -> Mapping[str, Any]:
+        """``slurm:`` — resources and requeue settings, defaults filled in."""
         return self.data["slurm"]
 
     @property
     def archive(self) -> Mapping[str, Any]:
+        """``archive:`` — destination URL, endpoint, in-training sync interval."""
         return self.data["archive"]
 
     @property

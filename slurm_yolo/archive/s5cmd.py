@@ -95,6 +95,7 @@ class Result:
         return self.timed_out or any(o.error_class in TRANSIENT for o in self.failures)
 
     def summary(self) -> str:
+        """One line for logs and errors: counts, or the first failures."""
         if self.timed_out:
             return "timed out"
         fails = self.failures

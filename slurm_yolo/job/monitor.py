@@ -121,6 +121,7 @@ class RunMonitor(threading.Thread):
                 _log(f"monitor: {type(e).__name__}: {e}")
 
     def tick(self) -> None:
+        """One look at the run: keep a verified checkpoint copy, sync if the interval passed."""
         keep_good_checkpoint(self.run_dir / "weights", self._seen)
         if not self.syncing:
             return
@@ -149,6 +150,7 @@ class RunMonitor(threading.Thread):
         return result.ok
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread (waits up to ``timeout`` for a sync in flight)."""
         self._stop_event.set()
         self.join(timeout)
 
