@@ -26,7 +26,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -42,6 +42,12 @@ from slurm_yolo.record import RUN_JSON
 PENDING = "pending/"
 # Compare-and-swap attempts before giving up (the pending entry keeps the run visible).
 MAX_ATTEMPTS = 40
+# A pending update is deleted only once it is this old. Real S3 (and MinIO) make If-Match
+# atomic; a store that does not (moto's server checks, then writes) can let two writers
+# both win, the later one from a listing that missed a fresh update. Every compaction that
+# starts after an update is PENDING_GRACE_S old has listed it, so none can drop it any more.
+# Generous against clock skew between nodes: it only costs a few extra small objects.
+PENDING_GRACE_S = 300.0
 CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 # boto3 error code → what the user should do about it.
 ERROR_HINTS = {
@@ -257,27 +263,36 @@ def add_to_index(store: Store, index_url: str, record: Mapping[str, Any], *, dea
     update_index(cat, merge, client=client, deadline=deadline)
 
 
-def compact(cat: Catalog) -> int:
-    """Fold every pending update into ``INDEX.jsonl``; return how many runs it lists."""
-    return update_index(cat, merge)
+def compact(cat: Catalog, *, grace_s: float = PENDING_GRACE_S) -> int:
+    """Fold every pending update into ``INDEX.jsonl``; return how many runs it lists.
+
+    Pending updates younger than ``grace_s`` stay (still visible, see :data:`PENDING_GRACE_S`).
+    """
+    return update_index(cat, merge, grace_s=grace_s)
 
 
 def remove_from_index(cat: Catalog, run_ids: Iterable[str]) -> int:
     """Drop runs from ``INDEX.jsonl`` and pending updates (after their objects were deleted)."""
     gone = set(run_ids)
-    return update_index(cat, lambda base, pending: {k: v for k, v in merge(base, pending).items() if k not in gone})
+    client = cat.store.boto3_client()
+    n = update_index(cat, lambda base, pending: {k: v for k, v in merge(base, pending).items() if k not in gone},
+                     client=client)
+    # Their pending updates go whatever their age: readers would otherwise bring them back.
+    _delete_keys(client, cat.bucket, [k for k, rec in read_pending(cat, client) if rec["run_id"] in gone])
+    return n
 
 
 def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[str, dict]]], dict[str, dict]],
-                 *, client=None, sleep: Callable[[float], None] = time.sleep, deadline: float | None = None) -> int:
+                 *, client=None, sleep: Callable[[float], None] = time.sleep, deadline: float | None = None,
+                 grace_s: float = PENDING_GRACE_S, now: datetime | None = None) -> int:
     """Compare-and-swap ``INDEX.jsonl`` to ``transform(current lines, pending updates)``.
 
     Loop: read INDEX.jsonl and its ETag, read the pending updates, put the new content with
     ``If-Match`` (``If-None-Match: *`` when there is none yet). On 412/409 another writer got
     there first: back off with full jitter and start over from its version. After a
-    successful put, the pending updates are deleted only if ``INDEX.jsonl`` still has our
-    ETag: a newer version (from a writer that read ours) also contains them, and deleting
-    then could lose them on a store whose conditional writes are not atomic.
+    successful put, the pending updates older than ``grace_s`` are deleted, and only if
+    ``INDEX.jsonl`` still has our ETag: a newer version (from a writer that read ours) also
+    contains them. Younger ones stay for a later compaction (:data:`PENDING_GRACE_S`).
 
     Returns:
         the number of runs in the ``INDEX.jsonl`` written.
@@ -297,7 +312,10 @@ def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[
         pending = read_pending(cat, client)
         new = transform(current, pending)
         body = dump_jsonl(new)
-        if got is not None and body == got[0] and not pending:
+        cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=grace_s)
+        settled = [k for k, _ in pending if _pending_stamp(k) <= cutoff]
+        if got is not None and body == got[0]:  # already committed: only clean up
+            _delete_keys(client, cat.bucket, settled)
             return len(new)
         condition = {"IfMatch": got[1]} if got else {"IfNoneMatch": "*"}
         try:
@@ -308,12 +326,21 @@ def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[
                 raise store_error("write", url, e) from e
             sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
             continue
-        if pending and _etag_now(client, cat.bucket, key) != put["ETag"].strip('"'):
+        if settled and _etag_now(client, cat.bucket, key) != put["ETag"].strip('"'):
             continue  # replaced since: re-read, and delete pending updates only once we see them committed
-        _delete_keys(client, cat.bucket, [k for k, _ in pending])
+        _delete_keys(client, cat.bucket, settled)
         return len(new)
     raise StoreError(f"{url} stayed busy (other writers won {MAX_ATTEMPTS} tries or until the deadline); "
                      "the updates stay pending and visible: run `slurm-yolo index compact` later")
+
+
+def _pending_stamp(key: str) -> datetime:
+    """When a pending update was written, from its key (:func:`pending_key`); unparsable → long ago."""
+    try:
+        stamp = key.rsplit("/", 1)[-1].split("-", 1)[0]
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
 
 
 def _etag_now(client, bucket: str, key: str) -> str | None:
