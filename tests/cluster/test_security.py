@@ -118,8 +118,12 @@ def test_user_cannot_write_outside_their_prefix(cluster, s3, dataset, runs_root,
     # A user who edits run.json behind the launcher's back is still confined by the epilog.
     out = submit_json(cluster, config, user=user, runs_root=runs_root)
     forged = "s3://slurm-yolo/runs/root/forged/detect/pcb-test/yolov8n/" + out["run_id"] + "/"
-    script = (f"import json; p='{out['run_dir']}/run.json'; r=json.load(open(p)); r['archive_url']='{forged}'; "
-              "json.dump(r, open(p, 'w'))")
+    # Under the record's own lock, written atomically: the job's own updates (attempt start,
+    # environment) then keep the forged URL instead of racing it away.
+    script = (f"import fcntl, json, os; d='{out['run_dir']}'; "
+              "fd=os.open(d+'/.run.lock', os.O_RDWR|os.O_CREAT, 0o644); fcntl.flock(fd, fcntl.LOCK_EX); "
+              f"r=json.load(open(d+'/run.json')); r['archive_url']='{forged}'; "
+              "json.dump(r, open(d+'/run.json.forged', 'w')); os.replace(d+'/run.json.forged', d+'/run.json')")
     assert as_user(user, "/usr/bin/python3", "-c", script).returncode == 0
     wait_job_over(cluster, out["job_id"])
     confined = f"s3://slurm-yolo/runs/{user}/detect/pcb-test/yolov8n/{out['run_id']}/"  # allowed prefix + run path

@@ -81,4 +81,4 @@ def test_deadline_holds_against_a_store_that_never_answers():
     elapsed = time.monotonic() - start
     silent.close()
     assert r.timed_out and not r.ok and r.transient
-    assert elapsed < 4, elapsed
+    assert elapsed < 10, elapsed  # killed at the deadline (2 s), not left to s5cmd's own timeouts and retries
