@@ -31,23 +31,25 @@ def _moto_binary() -> str:
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):
     """A real moto S3 server process on a free loopback port, for the whole session."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([_moto_binary(), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    for _ in range(3):  # the free port can be taken before moto binds it: then moto exits, try another
+        port = _free_port()
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([_moto_binary(), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        if proc.poll() is None:
             break
-        except OSError:
-            time.sleep(0.1)
-    else:
+    if proc.poll() is not None or time.monotonic() >= deadline:
         proc.kill()
         pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}")
-    yield url
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
 
