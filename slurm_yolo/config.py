@@ -244,12 +244,14 @@ def _check_train(train: dict[str, Any], where: str, base: Path, check_paths: boo
         if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float, list))):
             raise ConfigError(f"{where}: train.{key} must be a number, got {type(value).__name__} {value!r}")
-    data = train.get("data")
-    if not isinstance(data, str) or not data:
-        raise ConfigError(f"{where}: train.data (the dataset's data.yaml) is required")
-    model = train.get("model")
-    if not isinstance(model, str) or not model:
-        raise ConfigError(f"{where}: train.model (e.g. yolov8s.yaml or a .pt file) is required")
+    for key, what in (("data", "the dataset's data.yaml"), ("model", "e.g. yolov8s.yaml or a .pt file")):
+        value = train.get(key)
+        if value is None or value == "":
+            raise ConfigError(f"{where}: train.{key} ({what}) is required")
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: train.{key} must be a path or name ({what}), got "
+                              f"{type(value).__name__} {value!r}")
+    data, model = train["data"], train["model"]
     data_path = (base / data).resolve()
     if check_paths and not data_path.is_file():
         raise ConfigError(f"{where}: train.data={data} does not exist ({data_path}); generate or fix the dataset path")

@@ -35,14 +35,13 @@ def checks(site_path: str) -> list[tuple[bool, str]]:
     scontrol_ok = not site.scontrol or os.access(site.scontrol_path, os.X_OK)
     results.append((scontrol_ok, f"scontrol {site.scontrol_path}" + ("" if scontrol_ok else
                                                                        " not found: set scontrol_path or scontrol: false")))
-    results.append(_reachable(site))
+    # Runs and the index may live in different buckets: both must be reachable.
+    buckets = dict.fromkeys(url.removeprefix("s3://").split("/", 1)[0] for url in (site.allowed_prefix, site.index_url))
+    results.extend(_reachable(site, bucket) for bucket in buckets if "{" not in bucket)
     return results
 
 
-def _reachable(site) -> tuple[bool, str]:
-    from slurm_yolo.archive.store import split_url
-
-    bucket, _ = split_url(site.index_url)
+def _reachable(site, bucket: str) -> tuple[bool, str]:
     try:
         site.store.boto3_client().head_bucket(Bucket=bucket)
     except Exception as e:  # botocore raises many kinds; all mean "not usable"

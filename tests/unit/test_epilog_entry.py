@@ -125,6 +125,19 @@ def test_check_reports_unreachable_store(tmp_path, capsys):
     assert "ok   site config" in out and "FAIL store http://127.0.0.1:9 bucket bkt: not reachable" in out
 
 
+def test_check_probes_the_runs_bucket_and_the_index_bucket(tmp_path, capsys, s3_endpoint):
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="k", aws_secret_access_key="s",
+                 region_name="us-east-1").create_bucket(Bucket="idx-ok")
+    site = _site(tmp_path, store={"endpoint_url": s3_endpoint, "credentials_file": str(tmp_path / "credentials")},
+                 allowed_prefix="s3://runs-missing/runs/{user}/", index_url="s3://idx-ok/index/")
+    assert check_main(["--check", "--site-config", str(site)]) == 1
+    out = capsys.readouterr().out
+    assert f"ok   store {s3_endpoint} bucket idx-ok: reachable" in out
+    assert f"FAIL store {s3_endpoint} bucket runs-missing: not reachable" in out
+
+
 @root_only
 def test_writeback_runs_with_the_users_privileges():
     import shutil
