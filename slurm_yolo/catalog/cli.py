@@ -90,6 +90,8 @@ def add_commands(sub) -> None:
     p = isub.add_parser("rebuild", parents=[common], help="recreate the index from every run.json in the store")
     p.add_argument("--root", action="append", default=[], metavar="S3_URL",
                    help="where archived runs are (repeatable; default: the index's bucket)")
+    p.add_argument("--force", action="store_true",
+                   help="drop runs the index lists now whose run.json is not under the roots (refused otherwise)")
     p.set_defaults(func=cmd_rebuild)
     p = isub.add_parser("compact", parents=[common], help="fold pending index updates into INDEX.jsonl")
     p.set_defaults(func=cmd_compact)
@@ -235,7 +237,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     cat = index.locate(args.index)
-    n = index.rebuild(cat, args.root)
+    n = index.rebuild(cat, args.root, force=args.force)
     if args.json:
         _print_json({"index_url": cat.index_url, "runs": n})
     else:

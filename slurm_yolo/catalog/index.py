@@ -361,19 +361,22 @@ def _delete_keys(client, bucket: str, keys: Sequence[str]) -> None:
             raise store_error("delete", f"s3://{bucket}/{chunk[0]}", e) from e
 
 
-def rebuild(cat: Catalog, archive_roots: Sequence[str] = ()) -> int:
+def rebuild(cat: Catalog, archive_roots: Sequence[str] = (), *, force: bool = False) -> int:
     """Recreate the index from the ``run.json`` files in the store; return the number of runs.
 
     Downloads every ``run.json`` under the roots with s5cmd, writes each run's
     ``runs/<run_id>.json`` and replaces ``INDEX.jsonl`` (pending updates are folded in, newer
-    wins). Runs whose ``run.json`` is gone disappear from ``INDEX.jsonl``.
+    wins). Runs whose ``run.json`` is not under the roots disappear from ``INDEX.jsonl`` only
+    with ``force``: a mistyped root must not empty the catalog.
 
     Args:
         cat: the catalog.
         archive_roots: ``s3://bucket/prefix`` URLs to search; default: the index's bucket.
+        force: drop the runs the index lists now whose ``run.json`` was not found.
 
     Raises:
         StoreError: s5cmd failed to list/download or upload.
+        ConfigError: the rebuilt index would drop runs, and ``force`` is not set (nothing changed).
     """
     roots = list(archive_roots) or [f"s3://{cat.bucket}/"]
     records: dict[str, dict] = {}
@@ -401,7 +404,15 @@ def rebuild(cat: Catalog, archive_roots: Sequence[str] = ()) -> int:
             argv = ["cp", "--content-type", "application/json", f"{out}/*", dest]
             result = s5cmd.run(s5cmd.base_argv(cat.store) + argv, cat.store)
             check_s5cmd(result, "write index records")
-    return update_index(cat, lambda _current, pending: merge(records, pending))
+    def transform(current: dict[str, dict], pending: list[tuple[str, dict]]) -> dict[str, dict]:
+        dropped = sorted(set(current) - set(records))
+        if dropped and not force:
+            raise ConfigError(f"rebuild would drop {len(dropped)} of the {len(current)} runs the index lists now "
+                              f"(e.g. {dropped[0]}): no run.json for them under {' '.join(roots)}; check --root, "
+                              "or pass --force to drop them")
+        return merge(records, pending)
+
+    return update_index(cat, transform)
 
 
 def check_s5cmd(result: s5cmd.Result, what: str, *, allow_empty: bool = False) -> None:

@@ -149,7 +149,9 @@ def test_rebuild_from_run_json_files(cat, client, bucket):
     write_index(client, cat, [make_line(1, random.Random(5))])  # a stale line whose run.json is gone
     client.delete_object(Bucket=bucket, Key=cat.key(layout.index_key(recs[0]["run_id"])))
 
-    assert index.rebuild(cat) == 3
+    with pytest.raises(ConfigError, match="rebuild would drop 1 of the 1 runs"):
+        index.rebuild(cat)
+    assert index.rebuild(cat, force=True) == 3
     assert index_lines(client, cat) == [layout.index_record(r) for r in recs]
     got = client.get_object(Bucket=bucket, Key=cat.key(layout.index_key(recs[0]["run_id"])))["Body"].read()
     assert json.loads(got) == layout.index_record(recs[0])
@@ -157,6 +159,16 @@ def test_rebuild_from_run_json_files(cat, client, bucket):
 
 def test_rebuild_of_an_empty_root_gives_an_empty_index(cat, client):
     assert index.rebuild(cat, [f"s3://{cat.bucket}/nothing-here/"]) == 0
+    assert index_lines(client, cat) == []
+
+
+def test_rebuild_from_a_wrong_root_refuses_to_empty_the_catalog(cat, client):
+    lines = [make_line(i, random.Random(8)) for i in range(3)]
+    write_index(client, cat, lines)
+    with pytest.raises(ConfigError, match=r"rebuild would drop 3 of the 3 runs .* pass --force"):
+        index.rebuild(cat, [f"s3://{cat.bucket}/typo/"])
+    assert sorted(x["run_id"] for x in index_lines(client, cat)) == sorted(x["run_id"] for x in lines)  # untouched
+    assert index.rebuild(cat, [f"s3://{cat.bucket}/typo/"], force=True) == 0
     assert index_lines(client, cat) == []
 
 
