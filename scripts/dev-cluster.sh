@@ -201,6 +201,11 @@ SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=5,bf_interval=5
 JobRequeue=1
+# Pre-emption as on a shared GPU cluster: a job in the higher-tier "urgent" partition that
+# needs resources a "debug" job holds gets them; the debug job is requeued (SIGTERM, then
+# SIGKILL after KillWait) and resumes later. Tests use it to pre-empt a training run.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 ReturnToService=2
 MinJobAge=600
 KillWait=5
@@ -225,7 +230,8 @@ JobCompType=jobcomp/none
 NodeName=$node NodeAddr=127.0.0.1 CPUs=2 RealMemory=$mem State=UNKNOWN
 # Two cores only: let up to 10 jobs share a core so that tests (and the 20-jobs-at-once
 # epilog test) can run jobs side by side; memory stays a consumable, enforced resource.
-PartitionName=debug Default=YES Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=FORCE:10
+PartitionName=debug Default=YES Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=1
+PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=10 PreemptMode=OFF
 EOF
   conf_changed=$written
   # Swap limits need cgroup v1 memory.memsw.* (absent when the kernel has swap accounting off).
