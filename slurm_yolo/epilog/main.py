@@ -105,6 +105,17 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
             # left behind. Start clean so nothing of it is mixed into this snapshot.
             shutil.rmtree(entry, ignore_errors=True)
             superseded = spool.supersede_older(spool_root, key, attempt) if locked else []
+            dest, note = destination(record, site, user)
+            info = {"run_id": run_id, "attempt": attempt, "job_id": job_id, "user": user, "uid": uid, "dest": dest,
+                    "source": run_path, "created": utc_now()}
+            # Written before the copy: an epilog killed while copying (node crash, slurmd's own
+            # timeout) leaves an entry the drain finishes by copying the folder again, not an
+            # orphan folder nobody ships. The drain leaves it alone while we may still run.
+            provisional = {**record, "end_state": "UNKNOWN", "status": "UNKNOWN", "archive_url": dest,
+                           "user": user, "uid": uid, "epilog": {"interrupted": "the epilog ended while copying"}}
+            spool.write_entry(entry, {**info, "complete": False, "staging": True}, provisional,
+                              {"version": 1, "run_id": run_id, "attempt": attempt, "files": {}},
+                              index_record(provisional))
             stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
             snap = snapshot.copy_tree(fd, uid, entry / "files", deadline=stage_deadline,
                                       exclude=SNAPSHOT_EXCLUDE)
@@ -121,7 +132,6 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
                 oom_in_log=endstate.oom_in_logs(entry / "files", attempt),
             )
             verdict = endstate.decide(evidence)
-            dest, note = destination(record, site, user)
             now = utc_now()
 
             # From the snapshot, not from the job: a job killed by SIGKILL/OOM never wrote them.
@@ -149,9 +159,7 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
             wb = writeback.update_as_user(run_path, uid, gid, apply,
                                           timeout=min(5.0, max(0.5, deadline - time.monotonic())))
             manifest = {"version": 1, "run_id": run_id, "attempt": attempt, "created": now, "files": snap.files}
-            info = {"run_id": run_id, "attempt": attempt, "job_id": job_id, "user": user, "uid": uid, "dest": dest,
-                    "source": run_path, "created": now, "complete": snap.complete}
-            spool.write_entry(entry, info, record, manifest, index_record(record))
+            spool.write_entry(entry, {**info, "complete": snap.complete}, record, manifest, index_record(record))
             result = spool.ship(entry, site, deadline=deadline - 1.0) if locked else \
                 spool.ShipResult(entry.name, False, "another drain holds this run: left to the drain", 0.0)
         finally:

@@ -246,6 +246,22 @@ def restage(entry: Path, info: dict[str, Any], *, deadline: float) -> str:
     return outcome
 
 
+# An epilog exits within the site's time budget (its watchdog makes sure); an entry still
+# marked "staging" this much later belongs to an epilog that was killed mid-copy.
+STAGING_GRACE_S = 60.0
+
+
+def _age_s(info: dict[str, Any]) -> float:
+    """Seconds since the entry was created (``created``, UTC ISO); unknown → very old."""
+    from datetime import datetime, timezone
+
+    try:
+        created = datetime.fromisoformat(str(info["created"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return float("inf")
+    return (datetime.now(timezone.utc) - created).total_seconds()
+
+
 def drain(site: SiteConfig, *, budget_s: float = 600, log: Callable[[str], None] = lambda m: None,
           lock_timeout: float = 0.0) -> list[ShipResult]:
     """Ship every spooled entry whose run is not locked by someone else. Idempotent.
@@ -266,6 +282,9 @@ def drain(site: SiteConfig, *, budget_s: float = 600, log: Callable[[str], None]
             if not (entry / ENTRY_JSON).is_file():
                 continue  # shipped by someone else while we waited
             info = json.loads((entry / ENTRY_JSON).read_text())
+            if info.get("staging") and _age_s(info) < site.time_budget_s + STAGING_GRACE_S:
+                log(f"{entry.name}: an epilog may still be copying it, skipped")
+                continue
             if info.get("complete") is False and not info.get("restaged"):
                 log(f"{entry.name}: {restage(entry, info, deadline=deadline)}")
             result = ship(entry, site, deadline=deadline)

@@ -172,3 +172,26 @@ def test_a_run_id_indexed_by_another_user_is_archived_but_not_taken_over(store, 
     assert json.loads(get(c, bucket, "index/runs/ci-8.json"))["user"] == "alice"
     lines = [json.loads(x) for x in get(c, bucket, "index/INDEX.jsonl").decode().splitlines()]
     assert [(x["run_id"], x["user"]) for x in lines] == [("ci-8", "alice")]
+
+
+def test_an_epilog_killed_while_copying_leaves_an_entry_the_drain_finishes(store, bucket, tmp_path):
+    source = tmp_path / "runs" / "r9"
+    source.mkdir(parents=True)
+    (source / "results.csv").write_bytes(b"epoch\n1\n")
+    site = site_for(store, bucket, tmp_path)
+    # What the epilog writes before copying: no files yet, the record not judged.
+    entry = stage(site, "r9", {}, uid=os.getuid(), source=str(source), complete=False, staging=True,
+                  created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    lines: list[str] = []
+    assert spool.drain(site, log=lines.append) == []  # it may still be copying: hands off
+    assert any("may still be copying" in m for m in lines) and entry.is_dir()
+
+    info = json.loads((entry / spool.ENTRY_JSON).read_text())
+    info["created"] = "2026-01-01T00:00:00Z"  # long past any epilog's time budget: it was killed
+    (entry / spool.ENTRY_JSON).write_text(json.dumps(info))
+    assert [r.ok for r in spool.drain(site, log=lines.append)] == [True]
+    assert list(spool.iter_entries(site.spool_dir)) == []
+    c = store.boto3_client()
+    run = "runs/u/detect/p/m/r9/"
+    assert get(c, bucket, run + "results.csv") == b"epoch\n1\n"
+    assert sorted(json.loads(get(c, bucket, run + "MANIFEST.json"))["files"]) == ["results.csv"]
