@@ -202,8 +202,10 @@ SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=5,bf_interval=5
 JobRequeue=1
 # Pre-emption as on a shared GPU cluster: a job in the higher-tier "urgent" partition that
-# needs resources a "debug" job holds gets them; the debug job is requeued (SIGTERM, then
-# SIGKILL after KillWait) and resumes later. Tests use it to pre-empt a training run.
+# needs resources a "debug" job holds gets them; the debug job gets SIGTERM at once, is
+# killed GraceTime (the debug partition's) + KillWait later and requeued, and resumes.
+# Without a GraceTime, whether the job's tasks see that SIGTERM before srun goes away and
+# they are killed was a race here. Tests use it to pre-empt a training run.
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 ReturnToService=2
@@ -230,7 +232,7 @@ JobCompType=jobcomp/none
 NodeName=$node NodeAddr=127.0.0.1 CPUs=2 RealMemory=$mem State=UNKNOWN
 # Two cores only: let up to 10 jobs share a core so that tests (and the 20-jobs-at-once
 # epilog test) can run jobs side by side; memory stays a consumable, enforced resource.
-PartitionName=debug Default=YES Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=1
+PartitionName=debug Default=YES Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=1 GraceTime=10
 PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=10 PreemptMode=OFF
 EOF
   conf_changed=$written

@@ -71,8 +71,11 @@ def test_preemption_signal_requeues_and_resumes(cluster, s3, dataset, runs_root,
 def test_slurm_preemption_requeues_and_resumes(cluster, s3, dataset, runs_root, tmp_path):
     """Real pre-emption: a job in the higher-tier ``urgent`` partition asks for the whole
     node's memory, which this run holds part of; slurmctld (PreemptMode=REQUEUE) sends the
-    run SIGTERM, kills it and requeues it; it resumes once the urgent job is done."""
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=EPOCHS), runs_root=runs_root)
+    run SIGTERM, kills it GraceTime + KillWait later and requeues it; it resumes once the
+    urgent job is done. slurmctld took 5-20 s here to pick the run for pre-emption, then 10 s
+    of grace: more epochs than the other tests, so the run is still training by then."""
+    epochs = 3 * EPOCHS
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=epochs), runs_root=runs_root)
     wait_epochs(Path(out["run_dir"]), 2)
     node = subprocess.run(["scontrol", "show", "node", "-o"], capture_output=True, text=True, check=True,
                           env=cluster).stdout
@@ -83,7 +86,7 @@ def test_slurm_preemption_requeues_and_resumes(cluster, s3, dataset, runs_root, 
     assert [a["end_state"] for a in first["attempts"]] == ["REQUEUED"]
     assert "SIGTERM" in [s["signal"] for s in first["attempts"][0]["signals"]]  # Slurm's pre-emption notice
     wait_job_over(cluster, urgent.stdout.strip().split(";")[0], timeout=120)
-    finish_and_check(cluster, s3, out, EPOCHS, "REQUEUED")
+    finish_and_check(cluster, s3, out, epochs, "REQUEUED")
 
 
 def test_truncated_last_pt_falls_back_to_the_good_copy(cluster, s3, dataset, runs_root, tmp_path):
