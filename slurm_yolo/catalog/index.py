@@ -40,6 +40,7 @@ from slurm_yolo.names import NAME_RE
 from slurm_yolo.record import RUN_JSON
 
 PENDING = "pending/"
+PENDING_STAMP = "%Y%m%dT%H%M%S.%fZ"  # pending keys sort by time within a run; parsed back for their age
 # Compare-and-swap attempts before giving up (the pending entry keeps the run visible).
 MAX_ATTEMPTS = 40
 # A pending update is deleted only once it is this old. Real S3 (and MinIO) make If-Match
@@ -212,7 +213,7 @@ def load_records(cat: Catalog, client=None) -> list[dict[str, Any]]:
 def pending_key(cat: Catalog, run_id: str, now: datetime | None = None) -> str:
     """A fresh, never-reused pending key for an update of ``run_id``; sorts by time within the run."""
     now = now or datetime.now(timezone.utc)
-    return cat.key(f"{PENDING}{run_id}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(4)}.json")
+    return cat.key(f"{PENDING}{run_id}/{now.strftime(PENDING_STAMP)}-{secrets.token_hex(4)}.json")
 
 
 def index_owner(store: Store, record_url: str) -> str | None:
@@ -338,7 +339,7 @@ def _pending_stamp(key: str) -> datetime:
     """When a pending update was written, from its key (:func:`pending_key`); unparsable → long ago."""
     try:
         stamp = key.rsplit("/", 1)[-1].split("-", 1)[0]
-        return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=timezone.utc)
+        return datetime.strptime(stamp, PENDING_STAMP).replace(tzinfo=timezone.utc)
     except ValueError:
         return datetime.min.replace(tzinfo=timezone.utc)
 

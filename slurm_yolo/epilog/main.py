@@ -24,9 +24,6 @@ from typing import Any, Mapping
 from slurm_yolo.names import MARKER_PREFIX  # cheap: re, secrets
 
 log = logging.getLogger("slurm_yolo.epilog")
-# Never archived: the epilog writes run.json/MANIFEST.json itself; the lock file is
-# bookkeeping; last.good.pt is the job's local crash-safety copy of last.pt (for resume).
-SNAPSHOT_EXCLUDE = frozenset({"run.json", "MANIFEST.json", ".run.lock", "weights/last.good.pt"})
 
 
 def is_ours(env: Mapping[str, str]) -> bool:
@@ -118,7 +115,7 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float) -> dict[str, A
                               index_record(provisional))
             stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
             snap = snapshot.copy_tree(fd, uid, entry / "files", deadline=stage_deadline,
-                                      exclude=SNAPSHOT_EXCLUDE)
+                                      exclude=snapshot.EXCLUDE)
             if sweep_path:  # an array element's Slurm log lives in the sweep folder: archive it too
                 snapshot.copy_sweep_log(sweep_path, uid, record.get("slurm") or {}, entry / "files", snap)
             evidence = endstate.Evidence(

@@ -30,6 +30,9 @@ from typing import Any
 from slurm_yolo.errors import Refused
 from slurm_yolo.names import NAME_RE
 
+# Never archived from the run folder: the epilog writes run.json/MANIFEST.json itself; the
+# lock file is bookkeeping; last.good.pt is the job's local crash-safety copy of last.pt.
+EXCLUDE = frozenset({"run.json", "MANIFEST.json", ".run.lock", "weights/last.good.pt"})
 MAX_DEPTH = 32
 MAX_ENTRIES = 200_000
 MAX_JSON_BYTES = 16 << 20

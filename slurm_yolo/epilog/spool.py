@@ -204,7 +204,6 @@ def restage(entry: Path, info: dict[str, Any], *, deadline: float) -> str:
         What happened, one line for the drain's log.
     """
     from slurm_yolo.epilog import snapshot
-    from slurm_yolo.epilog.main import SNAPSHOT_EXCLUDE
     from slurm_yolo.errors import Refused
 
     uid = int(info["uid"])
@@ -216,7 +215,7 @@ def restage(entry: Path, info: dict[str, Any], *, deadline: float) -> str:
         outcome = f"run folder not copied again ({e}); shipping the partial snapshot"
     else:
         try:
-            snap = snapshot.copy_tree(fd, uid, fresh, deadline=deadline, exclude=SNAPSHOT_EXCLUDE)
+            snap = snapshot.copy_tree(fd, uid, fresh, deadline=deadline, exclude=snapshot.EXCLUDE)
         finally:
             os.close(fd)
         if snap.complete:
@@ -255,11 +254,10 @@ def _age_s(info: dict[str, Any]) -> float:
     """Seconds since the entry was created (``created``, UTC ISO); unknown → very old."""
     from datetime import datetime, timezone
 
-    try:
-        created = datetime.fromisoformat(str(info["created"]).replace("Z", "+00:00"))
-    except (KeyError, ValueError):
-        return float("inf")
-    return (datetime.now(timezone.utc) - created).total_seconds()
+    from slurm_yolo.catalog.query import parse_time
+
+    created = parse_time(info.get("created"))
+    return float("inf") if created is None else (datetime.now(timezone.utc) - created).total_seconds()
 
 
 def drain(site: SiteConfig, *, budget_s: float = 600, log: Callable[[str], None] = lambda m: None,
