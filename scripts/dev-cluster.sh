@@ -2,8 +2,14 @@
 # A real one-node Slurm cluster plus a loopback S3 server (moto) for development, tests and
 # the demo, on one Debian 12 machine, as root. Every piece of state lives in ONE folder.
 #
-# Usage: scripts/dev-cluster.sh up|down|status|env
-#   up      install what is missing, start munged, moto (S3), slurmctld, slurmd; idempotent
+# Usage: scripts/dev-cluster.sh up [--nodes N]|down|status|env|crash NODE|revive NODE
+#   up      install what is missing, start munged, the S3 server, slurmctld, slurmd; idempotent.
+#           --nodes N (N >= 2; remembered in the state folder, `--nodes 1` goes back): N more
+#           nodes n1..nN, each a slurmd in its own network + UTS namespace on a bridge, in the
+#           partition `multi`. The host's own node (partitions debug, urgent) stays as it is.
+#   crash NODE   kill a namespace node the hard way (slurmd, slurmstepd, the job's processes,
+#           by PID): what a kernel panic or a power cut looks like to Slurm
+#   revive NODE  start that node's slurmd again (it returns to service by itself)
 #   down    stop what `up` started (munged only if `up` started it); idempotent
 #   status  one line per component; exit 0 if all are up, 1 otherwise
 #   env     `export` lines for: eval "$(scripts/dev-cluster.sh env)"
@@ -22,6 +28,11 @@ endpoint="http://127.0.0.1:$s3_port"
 bucket=slurm-yolo
 node=$(hostname -s)
 conf="$STATE/etc/slurm.conf"
+# Namespace nodes: n1..nN on the bridge $bridge ($net.1 is this host, node i is $net.(10+i)).
+bridge=sybr0
+net=10.77.0
+nodes_file="$STATE/nodes"
+host_slurmd_pid() { echo "$STATE/run/slurmd-$node.pid"; }
 # Debian's munged keeps its socket and pid file here (its systemd unit's RuntimeDirectory).
 munge_pidfile=/run/munge/munged.pid
 
@@ -94,7 +105,7 @@ node_state() { SLURM_CONF=$conf timeout 10 sinfo -h -n "$node" -o %T 2>/dev/null
 # ---------------------------------------------------------------------------------------------
 install_packages() {
   local need=() p
-  for p in slurmctld slurmd slurm-client munge; do
+  for p in slurmctld slurmd slurm-client munge socat iproute2; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then
@@ -152,8 +163,8 @@ make_dirs() {
   install -d -o root -g root -m 0700 "$STATE/slurmctld" "$STATE/spool"
   # slurmd puts each job's script in SlurmdSpoolDir/jobNNNNN (owned by the job user): the
   # folder must be traversable by everyone, as Debian's /var/spool/slurmd is.
-  install -d -o root -g root -m 0755 "$STATE/slurmd"
-  chmod 0755 "$STATE/slurmd"
+  install -d -o root -g root -m 0755 "$STATE/slurmd-$node"
+  chmod 0755 "$STATE/slurmd-$node"
   install -d -o root -g root -m 1777 "$STATE/runs"
   chmod 1777 "$STATE/runs"   # install -d keeps the mode of an existing folder otherwise
   chmod 0700 "$STATE/spool"
@@ -180,10 +191,21 @@ write_slurm_conf() {
   found=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -n1)
   mem=8000
   if [ -n "$found" ] && [ "$found" -lt "$mem" ]; then mem=$found; fi
+  local n ctl_addr=127.0.0.1 extra_nodes="" multi=""
+  n=$(extra_nodes)
+  if [ "$n" -gt 0 ]; then
+    # Namespace nodes reach the controller on the bridge, not on loopback.
+    ctl_addr=$net.1
+    for i in $(seq 1 "$n"); do
+      extra_nodes+="NodeName=n$i NodeAddr=$net.$((10 + i)) CPUs=2 RealMemory=$mem State=UNKNOWN"$'\n'
+    done
+    # No GraceTime pre-emption here: tests kill and revive these nodes.
+    multi="PartitionName=multi Nodes=n[1-$n] MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=1"
+  fi
   write_atomic "$conf" 0644 <<EOF
-# One-node dev cluster for slurm-yolo (written by scripts/dev-cluster.sh; do not edit)
+# Dev cluster for slurm-yolo (written by scripts/dev-cluster.sh; do not edit)
 ClusterName=slurmyolo
-SlurmctldHost=$node(127.0.0.1)
+SlurmctldHost=$node($ctl_addr)
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort=6817
@@ -217,23 +239,30 @@ DefMemPerCPU=1000
 InactiveLimit=0
 Waittime=0
 Epilog=$STATE/epilog
+# Runs on the controller after every job, NODE_FAIL included (when no node epilog runs).
+EpilogSlurmctld=$STATE/epilog
 PrologEpilogTimeout=180
+# A dead node is declared DOWN (its jobs NODE_FAIL) SlurmdTimeout after its last answer;
+# the default (300 s) is too slow for tests. Production sites keep it at minutes.
+SlurmdTimeout=10
 StateSaveLocation=$STATE/slurmctld
-SlurmdSpoolDir=$STATE/slurmd
+SlurmdSpoolDir=$STATE/slurmd-%n
 SlurmctldPidFile=$STATE/run/slurmctld.pid
-SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmdPidFile=$STATE/run/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
+SlurmdLogFile=$STATE/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 NodeName=$node NodeAddr=127.0.0.1 CPUs=2 RealMemory=$mem State=UNKNOWN
+$extra_nodes
 # Two cores only: let up to 10 jobs share a core so that tests (and the 20-jobs-at-once
 # epilog test) can run jobs side by side; memory stays a consumable, enforced resource.
-PartitionName=debug Default=YES Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=1 GraceTime=10
-PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=10 PreemptMode=OFF
+PartitionName=debug Default=YES Nodes=$node MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=1 GraceTime=10
+PartitionName=urgent Nodes=$node MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=10 PreemptMode=OFF
+$multi
 EOF
   conf_changed=$written
   # Swap limits need cgroup v1 memory.memsw.* (absent when the kernel has swap accounting off).
@@ -290,6 +319,10 @@ log_file: $STATE/log/epilog.log
 time_budget_s: 60
 s5cmd_workers: 32
 scontrol: true
+# Shared by every node and the controller (here: this host's filesystem).
+claim_dir: $STATE/claims
+# slurmctld runs EpilogSlurmctld without SLURM_CONF; scontrol/squeue need it here.
+slurm_conf: $conf
 EOF
 }
 
@@ -327,11 +360,11 @@ slurm_logs_tail() {
 
 start_slurm() {
   export SLURM_CONF=$conf
-  if [ "$conf_changed" = 1 ] && { pid_alive "$STATE/run/slurmctld.pid" slurmctld || pid_alive "$STATE/run/slurmd.pid" slurmd; }; then
+  if [ "$conf_changed" = 1 ] && { pid_alive "$STATE/run/slurmctld.pid" slurmctld || pid_alive "$(host_slurmd_pid)" slurmd; }; then
     # Some settings (auth, plugins, ports) need a restart, not `scontrol reconfigure`.
     # Running jobs survive: their slurmstepd keep running and the state is saved.
     log "slurm.conf/cgroup.conf changed: restarting slurmd and slurmctld"
-    stop_pidfile slurmd "$STATE/run/slurmd.pid" slurmd
+    stop_pidfile slurmd "$(host_slurmd_pid)" slurmd
     stop_pidfile slurmctld "$STATE/run/slurmctld.pid" slurmctld
   fi
   if pid_alive "$STATE/run/slurmctld.pid" slurmctld; then
@@ -342,7 +375,7 @@ start_slurm() {
   fi
   for _ in $(seq 1 100); do scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.2; done
   scontrol ping 2>/dev/null | grep -q 'is UP' || { slurm_logs_tail; die "slurmctld does not answer"; }
-  if pid_alive "$STATE/run/slurmd.pid" slurmd; then
+  if pid_alive "$(host_slurmd_pid)" slurmd; then
     log "slurmd: already running"
   else
     log "slurmd: starting"
@@ -368,6 +401,129 @@ start_slurm() {
   esac
 }
 
+
+# --- namespace nodes (up --nodes N) ----------------------------------------------------------
+# Each node is a slurmd with its own network namespace (its own address on the bridge, its
+# own port 6818) and UTS namespace (its own hostname), sharing this host's filesystem (the
+# "shared filesystem") and cgroup tree. Debian's slurmd puts each node's cgroups under
+# slurm_<nodename>/, so memory limits are enforced per job on every node, as on the host.
+# `ip netns exec` would remount /sys and hide the cgroup mounts from slurmd: nsenter only.
+extra_nodes() { local n=0; [ -s "$nodes_file" ] && n=$(tr -dc '0-9' <"$nodes_file"); echo "${n:-0}"; }
+node_pidfile() { echo "$STATE/run/slurmd-$1.pid"; }
+fwd_pidfile() { echo "$STATE/run/s3fwd-$1.pid"; }
+s3_port_of() { local hp=${endpoint#*://}; hp=${hp%%/*}; echo "${hp##*:}"; }
+
+setup_network() {
+  local n=$1 i
+  if ! ip link show "$bridge" >/dev/null 2>&1; then
+    ip link add "$bridge" type bridge
+    ip addr add "$net.1/24" dev "$bridge"
+  fi
+  ip link set "$bridge" up
+  for i in $(seq 1 "$n"); do
+    [ -e "/run/netns/syn$i" ] || ip netns add "syn$i"
+    if ! ip link show "syv$i" >/dev/null 2>&1; then
+      ip link add "syv$i" type veth peer name eth0 netns "syn$i"
+      ip link set "syv$i" master "$bridge" up
+      nsenter --net="/run/netns/syn$i" ip addr add "$net.$((10 + i))/24" dev eth0
+      nsenter --net="/run/netns/syn$i" ip link set eth0 up
+      nsenter --net="/run/netns/syn$i" ip link set lo up
+      nsenter --net="/run/netns/syn$i" ip route add default via "$net.1"
+    fi
+  done
+  # Node names must resolve everywhere (slurmd, srun, the epilog's scontrol): one marked block.
+  local hosts tmp
+  hosts=$(grep -v '# slurm-yolo-dev$' /etc/hosts || true)
+  tmp=$(mktemp)
+  { printf '%s\n' "$hosts"; for i in $(seq 1 "$n"); do printf '%s n%s # slurm-yolo-dev\n' "$net.$((10 + i))" "$i"; done; } >"$tmp"
+  cat "$tmp" >/etc/hosts   # not mv: /etc/hosts may be a bind mount
+  rm -f "$tmp"
+}
+
+start_forwarder() {  # start_forwarder NAME [NETNS]: the store on this host's loopback, seen from a node
+  local name=$1 ns=${2:-} port pidfile
+  port=$(s3_port_of); pidfile=$(fwd_pidfile "$name")
+  pid_alive "$pidfile" socat && return 0
+  if [ -z "$ns" ]; then  # host side: the bridge address forwards to the loopback-only store
+    setsid nohup socat "TCP-LISTEN:$port,bind=$net.1,fork,reuseaddr" "TCP:127.0.0.1:$port" \
+      >>"$STATE/log/s3fwd.log" 2>&1 </dev/null &
+  else                   # node side: the node's loopback forwards to the bridge address
+    setsid nohup nsenter --net="/run/netns/$ns" socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" \
+      "TCP:$net.1:$port" >>"$STATE/log/s3fwd.log" 2>&1 </dev/null &
+  fi
+  echo $! >"$pidfile"
+}
+
+start_node() {  # start_node I
+  local i=$1
+  install -d -o root -g root -m 0755 "$STATE/slurmd-n$i"
+  start_forwarder "n$i" "syn$i"
+  if pid_alive "$(node_pidfile "n$i")" slurmd; then return 0; fi
+  log "slurmd n$i: starting in namespace syn$i ($net.$((10 + i)))"
+  nsenter --net="/run/netns/syn$i" unshare --uts sh -c "hostname n$i && exec slurmd -f '$conf' -N n$i" \
+    || { slurm_logs_tail; die "slurmd n$i failed to start"; }
+}
+
+start_nodes() {
+  local n i
+  n=$(extra_nodes)
+  if [ "$n" -eq 0 ]; then
+    ls "$STATE"/run/slurmd-n*.pid >/dev/null 2>&1 && stop_nodes
+    return 0
+  fi
+  setup_network "$n"
+  start_forwarder host
+  for i in $(seq 1 "$n"); do start_node "$i"; done
+  wait_nodes_up "$(seq -f 'n%g' -s, 1 "$n")"
+}
+
+wait_nodes_up() {  # wait_nodes_up n1,n2,...: every node idle (resume it once if Slurm left it down)
+  local want=$1 st="" bad resumed=""
+  for _ in $(seq 1 120); do
+    st=$(SLURM_CONF=$conf timeout 10 sinfo -h -N -n "$want" -o '%N %T' 2>/dev/null || true)
+    bad=$(awk '$2 !~ /^(idle|mixed|allocated|completing)$/ {print $1}' <<<"$st")
+    [ -n "$st" ] && [ -z "$bad" ] && { log "nodes $want: up"; return 0; }
+    for b in $bad; do
+      case " $resumed " in *" $b "*) ;; *)
+        SLURM_CONF=$conf scontrol update nodename="$b" state=resume 2>/dev/null || true
+        resumed+=" $b" ;;
+      esac
+    done
+    sleep 0.5
+  done
+  slurm_logs_tail; die "nodes not usable after 60 s: $st"
+}
+
+stop_nodes() {
+  local f name
+  for f in "$STATE"/run/slurmd-n*.pid; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .pid); name=${name#slurmd-}
+    stop_pidfile "slurmd $name" "$f" slurmd
+  done
+  for f in "$STATE"/run/s3fwd-*.pid; do [ -e "$f" ] && stop_pidfile "forwarder" "$f" socat; done
+  for f in /run/netns/syn*; do [ -e "$f" ] && ip netns del "$(basename "$f")"; done
+  ip link show "$bridge" >/dev/null 2>&1 && ip link del "$bridge"
+  return 0
+}
+
+cmd_crash() {  # everything in the node's network namespace dies at once, by PID, with SIGKILL
+  local name=${1:-} pids
+  [[ "$name" =~ ^n[0-9]+$ ]] && [ -e "/run/netns/sy$name" ] || die "crash: no namespace node '$name'"
+  pids=$(ip netns pids "sy$name" | tr '\n' ' ')
+  log "crash $name: SIGKILL to ${pids:-nothing}"
+  [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
+  rm -f "$(node_pidfile "$name")" "$(fwd_pidfile "$name")"
+}
+
+cmd_revive() {
+  local name=${1:-}
+  [[ "$name" =~ ^n[0-9]+$ ]] && [ -e "/run/netns/sy$name" ] || die "revive: no namespace node '$name'"
+  export SLURM_CONF=$conf
+  start_node "${name#n}"
+  wait_nodes_up "$name"
+}
+
 cmd_up() {
   [ "$(id -u)" = 0 ] || die "run as root"
   install_packages
@@ -378,12 +534,16 @@ cmd_up() {
   write_epilog
   write_site_files
   start_moto
+  # The bridge first: slurmctld's address is on it when there are namespace nodes.
+  [ "$(extra_nodes)" -gt 0 ] && setup_network "$(extra_nodes)"
   start_slurm
+  start_nodes
   log "up: state in $STATE; now run: eval \"\$($here/scripts/dev-cluster.sh env)\""
 }
 
 cmd_down() {
-  stop_pidfile slurmd "$STATE/run/slurmd.pid" slurmd
+  stop_nodes
+  stop_pidfile slurmd "$(host_slurmd_pid)" slurmd
   stop_pidfile slurmctld "$STATE/run/slurmctld.pid" slurmctld
   if pid_alive "$STATE/run/moto.pid" moto_server; then
     stop_pidfile s3 "$STATE/run/moto.pid" moto_server
@@ -407,15 +567,25 @@ cmd_status() {
     echo "slurmctld: DOWN"; ok=1
   fi
   st=$(node_state || true)
-  if pid_alive "$STATE/run/slurmd.pid" slurmd; then
+  if pid_alive "$(host_slurmd_pid)" slurmd; then
     case "$st" in
-      idle|mixed|allocated|completing) echo "slurmd:    up (pid $(cat "$STATE/run/slurmd.pid")), node $node ${st}" ;;
-      *) echo "slurmd:    up (pid $(cat "$STATE/run/slurmd.pid")), node $node ${st:-unknown} (NOT USABLE)"; ok=1 ;;
+      idle|mixed|allocated|completing) echo "slurmd:    up (pid $(cat "$(host_slurmd_pid)")), node $node ${st}" ;;
+      *) echo "slurmd:    up (pid $(cat "$(host_slurmd_pid)")), node $node ${st:-unknown} (NOT USABLE)"; ok=1 ;;
     esac
   else
     echo "slurmd:    DOWN${st:+ (node $node $st)}"; ok=1
   fi
   if s3_ok; then echo "s3:        up $endpoint, bucket s3://$bucket"; else echo "s3:        DOWN ($endpoint, bucket s3://$bucket)"; ok=1; fi
+  local n i st_n
+  n=$(extra_nodes)
+  for i in $(seq 1 "$n"); do
+    st_n=$(SLURM_CONF=$conf timeout 10 sinfo -h -N -n "n$i" -o %T 2>/dev/null | head -n1 || true)
+    if pid_alive "$(node_pidfile "n$i")" slurmd; then
+      echo "slurmd:    up (pid $(cat "$(node_pidfile "n$i")")), node n$i ${st_n:-unknown} (namespace syn$i)"
+    else
+      echo "slurmd:    DOWN, node n$i ${st_n:-unknown} (namespace syn$i)"; ok=1
+    fi
+  done
   return $ok
 }
 
@@ -433,12 +603,28 @@ cmd_env() {
   emit SLURM_YOLO_SITE_CONFIG "$STATE/site.yaml"
   emit SLURM_YOLO_DEV_STATE "$STATE"
   emit SLURM_YOLO_RUNS "$STATE/runs"
+  emit SLURM_YOLO_NODES "$(extra_nodes)"
+}
+
+parse_up_args() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --nodes)
+        [[ "${2:-}" =~ ^[0-9]+$ ]] && [ "$2" -ge 1 ] && [ "$2" -le 8 ] || die "--nodes takes 1..8"
+        mkdir -p "$STATE"
+        if [ "$2" -ge 2 ]; then echo "$2" >"$nodes_file"; else rm -f "$nodes_file"; fi
+        shift 2 ;;
+      *) die "up: unknown option $1 (see the usage at the top of $0)" ;;
+    esac
+  done
 }
 
 case "${1:-}" in
-  up) cmd_up ;;
+  up) shift; parse_up_args "$@"; cmd_up ;;
+  crash) cmd_crash "${2:-}" ;;
+  revive) cmd_revive "${2:-}" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--nodes N]|down|status|env|crash NODE|revive NODE" >&2; exit 2 ;;
 esac

@@ -21,6 +21,18 @@ def add_commands(sub) -> None:
     ls.add_argument("--site-config", default=None)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
+    r = sub.add_parser("reconcile", help="admin: archive ended runs no epilog archived (dead nodes); for a timer",
+                       description="Archive the runs of ended jobs that no epilog claimed: NODE_FAIL jobs at "
+                                   "once, others once their node epilogs had their time budget; and take over "
+                                   "claims whose holder died mid-archive. Run it as root every minute on a host "
+                                   "that mounts the users' filesystem and reaches slurmctld (docs/admin.md).")
+    r.add_argument("--site-config", default=None, help="default: $SLURM_YOLO_SITE_CONFIG or /etc/slurm-yolo/site.yaml")
+    r.add_argument("--dry-run", action="store_true", help="say what would be archived; archive nothing")
+    r.add_argument("--settle", type=float, default=None, metavar="SECONDS",
+                   help="how long after a job ended its node epilogs have before the reconciler steps in "
+                        "(default: the site's time_budget_s + 60; NODE_FAIL jobs are due at once)")
+    r.add_argument("--json", action="store_true", help="print one JSON list")
+    r.set_defaults(func=cmd_reconcile)
 
 
 def _site(args):
@@ -64,3 +76,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{e['entry']}  {e['user']}  {e['dest']}  tries={e.get('attempts') or 0}  {e.get('last_error') or ''}")
         print(f"{len(entries)} pending", file=sys.stderr)
     return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from slurm_yolo.epilog.main import setup_logging
+    from slurm_yolo.epilog.reconcile import reconcile
+
+    site = _site(args)
+    setup_logging(site.log_file)
+    results = reconcile(site, dry_run=args.dry_run, settle_s=args.settle,
+                        say=lambda m: None if args.json else print(m))
+    if args.json:
+        print(json.dumps(results))
+    elif not results:
+        print("nothing to reconcile")
+    return 1 if any("error" in r for r in results) else 0

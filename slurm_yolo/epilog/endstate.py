@@ -33,6 +33,8 @@ class Evidence:
         job_status: the job's last status in run.json (COMPLETED, FAILED, REQUEUING, RUNNING, ...).
         job_signals: signal names the job recorded during this attempt.
         scontrol: ``scontrol show job`` fields (JobState, Reason, ExitCode, Restarts), or empty.
+        record_damaged: the job's run.json was unusable: only Slurm's evidence counts.
+        node_down: the controller saw a node of the job DOWN when the job ended.
         oom_in_log: slurmstepd reported an oom-kill in this attempt's job log. An OOM in the
             srun step (where the job runs) shows as a plain ``1:0`` exit and Reason=NonZeroExitCode
             during the epilog; Slurm only marks the job OUT_OF_MEMORY after the epilog.
@@ -45,6 +47,8 @@ class Evidence:
     job_signals: tuple[str, ...] = ()
     scontrol: Mapping[str, str] = field(default_factory=dict)
     oom_in_log: bool = False
+    record_damaged: bool = False
+    node_down: bool = False
 
     def exit_status(self) -> tuple[int | None, int | None]:
         """``(exit code, signal)`` from ``exit_code2``; ``(None, None)`` if absent."""
@@ -110,8 +114,39 @@ def _completed(e: Evidence) -> bool:
     return e.job_status == "COMPLETED" and not code and not sig
 
 
+def node_failed(scontrol: Mapping[str, str]) -> bool:
+    """Whether ``scontrol show job`` fields say the job's node died (no node epilog runs then)."""
+    return (scontrol.get("JobState") or "").strip() == "NODE_FAIL" or (scontrol.get("Reason") or "").strip() == "NodeDown"
+
+
+def _node_failed(e: Evidence) -> bool:
+    return e.node_down or node_failed(e.scontrol)
+
+
+def down_nodes(text: str) -> list[str]:
+    """``scontrol show node`` output → the nodes whose State is DOWN or NOT_RESPONDING."""
+    out = []
+    for block in re.split(r"\n(?=NodeName=)", text.strip()):
+        name = re.match(r"NodeName=(\S+)", block)
+        state = re.search(r"\bState=(\S+)", block)
+        if name and state and re.search(r"DOWN|NOT_RESPONDING|FAIL", state.group(1)):
+            out.append(name.group(1))
+    return out
+
+
+def _slurm_says_completed(e: Evidence) -> bool:
+    """No record to ask (damaged): exit 0:0 in the environment and in scontrol, no reason.
+    A time-out or a cancel also shows 0:0 in the environment, but not in scontrol."""
+    code, sig = e.exit_status()
+    return e.record_damaged and code == 0 and sig == 0 and _sc(e, "ExitCode") == "0:0" \
+        and _sc(e, "Reason") in ("None", "") and _sc(e, "JobState") in ("COMPLETING", "COMPLETED")
+
+
 # (state, rule name, predicate) — order matters: the first match wins.
 RULES: tuple[tuple[str, str, Callable[[Evidence], bool]], ...] = (
+    # The node died: no node epilog ran; the controller path or the reconciler archives it,
+    # and Slurm may already have requeued it (so before the requeue rules).
+    ("NODE_FAIL", "the node died (JobState=NODE_FAIL or Reason=NodeDown)", _node_failed),
     ("OUT_OF_MEMORY", "cgroup OOM (Reason=OutOfMemory, signal 125 or slurmstepd's oom-kill report)", _oom),
     ("PREEMPTED", "requeued after the job caught the pre-emption/time-limit signal",
      lambda e: _requeued(e) and "SIGUSR2" in e.job_signals),
@@ -123,6 +158,7 @@ RULES: tuple[tuple[str, str, Callable[[Evidence], bool]], ...] = (
     ("TIMEOUT", "time-limit warning (USR2) and not requeued", lambda e: "SIGUSR2" in e.job_signals),
     ("CANCELLED", "SIGTERM without a time limit (scancel)", _cancelled),
     ("COMPLETED", "job recorded COMPLETED and exit code 0", _completed),
+    ("COMPLETED", "record damaged; Slurm: exit code 0:0, no reason", _slurm_says_completed),
     ("FAILED", "non-zero exit code or the job recorded FAILED", _failed),
 )
 
@@ -188,15 +224,17 @@ def parse_scontrol(text: str, job_id: str | None = None) -> dict[str, str]:
             key, sep, value = token.partition("=")
             if sep and key and key not in fields:
                 fields[key] = value
+    array_job, _, task = str(job_id or "").partition("_")
     for fields in records:
-        if job_id is None or fields.get("JobId") == str(job_id):
+        if job_id is None or fields.get("JobId") == str(job_id) \
+                or (task and fields.get("ArrayJobId") == array_job and fields.get("ArrayTaskId") == task):
             return fields
     return {}
 
 
 def scontrol_argv(scontrol: str, job_id: str) -> list[str]:
     """``scontrol show job <id>`` — one query per job, by absolute path (the epilog has no PATH)."""
-    if not job_id.isdigit():
-        raise ValueError(f"job id {job_id!r} is not numeric")
+    if not re.fullmatch(r"\d+(_\d+)?", job_id):
+        raise ValueError(f"job id {job_id!r} is not a Slurm job ID (123 or 123_4)")
     return [scontrol, "show", "job", job_id]
 

@@ -7,6 +7,7 @@ Example::
       region: eu-west-1
       credentials_file: /etc/slurm-yolo/credentials      # AWS INI format, root-only (0600)
       profile: default
+      atomic_conditional_writes: true                    # AWS S3, MinIO, SeaweedFS; not moto
     allowed_prefix: "s3://ai-training-logs/runs/{user}/" # a run may only land under this
     index_url: "s3://ai-training-logs/index/"
     spool_dir: /var/spool/slurm-yolo
@@ -14,6 +15,8 @@ Example::
     time_budget_s: 120      # the epilog always exits 0 within this
     s5cmd_workers: 64
     scontrol: true          # allow one `scontrol show job` per job to tell time-out from cancel
+    claim_dir: /shared/slurm-yolo/claims  # multi-node: on a filesystem all nodes + controller share
+    slurm_conf: /etc/slurm/slurm.conf     # for scontrol/squeue where Slurm does not set SLURM_CONF
 
 The file is trusted only if root owns it and nobody else can write it (it decides where
 root copies files to). The credentials file must be readable by root alone: job processes
@@ -37,8 +40,8 @@ DEFAULT_PATH = "/etc/slurm-yolo/site.yaml"
 ENV_VAR = "SLURM_YOLO_SITE_CONFIG"
 
 _KEYS = {"store", "allowed_prefix", "index_url", "spool_dir", "log_file", "time_budget_s", "s5cmd_workers",
-         "scontrol", "scontrol_path", "s5cmd_path"}
-_STORE_KEYS = {"endpoint_url", "region", "credentials_file", "profile"}
+         "scontrol", "scontrol_path", "s5cmd_path", "claim_dir", "slurm_conf", "squeue_path"}
+_STORE_KEYS = {"endpoint_url", "region", "credentials_file", "profile", "atomic_conditional_writes"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,16 @@ class SiteConfig:
     s5cmd_workers: int = 64
     scontrol: bool = True
     scontrol_path: str = "/usr/bin/scontrol"
+    # Who archives an attempt is decided by a claim file here (epilog/claim.py). It must be on
+    # a filesystem that every node, the controller and the reconciler share; the default,
+    # inside the node's spool, is only right for one-node set-ups.
+    claim_dir: str = ""
+    slurm_conf: str | None = None
+    squeue_path: str = "/usr/bin/squeue"
+
+    def __post_init__(self) -> None:
+        if not self.claim_dir:
+            object.__setattr__(self, "claim_dir", os.path.join(self.spool_dir, ".claims"))
 
     def prefix_for(self, user: str) -> str:
         """The allowed destination prefix for a user, ending in ``/``."""
@@ -130,13 +143,15 @@ def load_site_config(path: str | None = None, *, check_owner: bool = True) -> Si
         raise SiteConfigError(f"site config {path}: time_budget_s and s5cmd_workers must be numbers") from e
     if not 5 <= budget <= 3600 or not 1 <= workers <= 1024:
         raise SiteConfigError(f"site config {path}: time_budget_s must be 5..3600 and s5cmd_workers 1..1024")
-    for key in ("spool_dir", "log_file"):
+    for key in ("spool_dir", "log_file", "claim_dir", "slurm_conf"):
         if key in raw and not os.path.isabs(str(raw[key])):
             raise SiteConfigError(f"site config {path}: {key} must be an absolute path")
     return SiteConfig(
         path=path,
         store=Store(endpoint_url=store_raw.get("endpoint_url"), region=store_raw.get("region") or "us-east-1",
-                    credentials_file=creds, profile=store_raw.get("profile"), s5cmd=raw.get("s5cmd_path")),
+                    credentials_file=creds, profile=store_raw.get("profile"), s5cmd=raw.get("s5cmd_path"),
+                    # true for AWS S3, MinIO, SeaweedFS: the index then keeps no race-tolerance delay
+                    atomic_conditional_writes=store_raw.get("atomic_conditional_writes") is True),
         allowed_prefix=raw["allowed_prefix"],
         index_url=raw["index_url"].rstrip("/") + "/",
         spool_dir=str(raw.get("spool_dir", "/var/spool/slurm-yolo")),
@@ -145,4 +160,7 @@ def load_site_config(path: str | None = None, *, check_owner: bool = True) -> Si
         s5cmd_workers=workers,
         scontrol=bool(raw.get("scontrol", True)),
         scontrol_path=str(scontrol_path),
+        claim_dir=str(raw.get("claim_dir") or ""),
+        slurm_conf=str(raw["slurm_conf"]) if raw.get("slurm_conf") else None,
+        squeue_path=str(raw.get("squeue_path", "/usr/bin/squeue")),
     )

@@ -33,6 +33,8 @@ from slurm_yolo.names import NAME_RE
 # Never archived from the run folder: the epilog writes run.json/MANIFEST.json itself; the
 # lock file is bookkeeping; last.good.pt is the job's local crash-safety copy of last.pt.
 EXCLUDE = frozenset({"run.json", "MANIFEST.json", ".run.lock", "weights/last.good.pt"})
+# A run.json the archiver could not use is archived as it was, under this name.
+DAMAGED_RECORD = "run.json.damaged"
 MAX_DEPTH = 32
 MAX_ENTRIES = 200_000
 MAX_JSON_BYTES = 16 << 20
@@ -232,6 +234,12 @@ def copy_sweep_log(sweep_path: str, uid: int, slurm: dict[str, Any], dest: Path,
     finally:
         os.close(logs_fd)
         os.close(sweep_fd)
+
+
+def copy_file_as(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap: Snapshot) -> None:
+    """Copy one file of ``dir_fd`` into the snapshot under ``relpath``, with the checks of
+    :func:`copy_tree` (regular file owned by ``uid``, no links, never blocks)."""
+    _copy_file(dir_fd, name, relpath, uid, dest, snap)
 
 
 def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap: Snapshot) -> None:

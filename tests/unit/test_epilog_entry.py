@@ -77,18 +77,6 @@ def test_python_noop_for_jobs_not_ours_returns_zero_and_loads_nothing(comment):
     assert out.stdout.strip() == "0 []", out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("nodelist, first", [
-    ("vm", "vm"), ("gpu[03-05,9]", "gpu03"), ("gpu[03-05,9],cpu1", "gpu03"), ("a1,a2", "a1"), ("n[7]", "n7"),
-])
-def test_first_node(nodelist, first):
-    assert epilog.first_node(nodelist) == first
-
-
-def test_only_the_first_node_archives():
-    assert epilog.is_archiving_node({"SLURM_NODELIST": "gpu[01-04]", "SLURMD_NODENAME": "gpu01"})
-    assert not epilog.is_archiving_node({"SLURM_NODELIST": "gpu[01-04]", "SLURMD_NODENAME": "gpu02"})
-
-
 def _site(tmp_path: Path, creds_mode: int = 0o600, site_mode: int = 0o644, **over) -> Path:
     creds = tmp_path / "credentials"
     creds.write_text("[default]\naws_access_key_id = k\naws_secret_access_key = s\n")

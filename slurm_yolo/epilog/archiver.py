@@ -1,0 +1,341 @@
+"""Archive one attempt of one job: the steps the node epilog, the controller path and the
+reconciler share, each a small function, testable without Slurm (an env dict, a folder, a
+store).
+
+    resolve_run   the marker → the run folder (opened safely) and its record, or a
+                  placeholder record when run.json is missing, not JSON, huge or hostile
+    try_claim     exactly one archiver per attempt (claim.py)
+    stage         the spool entry, written before the copy, then the safe snapshot
+    decide        the end state from Slurm's evidence and the job's own record
+    finish        the verdict into the record (and, as the user, into their folder)
+    ship          s5cmd to the store (spool.py); the claim is marked done
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import pwd
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from slurm_yolo.archive.layout import index_record
+from slurm_yolo.commands import run_command
+from slurm_yolo.epilog import claim as claims
+from slurm_yolo.epilog import endstate, snapshot, spool, writeback
+from slurm_yolo.epilog.site import SiteConfig
+from slurm_yolo.errors import CommandError, Refused
+from slurm_yolo.names import MARKER_PREFIX, NAME_RE
+from slurm_yolo.record import read_metrics, utc_now
+
+log = logging.getLogger("slurm_yolo.epilog")
+# Path-forming names of a run whose record cannot be trusted: the run ID is its folder's name.
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Job:
+    """The job as Slurm describes it to whoever archives it (never from the user's files).
+
+    Attributes:
+        env: the Slurm environment (``SLURM_JOB_*``) or its equivalent built by the reconciler.
+        by: who archives: ``epilog_slurmd@<node>``, ``epilog_slurmctld@<host>`` or ``reconciler@<host>``.
+    """
+
+    env: Mapping[str, str]
+    by: str
+
+    @property
+    def job_id(self) -> str:
+        return self.env.get("SLURM_JOB_ID", "")
+
+    @property
+    def uid(self) -> int:
+        return int(self.env["SLURM_JOB_UID"])
+
+    @property
+    def marker_path(self) -> str:
+        return self.env["SLURM_JOB_COMMENT"][len(MARKER_PREFIX):]
+
+    @property
+    def restart_count(self) -> int:
+        text = self.env.get("SLURM_JOB_RESTART_COUNT") or "0"
+        return int(text) if text.isdigit() else 0
+
+    def user(self) -> tuple[str, int]:
+        """User name and primary gid of the job's uid (from passwd, not from the environment)."""
+        try:
+            pw = pwd.getpwuid(self.uid)
+            return pw.pw_name, pw.pw_gid
+        except KeyError:
+            gid = self.env.get("SLURM_JOB_GID") or str(self.uid)
+            return f"uid{self.uid}", int(gid) if gid.isdigit() else self.uid
+
+
+@dataclass
+class Run:
+    """The run folder found from the marker. ``damaged`` says why its record was replaced."""
+
+    fd: int
+    path: str
+    record: dict[str, Any]
+    damaged: str | None = None
+    sweep_path: str | None = None
+    scontrol: dict[str, str] | None = None
+
+    @property
+    def run_id(self) -> str:
+        return str(self.record["run_id"])
+
+    @property
+    def current(self) -> dict[str, Any]:
+        attempts = self.record.get("attempts") or []
+        return attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
+
+    @property
+    def attempt(self) -> int:
+        n = self.current.get("attempt")
+        return n if isinstance(n, int) and n > 0 else len(self.record.get("attempts") or []) or 1
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    """What archiving one attempt did (logged by the epilog, printed by the reconciler)."""
+
+    job: str
+    run: str
+    by: str
+    state: str = ""
+    rule: str = ""
+    dest: str = ""
+    files: int = 0
+    skipped: int = 0
+    complete: bool = False
+    shipped: bool = False
+    detail: str = ""
+    writeback: str = ""
+    note: str = ""
+    damaged: str | None = None
+    superseded: list[str] = field(default_factory=list)
+    claimed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def scontrol_fields(site: SiteConfig, job_id: str, deadline: float, env: Mapping[str, str]) -> dict[str, str]:
+    """One ``scontrol show job`` (``{}`` if not allowed or it fails: decide without it)."""
+    if not site.scontrol:
+        return {}
+    conf = env.get("SLURM_CONF") or site.slurm_conf
+    try:
+        proc = run_command(endstate.scontrol_argv(site.scontrol_path, job_id), "epilog",
+                           timeout=max(0.5, min(5.0, deadline - time.monotonic())),
+                           env={"PATH": "/usr/bin:/bin", **({"SLURM_CONF": conf} if conf else {})})
+        return endstate.parse_scontrol(proc.stdout, job_id)
+    except (CommandError, ValueError) as e:
+        log.warning("job %s: scontrol unavailable (%s); deciding without it", job_id, e)
+        return {}
+
+
+def dead_nodes(site: SiteConfig, nodelist: str, deadline: float, env: Mapping[str, str]) -> list[str]:
+    """The nodes of ``nodelist`` (Slurm's, e.g. ``n[1-2]``) that Slurm marks DOWN/not responding."""
+    if not nodelist or not re.fullmatch(r"[A-Za-z0-9_.,\[\]-]{1,4096}", nodelist):
+        return []
+    conf = env.get("SLURM_CONF") or site.slurm_conf
+    try:
+        proc = run_command([site.scontrol_path, "show", "node", nodelist], "epilog",
+                           timeout=max(0.5, min(5.0, deadline - time.monotonic())),
+                           env={"PATH": "/usr/bin:/bin", **({"SLURM_CONF": conf} if conf else {})})
+    except CommandError as e:
+        log.warning("scontrol show node %s failed (%s)", nodelist, e)
+        return []
+    return endstate.down_nodes(proc.stdout)
+
+
+def placeholder_record(run_id: str, job: Job, reason: str) -> dict[str, Any]:
+    """The record of a run whose run.json cannot be used: only what Slurm says is in it."""
+    return {"schema": 1, "run_id": run_id, "task": UNKNOWN, "project": UNKNOWN, "model_name": UNKNOWN,
+            "slurm": {"job_id": job.job_id}, "status": None, "record_damaged": reason,
+            "attempts": [{"attempt": job.restart_count + 1, "slurm_job_id": job.job_id, "start": None,
+                          "end": None, "status": None, "signals": []}]}
+
+
+def _read_record(fd: int, run_path: str, uid: int, job: Job) -> tuple[dict[str, Any], str | None]:
+    """The job's run.json, or a placeholder and the reason it was not usable."""
+    run_id = Path(run_path).name
+    if not NAME_RE.fullmatch(run_id):
+        raise Refused(f"{run_path}: the folder name is not a run ID")
+    try:
+        record = snapshot.read_json_at(fd, "run.json", uid)
+    except FileNotFoundError:
+        reason = "run.json is missing"
+    except (OSError, ValueError, Refused) as e:
+        reason = f"run.json is unreadable: {type(e).__name__}: {str(e)[:200]}"
+    else:
+        if isinstance(record, dict) and snapshot.safe_names(record) and record["run_id"] == run_id:
+            return record, None
+        reason = "run.json is not a record of this folder (unsafe names or another run_id)"
+    return placeholder_record(run_id, job, reason), reason
+
+
+def resolve_run(job: Job, site: SiteConfig, deadline: float) -> Run:
+    """Marker → the run folder, opened without following links, and its record.
+
+    Raises:
+        Refused: the marker or folder cannot be trusted (nothing is copied).
+    """
+    fd = snapshot.open_dir_nofollow(job.marker_path, job.uid)
+    try:
+        run_path, sweep_path, sc = job.marker_path, None, None
+        if snapshot.exists_at(fd, "array.json"):
+            # A sweep: Slurm gives the epilog no SLURM_ARRAY_TASK_ID, so find the element
+            # whose job recorded this SLURM_JOB_ID, else ask scontrol for ArrayTaskId.
+            sweep_path = run_path
+            sc = scontrol_fields(site, job.job_id, deadline, job.env)
+            run_path = snapshot.resolve_array_element(fd, job.job_id, job.uid, task_id=sc.get("ArrayTaskId"))
+            os.close(fd)
+            fd = snapshot.open_dir_nofollow(run_path, job.uid)
+        record, damaged = _read_record(fd, run_path, job.uid, job)
+        return Run(fd, run_path, record, damaged, sweep_path, sc)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def destination(record: Mapping[str, Any], site: SiteConfig, user: str) -> tuple[str, str]:
+    """Where the run goes: the record's ``archive_url`` if it lies under the user's allowed
+    prefix and ends with the run's own path, else the allowed prefix + the run's path."""
+    tail = f"{record['task']}/{record['project']}/{record['model_name']}/{record['run_id']}/"
+    prefix = site.prefix_for(user)
+    wanted = record.get("archive_url")
+    if isinstance(wanted, str) and wanted.startswith(prefix) and wanted.endswith("/" + tail) \
+            and "/../" not in wanted and "/./" not in wanted and not any(ord(c) < 32 for c in wanted):
+        return wanted, ""
+    return prefix + tail, f"archive_url {wanted!r} is outside {prefix}; archived under it instead"
+
+
+def _evidence(job: Job, run: Run, site: SiteConfig, files: Path, deadline: float,
+              node_down: bool) -> endstate.Evidence:
+    current = run.current
+    sc = run.scontrol if run.scontrol is not None else scontrol_fields(site, job.job_id, deadline, job.env)
+    return endstate.Evidence(
+        exit_code2=job.env.get("SLURM_JOB_EXIT_CODE2"),
+        restart_count=job.restart_count,
+        attempt=run.attempt,
+        job_status=current.get("status") if current else run.record.get("status"),
+        job_signals=tuple(str(x.get("signal")) for x in current.get("signals") or [] if isinstance(x, dict)),
+        scontrol=sc,
+        oom_in_log=endstate.oom_in_logs(files, run.attempt),
+        record_damaged=run.damaged is not None,
+        node_down=node_down,
+    )
+
+
+def _apply_verdict(r: dict[str, Any], *, verdict: endstate.Verdict, dest: str, user: str, uid: int,
+                   metrics: dict[str, Any] | None, node: str, now: str) -> None:
+    """The epilog's verdict, into a record (the spool's copy and, as the user, the folder's)."""
+    r["end_state"] = r["status"] = verdict.state
+    r["archive_url"] = dest
+    # Who ran it comes from slurmd and passwd, never from the user-writable record.
+    r["user"], r["uid"] = user, uid
+    if metrics:
+        r["metrics"] = metrics
+    if r.get("attempts"):
+        a = r["attempts"][-1]
+        a["end"] = a.get("end") or now
+        a.update(end_state=verdict.state, exit_code=verdict.exit_code,
+                 epilog={"node": node, "time": now, "rule": verdict.rule})
+        if metrics:
+            a["epoch"] = metrics["epochs_done"]
+
+
+def _stage(job: Job, run: Run, site: SiteConfig, entry: Path, dest: str, user: str,
+           deadline: float) -> tuple[dict[str, Any], snapshot.Snapshot]:
+    """Write the entry (before the copy: an archiver killed mid-copy leaves an entry the
+    drain finishes, not an orphan), then copy the run folder into it."""
+    info = {"run_id": run.run_id, "attempt": run.attempt, "job_id": job.job_id, "user": user, "uid": job.uid,
+            "dest": dest, "source": run.path, "created": utc_now(), "by": job.by}
+    provisional = {**run.record, "end_state": "UNKNOWN", "status": "UNKNOWN", "archive_url": dest,
+                   "user": user, "uid": job.uid, "epilog": {"interrupted": "the epilog ended while copying"}}
+    spool.write_entry(entry, {**info, "complete": False, "staging": True}, provisional,
+                      {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "files": {}},
+                      index_record(provisional))
+    stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
+    snap = snapshot.copy_tree(run.fd, job.uid, entry / "files", deadline=stage_deadline, exclude=snapshot.EXCLUDE)
+    if run.damaged:  # kept as it was, next to the record the archiver writes
+        snapshot.copy_file_as(run.fd, "run.json", snapshot.DAMAGED_RECORD, job.uid, entry / "files", snap)
+    if run.sweep_path:  # an array element's Slurm log lives in the sweep folder: archive it too
+        snapshot.copy_sweep_log(run.sweep_path, job.uid, run.record.get("slurm") or {}, entry / "files", snap)
+    return info, snap
+
+
+def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: dict[str, Any], snap: snapshot.Snapshot,
+            dest: str, deadline: float, node_down: bool) -> tuple[endstate.Verdict, str]:
+    """Decide, record the verdict in the spool entry and (as the user) in the run folder."""
+    user, gid = job.user()
+    verdict = endstate.decide(_evidence(job, run, site, entry / "files", deadline, node_down))
+    now = utc_now()
+    # From the snapshot, not from the job: a job killed by SIGKILL/OOM never wrote them.
+    metrics = read_metrics(entry / "files" / "results.csv")
+    apply: Callable[[dict[str, Any]], None] = functools.partial(
+        _apply_verdict, verdict=verdict, dest=dest, user=user, uid=job.uid, metrics=metrics, node=job.by, now=now)
+    apply(run.record)
+    run.record["epilog"] = {"evidence": verdict.to_dict()["evidence"], "skipped": snap.skipped[:200],
+                            "snapshot_complete": snap.complete, "by": job.by}
+    wb = "skipped: damaged record kept as it was" if run.damaged else writeback.update_as_user(
+        run.path, job.uid, gid, apply, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+    manifest = {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "created": now, "files": snap.files}
+    spool.write_entry(entry, {**info, "complete": snap.complete}, run.record, manifest, index_record(run.record))
+    return verdict, wb
+
+
+def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by: str,
+                node_down: bool = False) -> ArchiveResult:
+    """Archive the attempt of the job ``env`` describes, unless someone else claimed it.
+
+    ``node_down``: the caller saw the job's node die (the controller path); the attempt
+    ends as ``NODE_FAIL`` even where Slurm already requeued the job.
+
+    Raises:
+        Refused: the marker or folder cannot be trusted (nothing copied).
+    """
+    job = Job(env, by)
+    run = resolve_run(job, site, deadline)
+    try:
+        user, _ = job.user()
+        key = spool.run_key(job.uid, job.job_id, run.run_id)
+        name = spool.entry_name(key, run.attempt)
+        held = claims.try_claim(site.claim_dir, name, env, by=by, stale_after_s=site.time_budget_s + 60.0)
+        if held is None:
+            return ArchiveResult(job.job_id, run.run_id, by, claimed=False,
+                                 detail=f"claimed by another archiver: {claims.claim_path(site.claim_dir, name)}")
+        spool_root = Path(site.spool_dir)
+        spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = spool.RunLock(spool_root, key)
+        try:
+            # A drain shipping an older attempt of this run holds the lock: then stage only, and
+            # leave shipping (in attempt order) to the drain, so old never lands after new.
+            locked = lock.acquire(timeout=max(0.0, min(10.0, deadline - time.monotonic())))
+            entry = spool_root / name
+            shutil.rmtree(entry, ignore_errors=True)  # an interrupted archiver's copy of this very attempt
+            superseded = spool.supersede_older(spool_root, key, run.attempt) if locked else []
+            dest, note = destination(run.record, site, user)
+            info, snap = _stage(job, run, site, entry, dest, user, deadline)
+            verdict, wb = _finish(job, run, site, entry, info, snap, dest, deadline, node_down)
+            shipped = spool.ship(entry, site, deadline=deadline - 1.0) if locked else \
+                spool.ShipResult(entry.name, False, "another drain holds this run: left to the drain", 0.0)
+        finally:
+            lock.close()
+        # Shipped, or durably in the spool for the drain: either way nobody archives it again.
+        claims.mark_done(held, {"state": verdict.state, "shipped": shipped.ok, "entry": name})
+    finally:
+        os.close(run.fd)
+    return ArchiveResult(job.job_id, run.run_id, by, verdict.state, verdict.rule, dest, len(snap.files),
+                         len(snap.skipped), snap.complete, shipped.ok, shipped.detail, wb, note, run.damaged,
+                         superseded)

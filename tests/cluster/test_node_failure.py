@@ -1,0 +1,227 @@
+"""Issue 8 on the real multi-node dev cluster: no run is lost when its node dies.
+
+A node "dies" the way a kernel panic or a power cut looks to Slurm: every process in its
+namespace (slurmd, slurmstepd, the training job) gets SIGKILL at once
+(`scripts/dev-cluster.sh crash nX`). No node epilog runs; Slurm declares the node DOWN after
+SlurmdTimeout (10 s here) and runs EpilogSlurmctld on the controller, which archives the run
+from the shared filesystem as NODE_FAIL. Every archive is read back and every sha256 checked;
+after each test the crashed node is revived and must return to service, and no other node
+may be drained (conftest's node_stays_usable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import (DEV, archived_record, demo_config, index_record, job_state, list_keys,
+                                    read_object, slurm_yolo as cli, submit_json, verify_archive, wait_for,
+                                    wait_job_over)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.multinode]
+MULTI = "slurm.partition=multi"
+
+
+@pytest.fixture
+def nodes(cluster):
+    """The namespace nodes (n1..nN); the suite needs `scripts/dev-cluster.sh up --nodes 3`."""
+    n = int(cluster.get("SLURM_YOLO_NODES") or 0)
+    if n < 3:
+        pytest.fail("these tests need the multi-node dev cluster: scripts/dev-cluster.sh up --nodes 3")
+    return [f"n{i}" for i in range(1, n + 1)]
+
+
+@pytest.fixture
+def crasher(cluster, nodes):
+    """crash(node) kills a node; every crashed node is revived after the test and must come back idle."""
+    crashed: list[str] = []
+
+    def crash(node: str) -> float:
+        proc = subprocess.run(["bash", str(DEV), "crash", node], capture_output=True, text=True, env=cluster,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        crashed.append(node)
+        return time.monotonic()
+
+    yield crash
+    for node in crashed:
+        proc = subprocess.run(["bash", str(DEV), "revive", node], capture_output=True, text=True, env=cluster,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        state = subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%T"], capture_output=True, text=True,
+                               env=cluster, timeout=30).stdout.strip()
+        assert state in ("idle", "mixed", "allocated"), f"{node} did not return to service: {state}"
+
+
+def running_node(cluster, job_id: str) -> str:
+    def node():
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %N"], capture_output=True, text=True,
+                             env=cluster, timeout=30).stdout.split()
+        return out[1] if len(out) == 2 and out[0] == "RUNNING" else None
+
+    return wait_for(node, 120, f"job {job_id} to run")
+
+
+def rows(run_dir: Path) -> int:
+    try:
+        return max(0, len((run_dir / "results.csv").read_text().strip().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def attempt_record(s3, archive_url: str, n: int, state: str, timeout: float = 150) -> dict:
+    def get():
+        try:
+            r = json.loads(read_object(s3, f"{archive_url}attempts/attempt-{n}.json"))
+        except s3.exceptions.NoSuchKey:
+            return None
+        return r if r["attempts"][n - 1].get("end_state") == state else None
+
+    return wait_for(get, timeout, f"attempt {n} of {archive_url} archived as {state}")
+
+
+def claims_of(cluster, job_id: str) -> list[dict]:
+    root = Path(cluster["SLURM_YOLO_DEV_STATE"]) / "claims"
+    return [json.loads(p.read_text()) for p in sorted(root.glob(f"*.{job_id}.*.a*")) if not p.name.startswith(".")]
+
+
+@pytest.mark.training
+def test_node_crash_mid_training_requeues_and_resumes_on_another_node(cluster, s3, dataset, runs_root, tmp_path,
+                                                                       crasher):
+    epochs = 12
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=epochs), MULTI, runs_root=runs_root)
+    run_dir = Path(out["run_dir"])
+    wait_for(lambda: rows(run_dir) >= 2, 300, "two epochs")
+    node = running_node(cluster, out["job_id"])
+    crashed_at = crasher(node)
+    first = attempt_record(s3, out["archive_url"], 1, "NODE_FAIL")
+    print(f"node death → attempt 1 committed in the store: {time.monotonic() - crashed_at:.1f} s")
+    assert first["epilog"]["by"].startswith("epilog_slurmctld@")  # no node epilog ran
+    assert 2 <= first["attempts"][0]["epoch"] < epochs
+    wait_for(lambda: job_state(cluster, out["job_id"]) == "COMPLETED", 600, "the requeued run to complete")
+    record = archived_record(s3, out["archive_url"], state="COMPLETED", timeout=90)
+    verify_archive(s3, out["archive_url"])
+    assert [(a["attempt"], a["end_state"]) for a in record["attempts"]] == [(1, "NODE_FAIL"), (2, "COMPLETED")]
+    assert record["attempts"][0]["node"] == node and record["attempts"][1]["node"] != node
+    assert record["attempts"][1]["epoch"] == epochs and rows(run_dir) == epochs
+    assert "resuming from" in (run_dir / "train.log").read_text()
+    assert [c["state"] for c in claims_of(cluster, out["job_id"])] == ["done", "done"]
+
+
+@pytest.mark.training
+def test_node_crash_without_requeue_is_archived_as_node_fail(cluster, s3, dataset, runs_root, tmp_path, crasher):
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=40), MULTI, runs_root=runs_root)
+    subprocess.run(["scontrol", "update", f"jobid={out['job_id']}", "requeue=0"], check=True, env=cluster, timeout=30)
+    run_dir = Path(out["run_dir"])
+    wait_for(lambda: rows(run_dir) >= 2, 300, "two epochs")
+    crasher(running_node(cluster, out["job_id"]))
+    assert wait_job_over(cluster, out["job_id"], timeout=180) == "NODE_FAIL"
+    record = archived_record(s3, out["archive_url"], state="NODE_FAIL", timeout=60)
+    _, manifest = verify_archive(s3, out["archive_url"])
+    assert {"results.csv", "args.yaml", "weights/last.pt", "train.log"} <= set(manifest["files"])
+    assert len(record["attempts"]) == 1 and record["attempts"][0]["end_state"] == "NODE_FAIL"
+    assert record["epilog"]["evidence"]["node_down"] is True
+    assert index_record(s3, cluster, out["run_id"])["end_state"] == "NODE_FAIL"
+    # The user's folder learns it too (written as the user, from the controller).
+    assert json.loads((run_dir / "run.json").read_text())["end_state"] == "NODE_FAIL"
+    assert [c["state"] for c in claims_of(cluster, out["job_id"])] == ["done"]
+
+
+def test_thirty_runs_over_three_nodes_each_archived_once(cluster, s3, dataset, runs_root, tmp_path, nodes):
+    """30 jobs, 10 pinned to each node, all ending within seconds (cgroup OOM while importing
+    torch, as in test_twenty_jobs_ending_together): each node's epilogs archive their own
+    runs, each run once, and the catalog lists all 30."""
+    config = demo_config(tmp_path, dataset, epochs=1)
+    outs = []
+    for i in range(30):
+        node = nodes[i % 3]
+        outs.append(submit_json(cluster, config, MULTI, "slurm.mem=300M", f"train.seed={i}",
+                                f"slurm.extra={{nodelist: {node}}}", runs_root=runs_root))
+        (Path(outs[-1]["run_dir"]) / "payload.bin").write_bytes(os.urandom(1 << 20) + str(i).encode())
+    for out in outs:
+        wait_job_over(cluster, out["job_id"], timeout=400)
+    for i, out in enumerate(outs):
+        record, manifest = verify_archive(s3, archived_record(s3, out["archive_url"]) and out["archive_url"])
+        assert record["config"]["train"]["seed"] == i and manifest["files"]["payload.bin"]["size"] == (1 << 20) + len(str(i))
+        assert record["epilog"]["by"] == f"epilog_slurmd@{nodes[i % 3]}"
+        claims = claims_of(cluster, out["job_id"])
+        assert [c["state"] for c in claims] == ["done"] and claims[0]["by"] == record["epilog"]["by"]
+    listed = cli(cluster, "runs", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    ids = {o["run_id"] for o in outs}
+    assert sorted(r["run_id"] for r in json.loads(listed.stdout) if r["run_id"] in ids) == sorted(ids)
+
+
+@pytest.mark.training
+def test_run_json_replaced_by_garbage_mid_training_is_still_archived(cluster, s3, dataset, runs_root, tmp_path):
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=6), runs_root=runs_root)
+    run_dir = Path(out["run_dir"])
+    wait_for(lambda: rows(run_dir) >= 2, 300, "two epochs")
+    garbage = b"\x00{not json at all" + os.urandom(3000)
+    (run_dir / "run.json").write_bytes(garbage)
+    assert wait_job_over(cluster, out["job_id"]) == "COMPLETED"
+    prefix = out["archive_url"].split("/test/")[0] + "/"  # the user's allowed prefix
+    url = f"{prefix}unknown/unknown/unknown/{out['run_id']}/"
+    record = archived_record(s3, url, timeout=60)
+    _, manifest = verify_archive(s3, url)
+    assert record["record_damaged"].startswith("run.json is unreadable")
+    assert record["end_state"] == "COMPLETED"  # from Slurm's own evidence: exit 0:0 in env and scontrol
+    assert read_object(s3, url + "run.json.damaged") == garbage  # kept as it was
+    assert {"results.csv", "weights/last.pt", "weights/best.pt", "train.log"} <= set(manifest["files"])
+    assert (run_dir / "run.json").read_bytes() == garbage  # never rewritten
+    assert index_record(s3, cluster, out["run_id"])["archive_url"] == url
+
+
+def acted(proc) -> list[str]:
+    """Jobs a reconcile round archived (or would): refused folders of other tests' hostile
+    markers, still listed by squeue for MinJobAge, are reported too but are not ours here."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [r["job"] for r in json.loads(proc.stdout) if "refused" not in r]
+
+
+def test_reconciler_archives_what_no_epilog_did_and_takes_over_dead_claims(cluster, s3, dataset, runs_root,
+                                                                              tmp_path):
+    """The controller does not mount the users' filesystem at some sites: the reconciler timer
+    (on a host that does) catches what no epilog archived. Both cases it handles are made
+    real here: an ended job with no claim at all, and a claim whose holder died mid-archive."""
+    config = demo_config(tmp_path, dataset, epochs=1)
+    outs = [submit_json(cluster, config, "slurm.mem=300M", runs_root=runs_root) for _ in range(2)]
+    for out in outs:
+        wait_job_over(cluster, out["job_id"])
+        archived_record(s3, out["archive_url"])
+    claims_dir = Path(cluster["SLURM_YOLO_DEV_STATE"]) / "claims"
+    (unclaimed, dead_holder) = outs
+    # 1: as if no epilog had run: no claim, nothing in the store.
+    for p in claims_dir.glob(f"*.{unclaimed['job_id']}.*"):
+        p.unlink()
+    # 2: as if the node had died during its epilog: a claim still "claimed", long ago.
+    (dead_claim,) = [p for p in claims_dir.glob(f"*.{dead_holder['job_id']}.*.a1")]
+    data = json.loads(dead_claim.read_text())
+    dead_claim.write_text(json.dumps({**data, "state": "claimed", "epoch_s": time.time() - 3600}))
+    bucket = "slurm-yolo"
+    for out in outs:
+        keys = list_keys(s3, out["archive_url"])
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [
+            {"Key": out["archive_url"][len(f"s3://{bucket}/"):] + k} for k in keys]})
+    # The node epilogs ended just now: the unclaimed job is only due once they had their time.
+    dry = cli(cluster, "reconcile", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert acted(dry) == [dead_holder["job_id"]]
+    ran = cli(cluster, "reconcile", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert acted(ran) == [dead_holder["job_id"]]
+    record, _ = verify_archive(s3, dead_holder["archive_url"])
+    assert record["epilog"]["by"].startswith("reconciler@")
+    assert json.loads(dead_claim.read_text())["took_over"]["by"] == data["by"]
+    # Once the node epilogs' time is up (--settle; by default time_budget_s + 60 s), the
+    # unclaimed one is archived too.
+    ran = cli(cluster, "reconcile", "--settle", "0", "--json")
+    assert acted(ran) == [unclaimed["job_id"]], ran.stdout + ran.stderr
+    record, _ = verify_archive(s3, unclaimed["archive_url"])
+    assert record["epilog"]["by"].startswith("reconciler@")
+    assert acted(cli(cluster, "reconcile", "--settle", "0", "--json")) == []  # idempotent

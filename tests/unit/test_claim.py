@@ -1,0 +1,87 @@
+"""The claim that decides who archives an attempt: one winner, whatever races, and a dead
+holder's claim is taken over exactly once."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+from slurm_yolo.epilog import claim
+
+ENV = {"SLURM_JOB_ID": "42", "SLURM_JOB_UID": "1000", "SLURM_JOB_COMMENT": "slurm-yolo:v1:/runs/r1",
+       "SLURM_JOB_EXIT_CODE2": "0:0", "USER_SET": "not kept"}
+KEY = "1000.42.r1.a1"
+
+
+def _race(claim_dir: str, who: int, start: float, stale_after: float, out) -> None:
+    while time.time() < start:  # all racers leave the gate together
+        pass
+    held = claim.try_claim(claim_dir, KEY, ENV, by=f"racer{who}", stale_after_s=stale_after)
+    out.put(who if held else None)
+
+
+def _run_racers(claim_dir: Path, n: int, stale_after: float) -> list[int]:
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    start = time.time() + 0.5
+    procs = [ctx.Process(target=_race, args=(str(claim_dir), i, start, stale_after, out)) for i in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(30)
+    return [r for r in results if r is not None]
+
+
+def test_sixteen_racers_one_winner(tmp_path):
+    for round_ in range(5):
+        d = tmp_path / f"round{round_}"
+        winners = _run_racers(d, 16, stale_after=300)
+        assert len(winners) == 1
+        data = json.loads((d / KEY).read_text())
+        assert data["by"] == f"racer{winners[0]}" and data["state"] == claim.CLAIMED
+
+
+def test_claim_keeps_only_the_jobs_slurm_identity(tmp_path):
+    held = claim.try_claim(tmp_path, KEY, ENV, by="epilog_slurmd@n1", stale_after_s=300)
+    assert held is not None
+    assert held.data["job"] == {k: v for k, v in ENV.items() if k != "USER_SET"}
+    assert oct(os.stat(held.path).st_mode & 0o777) == "0o600"
+
+
+def test_done_claim_is_never_taken_again_even_when_old(tmp_path):
+    held = claim.try_claim(tmp_path, KEY, ENV, by="a", stale_after_s=10, now=1000.0)
+    claim.mark_done(held, {"state": "COMPLETED", "shipped": True})
+    assert claim.try_claim(tmp_path, KEY, ENV, by="b", stale_after_s=10, now=1_000_000.0) is None
+    assert claim.stale_claims(tmp_path, stale_after_s=10, now=1_000_000.0) == []
+
+
+def test_a_fresh_claim_is_respected_a_stale_one_taken_over(tmp_path):
+    first = claim.try_claim(tmp_path, KEY, ENV, by="dead node", stale_after_s=100, now=1000.0)
+    assert first is not None
+    assert claim.try_claim(tmp_path, KEY, ENV, by="too early", stale_after_s=100, now=1050.0) is None
+    assert claim.stale_claims(tmp_path, stale_after_s=100, now=1050.0) == []
+    assert claim.stale_claims(tmp_path, stale_after_s=100, now=1200.0) == [tmp_path / KEY]
+    taker = claim.try_claim(tmp_path, KEY, ENV, by="reconciler", stale_after_s=100, now=1200.0)
+    assert taker is not None and taker.data["took_over"]["by"] == "dead node"
+    assert json.loads((tmp_path / KEY).read_text())["by"] == "reconciler"
+
+
+def test_racing_takers_of_a_stale_claim_one_winner(tmp_path):
+    for round_ in range(5):
+        d = tmp_path / f"round{round_}"
+        assert claim.try_claim(d, KEY, ENV, by="dead", stale_after_s=1, now=time.time() - 100)
+        winners = _run_racers(d, 12, stale_after=1)
+        assert len(winners) == 1, winners
+        assert json.loads((d / KEY).read_text())["by"] == f"racer{winners[0]}"
+
+
+def test_torn_claim_file_counts_as_stale(tmp_path):
+    (tmp_path / KEY).write_text('{"state": "cla')  # a holder killed mid-write...
+    assert claim.try_claim(tmp_path, KEY, ENV, by="too early", stale_after_s=100) is None  # ...or still writing
+    os.utime(tmp_path / KEY, (time.time() - 500, time.time() - 500))
+    assert claim.stale_claims(tmp_path, stale_after_s=100) == [tmp_path / KEY]
+    assert claim.try_claim(tmp_path, KEY, ENV, by="reconciler", stale_after_s=100) is not None
