@@ -177,11 +177,12 @@ def test_run_json_replaced_by_garbage_mid_training_is_still_archived(cluster, s3
     assert index_record(s3, cluster, out["run_id"])["archive_url"] == url
 
 
-def acted(proc) -> list[str]:
-    """Jobs a reconcile round archived (or would): refused folders of other tests' hostile
-    markers, still listed by squeue for MinJobAge, are reported too but are not ours here."""
+def acted(proc, outs) -> list[str]:
+    """Which of this test's jobs a reconcile round archived (or would). squeue still lists
+    other tests' jobs for MinJobAge (hostile markers it refuses, say): not looked at here."""
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return [r["job"] for r in json.loads(proc.stdout) if "refused" not in r]
+    ours = {o["job_id"] for o in outs}
+    return [r["job"] for r in json.loads(proc.stdout) if r["job"] in ours]
 
 
 def test_reconciler_archives_what_no_epilog_did_and_takes_over_dead_claims(cluster, s3, dataset, runs_root,
@@ -211,17 +212,17 @@ def test_reconciler_archives_what_no_epilog_did_and_takes_over_dead_claims(clust
     # The node epilogs ended just now: the unclaimed job is only due once they had their time.
     dry = cli(cluster, "reconcile", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
-    assert acted(dry) == [dead_holder["job_id"]]
+    assert acted(dry, outs) == [dead_holder["job_id"]]
     ran = cli(cluster, "reconcile", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert acted(ran) == [dead_holder["job_id"]]
+    assert acted(ran, outs) == [dead_holder["job_id"]]
     record, _ = verify_archive(s3, dead_holder["archive_url"])
     assert record["epilog"]["by"].startswith("reconciler@")
     assert json.loads(dead_claim.read_text())["took_over"]["by"] == data["by"]
     # Once the node epilogs' time is up (--settle; by default time_budget_s + 60 s), the
     # unclaimed one is archived too.
     ran = cli(cluster, "reconcile", "--settle", "0", "--json")
-    assert acted(ran) == [unclaimed["job_id"]], ran.stdout + ran.stderr
+    assert acted(ran, outs) == [unclaimed["job_id"]], ran.stdout + ran.stderr
     record, _ = verify_archive(s3, unclaimed["archive_url"])
     assert record["epilog"]["by"].startswith("reconciler@")
-    assert acted(cli(cluster, "reconcile", "--settle", "0", "--json")) == []  # idempotent
+    assert acted(cli(cluster, "reconcile", "--settle", "0", "--json"), outs) == []  # idempotent

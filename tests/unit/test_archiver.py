@@ -1,0 +1,135 @@
+"""The archiver's steps without Slurm: an env dict, a run folder, a real S3 server.
+
+A damaged run.json (missing, not JSON, huge, hostile, not a file) loses nothing: the folder
+the marker names is archived under the same checks, the end state comes from Slurm's own
+evidence, and the damaged file is kept as it was. Each attempt is archived once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+
+from slurm_yolo.epilog import archiver, snapshot
+from slurm_yolo.epilog.site import SiteConfig
+from slurm_yolo.names import MARKER_PREFIX
+
+RUN_ID = "20261123_070000_abcdefgh"
+
+
+def site_for(store, bucket: str, tmp_path: Path) -> SiteConfig:
+    return SiteConfig(path="(test)", store=store, allowed_prefix=f"s3://{bucket}/runs/{{user}}/",
+                      index_url=f"s3://{bucket}/index/", spool_dir=str(tmp_path / "spool"),
+                      log_file=str(tmp_path / "epilog.log"), s5cmd_workers=8, scontrol=False,
+                      claim_dir=str(tmp_path / "claims"))
+
+
+def make_run(root: Path, record: bytes | None) -> Path:
+    run = root / "runs" / RUN_ID
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "last.pt").write_bytes(os.urandom(300_000))
+    (run / "results.csv").write_text("epoch,time,metrics/mAP50(B),metrics/mAP50-95(B)\n1,2.0,0.5,0.25\n")
+    (run / "train.log").write_text("[slurm-yolo] run attempt 1 on n1\n")
+    if record is not None:
+        (run / "run.json").write_bytes(record)
+    return run
+
+
+def env_for(run: Path, exit_code2: str = "0:0") -> dict[str, str]:
+    return {"SLURM_JOB_ID": "77", "SLURM_JOB_UID": str(os.getuid()), "SLURM_JOB_GID": str(os.getgid()),
+            "SLURM_JOB_COMMENT": MARKER_PREFIX + str(run), "SLURM_JOB_EXIT_CODE2": exit_code2,
+            "SLURM_JOB_RESTART_COUNT": "0", "SLURMD_NODENAME": "n1"}
+
+
+def read_back(store, url: str) -> tuple[dict, dict, dict[str, bytes]]:
+    """run.json, MANIFEST.json and every manifest file, each sha256-checked."""
+    s3 = store.boto3_client()
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+
+    def get(key: str) -> bytes:
+        return s3.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
+
+    manifest = json.loads(get("MANIFEST.json"))
+    files = {}
+    for rel, meta in manifest["files"].items():
+        files[rel] = get(rel)
+        assert hashlib.sha256(files[rel]).hexdigest() == meta["sha256"], rel
+    return json.loads(get("run.json")), manifest, files
+
+
+def archive(env, site):
+    import time
+
+    return archiver.archive_job(env, site, deadline=time.monotonic() + 60, by="epilog_slurmd@n1")
+
+
+@pytest.mark.parametrize("content, reason", [
+    (None, "run.json is missing"),
+    (b"\x00{garbage", "run.json is unreadable: "),
+    (b"{\"run_id\": tru", "run.json is unreadable: JSONDecodeError"),
+    (b"[1, 2, 3]", "run.json is not a record of this folder"),
+    (json.dumps({"run_id": RUN_ID, "task": "detect", "project": "../../etc", "model_name": "m"}).encode(),
+     "run.json is not a record of this folder"),
+    (json.dumps({"run_id": "someone-elses", "task": "detect", "project": "p", "model_name": "m"}).encode(),
+     "run.json is not a record of this folder"),
+    (b'{"run_id": "' + b"x" * (snapshot.MAX_JSON_BYTES + 10) + b'"}', "run.json is unreadable: Refused"),
+])
+def test_damaged_record_still_archives_the_folder(store, bucket, tmp_path, content, reason):
+    run = make_run(tmp_path, content)
+    site = site_for(store, bucket, tmp_path)
+    result = archive(env_for(run), site)
+    assert result.shipped and result.claimed, result
+    assert result.damaged.startswith(reason)
+    prefix = site.prefix_for(pwd.getpwuid(os.getuid()).pw_name)
+    assert result.dest == f"{prefix}unknown/unknown/unknown/{RUN_ID}/"
+    record, manifest, files = read_back(store, result.dest)
+    assert record["record_damaged"].startswith(reason) and record["run_id"] == RUN_ID
+    # No record and no scontrol: Slurm's 0:0 alone does not tell success from a time-out.
+    assert record["end_state"] == "UNKNOWN"
+    assert {"weights/last.pt", "results.csv", "train.log"} <= set(manifest["files"])
+    assert files["weights/last.pt"] == (run / "weights" / "last.pt").read_bytes()
+    if content is not None:
+        assert files[snapshot.DAMAGED_RECORD] == content  # kept as it was...
+        assert (run / "run.json").read_bytes() == content  # ...and never rewritten in the folder
+    assert record["metrics"]["map50"] == 0.5  # from the snapshot's results.csv
+
+
+def test_damaged_record_end_state_from_slurm_exit_code(store, bucket, tmp_path):
+    run = make_run(tmp_path, b"not json")
+    result = archive(env_for(run, exit_code2="3:0"), site_for(store, bucket, tmp_path))
+    assert result.state == "FAILED" and result.shipped
+
+
+@pytest.mark.parametrize("plant", ["fifo", "symlink"])
+def test_record_that_is_not_a_regular_file_never_blocks_nor_leaks(store, bucket, tmp_path, plant):
+    run = make_run(tmp_path, None)
+    secret = tmp_path / "secret"
+    secret.write_text("root's secret")
+    if plant == "fifo":
+        os.mkfifo(run / "run.json")
+    else:
+        (run / "run.json").symlink_to(secret)
+    result = archive(env_for(run), site_for(store, bucket, tmp_path))
+    assert result.shipped and result.damaged
+    _, manifest, files = read_back(store, result.dest)
+    assert snapshot.DAMAGED_RECORD not in manifest["files"]
+    assert all(b"root's secret" not in body for body in files.values())
+
+
+def test_each_attempt_is_archived_once(store, bucket, tmp_path):
+    record = {"run_id": RUN_ID, "task": "detect", "project": "p", "model_name": "m", "status": "COMPLETED",
+              "attempts": [{"attempt": 1, "status": "COMPLETED", "signals": []}]}
+    run = make_run(tmp_path, json.dumps(record).encode())
+    site = site_for(store, bucket, tmp_path)
+    first = archive(env_for(run), site)
+    assert first.claimed and first.shipped and first.state == "COMPLETED" and first.damaged is None
+    again = archive({**env_for(run), "SLURMD_NODENAME": "n2"}, site)  # the job's second node, or a retry
+    assert not again.claimed and not again.shipped
+    claim = json.loads((tmp_path / "claims" / f"{os.getuid()}.77.{RUN_ID}.a1").read_text())
+    assert claim["state"] == "done" and claim["outcome"] == {"state": "COMPLETED", "shipped": True,
+                                                             "entry": f"{os.getuid()}.77.{RUN_ID}.a1"}
