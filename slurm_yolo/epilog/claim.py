@@ -30,7 +30,7 @@ from slurm_yolo.record import utc_now, write_json_atomic
 
 # The job's identity, as Slurm gave it to whoever claimed: enough to archive it again.
 JOB_KEYS = ("SLURM_JOB_ID", "SLURM_JOB_UID", "SLURM_JOB_GID", "SLURM_JOB_COMMENT", "SLURM_JOB_EXIT_CODE2",
-            "SLURM_JOB_RESTART_COUNT", "SLURM_JOB_NODELIST", "SLURM_JOB_PARTITION")
+            "SLURM_JOB_RESTART_COUNT", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_PARTITION")
 CLAIMED, DONE = "claimed", "done"
 
 

@@ -66,14 +66,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     site = _site(args)
     entries = []
     for e in spool.iter_entries(site.spool_dir):
-        info = json.loads((e / spool.ENTRY_JSON).read_text())
+        try:
+            info = json.loads((e / spool.ENTRY_JSON).read_text())
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            entries.append({"entry": e.name, "last_error": f"unreadable entry.json: {err}"})
+            continue
         entries.append({"entry": e.name, **{k: info.get(k) for k in ("run_id", "job_id", "user", "dest", "created",
                                                                       "last_error", "attempts", "complete")}})
     if args.json:
         print(json.dumps(entries))
     else:
         for e in entries:
-            print(f"{e['entry']}  {e['user']}  {e['dest']}  tries={e.get('attempts') or 0}  {e.get('last_error') or ''}")
+            print(f"{e['entry']}  {e.get('user')}  {e.get('dest')}  tries={e.get('attempts') or 0}  "
+                  f"{e.get('last_error') or ''}")
         print(f"{len(entries)} pending", file=sys.stderr)
     return 0
 

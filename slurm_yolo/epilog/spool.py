@@ -265,29 +265,44 @@ def drain(site: SiteConfig, *, budget_s: float = 600, log: Callable[[str], None]
     """Ship every spooled entry whose run is not locked by someone else. Idempotent.
 
     Safe to run twice at once: each run is shipped under its lock; an entry shipped by
-    the other drain meanwhile is simply gone when we get to it.
+    the other drain meanwhile is simply gone when we get to it. Each entry is handled on
+    its own: one that cannot be read (a corrupt ``entry.json``) is reported, stays in the
+    spool for a person to look at, and never blocks the entries after it.
     """
     deadline = time.monotonic() + budget_s
     results = []
     for entry in iter_entries(site.spool_dir):
         if time.monotonic() >= deadline:
             break
-        lock = RunLock(site.spool_dir, entry.name.rpartition(".a")[0])
         try:
-            if not lock.acquire(lock_timeout):
-                log(f"{entry.name}: busy (another drain or epilog holds it), skipped")
-                continue
-            if not (entry / ENTRY_JSON).is_file():
-                continue  # shipped by someone else while we waited
-            info = json.loads((entry / ENTRY_JSON).read_text())
-            if info.get("staging") and _age_s(info) < site.time_budget_s + STAGING_GRACE_S:
-                log(f"{entry.name}: an epilog may still be copying it, skipped")
-                continue
-            if info.get("complete") is False and not info.get("restaged"):
-                log(f"{entry.name}: {restage(entry, info, deadline=deadline)}")
-            result = ship(entry, site, deadline=deadline)
-            log(f"{entry.name}: {'ok' if result.ok else 'failed'} {result.detail} ({result.seconds:.1f} s)")
+            result = _drain_one(entry, site, deadline, log, lock_timeout)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            result = ShipResult(entry.name, False, f"unreadable entry, left for a person: {type(e).__name__}: {e}", 0.0)
+            log(f"{entry.name}: failed {result.detail}")
+        if result is not None:
             results.append(result)
-        finally:
-            lock.close()
     return results
+
+
+def _drain_one(entry: Path, site: SiteConfig, deadline: float, log: Callable[[str], None],
+               lock_timeout: float) -> ShipResult | None:
+    lock = RunLock(site.spool_dir, entry.name.rpartition(".a")[0])
+    try:
+        if not lock.acquire(lock_timeout):
+            log(f"{entry.name}: busy (another drain or epilog holds it), skipped")
+            return None
+        if not (entry / ENTRY_JSON).is_file():
+            return None  # shipped by someone else while we waited
+        info = json.loads((entry / ENTRY_JSON).read_text())
+        if not isinstance(info, dict):
+            raise ValueError("entry.json is not a JSON object")
+        if info.get("staging") and _age_s(info) < site.time_budget_s + STAGING_GRACE_S:
+            log(f"{entry.name}: an epilog may still be copying it, skipped")
+            return None
+        if info.get("complete") is False and not info.get("restaged"):
+            log(f"{entry.name}: {restage(entry, info, deadline=deadline)}")
+        result = ship(entry, site, deadline=deadline)
+        log(f"{entry.name}: {'ok' if result.ok else 'failed'} {result.detail} ({result.seconds:.1f} s)")
+        return result
+    finally:
+        lock.close()

@@ -195,3 +195,18 @@ def test_an_epilog_killed_while_copying_leaves_an_entry_the_drain_finishes(store
     run = "runs/u/detect/p/m/r9/"
     assert get(c, bucket, run + "results.csv") == b"epoch\n1\n"
     assert sorted(json.loads(get(c, bucket, run + "MANIFEST.json"))["files"]) == ["results.csv"]
+
+
+def test_a_corrupt_entry_is_reported_and_never_blocks_the_others(store, bucket, tmp_path):
+    site = site_for(store, bucket, tmp_path)
+    first = stage(site, "a-first", {"x.bin": b"x" * 100})   # sorts before the corrupt one
+    bad = stage(site, "b-corrupt", {"y.bin": b"y"})
+    (bad / spool.ENTRY_JSON).write_text('{"run_id": "b-corr')  # torn by a disk full, say
+    last = stage(site, "c-last", {"z.bin": b"z" * 100})       # sorts after it
+    results = {r.entry: r for r in spool.drain(site)}
+    assert not results[bad.name].ok and "unreadable entry" in results[bad.name].detail
+    assert not first.exists() and not last.exists() and bad.exists()  # both good ones shipped
+    later = stage(site, "d-later", {"w.bin": b"w"})  # the next timer run: still blocks nothing
+    assert {r.entry: r.ok for r in spool.drain(site)} == {bad.name: False, later.name: True}
+    c = store.boto3_client()
+    assert get(c, bucket, "runs/u/detect/p/m/c-last/z.bin") == b"z" * 100
