@@ -32,6 +32,9 @@ from slurm_yolo.record import utc_now, write_json_atomic
 JOB_KEYS = ("SLURM_JOB_ID", "SLURM_JOB_UID", "SLURM_JOB_GID", "SLURM_JOB_COMMENT", "SLURM_JOB_EXIT_CODE2",
             "SLURM_JOB_RESTART_COUNT", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_PARTITION")
 CLAIMED, DONE = "claimed", "done"
+# Claims matter while slurmctld still lists the job (MinJobAge, minutes) and while a dead
+# holder's claim waits for the reconciler; a week later they are history.
+KEEP_S = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -153,3 +156,26 @@ def stale_claims(claim_dir: str | os.PathLike, *, stale_after_s: float, now: flo
         if data is not None and data.get("state") != DONE and _age_s(data, now) >= stale_after_s:
             out.append(path)
     return out
+
+
+def prune(claim_dir: str | os.PathLike, *, older_than_s: float = KEEP_S, now: float | None = None) -> int:
+    """Delete done claims (and takeover markers) older than ``older_than_s``; returns how many.
+
+    A claim still ``claimed`` is never deleted: it waits for the reconciler to take it over.
+    """
+    now = time.time() if now is None else now
+    root = Path(claim_dir)
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for path in root.iterdir():
+        try:
+            if now - path.stat(follow_symlinks=False).st_mtime < older_than_s:
+                continue
+            if not path.name.startswith(".") and (read_claim(path) or {}).get("state") != DONE:
+                continue
+            path.unlink()
+            removed += 1
+        except OSError:
+            continue  # gone meanwhile, or not ours to delete
+    return removed

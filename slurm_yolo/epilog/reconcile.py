@@ -132,6 +132,8 @@ def reconcile(site: SiteConfig, *, dry_run: bool = False, settle_s: float | None
         if env.get("SLURM_JOB_COMMENT", "").startswith(MARKER_PREFIX) and "SLURM_JOB_UID" in env:
             envs.append({**env, "SLURM_SCRIPT_CONTEXT": "reconciler"})
     results = [_one(env, site, by, dry_run, stale_after, say) for env in envs]
+    if not dry_run:
+        claims.prune(site.claim_dir)
     return [r for r in results if r]
 
 

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator
 from slurm_yolo.archive import s5cmd
 from slurm_yolo.archive.layout import MANIFEST, index_key
 from slurm_yolo.archive.store import join_url
+from slurm_yolo.epilog import claim as claims
 from slurm_yolo.epilog.site import SiteConfig
 from slurm_yolo.record import utc_now, write_json_atomic
 
@@ -271,6 +272,7 @@ def drain(site: SiteConfig, *, budget_s: float = 600, log: Callable[[str], None]
     """
     deadline = time.monotonic() + budget_s
     results = []
+    claims.prune(site.claim_dir)  # sites without a reconciler: the drain keeps the claims tidy
     for entry in iter_entries(site.spool_dir):
         if time.monotonic() >= deadline:
             break

@@ -85,3 +85,18 @@ def test_torn_claim_file_counts_as_stale(tmp_path):
     os.utime(tmp_path / KEY, (time.time() - 500, time.time() - 500))
     assert claim.stale_claims(tmp_path, stale_after_s=100) == [tmp_path / KEY]
     assert claim.try_claim(tmp_path, KEY, ENV, by="reconciler", stale_after_s=100) is not None
+
+
+def test_prune_deletes_old_done_claims_only(tmp_path):
+    old_done = claim.try_claim(tmp_path, "1.1.r.a1", ENV, by="a", stale_after_s=10)
+    claim.mark_done(old_done, {})
+    old_dead = claim.try_claim(tmp_path, "1.2.r.a1", ENV, by="b", stale_after_s=10)
+    new_done = claim.try_claim(tmp_path, "1.3.r.a1", ENV, by="c", stale_after_s=10)
+    claim.mark_done(new_done, {})
+    week_ago = time.time() - claim.KEEP_S - 60
+    for c in (old_done, old_dead):
+        os.utime(c.path, (week_ago, week_ago))
+    assert claim.prune(tmp_path) == 1
+    assert not old_done.path.exists()
+    assert old_dead.path.exists()  # still waiting for the reconciler to take it over
+    assert new_done.path.exists()
