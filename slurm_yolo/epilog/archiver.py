@@ -295,6 +295,18 @@ def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: dict[str, A
     return verdict, wb
 
 
+# Archiving without a claim (the claims folder is unusable): a run archived twice beats a run lost.
+NO_CLAIM = claims.Claim(Path("/nonexistent"), {})
+
+
+def _claim(site: SiteConfig, name: str, env: Mapping[str, str], by: str) -> claims.Claim | None:
+    try:
+        return claims.try_claim(site.claim_dir, name, env, by=by, stale_after_s=site.time_budget_s + 60.0)
+    except OSError as e:
+        log.warning("claims folder %s unusable (%s): archiving %s without a claim", site.claim_dir, e, name)
+        return NO_CLAIM
+
+
 def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by: str,
                 node_down: bool = False) -> ArchiveResult:
     """Archive the attempt of the job ``env`` describes, unless someone else claimed it.
@@ -311,7 +323,7 @@ def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by
         user, _ = job.user()
         key = spool.run_key(job.uid, job.job_id, run.run_id)
         name = spool.entry_name(key, run.attempt)
-        held = claims.try_claim(site.claim_dir, name, env, by=by, stale_after_s=site.time_budget_s + 60.0)
+        held = _claim(site, name, env, by)
         if held is None:
             return ArchiveResult(job.job_id, run.run_id, by, claimed=False,
                                  detail=f"claimed by another archiver: {claims.claim_path(site.claim_dir, name)}")
@@ -333,7 +345,8 @@ def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by
         finally:
             lock.close()
         # Shipped, or durably in the spool for the drain: either way nobody archives it again.
-        claims.mark_done(held, {"state": verdict.state, "shipped": shipped.ok, "entry": name})
+        if held is not NO_CLAIM:
+            claims.mark_done(held, {"state": verdict.state, "shipped": shipped.ok, "entry": name})
     finally:
         os.close(run.fd)
     return ArchiveResult(job.job_id, run.run_id, by, verdict.state, verdict.rule, dest, len(snap.files),

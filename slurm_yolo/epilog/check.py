@@ -32,6 +32,7 @@ def checks(site_path: str) -> list[tuple[bool, str]]:
         results.append((private, f"spool {spool}" + ("" if private else f" must be root-only: chmod 700 {spool}")))
     else:
         results.append((True, f"spool {spool} will be created (0700) on first use"))
+    results.append(_claim_dir(site))
     scontrol_ok = not site.scontrol or os.access(site.scontrol_path, os.X_OK)
     results.append((scontrol_ok, f"scontrol {site.scontrol_path}" + ("" if scontrol_ok else
                                                                        " not found: set scontrol_path or scontrol: false")))
@@ -39,6 +40,20 @@ def checks(site_path: str) -> list[tuple[bool, str]]:
     buckets = dict.fromkeys(url.removeprefix("s3://").split("/", 1)[0] for url in (site.allowed_prefix, site.index_url))
     results.extend(_reachable(site, bucket) for bucket in buckets if "{" not in bucket)
     return results
+
+
+def _claim_dir(site) -> tuple[bool, str]:
+    """The claims folder: root-only, and (multi-node sites) shared; we can only say where it is."""
+    claims = Path(site.claim_dir)
+    shared = "" if not claims.is_relative_to(site.spool_dir) else \
+        " (inside the node's spool: right for one node; multi-node sites set claim_dir to a shared folder)"
+    if not claims.exists():
+        return True, f"claims {claims} will be created (0700) on first use{shared}"
+    st = claims.stat()
+    if st.st_uid != 0 or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return False, f"claims {claims} must be root-only: chown root {claims} && chmod 700 {claims}"
+    writable = os.access(claims, os.W_OK)
+    return writable, f"claims {claims}" + (shared if writable else " is not writable: check the mount")
 
 
 def _reachable(site, bucket: str) -> tuple[bool, str]:

@@ -132,6 +132,32 @@ def test_node_crash_without_requeue_is_archived_as_node_fail(cluster, s3, datase
     assert [c["state"] for c in claims_of(cluster, out["job_id"])] == ["done"]
 
 
+@pytest.mark.training
+def test_first_node_of_a_two_node_job_crashes(cluster, s3, dataset, runs_root, tmp_path, crasher):
+    """The node that would have archived under a "first node archives" rule is the one that
+    dies: the claim lets the surviving node's epilog or the controller archive it, once."""
+    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=60), MULTI, "slurm.nodes=2",
+                      runs_root=runs_root)
+    subprocess.run(["scontrol", "update", f"jobid={out['job_id']}", "requeue=0"], check=True, env=cluster, timeout=30)
+    run_dir = Path(out["run_dir"])
+    wait_for(lambda: rows(run_dir) >= 1, 300, "the first epoch")
+    nodelist = subprocess.run(["scontrol", "show", "hostnames", running_node(cluster, out["job_id"])],
+                              capture_output=True, text=True, env=cluster, timeout=30).stdout.split()
+    assert len(nodelist) == 2
+    crasher(nodelist[0])
+    assert wait_job_over(cluster, out["job_id"], timeout=180) == "NODE_FAIL"
+    record = archived_record(s3, out["archive_url"], state="NODE_FAIL", timeout=60)
+    _, manifest = verify_archive(s3, out["archive_url"])
+    assert {"results.csv", "weights/last.pt"} <= set(manifest["files"])
+    claims = claims_of(cluster, out["job_id"])
+    assert [c["state"] for c in claims] == ["done"], claims  # archived once, by whoever came first
+    assert claims[0]["by"] in (f"epilog_slurmd@{nodelist[1]}",) or claims[0]["by"].startswith("epilog_slurmctld@")
+    assert record["epilog"]["by"] == claims[0]["by"]
+    log = (Path(cluster["SLURM_YOLO_DEV_STATE"]) / "log" / "epilog.log").read_text()
+    summaries = [line for line in log.splitlines() if f"job {out['job_id']}: {{'job'" in line]
+    assert sum("'claimed': True" in line for line in summaries) == 1, summaries
+
+
 def test_thirty_runs_over_three_nodes_each_archived_once(cluster, s3, dataset, runs_root, tmp_path, nodes):
     """30 jobs, 10 pinned to each node, all ending within seconds (cgroup OOM while importing
     torch, as in test_twenty_jobs_ending_together): each node's epilogs archive their own

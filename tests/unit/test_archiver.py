@@ -133,3 +133,15 @@ def test_each_attempt_is_archived_once(store, bucket, tmp_path):
     claim = json.loads((tmp_path / "claims" / f"{os.getuid()}.77.{RUN_ID}.a1").read_text())
     assert claim["state"] == "done" and claim["outcome"] == {"state": "COMPLETED", "shipped": True,
                                                              "entry": f"{os.getuid()}.77.{RUN_ID}.a1"}
+
+
+def test_an_unusable_claims_folder_never_loses_the_run(store, bucket, tmp_path):
+    record = {"run_id": RUN_ID, "task": "detect", "project": "p", "model_name": "m", "status": "COMPLETED",
+              "attempts": [{"attempt": 1, "status": "COMPLETED", "signals": []}]}
+    run = make_run(tmp_path, json.dumps(record).encode())
+    (tmp_path / "not-a-dir").write_text("a file where the claims folder should be")
+    site = site_for(store, bucket, tmp_path)
+    site = SiteConfig(**{**site.__dict__, "claim_dir": str(tmp_path / "not-a-dir" / "claims")})
+    result = archive(env_for(run), site)
+    assert result.claimed and result.shipped and result.state == "COMPLETED"
+    read_back(store, result.dest)
