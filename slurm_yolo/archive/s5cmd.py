@@ -35,6 +35,11 @@ ERROR_CLASSES: tuple[tuple[str, str], ...] = (
     ("AccessDenied", "denied"),
     ("NoSuchBucket", "no_bucket"),
     ("not found", "missing_source"),
+    # Captured from s5cmd 2.3 (tests/data/s5cmd): a missing key or an empty wildcard is
+    # permanent, not "unknown" (which counts as transient and would be retried forever).
+    ("no object found", "missing_source"),
+    ("no match found", "missing_source"),
+    ("NoSuchKey", "missing_source"),
 )
 TRANSIENT = {"unreachable", "throttled", "unknown"}
 
@@ -167,7 +172,7 @@ def quote_run_arg(text: str) -> str:
 
 def run(
     argv: Sequence[str], store: Store, *, deadline: float | None = None, stdin_text: str | None = None,
-    timeout: float = 600,
+    timeout: float = 600, pass_fds: Sequence[int] = (),
 ) -> Result:
     """Run s5cmd with the store's credentials in its environment; stop it at ``deadline``.
 
@@ -177,6 +182,8 @@ def run(
         deadline: a ``time.monotonic()`` value; s5cmd is killed (process group) when reached.
         stdin_text: fed to stdin (for ``run -`` command lists).
         timeout: upper bound when no deadline is given.
+        pass_fds: descriptors s5cmd inherits (as the same numbers), named ``/proc/self/fd/N``
+            in its commands: files opened and checked by the caller, never re-resolved by path.
     """
     limit = (deadline - time.monotonic()) if deadline is not None else timeout
     if limit <= 0:
@@ -185,6 +192,7 @@ def run(
         proc = subprocess.Popen(
             list(argv), stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store.environment(), close_fds=True,
+            pass_fds=tuple(pass_fds),
         )  # same process group: if Slurm kills the epilog's group, s5cmd goes with it
     except FileNotFoundError:
         return Result(returncode=127, outcomes=(Outcome(False, "exec", error=f"{argv[0]} not found",

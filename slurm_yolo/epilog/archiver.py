@@ -267,9 +267,14 @@ def _stage(job: Job, run: Run, site: SiteConfig, entry: Path, dest: str, user: s
                       {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "files": {}},
                       index_record(provisional))
     stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
-    snap = snapshot.copy_tree(run.fd, job.uid, entry / "files", deadline=stage_deadline, exclude=snapshot.EXCLUDE)
+    snap = snapshot.copy_tree(run.fd, job.uid, entry / "files", deadline=stage_deadline, exclude=snapshot.EXCLUDE,
+                              direct_root=run.path)
     if run.damaged:  # kept as it was, next to the record the archiver writes
-        snapshot.copy_file_as(run.fd, "run.json", snapshot.DAMAGED_RECORD, job.uid, entry / "files", snap)
+        snapshot.copy_file_as(run.fd, "run.json", snapshot.DAMAGED_RECORD, job.uid, entry / "files", snap,
+                              direct_root=run.path)
+    if snap.spool_full:
+        log.warning("job %s: spool %s is full: every file of run %s goes straight from the run folder",
+                    job.job_id, site.spool_dir, run.run_id)
     if run.sweep_path:  # an array element's Slurm log lives in the sweep folder: archive it too
         snapshot.copy_sweep_log(run.sweep_path, job.uid, run.record.get("slurm") or {}, entry / "files", snap)
     return info, snap
@@ -291,7 +296,8 @@ def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: dict[str, A
     wb = "skipped: damaged record kept as it was" if run.damaged else writeback.update_as_user(
         run.path, job.uid, gid, apply, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
     manifest = {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "created": now, "files": snap.files}
-    spool.write_entry(entry, {**info, "complete": snap.complete}, run.record, manifest, index_record(run.record))
+    spool.write_entry(entry, {**info, "complete": snap.complete}, run.record, manifest, index_record(run.record),
+                      snap.direct)
     return verdict, wb
 
 

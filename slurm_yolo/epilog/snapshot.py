@@ -11,13 +11,21 @@ belong to a user. Past Slurm CVEs were exactly root following user-controlled pa
   the job's user are copied. Symlinks, FIFOs, sockets, devices and files owned by anyone
   else (a hard link to ``/etc/shadow`` is owned by root) are skipped and logged. ``O_NONBLOCK``
   means even a FIFO swapped in between the two checks cannot block the epilog;
-- the copy goes into the spool (root, 0700) and is hashed on the way (one read per file),
-  so what is uploaded is exactly what was checked (no time-of-check/time-of-use window
-  with s5cmd re-opening user paths), and an upload that fails later is retried from it.
+- small files are copied into the spool (root, 0700) and hashed on the way (one read per
+  file), so what is uploaded is exactly what was checked, and an upload that fails later is
+  retried from the copy;
+- large files (:data:`DIRECT_MIN_BYTES` and up) are hashed where they are and not copied:
+  the spool holds metadata and small files only, so a 10 GB run needs no 10 GB of spool.
+  They are uploaded straight from the run folder (spool.py): re-opened with the same checks,
+  their identity (device, inode, size, mtime, ctime) compared with what was hashed, handed to
+  s5cmd as ``/proc/self/fd/N`` of the checked descriptor (never by path), and compared again
+  after the upload, so the manifest's sha256 is what landed. A file that changed is hashed
+  again; one that changed during its upload is uploaded again later.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -39,6 +47,8 @@ MAX_DEPTH = 32
 MAX_ENTRIES = 200_000
 MAX_JSON_BYTES = 16 << 20
 CHUNK = 1 << 20
+# Files at least this large go to the store straight from the run folder (see the module doc).
+DIRECT_MIN_BYTES = 4 << 20
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -50,6 +60,16 @@ class Snapshot:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     complete: bool = True
+    # Archive path → where the file is and what was hashed (:func:`identity`), for the files
+    # uploaded straight from the run folder instead of from the spool.
+    direct: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spool_full: bool = False
+
+
+def identity(st: os.stat_result) -> dict[str, int]:
+    """What must not change between hashing a file and uploading it."""
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns}
 
 
 def valid_marker_path(path: str) -> bool:
@@ -152,7 +172,8 @@ def _safe_component(name: str) -> bool:
     return bool(name) and name not in (".", "..") and not any(ord(c) < 32 or ord(c) == 127 for c in name)
 
 
-def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: frozenset[str] = frozenset()) -> Snapshot:
+def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: frozenset[str] = frozenset(),
+              direct_root: str | None = None) -> Snapshot:
     """Copy the regular files owned by ``uid`` under ``src_fd`` into ``dest`` (created 0700).
 
     Args:
@@ -161,6 +182,8 @@ def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: fr
         dest: where the copy goes (inside the root-only spool).
         deadline: ``time.monotonic()`` value; past it the copy stops with ``complete=False``.
         exclude: relative paths not to copy (the epilog writes its own run.json).
+        direct_root: the folder's path: large files are then hashed, not copied, and listed
+            in :attr:`Snapshot.direct` for an upload straight from there. ``None``: copy all.
     """
     snap = Snapshot()
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -204,7 +227,7 @@ def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: fr
                 if not snap.complete:
                     return
             elif stat.S_ISREG(st.st_mode):
-                _copy_file(dir_fd, name, relpath, uid, dest, snap)
+                _copy_file(dir_fd, name, relpath, uid, dest, snap, direct_root=direct_root, src_rel=relpath)
             else:
                 kind = "symlink" if stat.S_ISLNK(st.st_mode) else "special file"
                 snap.skipped.append(f"{relpath}: {kind}")
@@ -236,13 +259,16 @@ def copy_sweep_log(sweep_path: str, uid: int, slurm: dict[str, Any], dest: Path,
         os.close(sweep_fd)
 
 
-def copy_file_as(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap: Snapshot) -> None:
-    """Copy one file of ``dir_fd`` into the snapshot under ``relpath``, with the checks of
-    :func:`copy_tree` (regular file owned by ``uid``, no links, never blocks)."""
-    _copy_file(dir_fd, name, relpath, uid, dest, snap)
+def copy_file_as(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap: Snapshot, *,
+                 direct_root: str | None = None) -> None:
+    """Copy one file ``name`` of ``dir_fd`` (the folder ``direct_root``, if large files may stay
+    there) into the snapshot under ``relpath``, with the checks of :func:`copy_tree` (regular
+    file owned by ``uid``, no links, never blocks)."""
+    _copy_file(dir_fd, name, relpath, uid, dest, snap, direct_root=direct_root, src_rel=name)
 
 
-def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap: Snapshot) -> None:
+def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap: Snapshot, *,
+               direct_root: str | None = None, src_rel: str | None = None) -> None:
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
     except OSError as e:  # ELOOP: swapped for a symlink since lstat
@@ -257,17 +283,91 @@ def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap:
             snap.skipped.append(f"{relpath}: owned by uid {st.st_uid}, not the job's user")
             return
         os.set_blocking(fd, True)
-        target = dest / relpath
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        h = hashlib.sha256()
-        size = 0
-        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(out, "wb") as f:
-            while chunk := os.read(fd, CHUNK):
-                h.update(chunk)
-                f.write(chunk)
-                size += len(chunk)
-        snap.files[relpath] = {"size": size, "sha256": h.hexdigest()}
+        direct_ok = direct_root is not None and can_upload_direct(relpath)
+        if direct_ok and st.st_size >= DIRECT_MIN_BYTES:
+            _hash_in_place(fd, st, relpath, direct_root, src_rel or relpath, snap)
+            return
+        try:
+            snap.files[relpath] = _copy_hashed(fd, dest / relpath)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not direct_ok:
+                raise
+            # The spool is full: this file goes straight from the run folder too.
+            (dest / relpath).unlink(missing_ok=True)
+            snap.spool_full = True
+            _hash_in_place(fd, os.fstat(fd), relpath, direct_root, src_rel or relpath, snap)
+    finally:
+        os.close(fd)
+
+
+def can_upload_direct(relpath: str) -> bool:
+    """Whether an s5cmd ``run`` line can name this archive path (no quotes, backslashes, newlines)."""
+    return not any(c in relpath for c in '"\\\n\r')
+
+
+def _copy_hashed(fd: int, target: Path) -> dict[str, Any]:
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    size = 0
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(out, "wb") as f:
+        while chunk := os.read(fd, CHUNK):
+            h.update(chunk)
+            f.write(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def hash_fd(fd: int) -> dict[str, Any]:
+    """Size and sha256 of an open file, read from its start."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    h = hashlib.sha256()
+    size = 0
+    while chunk := os.read(fd, CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def _hash_in_place(fd: int, st: os.stat_result, relpath: str, root: str, src_rel: str, snap: Snapshot) -> None:
+    meta = hash_fd(fd)
+    snap.files[relpath] = meta
+    # The identity is the one from before the read: a write during it shows at upload time,
+    # and the file is hashed again then.
+    snap.direct[relpath] = {**meta, "root": root, "rel": src_rel, **identity(st)}
+
+
+def open_file_at(root_fd: int, rel: str, uid: int) -> int:
+    """Open ``rel`` under ``root_fd`` with the checks of :func:`copy_tree`: every folder on the
+    way and the file without following links, all owned by ``uid``, the file regular.
+
+    Raises:
+        Refused: a link, another owner, not a regular file, or gone.
+    """
+    parts = [p for p in rel.split("/") if p]
+    if not parts or not all(_safe_component(p) for p in parts):
+        raise Refused(f"{rel!r} is not a safe relative path")
+    fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            try:
+                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                raise Refused(f"{rel}: cannot open {part!r} without following links: {e.strerror}") from e
+            os.close(fd)
+            fd = nfd
+            if os.fstat(fd).st_uid != uid:
+                raise Refused(f"{rel}: {part!r} is not owned by the job's user")
+        try:
+            ffd = os.open(parts[-1], FILE_FLAGS, dir_fd=fd)
+        except OSError as e:
+            raise Refused(f"{rel}: {e.strerror}") from e
+        st = os.fstat(ffd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+            os.close(ffd)
+            raise Refused(f"{rel}: not a regular file owned by the job's user")
+        os.set_blocking(ffd, True)
+        return ffd
     finally:
         os.close(fd)
 

@@ -39,10 +39,15 @@ from slurm_yolo.archive import s5cmd
 from slurm_yolo.archive.layout import MANIFEST, index_key
 from slurm_yolo.archive.store import join_url
 from slurm_yolo.epilog import claim as claims
+from slurm_yolo.epilog import snapshot
+from slurm_yolo.errors import Refused
 from slurm_yolo.epilog.site import SiteConfig
 from slurm_yolo.record import utc_now, write_json_atomic
 
 ENTRY_JSON = "entry.json"
+DIRECT_JSON = "direct.json"
+# At most this many descriptors handed to one s5cmd (batches beyond it).
+DIRECT_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,9 @@ class RunLock:
 
 
 def write_entry(entry: Path, info: dict[str, Any], record: dict[str, Any], manifest: dict[str, Any],
-                index: dict[str, Any]) -> None:
-    """Write the metadata of a staged entry (the files are already in ``entry/files``)."""
+                index: dict[str, Any], direct: dict[str, dict[str, Any]] | None = None) -> None:
+    """Write the metadata of a staged entry (the small files are already in ``entry/files``;
+    ``direct`` lists the large ones, uploaded from the run folder: see snapshot.py)."""
     (entry / "meta" / "attempts").mkdir(mode=0o700, parents=True, exist_ok=True)
     write_json_atomic(entry / "meta" / "run.json", record, mode=0o600)
     # Each attempt's snapshot stays in the store, marked with its number; later attempts
@@ -113,6 +119,8 @@ def write_entry(entry: Path, info: dict[str, Any], record: dict[str, Any], manif
     write_json_atomic(entry / "meta" / "attempts" / f"attempt-{info['attempt']}.json", record, mode=0o600)
     write_json_atomic(entry / "meta" / MANIFEST, manifest, mode=0o600)
     write_json_atomic(entry / "index.json", index, mode=0o600)
+    if direct is not None:
+        write_json_atomic(entry / DIRECT_JSON, direct, mode=0o600)
     write_json_atomic(entry / ENTRY_JSON, info, mode=0o600)
 
 
@@ -151,14 +159,17 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
     info = json.loads((entry / ENTRY_JSON).read_text())
     dest = info["dest"]
     base = s5cmd.base_argv(site.store, workers=site.s5cmd_workers, retries=3)
-    steps: list[tuple[str, list[str]]] = []
     if (entry / "files").is_dir() and any((entry / "files").iterdir()):
-        steps.append(("files", base + ["cp", f"{entry / 'files'}/*", dest]))
-    steps.append(("commit marker", base + ["cp", f"{entry / 'meta'}/*", dest]))
-    for label, argv in steps:
-        result = s5cmd.run(argv, site.store, deadline=deadline)
+        result = s5cmd.run(base + ["cp", f"{entry / 'files'}/*", dest], site.store, deadline=deadline)
         if not result.ok:
-            return _failed(entry, info, f"{label}: {result.summary()}", started)
+            return _failed(entry, info, f"files: {result.summary()}", started)
+    problem = ship_direct(entry, info, site, base, deadline=deadline)
+    if problem:
+        return _failed(entry, info, f"large files: {problem}", started)
+    # Last: the commit marker. A reader that sees run.json sees every file of the manifest.
+    result = s5cmd.run(base + ["cp", f"{entry / 'meta'}/*", dest], site.store, deadline=deadline)
+    if not result.ok:
+        return _failed(entry, info, f"commit marker: {result.summary()}", started)
     # Who owns the run ID in the index, and INDEX.jsonl, need a read and conditional writes
     # (If-Match), which s5cmd cannot do: boto3 for those.
     from slurm_yolo.catalog.index import add_to_index, index_owner
@@ -193,6 +204,88 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
     return ShipResult(entry.name, True, f"shipped to {dest}{note}", time.monotonic() - started)
 
 
+def _identity_changed(fd: int, meta: dict[str, Any]) -> bool:
+    now = snapshot.identity(os.fstat(fd))
+    return any(now[k] != meta.get(k) for k in now)
+
+
+def _open_direct(direct: dict[str, dict[str, Any]], uid: int) -> tuple[list[tuple[str, int]], list[str]]:
+    """Open every large file again, with the snapshot's checks: ``[(archive path, fd)]`` and
+    what could not be opened (a link now, another owner, gone) with why."""
+    opened: list[tuple[str, int]] = []
+    dropped: list[str] = []
+    roots: dict[str, int] = {}
+    try:
+        for rel, meta in sorted(direct.items()):
+            try:
+                if meta["root"] not in roots:
+                    roots[meta["root"]] = snapshot.open_dir_nofollow(meta["root"], uid)
+                opened.append((rel, snapshot.open_file_at(roots[meta["root"]], meta["rel"], uid)))
+            except (Refused, OSError) as e:
+                dropped.append(f"{rel}: not uploaded: {e}")
+    finally:
+        for fd in roots.values():
+            os.close(fd)
+    return opened, dropped
+
+
+def ship_direct(entry: Path, info: dict[str, Any], site: SiteConfig, base: list[str], *, deadline: float) -> str:
+    """Upload the entry's large files straight from the run folder; ``""`` if all landed.
+
+    Each file is re-opened with the snapshot's checks and handed to s5cmd as
+    ``/proc/self/fd/N`` of that descriptor. One that changed since it was hashed is hashed
+    again (the manifest follows); one that changed while it was uploaded fails this round
+    and is uploaded again by the drain. One that can no longer be opened safely (the user
+    swapped in a link, or deleted it) is dropped from the manifest and listed in the record's
+    ``epilog.skipped``: the rest of the run still arrives.
+    """
+    if not (entry / DIRECT_JSON).is_file():
+        return ""
+    direct = json.loads((entry / DIRECT_JSON).read_text())
+    if not direct:
+        return ""
+    manifest = json.loads((entry / "meta" / MANIFEST).read_text())
+    opened, dropped = _open_direct(direct, int(info["uid"]))
+    try:
+        for rel, fd in opened:
+            if _identity_changed(fd, direct[rel]):
+                meta = snapshot.hash_fd(fd)
+                direct[rel].update(meta, **snapshot.identity(os.fstat(fd)))
+                manifest["files"][rel] = meta
+        for note in dropped:
+            manifest["files"].pop(note.split(": not uploaded")[0], None)
+            direct.pop(note.split(": not uploaded")[0], None)
+        _note_dropped(entry, manifest, direct, dropped)
+        for i in range(0, len(opened), DIRECT_BATCH):
+            batch = opened[i:i + DIRECT_BATCH]
+            lines = [f"cp {s5cmd.quote_run_arg(f'/proc/self/fd/{fd}')} {s5cmd.quote_run_arg(info['dest'] + rel)}"
+                     for rel, fd in batch]
+            result = s5cmd.run(base + ["run"], site.store, deadline=deadline, stdin_text="\n".join(lines) + "\n",
+                               pass_fds=tuple(fd for _, fd in batch))
+            if not result.ok:
+                return result.summary()
+            moved = [rel for rel, fd in batch if _identity_changed(fd, direct[rel])]
+            if moved:
+                return f"{moved[0]} changed while it was uploaded; uploaded again on the next try"
+        return ""
+    finally:
+        for _, fd in opened:
+            os.close(fd)
+
+
+def _note_dropped(entry: Path, manifest: dict[str, Any], direct: dict[str, Any], dropped: list[str]) -> None:
+    """Keep the entry's manifest, direct list and records in step with what will be uploaded."""
+    write_json_atomic(entry / "meta" / MANIFEST, manifest, mode=0o600)
+    write_json_atomic(entry / DIRECT_JSON, direct, mode=0o600)
+    if not dropped:
+        return
+    for rec_path in [entry / "meta" / "run.json", *(entry / "meta" / "attempts").glob("*.json")]:
+        record = json.loads(rec_path.read_text())
+        epilog = record.setdefault("epilog", {})
+        epilog["skipped"] = (list(epilog.get("skipped") or []) + dropped)[:200]
+        write_json_atomic(rec_path, record, mode=0o600)
+
+
 def restage(entry: Path, info: dict[str, Any], *, deadline: float) -> str:
     """Copy the run folder again into an entry whose snapshot the epilog cut short.
 
@@ -204,9 +297,6 @@ def restage(entry: Path, info: dict[str, Any], *, deadline: float) -> str:
     Returns:
         What happened, one line for the drain's log.
     """
-    from slurm_yolo.epilog import snapshot
-    from slurm_yolo.errors import Refused
-
     uid = int(info["uid"])
     fresh, old, parked = entry / "files.new", entry / "files", entry / "files.old"
     shutil.rmtree(fresh, ignore_errors=True)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pwd
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from slurm_yolo.epilog import archiver, snapshot
+from slurm_yolo.epilog import archiver, snapshot, spool
 from slurm_yolo.epilog.site import SiteConfig
 from slurm_yolo.names import MARKER_PREFIX
 
@@ -145,3 +147,91 @@ def test_an_unusable_claims_folder_never_loses_the_run(store, bucket, tmp_path):
     result = archive(env_for(run), site)
     assert result.claimed and result.shipped and result.state == "COMPLETED"
     read_back(store, result.dest)
+
+
+# --- large files: uploaded straight from the run folder, never copied into the spool -------
+
+def good_record() -> bytes:
+    return json.dumps({"run_id": RUN_ID, "task": "detect", "project": "p", "model_name": "m",
+                       "status": "COMPLETED", "attempts": [{"attempt": 1, "status": "COMPLETED", "signals": []}]}
+                      ).encode()
+
+
+def stage_with_store_down(store, bucket, tmp_path, run):
+    """Archive with the store unreachable: the entry stays in the spool; returns (site, entry)."""
+    from slurm_yolo.archive.store import Store
+
+    down = Store(endpoint_url="http://127.0.0.1:9", keys=store.keys)
+    site = site_for(store, bucket, tmp_path)
+    result = archive(env_for(run), SiteConfig(**{**site.__dict__, "store": down}))
+    assert result.claimed and not result.shipped
+    (entry,) = spool.iter_entries(site.spool_dir)
+    return site, entry
+
+
+def test_large_files_stay_in_the_run_folder_until_they_land(store, bucket, tmp_path):
+    run = make_run(tmp_path, good_record())
+    big = os.urandom(snapshot.DIRECT_MIN_BYTES + 12345)
+    (run / "weights" / "best.pt").write_bytes(big)
+    site, entry = stage_with_store_down(store, bucket, tmp_path, run)
+    assert not (entry / "files" / "weights" / "best.pt").exists()  # the spool holds small files only
+    assert (entry / "files" / "results.csv").exists()
+    assert json.loads((entry / spool.DIRECT_JSON).read_text())["weights/best.pt"]["size"] == len(big)
+    [shipped] = spool.drain(site)
+    assert shipped.ok, shipped.detail
+    _, manifest, files = read_back(store, f"{site.prefix_for(pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
+    assert files["weights/best.pt"] == big and manifest["files"]["weights/best.pt"]["size"] == len(big)
+
+
+def test_a_large_file_changed_before_upload_is_hashed_again(store, bucket, tmp_path):
+    run = make_run(tmp_path, good_record())
+    (run / "weights" / "best.pt").write_bytes(os.urandom(snapshot.DIRECT_MIN_BYTES))
+    site, _ = stage_with_store_down(store, bucket, tmp_path, run)
+    newer = os.urandom(snapshot.DIRECT_MIN_BYTES + 7)
+    (run / "weights" / "best.pt").write_bytes(newer)  # e.g. the next attempt rewrote it meanwhile
+    assert [r.ok for r in spool.drain(site)] == [True]
+    _, manifest, files = read_back(store, f"{site.prefix_for(pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
+    assert files["weights/best.pt"] == newer  # read_back checked its sha256 against the manifest
+
+
+def test_a_large_file_swapped_for_a_link_is_not_followed(store, bucket, tmp_path):
+    run = make_run(tmp_path, good_record())
+    (run / "weights" / "best.pt").write_bytes(os.urandom(snapshot.DIRECT_MIN_BYTES))
+    site, _ = stage_with_store_down(store, bucket, tmp_path, run)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root's secret" * 400_000)
+    (run / "weights" / "best.pt").unlink()
+    (run / "weights" / "best.pt").symlink_to(secret)
+    assert [r.ok for r in spool.drain(site)] == [True]  # the rest of the run still arrives
+    record, manifest, files = read_back(store, f"{site.prefix_for(pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
+    assert "weights/best.pt" not in manifest["files"] and "weights/last.pt" in files
+    assert any(s.startswith("weights/best.pt: not uploaded") for s in record["epilog"]["skipped"])
+    assert all(b"root's secret" not in body for body in files.values())
+
+
+def test_a_full_spool_logs_once_and_the_run_still_arrives(store, bucket, tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("needs root to mount a 1 MiB tmpfs as the spool (CI runs as root)")
+    run = make_run(tmp_path, good_record())
+    for i in range(30):  # 3 MB of small files: more than the spool holds
+        (run / f"val_batch{i}.jpg").write_bytes(os.urandom(100_000))
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(spool_dir)], check=True)
+    try:
+        site = site_for(store, bucket, tmp_path)
+        logs = []
+        handler = logging.Handler()
+        handler.emit = lambda record: logs.append(record.getMessage())
+        logging.getLogger("slurm_yolo.epilog").addHandler(handler)
+        try:
+            result = archive(env_for(run), site)
+        finally:
+            logging.getLogger("slurm_yolo.epilog").removeHandler(handler)
+        assert result.shipped and result.complete, result
+        assert [m for m in logs if "is full" in m] == [f"job 77: spool {spool_dir} is full: every file of run "
+                                                        f"{RUN_ID} goes straight from the run folder"]
+        _, manifest, files = read_back(store, result.dest)
+        assert all(files[f"val_batch{i}.jpg"] == (run / f"val_batch{i}.jpg").read_bytes() for i in range(30))
+    finally:
+        subprocess.run(["umount", str(spool_dir)], check=True)
