@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from slurm_yolo.epilog.endstate import Evidence, decide, parse_scontrol
 
-SCONTROL_OOM = """JobId=12 JobName=yolo-x
-   UserId=root(0) GroupId=root(0) MCS_label=N/A
-   JobState=COMPLETING Reason=OutOfMemory Dependency=(null)
-   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:125
-   Comment=slurm-yolo:v1:/tmp/runs/a b
-   WorkDir=/tmp/with space
-"""
+# Real captures (tests/data/slurm/README.md): an OOM-killed job seen during its epilog, with
+# spaces in its comment and work dir; an array of two, by its array ID (both elements).
+SLURM_DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"
+SCONTROL_OOM = (SLURM_DATA / "scontrol_job_oom_completing_spaces.txt").read_text()
+SCONTROL_ARRAY = (SLURM_DATA / "scontrol_job_array_all.txt").read_text()
 
 
 def ev(**kw):
@@ -52,22 +52,14 @@ def test_verdict_keeps_evidence_and_exit_code():
 def test_parse_scontrol():
     f = parse_scontrol(SCONTROL_OOM)
     assert f["JobState"] == "COMPLETING" and f["Reason"] == "OutOfMemory" and f["ExitCode"] == "0:125"
-    assert f["Restarts"] == "0" and f["Comment"] == "slurm-yolo:v1:/tmp/runs/a b"
-    assert f["WorkDir"] == "/tmp/with space"
-
-
-SCONTROL_ARRAY = """JobId=13 ArrayJobId=11 ArrayTaskId=0 JobName=yolo-sw
-   JobState=COMPLETING Reason=None Dependency=(null)
-   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0
-JobId=11 ArrayJobId=11 ArrayTaskId=1 JobName=yolo-sw
-   JobState=COMPLETING Reason=None Dependency=(null)
-   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0
-"""
+    assert f["Restarts"] == "0" and f["Comment"] == "slurm-yolo:v1:/tmp/fixcap/no such run"
+    assert f["WorkDir"] == "/tmp/fixcap/with space" and f["StdOut"] == "/tmp/fixcap/with space/oom_66.out"
 
 
 def test_parse_scontrol_picks_the_array_element():
-    assert parse_scontrol(SCONTROL_ARRAY, "11")["ArrayTaskId"] == "1"
-    assert parse_scontrol(SCONTROL_ARRAY, "13")["ArrayTaskId"] == "0"
+    assert parse_scontrol(SCONTROL_ARRAY, "51")["ArrayTaskId"] == "1"  # the raw ID 51 is task 1
+    assert parse_scontrol(SCONTROL_ARRAY, "53")["ArrayTaskId"] == "0"
+    assert parse_scontrol(SCONTROL_ARRAY, "51_0")["JobId"] == "53"
     assert parse_scontrol(SCONTROL_ARRAY, "99") == {}
 
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from slurm_yolo import record as rec
 
-RESULTS = """\
-                  epoch,         train/box_loss,   metrics/precision(B),      metrics/recall(B),       metrics/mAP50(B),    metrics/mAP50-95(B)
-                      1,                 3.1000,                 0.1000,                 0.2000,                 0.3000,                 0.1500
-                      2,                 2.9000,                 0.4000,                 0.5000,                 0.6000,                 0.4500
-                      3,                 2.8000,                 0.3000,                 0.4000,                 0.5000,                 0.3500
-"""
+# A real Ultralytics 8.4 results.csv (unpadded, with a time column): tests/data/ultralytics/README.md.
+RESULTS = (Path(__file__).resolve().parents[1] / "data" / "ultralytics" / "results_40ep.csv").read_text()
 
 
 def test_round_trip(tmp_path):
@@ -51,7 +48,9 @@ def test_failed_write_keeps_previous(tmp_path):
 
 
 def test_metrics_from_results_csv(tmp_path):
-    (tmp_path / "results.csv").write_text(RESULTS)
+    # The first 38 epochs, as during training: the best (epoch 37) is not the last.
+    (tmp_path / "results.csv").write_text("".join(RESULTS.splitlines(keepends=True)[:39]))
     m = rec.read_metrics(tmp_path / "results.csv")
-    assert m == {"epoch": 2, "map50": 0.6, "map50_95": 0.45, "precision": 0.4, "recall": 0.5, "epochs_done": 3}
+    assert m == {"epoch": 37, "map50": 0.40436, "map50_95": 0.18035, "precision": 0.74064, "recall": 0.38693,
+                 "epochs_done": 38}
     assert rec.read_metrics(tmp_path / "missing.csv") is None

@@ -32,9 +32,17 @@ def test_refused_connection_is_transient():
     assert result.failures[0].error_class == "unreachable"
 
 
+@pytest.mark.parametrize("name", ["ls_missing", "cp_missing_key", "cp_missing_wildcard", "cp_upload_empty_wildcard"])
+def test_missing_object_is_permanent(name):
+    # "no object found", "NoSuchKey", "no match found": a retry cannot help.
+    result = s5cmd.Result(1, s5cmd.parse_output(*captured(name)))
+    assert not result.ok and not result.transient
+    assert [o.error_class for o in result.failures] == ["missing_source"]
+
+
 @pytest.mark.parametrize("line, ok, cls", [
     ('{"operation":"cp","success":true,"source":"a","destination":"s3://b/a","object":{"size":3}}', True, None),
-    ('{"key":"s3://b/x","size":3,"type":"file"}', True, None),
+    (captured("ls_recursive")[0].splitlines()[0], True, None),
     ('{"operation":"cp","error":"AccessDenied: Access Denied status code: 403"}', False, "denied"),
     ('{"operation":"cp","error":"SlowDown: reduce your request rate"}', False, "throttled"),
     ("panic: runtime error", False, "unknown"),

@@ -5,21 +5,29 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from slurm_yolo import record as rec
 from slurm_yolo.launcher.watch import Progress, final_state, is_over, parse_squeue_state, wait_for
 
+SLURM_DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"  # real captures, see its README
+
 
 def progress(slurm_state=None, status=None, end_state=None) -> Progress:
     return Progress(slurm_state, status, end_state, attempt=1, epoch=0, epochs=3, map50_95=None)
 
 
-@pytest.mark.parametrize("text, state", [("RUNNING\n", "RUNNING"), ("", None), ("\n  \n", None),
-                                         ("  COMPLETING \n", "COMPLETING")])
-def test_parse_squeue_state(text, state):
-    assert parse_squeue_state(text) == state
+@pytest.mark.parametrize("name, state", [
+    ("squeue_watch_running.txt", "RUNNING"), ("squeue_watch_completing.txt", "COMPLETING"),
+    ("squeue_watch_requeued.txt", "PENDING"),
+    ("squeue_watch_timeout.txt", "TIMEOUT"), ("squeue_watch_array_all.txt", "COMPLETED"),
+    ("squeue_watch_unknown.stdout", None),
+])
+def test_parse_squeue_state(name, state):
+    assert parse_squeue_state((SLURM_DATA / name).read_text()) == state
+    assert parse_squeue_state("\n  \n") is None
 
 
 @pytest.mark.parametrize("p, executor, over, final", [
