@@ -32,6 +32,7 @@ from slurm_yolo.epilog.site import SiteConfig
 from slurm_yolo.errors import CommandError, Refused
 from slurm_yolo.names import MARKER_PREFIX, NAME_RE
 from slurm_yolo.record import read_metrics, utc_now
+from slurm_yolo.states import EndState
 
 log = logging.getLogger("slurm_yolo.epilog")
 # Path-forming names of a run whose record cannot be trusted: the run ID is its folder's name.
@@ -239,8 +240,10 @@ def _evidence(job: Job, run: Run, site: SiteConfig, files: Path, deadline: float
 
 def _apply_verdict(r: dict[str, Any], *, verdict: endstate.Verdict, dest: str, user: str, uid: int,
                    metrics: dict[str, Any] | None, node: str, now: str) -> None:
-    """The epilog's verdict, into a record (the spool's copy and, as the user, the folder's)."""
-    r["end_state"] = r["status"] = verdict.state
+    """The epilog's verdict, into a record (the spool's copy and, as the user, the folder's).
+
+    Next to what the job said (``status``), never over it: both are evidence."""
+    r["end_state"] = verdict.state
     r["archive_url"] = dest
     # Who ran it comes from slurmd and passwd, never from the user-writable record.
     r["user"], r["uid"] = user, uid
@@ -261,7 +264,7 @@ def _stage(job: Job, run: Run, site: SiteConfig, entry: Path, dest: str, user: s
     drain finishes, not an orphan), then copy the run folder into it."""
     info = {"run_id": run.run_id, "attempt": run.attempt, "job_id": job.job_id, "user": user, "uid": job.uid,
             "dest": dest, "source": run.path, "created": utc_now(), "by": job.by}
-    provisional = {**run.record, "end_state": "UNKNOWN", "status": "UNKNOWN", "archive_url": dest,
+    provisional = {**run.record, "end_state": EndState.UNKNOWN, "archive_url": dest,
                    "user": user, "uid": job.uid, "epilog": {"interrupted": "the epilog ended while copying"}}
     spool.write_entry(entry, {**info, "complete": False, "staging": True}, provisional,
                       {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "files": {}},

@@ -17,6 +17,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
+from slurm_yolo.states import EndState, JobStatus
+
 # During the epilog scontrol shows JobState=COMPLETING in every case seen (docs/admin.md); these
 # are for Slurm versions that already show the requeue.
 REQUEUE_STATES = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
@@ -65,7 +67,7 @@ class Evidence:
 class Verdict:
     """The end state of an attempt, with the rule that decided it and the evidence."""
 
-    state: str
+    state: EndState
     rule: str
     exit_code: int | None
     evidence: Evidence
@@ -106,12 +108,12 @@ def _cancelled(e: Evidence) -> bool:
 
 def _failed(e: Evidence) -> bool:
     code, sig = e.exit_status()
-    return bool(code) or bool(sig) or e.job_status == "FAILED"
+    return bool(code) or bool(sig) or e.job_status == JobStatus.FAILED
 
 
 def _completed(e: Evidence) -> bool:
     code, sig = e.exit_status()
-    return e.job_status == "COMPLETED" and not code and not sig
+    return e.job_status == JobStatus.COMPLETED and not code and not sig
 
 
 def node_failed(scontrol: Mapping[str, str]) -> bool:
@@ -143,23 +145,23 @@ def _slurm_says_completed(e: Evidence) -> bool:
 
 
 # (state, rule name, predicate) — order matters: the first match wins.
-RULES: tuple[tuple[str, str, Callable[[Evidence], bool]], ...] = (
+RULES: tuple[tuple[EndState, str, Callable[[Evidence], bool]], ...] = (
     # The node died: no node epilog ran; the controller path or the reconciler archives it,
     # and Slurm may already have requeued it (so before the requeue rules).
-    ("NODE_FAIL", "the node died (JobState=NODE_FAIL or Reason=NodeDown)", _node_failed),
-    ("OUT_OF_MEMORY", "cgroup OOM (Reason=OutOfMemory, signal 125 or slurmstepd's oom-kill report)", _oom),
-    ("PREEMPTED", "requeued after the job caught the pre-emption/time-limit signal",
+    (EndState.NODE_FAIL, "the node died (JobState=NODE_FAIL or Reason=NodeDown)", _node_failed),
+    (EndState.OUT_OF_MEMORY, "cgroup OOM (Reason=OutOfMemory, signal 125 or slurmstepd's oom-kill report)", _oom),
+    (EndState.PREEMPTED, "requeued after the job caught the pre-emption/time-limit signal",
      lambda e: _requeued(e) and "SIGUSR2" in e.job_signals),
-    ("REQUEUED", "requeued (scontrol requeue, node failure or pre-emption)", _requeued),
-    ("TIMEOUT", "time limit (Reason=TimeLimit)", lambda e: _sc(e, "Reason") == "TimeLimit"
+    (EndState.REQUEUED, "requeued (scontrol requeue, node failure or pre-emption)", _requeued),
+    (EndState.TIMEOUT, "time limit (Reason=TimeLimit)", lambda e: _sc(e, "Reason") == "TimeLimit"
      or _sc(e, "JobState") == "TIMEOUT"),
     # submitit sends USR2 signal_delay_s before the limit; a job that is not requeued then
     # (no requeues left) ends itself before Slurm's own kill.
-    ("TIMEOUT", "time-limit warning (USR2) and not requeued", lambda e: "SIGUSR2" in e.job_signals),
-    ("CANCELLED", "SIGTERM without a time limit (scancel)", _cancelled),
-    ("COMPLETED", "job recorded COMPLETED and exit code 0", _completed),
-    ("COMPLETED", "record damaged; Slurm: exit code 0:0, no reason", _slurm_says_completed),
-    ("FAILED", "non-zero exit code or the job recorded FAILED", _failed),
+    (EndState.TIMEOUT, "time-limit warning (USR2) and not requeued", lambda e: "SIGUSR2" in e.job_signals),
+    (EndState.CANCELLED, "SIGTERM without a time limit (scancel)", _cancelled),
+    (EndState.COMPLETED, "job recorded COMPLETED and exit code 0", _completed),
+    (EndState.COMPLETED, "record damaged; Slurm: exit code 0:0, no reason", _slurm_says_completed),
+    (EndState.FAILED, "non-zero exit code or the job recorded FAILED", _failed),
 )
 
 
@@ -169,7 +171,7 @@ def decide(e: Evidence) -> Verdict:
     for state, rule, predicate in RULES:
         if predicate(e):
             return Verdict(state, rule, code, e)
-    return Verdict("UNKNOWN", "no rule matched; see evidence", code, e)
+    return Verdict(EndState.UNKNOWN, "no rule matched; see evidence", code, e)
 
 
 OOM_REPORT = re.compile(r"Detected \d+ oom.kill event")

@@ -31,10 +31,9 @@ from slurm_yolo.epilog.archiver import Job, archive_job, resolve_run, scontrol_f
 from slurm_yolo.epilog.site import SiteConfig
 from slurm_yolo.errors import CommandError, Refused
 from slurm_yolo.names import MARKER_PREFIX
+from slurm_yolo.states import SLURM_ENDED
 
 log = logging.getLogger("slurm_yolo.epilog")
-ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-                   "BOOT_FAIL", "DEADLINE"})
 # The comment is last: it is the user's text and may contain the separator.
 SQUEUE_FORMAT = "%i|%T|%U|%e|%k"
 
@@ -81,7 +80,7 @@ def _ended_long_enough(job: QueuedJob, wait_s: float, now: datetime) -> bool:
 
 def due(jobs: list[QueuedJob], wait_s: float, now: datetime) -> list[QueuedJob]:
     """Our ended jobs whose node epilogs had ``wait_s`` seconds (NODE_FAIL ones at once)."""
-    return [j for j in jobs if j.comment.startswith(MARKER_PREFIX) and j.state in ENDED
+    return [j for j in jobs if j.comment.startswith(MARKER_PREFIX) and j.state in SLURM_ENDED
             and _ended_long_enough(j, wait_s, now)]
 
 

@@ -16,12 +16,10 @@ from typing import Callable
 from slurm_yolo import record as rec
 from slurm_yolo.commands import run_command
 from slurm_yolo.errors import CommandError
+from slurm_yolo.states import SLURM_ENDED, EndState, Executor, JobStatus
 
 # squeue states after which the epilog has already run (the job left COMPLETING).
-FINAL_SLURM_STATES = {
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-    "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED",
-}
+FINAL_SLURM_STATES = SLURM_ENDED
 
 
 @dataclass(frozen=True)
@@ -84,11 +82,11 @@ def local_job_alive(job_id: str) -> bool:
 def observe(run_dir: Path, job_id: str, executor: str) -> Progress:
     """Look once at the job's Slurm state (or local process) and the run folder."""
     state = None
-    if executor == "local":
+    if executor == Executor.LOCAL:
         # Checked BEFORE reading run.json: a process that is gone has written all it ever
         # will, so a status still RUNNING means it died without a word (SIGKILL, OOM).
         state = "RUNNING" if local_job_alive(job_id) else "GONE"
-    elif executor == "slurm":
+    elif executor == Executor.SLURM:
         try:
             state = parse_squeue_state(run_command(squeue_argv(job_id), "watch", timeout=30).stdout)
         except CommandError as e:
@@ -110,18 +108,18 @@ def observe(run_dir: Path, job_id: str, executor: str) -> Progress:
 
 def is_over(p: Progress, executor: str) -> bool:
     """Whether the run has ended for good (requeued jobs go back to PENDING and are not over)."""
-    if executor == "local":
-        return p.status not in (None, "SUBMITTED", "RUNNING") or p.slurm_state == "GONE"
+    if executor == Executor.LOCAL:
+        return p.status not in (None, JobStatus.SUBMITTED, JobStatus.RUNNING) or p.slurm_state == "GONE"
     return p.slurm_state is None or p.slurm_state in FINAL_SLURM_STATES
 
 
 def final_state(p: Progress) -> str:
     """The run's end state: the epilog's verdict, else the job's own word, else Slurm's
     (a local process that died without recording an end is ``FAILED``)."""
-    own = p.status if p.status not in (None, "RUNNING", "SUBMITTED") else None
+    own = p.status if p.status not in (None, JobStatus.RUNNING, JobStatus.SUBMITTED) else None
     if p.slurm_state == "GONE":
-        return p.end_state or own or "FAILED"
-    return p.end_state or own or p.slurm_state or "UNKNOWN"
+        return p.end_state or own or EndState.FAILED
+    return p.end_state or own or p.slurm_state or EndState.UNKNOWN
 
 
 def wait_for(
@@ -141,7 +139,7 @@ def wait_for(
             break
         time.sleep(poll_s)
     deadline = time.monotonic() + epilog_grace_s
-    while executor == "slurm" and p.end_state is None and time.monotonic() < deadline:
+    while executor == Executor.SLURM and p.end_state is None and time.monotonic() < deadline:
         time.sleep(min(poll_s, 1.0))
         p = observe(run_dir, job_id, executor)
     on_progress(p)

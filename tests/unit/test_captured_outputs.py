@@ -17,7 +17,8 @@ from slurm_yolo import record as rec
 from slurm_yolo.archive import s5cmd
 from slurm_yolo.commands import run_command
 from slurm_yolo.epilog.endstate import Evidence, decide, down_nodes, node_failed, parse_scontrol
-from slurm_yolo.epilog.reconcile import ENDED, QueuedJob, due, job_env, parse_squeue
+from slurm_yolo.epilog.reconcile import QueuedJob, due, job_env, parse_squeue
+from slurm_yolo.states import SLURM_ENDED as ENDED
 from slurm_yolo.errors import CommandError
 from slurm_yolo.job.train import _epoch_of, truncate_results
 from slurm_yolo.launcher.watch import Progress, is_over, parse_squeue_state
