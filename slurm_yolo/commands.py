@@ -2,11 +2,13 @@
 
 Builders elsewhere return argv lists (pure, testable); parsers take the text (pure, table-
 tested with captured output); this module executes: never through a shell, always with a
-timeout, and failures become :class:`~slurm_yolo.errors.CommandError` naming the command.
+timeout (for training, :func:`run_foreground`: Slurm's time limit), and failures become
+:class:`~slurm_yolo.errors.CommandError` naming the command.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from typing import Mapping, Sequence
 
@@ -46,3 +48,54 @@ def run_command(
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise CommandError(op, argv, detail[-1] if detail else f"exit code {proc.returncode}")
     return proc
+
+
+def run_foreground(
+    argv: Sequence[str],
+    op: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    block_signals: Sequence[int] = (),
+    grace_s: float = 30.0,
+) -> int:
+    """Run a long command (e.g. training) in the foreground and return its exit code.
+
+    Unlike :func:`run_command` nothing is captured (the child writes straight to this
+    process's stdout/stderr, i.e. the Slurm log) and there is no timeout: Slurm's time limit
+    is the bound. If this process is interrupted while waiting (a signal handler raising
+    ``SystemExit``, e.g. submitit's requeue), the child gets SIGTERM, then SIGKILL after
+    ``grace_s``, so no training process outlives the task that started it.
+
+    Args:
+        argv: the command and its arguments (no shell).
+        op: what this is for, used in the error message (e.g. ``"train"``).
+        env: the complete environment for the child (``None``: inherit).
+        cwd: working directory.
+        block_signals: signals the child (and its children) start with blocked: the mask is
+            inherited across fork and exec. Blocked, not ignored, in this process while
+            forking, so one arriving meanwhile is delivered here afterwards, not lost.
+        grace_s: seconds between SIGTERM and SIGKILL when interrupted.
+
+    Raises:
+        CommandError: the command is not installed.
+    """
+    argv = [str(a) for a in argv]
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, block_signals) if block_signals else None
+    try:
+        proc = subprocess.Popen(argv, env=None if env is None else dict(env), cwd=cwd, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as e:
+        raise CommandError(op, argv, f"{argv[0]} is not installed or not on PATH") from e
+    finally:
+        if old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise

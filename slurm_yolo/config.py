@@ -42,6 +42,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple, Any]]] = {
     },
     "slurm": {
         "partition": (_STR + (type(None),), None),
+        "nodes": (_INT, 1),
         "gpus": (_INT, 0),
         "cpus_per_task": (_INT, 1),
         "mem": (_STR + _INT, "4G"),
@@ -254,7 +255,7 @@ def _check_train(train: dict[str, Any], where: str, base: Path, check_paths: boo
     data, model = train["data"], train["model"]
     data_path = (base / data).resolve()
     if check_paths and not data_path.is_file():
-        raise ConfigError(f"{where}: train.data={data} does not exist ({data_path}); generate or fix the dataset path")
+        raise ConfigError(f"{where}: train.data={data} does not exist ({data_path}); fix the path, or generate the example dataset: python -m slurm_yolo.synthetic {data_path.parent}{' --preset demo' if data_path.parent.name == 'demo' else ''}")
     train["data"] = str(data_path)
     model_path = base / model
     if model_path.exists():  # a local .pt/.yaml; otherwise an Ultralytics built-in name
@@ -265,6 +266,13 @@ def _check_train(train: dict[str, Any], where: str, base: Path, check_paths: boo
 def _check_slurm(slurm: dict[str, Any], where: str) -> None:
     if slurm["gpus"] < 0 or slurm["cpus_per_task"] < 1:
         raise ConfigError(f"{where}: slurm.gpus must be >= 0 and slurm.cpus_per_task >= 1")
+    if slurm["nodes"] < 1:
+        raise ConfigError(f"{where}: slurm.nodes={slurm['nodes']} must be >= 1 (slurm.gpus counts GPUs per node)")
+    # One srun task per node is how multi-node training starts: an sbatch option of the same
+    # name in `extra` would silently change that shape.
+    clash = {"nodes", "ntasks", "ntasks-per-node", "ntasks_per_node"} & set(slurm["extra"])
+    if clash:
+        raise ConfigError(f"{where}: slurm.extra.{sorted(clash)[0]} is set by slurm-yolo; use slurm.nodes")
     if slurm["max_requeues"] < 0 or slurm["signal_delay_s"] < 0:
         raise ConfigError(f"{where}: slurm.max_requeues and slurm.signal_delay_s must be >= 0")
     mem = str(slurm["mem"])

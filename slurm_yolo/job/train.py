@@ -17,16 +17,28 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from slurm_yolo import record as rec
 from slurm_yolo.archive.store import Store
+from slurm_yolo.commands import run_foreground
 from slurm_yolo.config import duration_seconds
+from slurm_yolo.errors import SlurmYoloError
+from slurm_yolo.job.distributed import PREEMPT_SIGNAL, NodeLaunch, node_launch, torchrun_argv, torchrun_env
 from slurm_yolo.job.monitor import GOOD_CHECKPOINT, RunMonitor
 
 RECORDED_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
 LOG_NAME = "train.log"
+
+
+def task_rank() -> int:
+    """This srun task's index in the job step (``SLURM_PROCID``; 0 outside Slurm): 0 keeps run.json."""
+    try:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    except ValueError:
+        return 0
 
 
 def attempt_number() -> int:
@@ -39,6 +51,34 @@ def attempt_number() -> int:
 
 def _current_attempt(record: dict[str, Any]) -> dict[str, Any]:
     return record["attempts"][-1]
+
+
+def _new_attempt() -> dict[str, Any]:
+    return {
+        "attempt": attempt_number(),
+        "node": socket.gethostname(),
+        "start": rec.utc_now(),
+        "end": None,
+        "status": "RUNNING",
+        "end_state": None,
+        "epoch": None,
+        "signals": [],
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+
+
+def _start_attempt(r: dict[str, Any], attempt: dict[str, Any]) -> None:
+    # An earlier attempt killed before the epilog could record it did end, at the latest now.
+    for old in r["attempts"]:
+        if old.get("end") is None:
+            old["end"] = attempt["start"]
+    r["attempts"].append(attempt)
+    r["status"] = "RUNNING"
+    r["end_state"] = None
+    r["slurm"].update({k: v for k, v in {
+        "job_id": _slurm_job_id(), "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+        "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+    }.items() if v is not None})
 
 
 class SignalRecorder:
@@ -126,34 +166,12 @@ class TrainJob:
     """The submitit callable: ``TrainJob()(run_dir)`` trains the run described in ``run_dir/run.json``."""
 
     def __call__(self, run_dir: str) -> dict[str, Any]:
+        if task_rank() > 0:
+            return self._follow(Path(run_dir))
         run_dir = Path(run_dir)
         started = time.time()
-        attempt = {
-            "attempt": attempt_number(),
-            "node": socket.gethostname(),
-            "start": rec.utc_now(),
-            "end": None,
-            "status": "RUNNING",
-            "end_state": None,
-            "epoch": None,
-            "signals": [],
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        }
-
-        def start(r: dict[str, Any]) -> None:
-            # An earlier attempt killed before the epilog could record it did end, at the latest now.
-            for old in r["attempts"]:
-                if old.get("end") is None:
-                    old["end"] = attempt["start"]
-            r["attempts"].append(attempt)
-            r["status"] = "RUNNING"
-            r["end_state"] = None
-            r["slurm"].update({k: v for k, v in {
-                "job_id": _slurm_job_id(), "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
-                "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
-            }.items() if v is not None})
-
-        record = rec.update_record(run_dir, start)
+        attempt = _new_attempt()
+        record = rec.update_record(run_dir, lambda r: _start_attempt(r, attempt))
         SignalRecorder(run_dir).install()
         log = open(run_dir / LOG_NAME, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the job
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
@@ -202,6 +220,19 @@ class TrainJob:
 
     requeuing = False
 
+    def _follow(self, run_dir: Path) -> dict[str, Any]:
+        """srun task > 0 of a multi-node job: start this node's torchrun, nothing else.
+
+        ``run.json`` (attempts, signals, end status) is kept by task 0 alone, and the workers'
+        global rank 0 writes the run folder; this task only reads the config.
+        """
+        config = rec.read_record(run_dir)["config"]
+        limit = int(config["slurm"].get("max_requeues", 3)) + 1
+        if attempt_number() > limit:  # task 0 refuses too: starting torchrun would only wait for it
+            raise RuntimeError(f"attempt {attempt_number()} exceeds slurm.max_requeues+1={limit}; not training")
+        launch = train_multinode(run_dir, config)
+        return {"run_dir": str(run_dir), "status": "COMPLETED", "node_rank": launch.node_rank}
+
     def checkpoint(self, run_dir: str):
         """Called by submitit on the time-limit/pre-emption signal (USR2): requeue this run.
 
@@ -221,28 +252,100 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(), run_dir)
 
     def _train(self, run_dir: Path, config: dict[str, Any], attempt: int) -> None:
-        from ultralytics import YOLO
+        if int(config["slurm"].get("nodes") or 1) > 1:
+            def record_launch(launch: NodeLaunch) -> None:
+                rec.update_record(run_dir, lambda r: _current_attempt(r).update(launch=launch.to_dict()))
 
-        args = dict(config["train"])
-        model = args.pop("model")
+            train_multinode(run_dir, config, on_launch=record_launch)
+            return
         device = device_for(int(config["slurm"].get("gpus") or 0))
-        resume = find_resume_checkpoint(run_dir) if attempt > 1 or (run_dir / "weights" / "last.pt").exists() else None
-        if resume is None:
-            if attempt > 1:  # the earlier attempt left no loadable checkpoint: start over, cleanly
-                print("[slurm-yolo] no usable checkpoint: training starts over", file=sys.stderr, flush=True)
-                (run_dir / "results.csv").unlink(missing_ok=True)
-            args.update(project=str(run_dir.parent), name=run_dir.name, exist_ok=True, device=device)
-            YOLO(model).train(**args)
-            return
-        path, epoch = resume
-        if epoch is None or epoch + 1 >= int(args.get("epochs", 100)):
-            print(f"[slurm-yolo] {path.name} is the final checkpoint: training already finished", flush=True)
-            return
-        kept = truncate_results(run_dir / "results.csv", epoch + 1)
-        print(f"[slurm-yolo] resuming from {path} (epoch {epoch + 1} done; results.csv rows kept: {kept})",
-              flush=True)
-        # Only what Ultralytics allows to change on resume; the rest comes from the checkpoint.
-        YOLO(str(path)).train(resume=True, device=device, workers=args.get("workers", 8))
+        run_step(prepare_step(run_dir, config, attempt), run_dir, config, device)
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """What an attempt does: ``fresh`` (train from scratch), ``resume`` (from ``checkpoint``)
+    or ``done`` (``checkpoint`` is the final one: nothing left to train)."""
+
+    kind: str
+    checkpoint: str | None = None
+
+
+def prepare_step(run_dir: Path, config: dict[str, Any], attempt: int) -> TrainStep:
+    """Decide how this attempt trains and prepare the run folder for it (restores a good
+    ``last.pt``, trims ``results.csv`` to the checkpoint's epoch). One process per run calls it."""
+    resume = find_resume_checkpoint(run_dir) if attempt > 1 or (run_dir / "weights" / "last.pt").exists() else None
+    if resume is None:
+        if attempt > 1:  # the earlier attempt left no loadable checkpoint: start over, cleanly
+            print("[slurm-yolo] no usable checkpoint: training starts over", file=sys.stderr, flush=True)
+            (run_dir / "results.csv").unlink(missing_ok=True)
+        return TrainStep("fresh")
+    path, epoch = resume
+    if epoch is None or epoch + 1 >= int(config["train"].get("epochs", 100)):
+        print(f"[slurm-yolo] {path.name} is the final checkpoint: training already finished", flush=True)
+        return TrainStep("done", str(path))
+    kept = truncate_results(run_dir / "results.csv", epoch + 1)
+    print(f"[slurm-yolo] resuming from {path} (epoch {epoch + 1} done; results.csv rows kept: {kept})",
+          flush=True)
+    return TrainStep("resume", str(path))
+
+
+def run_step(step: TrainStep, run_dir: Path, config: dict[str, Any], device: Any,
+             wrap_trainer: Callable[[type], type] | None = None) -> None:
+    """Train as ``step`` says, into the run folder.
+
+    Args:
+        step: from :func:`prepare_step`.
+        run_dir: the run folder (Ultralytics' ``project/name``).
+        config: the run's resolved config.
+        device: the Ultralytics ``device`` argument.
+        wrap_trainer: turns the trainer class Ultralytics picks for the task into the one to
+            use (multi-node: :func:`slurm_yolo.job.distributed.multinode_trainer`).
+    """
+    from ultralytics import YOLO
+
+    if step.kind == "done":
+        return
+    args = dict(config["train"])
+    model = YOLO(step.checkpoint if step.kind == "resume" else args.pop("model"))
+    extra = {"trainer": wrap_trainer(model._smart_load("trainer"))} if wrap_trainer else {}
+    if step.kind == "fresh":
+        args.update(project=str(run_dir.parent), name=run_dir.name, exist_ok=True, device=device)
+        model.train(**extra, **args)
+        return
+    # Only what Ultralytics allows to change on resume; the rest comes from the checkpoint.
+    model.train(resume=True, device=device, workers=args.get("workers", 8), **extra)
+
+
+def train_multinode(run_dir: Path, config: dict[str, Any], env: Mapping[str, str] | None = None,
+                    on_launch: Callable[[NodeLaunch], None] | None = None) -> NodeLaunch:
+    """Run this node's share of a multi-node run: torchrun with one worker per GPU (1 on CPU).
+
+    Every srun task calls it (one per node); the workers decide, train and write the run
+    folder (see :mod:`slurm_yolo.job.distributed`). ``on_launch`` sees the launch before
+    torchrun starts (task 0 records it in run.json). Returns the launch it made.
+
+    Raises:
+        SlurmYoloError: not inside a Slurm step, or torchrun failed on this node.
+    """
+    import torch
+
+    env = os.environ if env is None else env
+    requested = int(config["slurm"].get("gpus") or 0)
+    gpus = min(requested, torch.cuda.device_count()) if requested and torch.cuda.is_available() else 0
+    launch = node_launch(env, gpus)
+    argv = torchrun_argv(sys.executable, launch, str(run_dir))
+    print(f"[slurm-yolo] node {launch.node_rank}/{launch.nnodes} on {socket.gethostname()}: "
+          f"{launch.nproc_per_node} worker(s), world size {launch.world_size}, {launch.backend}, "
+          f"rendezvous {launch.rdzv_endpoint}", flush=True)
+    if on_launch:
+        on_launch(launch)
+    code = run_foreground(argv, "train", env=torchrun_env(env, launch),
+                          block_signals=(getattr(signal, PREEMPT_SIGNAL),))
+    if code != 0:
+        raise SlurmYoloError(f"torchrun on node {launch.node_rank} ({socket.gethostname()}) exited with {code}; "
+                             f"see {run_dir / 'slurm'} for every node's log")
+    return launch
 
 
 def find_resume_checkpoint(run_dir: Path) -> tuple[Path, int | None] | None:

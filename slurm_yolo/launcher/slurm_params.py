@@ -31,8 +31,10 @@ def slurm_parameters(config: Config, *, job_name: str, marker: str) -> dict[str,
     params: dict[str, Any] = {
         "job_name": job_name,
         "time": time_minutes(s["time"]),
-        "nodes": 1,
-        "ntasks_per_node": 1,  # one launcher task; Ultralytics spawns its own DDP workers
+        # One task per node: on one node it trains (Ultralytics spawns its own DDP workers);
+        # on several, each task starts its node's torchrun (slurm_yolo.job.distributed).
+        "nodes": s["nodes"],
+        "ntasks_per_node": 1,
         "cpus_per_task": s["cpus_per_task"],
         "mem": s["mem"],
         "comment": marker,
