@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
 
 from slurm_yolo.errors import ConfigError
+from slurm_yolo.timeparse import parse_days, parse_since, parse_time  # noqa: F401 - callers use query.*
 
 # Top-level fields of an index line (layout.index_record); ``hparams.*`` is open-ended.
 FIELDS = (
@@ -29,8 +30,6 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
 }
 _WHERE_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|==|!=|>|<)\s*(.*?)\s*")
-_AGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([hdw])")
-_AGE_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
 WHERE_HELP = ("expected FIELD OP VALUE with OP one of > >= < <= == !=, "
               "e.g. --where 'map50_95>0.85' or --where hparams.lr0==0.01")
 
@@ -137,36 +136,6 @@ def parse_where(text: str) -> Condition:
     if math.isnan(number):
         raise ConfigError(f"--where {text!r}: NaN cannot be compared; {WHERE_HELP}")
     return Condition(name, op, number)
-
-
-def parse_time(text: Any) -> datetime | None:
-    """An ISO-8601 timestamp or date as an aware UTC datetime; ``None`` if absent/unparsable."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-
-
-def parse_since(text: str, now: datetime, what: str = "--since") -> datetime:
-    """``90d``, ``12h``, ``2w`` before ``now``, or an ISO date/time (``2026-08-01``) → UTC datetime."""
-    m = _AGE_RE.fullmatch(text.strip())
-    if m:
-        return now - timedelta(seconds=float(m.group(1)) * _AGE_UNITS[m.group(2)])
-    when = parse_time(text.strip())
-    if when is None:
-        raise ConfigError(f"{what} {text!r}: expected an age like 90d, 12h, 2w or an ISO date like 2026-08-01")
-    return when
-
-
-def parse_days(text: str, what: str) -> int:
-    """``30d``, ``2w`` or ``30`` as a whole number of days (lifecycle rules count in days)."""
-    m = re.fullmatch(r"(\d+)\s*([dw]?)", text.strip())
-    if not m or int(m.group(1)) <= 0:
-        raise ConfigError(f"{what} {text!r}: expected a positive number of days like 30d or 26w")
-    return int(m.group(1)) * (7 if m.group(2) == "w" else 1)
 
 
 def parse_sort(text: str | None) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from slurm_yolo.archive.layout import index_record
 from slurm_yolo.commands import run_command
 from slurm_yolo.epilog import claim as claims
 from slurm_yolo.epilog import endstate, snapshot, spool, writeback
+from slurm_yolo.epilog.entry import EntryInfo
 from slurm_yolo.epilog.site import SiteConfig
 from slurm_yolo.errors import CommandError, Refused
 from slurm_yolo.names import MARKER_PREFIX, NAME_RE
@@ -259,14 +260,14 @@ def _apply_verdict(r: dict[str, Any], *, verdict: endstate.Verdict, dest: str, u
 
 
 def _stage(job: Job, run: Run, site: SiteConfig, entry: Path, dest: str, user: str,
-           deadline: float) -> tuple[dict[str, Any], snapshot.Snapshot]:
+           deadline: float) -> tuple[EntryInfo, snapshot.Snapshot]:
     """Write the entry (before the copy: an archiver killed mid-copy leaves an entry the
     drain finishes, not an orphan), then copy the run folder into it."""
-    info = {"run_id": run.run_id, "attempt": run.attempt, "job_id": job.job_id, "user": user, "uid": job.uid,
-            "dest": dest, "source": run.path, "created": utc_now(), "by": job.by}
+    info = EntryInfo(run_id=run.run_id, attempt=run.attempt, job_id=job.job_id, uid=job.uid, dest=dest, user=user,
+                     source=run.path, created=utc_now(), by=job.by)
     provisional = {**run.record, "end_state": EndState.UNKNOWN, "archive_url": dest,
                    "user": user, "uid": job.uid, "epilog": {"interrupted": "the epilog ended while copying"}}
-    spool.write_entry(entry, {**info, "complete": False, "staging": True}, provisional,
+    spool.write_entry(entry, info.replace(complete=False, staging=True), provisional,
                       {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "files": {}},
                       index_record(provisional))
     stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
@@ -283,7 +284,7 @@ def _stage(job: Job, run: Run, site: SiteConfig, entry: Path, dest: str, user: s
     return info, snap
 
 
-def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: dict[str, Any], snap: snapshot.Snapshot,
+def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: EntryInfo, snap: snapshot.Snapshot,
             dest: str, deadline: float, node_down: bool) -> tuple[endstate.Verdict, str]:
     """Decide, record the verdict in the spool entry and (as the user) in the run folder."""
     user, gid = job.user()
@@ -299,7 +300,7 @@ def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: dict[str, A
     wb = "skipped: damaged record kept as it was" if run.damaged else writeback.update_as_user(
         run.path, job.uid, gid, apply, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
     manifest = {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "created": now, "files": snap.files}
-    spool.write_entry(entry, {**info, "complete": snap.complete}, run.record, manifest, index_record(run.record),
+    spool.write_entry(entry, info.replace(complete=snap.complete), run.record, manifest, index_record(run.record),
                       snap.direct)
     return verdict, wb
 

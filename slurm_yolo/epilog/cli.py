@@ -16,6 +16,9 @@ def add_commands(sub) -> None:
     d.add_argument("--budget", type=float, default=600, help="stop starting new uploads after this many seconds")
     d.add_argument("--site-config", default=None, help="default: $SLURM_YOLO_SITE_CONFIG or /etc/slurm-yolo/site.yaml")
     d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.add_argument("--all", action="store_true", dest="everything",
+                   help="try every entry now: also those backing off after failures and those whose last "
+                        "failure needed a person (bad credentials, no such bucket), once the cause is fixed")
     d.set_defaults(func=cmd_drain)
     ls = ssub.add_parser("list", help="show pending runs and their last error")
     ls.add_argument("--site-config", default=None)
@@ -50,7 +53,8 @@ def cmd_drain(args: argparse.Namespace) -> int:
     from slurm_yolo.epilog import spool
 
     site = _site(args)
-    results = spool.drain(site, budget_s=args.budget, log=lambda m: None if args.json else print(m))
+    results = spool.drain(site, budget_s=args.budget, log=lambda m: None if args.json else print(m),
+                          everything=args.everything)
     left = [e.name for e in spool.iter_entries(site.spool_dir)]
     if args.json:
         print(json.dumps({"shipped": [r.entry for r in results if r.ok],
@@ -62,26 +66,29 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from slurm_yolo.epilog import spool
+    from slurm_yolo.epilog.entry import EntryInfo
 
     site = _site(args)
     entries = []
     for e in spool.iter_entries(site.spool_dir):
         try:
-            info = json.loads((e / spool.ENTRY_JSON).read_text())
-            if not isinstance(info, dict):
-                raise ValueError("not a JSON object")
+            info = EntryInfo.load(e)
         except (OSError, ValueError) as err:
-            entries.append({"entry": e.name, "last_error": f"unreadable entry.json: {err}"})
+            entries.append({"entry": e.name, "last_error": f"unreadable entry.json: {err}", "permanent": True})
             continue
-        entries.append({"entry": e.name, **{k: info.get(k) for k in ("run_id", "job_id", "user", "dest", "created",
-                                                                      "last_error", "attempts", "complete")}})
+        entries.append({"entry": e.name, **{k: getattr(info, k) for k in (
+            "run_id", "job_id", "user", "dest", "created", "last_error", "error_class", "tries", "complete",
+            "permanent", "next_try_s")}})
     if args.json:
         print(json.dumps(entries))
     else:
         for e in entries:
-            print(f"{e['entry']}  {e.get('user')}  {e.get('dest')}  tries={e.get('attempts') or 0}  "
-                  f"{e.get('last_error') or ''}")
-        print(f"{len(entries)} pending", file=sys.stderr)
+            state = "NEEDS A PERSON" if e.get("permanent") else f"tries={e.get('tries') or 0}"
+            print(f"{e['entry']}  {e.get('user')}  {e.get('dest')}  {state}  {e.get('last_error') or ''}")
+        stuck = sum(1 for e in entries if e.get("permanent"))
+        print(f"{len(entries)} pending" + (f", {stuck} need a person (fix the cause, then "
+                                           "`slurm-yolo spool drain --all`)" if stuck else ""),
+              file=sys.stderr)
     return 0
 
 

@@ -32,6 +32,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,11 +41,12 @@ from slurm_yolo.archive.layout import MANIFEST, index_key
 from slurm_yolo.archive.store import join_url
 from slurm_yolo.epilog import claim as claims
 from slurm_yolo.epilog import snapshot
-from slurm_yolo.errors import Refused
+from slurm_yolo.epilog.entry import ENTRY_JSON, EntryInfo
 from slurm_yolo.epilog.site import SiteConfig
+from slurm_yolo.errors import Refused, StoreError
 from slurm_yolo.record import utc_now, write_json_atomic
+from slurm_yolo.timeparse import parse_time
 
-ENTRY_JSON = "entry.json"
 DIRECT_JSON = "direct.json"
 # At most this many descriptors handed to one s5cmd (batches beyond it).
 DIRECT_BATCH = 256
@@ -108,7 +110,7 @@ class RunLock:
         os.close(self.fd)
 
 
-def write_entry(entry: Path, info: dict[str, Any], record: dict[str, Any], manifest: dict[str, Any],
+def write_entry(entry: Path, info: EntryInfo, record: dict[str, Any], manifest: dict[str, Any],
                 index: dict[str, Any], direct: dict[str, dict[str, Any]] | None = None) -> None:
     """Write the metadata of a staged entry (the small files are already in ``entry/files``;
     ``direct`` lists the large ones, uploaded from the run folder: see snapshot.py)."""
@@ -116,12 +118,12 @@ def write_entry(entry: Path, info: dict[str, Any], record: dict[str, Any], manif
     write_json_atomic(entry / "meta" / "run.json", record, mode=0o600)
     # Each attempt's snapshot stays in the store, marked with its number; later attempts
     # overwrite run.json but never this file.
-    write_json_atomic(entry / "meta" / "attempts" / f"attempt-{info['attempt']}.json", record, mode=0o600)
+    write_json_atomic(entry / "meta" / "attempts" / f"attempt-{info.attempt}.json", record, mode=0o600)
     write_json_atomic(entry / "meta" / MANIFEST, manifest, mode=0o600)
     write_json_atomic(entry / "index.json", index, mode=0o600)
     if direct is not None:
         write_json_atomic(entry / DIRECT_JSON, direct, mode=0o600)
-    write_json_atomic(entry / ENTRY_JSON, info, mode=0o600)
+    info.save(entry)
 
 
 def supersede_older(spool_dir: str | os.PathLike, key: str, attempt: int) -> list[str]:
@@ -143,11 +145,25 @@ def supersede_older(spool_dir: str | os.PathLike, key: str, attempt: int) -> lis
     return removed
 
 
-def _failed(entry: Path, info: dict[str, Any], detail: str, started: float) -> ShipResult:
+@dataclass(frozen=True)
+class Problem:
+    """Why a try failed: one line, and whether trying later may help."""
+
+    detail: str
+    error_class: str
+    transient: bool
+
+    @classmethod
+    def of(cls, label: str, result: s5cmd.Result) -> Problem:
+        first = result.failures[0].error_class if result.failures else None
+        return cls(f"{label}: {result.summary()}", "timeout" if result.timed_out else first or "unknown",
+                   result.transient or not result.failures)
+
+
+def _failed(entry: Path, info: EntryInfo, problem: Problem, started: float) -> ShipResult:
     """Record the failure in the entry (it stays in the spool for the drain) and report it."""
-    info.update(attempts=info.get("attempts", 0) + 1, last_error=detail, last_try=utc_now())
-    write_json_atomic(entry / ENTRY_JSON, info, mode=0o600)
-    return ShipResult(entry.name, False, detail, time.monotonic() - started)
+    info.after_failure(problem.detail, problem.error_class, problem.transient, utc_now()).save(entry)
+    return ShipResult(entry.name, False, problem.detail, time.monotonic() - started)
 
 
 def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
@@ -156,48 +172,46 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
     Never raises for store problems: the entry stays in the spool with the error recorded.
     """
     started = time.monotonic()
-    info = json.loads((entry / ENTRY_JSON).read_text())
-    dest = info["dest"]
+    info = EntryInfo.load(entry)
+    dest = info.dest
     base = s5cmd.base_argv(site.store, workers=site.s5cmd_workers, retries=3)
     if (entry / "files").is_dir() and any((entry / "files").iterdir()):
         result = s5cmd.run(base + ["cp", f"{entry / 'files'}/*", dest], site.store, deadline=deadline)
         if not result.ok:
-            return _failed(entry, info, f"files: {result.summary()}", started)
+            return _failed(entry, info, Problem.of("files", result), started)
     problem = ship_direct(entry, info, site, base, deadline=deadline)
     if problem:
-        return _failed(entry, info, f"large files: {problem}", started)
+        return _failed(entry, info, problem, started)
     # Last: the commit marker. A reader that sees run.json sees every file of the manifest.
     result = s5cmd.run(base + ["cp", f"{entry / 'meta'}/*", dest], site.store, deadline=deadline)
     if not result.ok:
-        return _failed(entry, info, f"commit marker: {result.summary()}", started)
+        return _failed(entry, info, Problem.of("commit marker", result), started)
     # Who owns the run ID in the index, and INDEX.jsonl, need a read and conditional writes
     # (If-Match), which s5cmd cannot do: boto3 for those.
     from slurm_yolo.catalog.index import add_to_index, index_owner
-    from slurm_yolo.errors import StoreError
 
-    index_url = join_url(site.index_url, index_key(info["run_id"]))
+    index_url = join_url(site.index_url, index_key(info.run_id))
     try:
         owner = index_owner(site.store, index_url)
     except StoreError as e:
-        return _failed(entry, info, f"index record: {e}", started)
-    taken = owner is not None and owner != info.get("user")
+        return _failed(entry, info, Problem(f"index record: {e}", "store", True), started)
+    taken = owner is not None and owner != info.user
     if not taken:
         result = s5cmd.run(base + ["cp", "--content-type", "application/json", str(entry / "index.json"), index_url],
                            site.store, deadline=deadline)
         if not result.ok:
-            return _failed(entry, info, f"index record: {result.summary()}", started)
+            return _failed(entry, info, Problem.of("index record", result), started)
         try:
             add_to_index(site.store, site.index_url, json.loads((entry / "index.json").read_text()),
                          deadline=deadline)
         except StoreError as e:
-            return _failed(entry, info, f"INDEX.jsonl: {e}", started)
-    note = f"; NOT indexed: run ID {info['run_id']} belongs to {owner} in the index (use unique run IDs)" \
+            return _failed(entry, info, Problem(f"INDEX.jsonl: {e}", "store", True), started)
+    note = f"; NOT indexed: run ID {info.run_id} belongs to {owner} in the index (use unique run IDs)" \
         if taken else ""
-    if info.get("complete") is False and not info.get("restaged"):
+    if not info.complete and not info.restaged:
         # The epilog ran out of time while copying: the partial snapshot is in the store now,
         # and the entry stays for the drain to copy the rest (restage) and ship it again.
-        info.update(shipped_partial=utc_now())
-        write_json_atomic(entry / ENTRY_JSON, info, mode=0o600)
+        info.replace(shipped_partial=utc_now()).save(entry)
         return ShipResult(entry.name, True, f"partial snapshot shipped to {dest}; the drain ships the rest{note}",
                           time.monotonic() - started)
     shutil.rmtree(entry, ignore_errors=True)
@@ -229,8 +243,9 @@ def _open_direct(direct: dict[str, dict[str, Any]], uid: int) -> tuple[list[tupl
     return opened, dropped
 
 
-def ship_direct(entry: Path, info: dict[str, Any], site: SiteConfig, base: list[str], *, deadline: float) -> str:
-    """Upload the entry's large files straight from the run folder; ``""`` if all landed.
+def ship_direct(entry: Path, info: EntryInfo, site: SiteConfig, base: list[str], *,
+                deadline: float) -> Problem | None:
+    """Upload the entry's large files straight from the run folder; ``None`` if all landed.
 
     Each file is re-opened with the snapshot's checks and handed to s5cmd as
     ``/proc/self/fd/N`` of that descriptor. One that changed since it was hashed is hashed
@@ -240,12 +255,12 @@ def ship_direct(entry: Path, info: dict[str, Any], site: SiteConfig, base: list[
     ``epilog.skipped``: the rest of the run still arrives.
     """
     if not (entry / DIRECT_JSON).is_file():
-        return ""
+        return None
     direct = json.loads((entry / DIRECT_JSON).read_text())
     if not direct:
-        return ""
+        return None
     manifest = json.loads((entry / "meta" / MANIFEST).read_text())
-    opened, dropped = _open_direct(direct, int(info["uid"]))
+    opened, dropped = _open_direct(direct, info.uid)
     try:
         for rel, fd in opened:
             if _identity_changed(fd, direct[rel]):
@@ -258,16 +273,17 @@ def ship_direct(entry: Path, info: dict[str, Any], site: SiteConfig, base: list[
         _note_dropped(entry, manifest, direct, dropped)
         for i in range(0, len(opened), DIRECT_BATCH):
             batch = opened[i:i + DIRECT_BATCH]
-            lines = [f"cp {s5cmd.quote_run_arg(f'/proc/self/fd/{fd}')} {s5cmd.quote_run_arg(info['dest'] + rel)}"
+            lines = [f"cp {s5cmd.quote_run_arg(f'/proc/self/fd/{fd}')} {s5cmd.quote_run_arg(info.dest + rel)}"
                      for rel, fd in batch]
             result = s5cmd.run(base + ["run"], site.store, deadline=deadline, stdin_text="\n".join(lines) + "\n",
                                pass_fds=tuple(fd for _, fd in batch))
             if not result.ok:
-                return result.summary()
+                return Problem.of("large files", result)
             moved = [rel for rel, fd in batch if _identity_changed(fd, direct[rel])]
             if moved:
-                return f"{moved[0]} changed while it was uploaded; uploaded again on the next try"
-        return ""
+                return Problem(f"large files: {moved[0]} changed while it was uploaded; uploaded again on the "
+                               "next try", "changed", True)
+        return None
     finally:
         for _, fd in opened:
             os.close(fd)
@@ -286,54 +302,66 @@ def _note_dropped(entry: Path, manifest: dict[str, Any], direct: dict[str, Any],
         write_json_atomic(rec_path, record, mode=0o600)
 
 
-def restage(entry: Path, info: dict[str, Any], *, deadline: float) -> str:
+def restage(entry: Path, info: EntryInfo, *, deadline: float) -> tuple[str, EntryInfo]:
     """Copy the run folder again into an entry whose snapshot the epilog cut short.
 
-    Same safe copy as the epilog's (as root, only the job user's files, no links). Files the
-    first copy has that this one does not (an array element's Slurm log, which lives in the
-    sweep folder) are kept. Marks the entry ``restaged`` whatever happens, so it ships and
-    leaves the spool even when the folder is gone: a partial archive beats a stuck spool.
+    Same safe copy as the epilog's (as root, only the job user's files, no links; large files
+    listed for the upload straight from the folder). Files the first copy has that this one
+    does not (an array element's Slurm log, which lives in the sweep folder) are kept. Marks
+    the entry ``restaged`` whatever happens, so it ships and leaves the spool even when the
+    folder is gone: a partial archive beats a stuck spool.
 
     Returns:
-        What happened, one line for the drain's log.
+        What happened (one line for the drain's log), and the entry as saved.
     """
-    uid = int(info["uid"])
-    fresh, old, parked = entry / "files.new", entry / "files", entry / "files.old"
-    shutil.rmtree(fresh, ignore_errors=True)
     try:
-        fd = snapshot.open_dir_nofollow(str(info["source"]), uid)
-    except (Refused, OSError, KeyError) as e:
+        fd = snapshot.open_dir_nofollow(str(info.source), info.uid)
+    except (Refused, OSError) as e:
         outcome = f"run folder not copied again ({e}); shipping the partial snapshot"
     else:
         try:
-            snap = snapshot.copy_tree(fd, uid, fresh, deadline=deadline, exclude=snapshot.EXCLUDE)
+            snap = snapshot.copy_tree(fd, info.uid, entry / "files.new", deadline=deadline,
+                                      exclude=snapshot.EXCLUDE, direct_root=info.source)
         finally:
             os.close(fd)
+        outcome = _swap_in(entry, snap)
         if snap.complete:
-            manifest = json.loads((entry / "meta" / MANIFEST).read_text())
-            for rel, meta in manifest.get("files", {}).items():
-                if rel not in snap.files and (old / rel).is_file():
-                    (fresh / rel).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    os.replace(old / rel, fresh / rel)
-                    snap.files[rel] = meta
-            if old.exists():
-                os.replace(old, parked)
-            os.replace(fresh, old)
-            shutil.rmtree(parked, ignore_errors=True)
-            manifest["files"] = snap.files
-            write_json_atomic(entry / "meta" / MANIFEST, manifest, mode=0o600)
-            for rec_path in [entry / "meta" / "run.json", *(entry / "meta" / "attempts").glob("*.json")]:
-                record = json.loads(rec_path.read_text())
-                record.setdefault("epilog", {}).update(snapshot_complete=True, skipped=snap.skipped[:200])
-                write_json_atomic(rec_path, record, mode=0o600)
-            info["complete"] = True
-            outcome = f"run folder copied again ({len(snap.files)} files)"
-        else:
-            shutil.rmtree(fresh, ignore_errors=True)
-            outcome = "run folder still too large to copy in the drain's budget; shipping the partial snapshot"
-    info["restaged"] = outcome
-    write_json_atomic(entry / ENTRY_JSON, info, mode=0o600)
-    return outcome
+            info = info.replace(complete=True)
+    info = info.replace(restaged=outcome)
+    info.save(entry)
+    return outcome, info
+
+
+def _swap_in(entry: Path, snap: snapshot.Snapshot) -> str:
+    """Make a complete fresh copy (``files.new``) the entry's snapshot, keeping what only the old
+    one had; a still incomplete one is dropped."""
+    fresh, old, parked = entry / "files.new", entry / "files", entry / "files.old"
+    if not snap.complete:
+        shutil.rmtree(fresh, ignore_errors=True)
+        return "run folder still too large to copy in the drain's budget; shipping the partial snapshot"
+    manifest = json.loads((entry / "meta" / MANIFEST).read_text())
+    direct = json.loads((entry / DIRECT_JSON).read_text()) if (entry / DIRECT_JSON).is_file() else {}
+    for rel, meta in manifest.get("files", {}).items():
+        if rel in snap.files:
+            continue
+        if (old / rel).is_file():
+            (fresh / rel).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.replace(old / rel, fresh / rel)
+            snap.files[rel] = meta
+        elif rel in direct:
+            snap.files[rel], snap.direct[rel] = meta, direct[rel]
+    if old.exists():
+        os.replace(old, parked)
+    os.replace(fresh, old)
+    shutil.rmtree(parked, ignore_errors=True)
+    manifest["files"] = snap.files
+    write_json_atomic(entry / "meta" / MANIFEST, manifest, mode=0o600)
+    write_json_atomic(entry / DIRECT_JSON, snap.direct, mode=0o600)
+    for rec_path in [entry / "meta" / "run.json", *(entry / "meta" / "attempts").glob("*.json")]:
+        record = json.loads(rec_path.read_text())
+        record.setdefault("epilog", {}).update(snapshot_complete=True, skipped=snap.skipped[:200])
+        write_json_atomic(rec_path, record, mode=0o600)
+    return f"run folder copied again ({len(snap.files)} files)"
 
 
 # An epilog exits within the site's time budget (its watchdog makes sure); an entry still
@@ -341,24 +369,23 @@ def restage(entry: Path, info: dict[str, Any], *, deadline: float) -> str:
 STAGING_GRACE_S = 60.0
 
 
-def _age_s(info: dict[str, Any]) -> float:
+def _age_s(info: EntryInfo) -> float:
     """Seconds since the entry was created (``created``, UTC ISO); unknown → very old."""
-    from datetime import datetime, timezone
-
-    from slurm_yolo.catalog.query import parse_time
-
-    created = parse_time(info.get("created"))
+    created = parse_time(info.created)
     return float("inf") if created is None else (datetime.now(timezone.utc) - created).total_seconds()
 
 
 def drain(site: SiteConfig, *, budget_s: float = 600, log: Callable[[str], None] = lambda m: None,
-          lock_timeout: float = 0.0) -> list[ShipResult]:
-    """Ship every spooled entry whose run is not locked by someone else. Idempotent.
+          lock_timeout: float = 0.0, everything: bool = False) -> list[ShipResult]:
+    """Ship every spooled entry that is due and whose run nobody else holds. Idempotent.
 
     Safe to run twice at once: each run is shipped under its lock; an entry shipped by
     the other drain meanwhile is simply gone when we get to it. Each entry is handled on
     its own: one that cannot be read (a corrupt ``entry.json``) is reported, stays in the
-    spool for a person to look at, and never blocks the entries after it.
+    spool for a person to look at, and never blocks the entries after it. An entry whose
+    last try failed for a reason that may pass (store down, throttled) waits out its
+    back-off; one that needs a person (credentials, no such bucket) is not tried again until
+    ``everything`` (``spool drain --all``, once the cause is fixed), which tries every entry.
     """
     deadline = time.monotonic() + budget_s
     results = []
@@ -367,8 +394,8 @@ def drain(site: SiteConfig, *, budget_s: float = 600, log: Callable[[str], None]
         if time.monotonic() >= deadline:
             break
         try:
-            result = _drain_one(entry, site, deadline, log, lock_timeout)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            result = _drain_one(entry, site, deadline, log, lock_timeout, everything)
+        except (OSError, ValueError) as e:
             result = ShipResult(entry.name, False, f"unreadable entry, left for a person: {type(e).__name__}: {e}", 0.0)
             log(f"{entry.name}: failed {result.detail}")
         if result is not None:
@@ -377,7 +404,7 @@ def drain(site: SiteConfig, *, budget_s: float = 600, log: Callable[[str], None]
 
 
 def _drain_one(entry: Path, site: SiteConfig, deadline: float, log: Callable[[str], None],
-               lock_timeout: float) -> ShipResult | None:
+               lock_timeout: float, everything: bool) -> ShipResult | None:
     lock = RunLock(site.spool_dir, entry.name.rpartition(".a")[0])
     try:
         if not lock.acquire(lock_timeout):
@@ -385,14 +412,16 @@ def _drain_one(entry: Path, site: SiteConfig, deadline: float, log: Callable[[st
             return None
         if not (entry / ENTRY_JSON).is_file():
             return None  # shipped by someone else while we waited
-        info = json.loads((entry / ENTRY_JSON).read_text())
-        if not isinstance(info, dict):
-            raise ValueError("entry.json is not a JSON object")
-        if info.get("staging") and _age_s(info) < site.time_budget_s + STAGING_GRACE_S:
+        info = EntryInfo.load(entry)
+        if info.staging and _age_s(info) < site.time_budget_s + STAGING_GRACE_S:
             log(f"{entry.name}: an epilog may still be copying it, skipped")
             return None
-        if info.get("complete") is False and not info.get("restaged"):
-            log(f"{entry.name}: {restage(entry, info, deadline=deadline)}")
+        if not info.due(everything=everything):
+            log(f"{entry.name}: not due ({'needs a person: ' if info.permanent else 'backing off after: '}"
+                f"{info.last_error})")
+            return None
+        if not info.complete and not info.restaged:
+            log(f"{entry.name}: {restage(entry, info, deadline=deadline)[0]}")
         result = ship(entry, site, deadline=deadline)
         log(f"{entry.name}: {'ok' if result.ok else 'failed'} {result.detail} ({result.seconds:.1f} s)")
         return result

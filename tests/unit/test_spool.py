@@ -7,10 +7,12 @@ import json
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from slurm_yolo.archive.store import Store
 from slurm_yolo.epilog import spool
+from slurm_yolo.epilog.entry import EntryInfo
 from slurm_yolo.epilog.site import SiteConfig
 
 
@@ -28,7 +30,7 @@ def stage(site: SiteConfig, run_id: str, files: dict[str, bytes], attempt: int =
     manifest = {"files": {rel: {"size": len(d), "sha256": sha(d)} for rel, d in files.items()}}
     dest = f"{site.allowed_prefix.replace('{user}', 'u')}detect/p/m/{run_id}/"
     record = {"run_id": run_id, "end_state": "COMPLETED", "archive_url": dest, "epilog": {"snapshot_complete": True}}
-    spool.write_entry(entry, {"run_id": run_id, "attempt": attempt, "dest": dest, "uid": uid, **info},
+    spool.write_entry(entry, EntryInfo(run_id=run_id, attempt=attempt, job_id=job_id, dest=dest, uid=uid, **info),
                       record, manifest, {"run_id": run_id, "archive_url": dest, "end_state": "COMPLETED",
                                         "user": info.get("user")})
     return entry
@@ -67,8 +69,32 @@ def test_unreachable_store_keeps_entry_with_error(tmp_path):
     entry = stage(site, "r2", {"a.txt": b"a"})
     result = spool.ship(entry, site, deadline=time.monotonic() + 30)
     assert not result.ok and "unreachable" in result.detail
-    info = json.loads((entry / spool.ENTRY_JSON).read_text())
-    assert info["attempts"] == 1 and "unreachable" in info["last_error"]
+    info = EntryInfo.load(entry)
+    assert info.tries == 1 and "unreachable" in info.last_error and info.error_class == "unreachable"
+    assert not info.permanent and info.due()  # the epilog's failed try: the next drain tries at once
+    [again] = spool.drain(site)
+    assert not again.ok
+    info = EntryInfo.load(entry)
+    assert info.tries == 2 and not info.due() and info.due(time.time() + 61)  # then it backs off
+    assert spool.drain(site) == []
+    assert [r.ok for r in spool.drain(site, everything=True)] == [False]  # `spool drain --all` tries now
+
+
+def test_wrong_credentials_need_a_person_and_are_not_retried_forever(seaweedfs_server, tmp_path):
+    """SeaweedFS checks keys (moto accepts any): a refused key is not worth retrying every 5 minutes."""
+    good = seaweedfs_server.store()
+    bad = Store(endpoint_url=good.endpoint_url, keys=(("AWS_ACCESS_KEY_ID", "NOTAKEY"),
+                                                      ("AWS_SECRET_ACCESS_KEY", "wrong")))
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    good.boto3_client().create_bucket(Bucket=name)
+    site = site_for(bad, name, tmp_path)
+    entry = stage(site, "r9", {"a.txt": b"a"})
+    assert not spool.ship(entry, site, deadline=time.monotonic() + 30).ok
+    info = EntryInfo.load(entry)
+    assert info.permanent and info.error_class == "credentials" and not info.due(time.time() + 86400)
+    assert spool.drain(site) == []  # skipped: it needs a person
+    fixed = site_for(good, name, tmp_path)  # the admin fixed credentials_file
+    assert [r.ok for r in spool.drain(fixed, everything=True)] == [True]
 
 
 def test_two_drains_at_once_ship_each_run_once(store, bucket, tmp_path):
