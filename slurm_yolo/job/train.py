@@ -252,7 +252,10 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(), run_dir)
 
     def _train(self, run_dir: Path, config: dict[str, Any], attempt: int) -> None:
-        if int(config["slurm"].get("nodes") or 1) > 1:
+        # Several GPUs on one node go through torchrun too: Ultralytics' own DDP launcher
+        # (generate_ddp_command) deletes save_dir, i.e. the run folder with run.json, on a
+        # fresh start. torchrun sets LOCAL_RANK, so Ultralytics never starts that launcher.
+        if int(config["slurm"].get("nodes") or 1) > 1 or int(config["slurm"].get("gpus") or 0) > 1:
             def record_launch(launch: NodeLaunch) -> None:
                 rec.update_record(run_dir, lambda r: _current_attempt(r).update(launch=launch.to_dict()))
 
