@@ -44,6 +44,10 @@ def slurm_parameters(config: Config, *, job_name: str, marker: str) -> dict[str,
         # Requeue (pre-emption, `scontrol requeue`) must keep the job ID and the run folder.
         "additional_parameters": {"requeue": True, **{k.replace("_", "-"): v for k, v in s["extra"].items()}},
     }
+    if s["nodes"] > 1:
+        # A task that dies before its torchrun starts (or whose node dies) ends the step at
+        # once, instead of leaving the other nodes waiting out the rendezvous timeout.
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     if s["gpus"]:
         params["gpus_per_node"] = s["gpus"]
     for key in ("partition", "account", "qos"):

@@ -124,6 +124,13 @@ def check_destination(config: Config, user: str, site_path: str | None = None) -
                           f"(from {path}); set archive.url under it, e.g. {site.allowed_prefix}yolo")
 
 
+def check_executor_fits(config: Config, executor: str) -> None:
+    """Refuse, before anything is created, what the executor cannot run: several nodes need Slurm."""
+    if executor == "local" and config.slurm["nodes"] > 1:
+        raise ConfigError(f"slurm.nodes={config.slurm['nodes']} needs Slurm: drop --executor local, or set "
+                          "slurm.nodes=1 to train on this machine")
+
+
 def check_sync_credentials(config: Config, env: Mapping[str, str] | None = None) -> None:
     """In-training sync runs as the user with the user's own S3 credentials: refuse a run that
     would sync without any, up front (the epilog's final archive uses the site's and needs none)."""
@@ -224,6 +231,7 @@ def submit(
 
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    check_executor_fits(config, executor)
     if run_id:
         validate_name(run_id, "--run-id")
     if executor == "slurm":
@@ -313,6 +321,7 @@ def sweep(
     if any(c.slurm != configs[0].slurm for c in configs):
         raise ConfigError("sweep: slurm.* must be the same for every element (one job array has one shape)")
     for c in configs:
+        check_executor_fits(c, executor)
         if executor == "slurm":
             check_destination(c, getpass.getuser())
         check_sync_credentials(c)

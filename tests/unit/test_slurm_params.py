@@ -60,3 +60,29 @@ def test_marker_with_weird_path_is_quoted_in_script(weird_path):
 
     line = next(x for x in script.splitlines() if x.startswith("#SBATCH --comment="))
     assert shlex.split(line.split("=", 1)[1]) == [MARKER_PREFIX + run_dir]
+
+
+def test_multi_node_job_shape():
+    raw = {**RAW, "slurm": {**RAW["slurm"], "nodes": 3}}
+    params = slurm_parameters(resolve_config(raw, check_paths=False), job_name="j", marker=make_marker("/r"))
+    script = batch_script(params, python="/p", folder="/r/slurm")
+    assert "#SBATCH --nodes=3" in script and "#SBATCH --ntasks-per-node=1" in script
+    assert "#SBATCH --gpus-per-node=2" in script  # slurm.gpus counts per node
+    # one node's task dying must end the step, not leave the others in the rendezvous
+    assert "--kill-on-bad-exit=1" in next(line for line in script.splitlines() if line.startswith("srun "))
+    single = slurm_parameters(resolve_config(RAW, check_paths=False), job_name="j", marker=make_marker("/r"))
+    assert "srun_args" not in single
+
+
+def test_several_nodes_need_slurm(tmp_path):
+    from slurm_yolo.errors import ConfigError
+    from slurm_yolo.launcher.submit import check_executor_fits
+
+    config = resolve_config({**RAW, "slurm": {**RAW["slurm"], "nodes": 2}}, check_paths=False)
+    check_executor_fits(config, "slurm")
+    try:
+        check_executor_fits(config, "local")
+    except ConfigError as e:
+        assert "slurm.nodes=2 needs Slurm" in str(e)
+    else:
+        raise AssertionError("a 2-node run was accepted for --executor local")
