@@ -359,6 +359,6 @@ def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by
             claims.mark_done(held, {"state": verdict.state, "shipped": shipped.ok, "entry": name})
     finally:
         os.close(run.fd)
-    return ArchiveResult(job.job_id, run.run_id, by, verdict.state, verdict.rule, dest, len(snap.files),
+    return ArchiveResult(job.job_id, run.run_id, by, str(verdict.state), verdict.rule, dest, len(snap.files),
                          len(snap.skipped), snap.complete, shipped.ok, shipped.detail, wb, note, run.damaged,
                          superseded)
