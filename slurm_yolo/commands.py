@@ -23,6 +23,8 @@ def run_command(
     env: Mapping[str, str] | None = None,
     check: bool = True,
     cwd: str | None = None,
+    input_text: str | None = None,
+    as_user: tuple[int, int] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``argv`` (no shell), capture text output, and return the completed process.
 
@@ -33,12 +35,18 @@ def run_command(
         env: the complete environment for the child (``None``: inherit).
         check: raise :class:`CommandError` on a non-zero exit.
         cwd: working directory.
+        input_text: fed to the child's stdin (else stdin is ``/dev/null``).
+        as_user: ``(uid, gid)``: the child runs as that user, with no supplementary groups
+            (root only). The switch happens in the new process before it executes anything,
+            so a threaded parent (the epilog's watchdog) never forks a Python copy of itself.
     """
     argv = [str(a) for a in argv]
+    who = {"user": as_user[0], "group": as_user[1], "extra_groups": []} if as_user else {}
     try:
         proc = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, env=None if env is None else dict(env),
-            cwd=cwd, stdin=subprocess.DEVNULL, check=False,
+            cwd=cwd, input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL, check=False,
+            **who,
         )
     except FileNotFoundError as e:
         raise CommandError(op, argv, f"{argv[0]} is not installed or not on PATH") from e

@@ -13,7 +13,6 @@ store).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import pwd
@@ -22,7 +21,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from slurm_yolo.archive.layout import index_record
 from slurm_yolo.commands import run_command
@@ -239,26 +238,6 @@ def _evidence(job: Job, run: Run, site: SiteConfig, files: Path, deadline: float
     )
 
 
-def _apply_verdict(r: dict[str, Any], *, verdict: endstate.Verdict, dest: str, user: str, uid: int,
-                   metrics: dict[str, Any] | None, node: str, now: str) -> None:
-    """The epilog's verdict, into a record (the spool's copy and, as the user, the folder's).
-
-    Next to what the job said (``status``), never over it: both are evidence."""
-    r["end_state"] = verdict.state
-    r["archive_url"] = dest
-    # Who ran it comes from slurmd and passwd, never from the user-writable record.
-    r["user"], r["uid"] = user, uid
-    if metrics:
-        r["metrics"] = metrics
-    if r.get("attempts"):
-        a = r["attempts"][-1]
-        a["end"] = a.get("end") or now
-        a.update(end_state=verdict.state, exit_code=verdict.exit_code,
-                 epilog={"node": node, "time": now, "rule": verdict.rule})
-        if metrics:
-            a["epoch"] = metrics["epochs_done"]
-
-
 def _stage(job: Job, run: Run, site: SiteConfig, entry: Path, dest: str, user: str,
            deadline: float) -> tuple[EntryInfo, snapshot.Snapshot]:
     """Write the entry (before the copy: an archiver killed mid-copy leaves an entry the
@@ -292,13 +271,13 @@ def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: EntryInfo, 
     now = utc_now()
     # From the snapshot, not from the job: a job killed by SIGKILL/OOM never wrote them.
     metrics = read_metrics(entry / "files" / "results.csv")
-    apply: Callable[[dict[str, Any]], None] = functools.partial(
-        _apply_verdict, verdict=verdict, dest=dest, user=user, uid=job.uid, metrics=metrics, node=job.by, now=now)
-    apply(run.record)
+    fields = {"state": str(verdict.state), "exit_code": verdict.exit_code, "rule": verdict.rule, "dest": dest,
+              "user": user, "uid": job.uid, "metrics": metrics, "node": job.by, "now": now}
+    writeback.apply_verdict(run.record, fields)
     run.record["epilog"] = {"evidence": verdict.to_dict()["evidence"], "skipped": snap.skipped[:200],
                             "snapshot_complete": snap.complete, "by": job.by}
     wb = "skipped: damaged record kept as it was" if run.damaged else writeback.update_as_user(
-        run.path, job.uid, gid, apply, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+        run.path, job.uid, gid, fields, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
     manifest = {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "created": now, "files": snap.files}
     spool.write_entry(entry, info.replace(complete=snap.complete), run.record, manifest, index_record(run.record),
                       snap.direct)

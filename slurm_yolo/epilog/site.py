@@ -7,7 +7,7 @@ Example::
       region: eu-west-1
       credentials_file: /etc/slurm-yolo/credentials      # AWS INI format, root-only (0600)
       profile: default
-      atomic_conditional_writes: true                    # AWS S3, MinIO, SeaweedFS; not moto
+      atomic_conditional_writes: true                    # AWS S3, SeaweedFS; not moto
     allowed_prefix: "s3://ai-training-logs/runs/{user}/" # a run may only land under this
     index_url: "s3://ai-training-logs/index/"
     spool_dir: /var/spool/slurm-yolo
@@ -150,7 +150,7 @@ def load_site_config(path: str | None = None, *, check_owner: bool = True) -> Si
         path=path,
         store=Store(endpoint_url=store_raw.get("endpoint_url"), region=store_raw.get("region") or "us-east-1",
                     credentials_file=creds, profile=store_raw.get("profile"), s5cmd=raw.get("s5cmd_path"),
-                    # true for AWS S3, MinIO, SeaweedFS: the index then keeps no race-tolerance delay
+                    # true for AWS S3, SeaweedFS: the index then keeps no race-tolerance delay
                     atomic_conditional_writes=store_raw.get("atomic_conditional_writes") is True),
         allowed_prefix=raw["allowed_prefix"],
         index_url=raw["index_url"].rstrip("/") + "/",

@@ -144,14 +144,13 @@ def test_writeback_runs_with_the_users_privileges():
     os.chown(mine / "run.json", nobody.pw_uid, nobody.pw_gid)
     tmp_path.chmod(0o755)
 
-    def change(r):
-        r["end_state"] = "COMPLETED"
-
-    assert update_as_user(str(mine), nobody.pw_uid, nobody.pw_gid, change) == "ok"
+    verdict = {"state": "COMPLETED", "exit_code": 0, "rule": "r", "dest": "s3://b/x/", "user": "nobody",
+               "uid": nobody.pw_uid, "metrics": None, "node": "epilog_slurmd@n1", "now": "2026-11-23T07:00:00Z"}
+    assert update_as_user(str(mine), nobody.pw_uid, nobody.pw_gid, verdict) == "ok"
     assert read_record(mine)["end_state"] == "COMPLETED"
     assert (mine / "run.json").stat().st_uid == nobody.pw_uid
     # A root-owned folder: the dropped-privilege child cannot write there.
-    assert update_as_user(str(theirs), nobody.pw_uid, nobody.pw_gid, change) == "failed"
+    assert update_as_user(str(theirs), nobody.pw_uid, nobody.pw_gid, verdict).startswith("failed")
     assert read_record(theirs)["end_state"] is None
     shutil.rmtree(tmp_path)
 
