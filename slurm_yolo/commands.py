@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from slurm_yolo.errors import CommandError
@@ -56,6 +57,52 @@ def run_command(
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise CommandError(op, argv, detail[-1] if detail else f"exit code {proc.returncode}")
     return proc
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a command run by :func:`run_until` ended (it never raises for the command's own failure)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    missing: bool = False  # the executable does not exist
+
+
+def run_until(argv: Sequence[str], *, limit_s: float, env: Mapping[str, str], stdin_text: str | None = None,
+              pass_fds: Sequence[int] = ()) -> Finished:
+    """Run ``argv`` for at most ``limit_s`` seconds, then kill it; report whatever it printed.
+
+    For commands whose output is parsed line by line even when they fail (s5cmd ``--json``):
+    no exception for a non-zero exit or a time-out, only :class:`Finished` saying so. The child
+    stays in our process group: if Slurm kills the epilog's group, it goes too.
+
+    Args:
+        argv: the command (no shell).
+        limit_s: seconds before it is killed.
+        env: its complete environment.
+        stdin_text: fed to its stdin (else ``/dev/null``).
+        pass_fds: descriptors it inherits under the same numbers (``/proc/self/fd/N``).
+    """
+    if limit_s <= 0:
+        return Finished(-1, "", "", timed_out=True)
+    try:
+        proc = subprocess.Popen(
+            [str(a) for a in argv], stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env), close_fds=True,
+            pass_fds=tuple(pass_fds),
+        )
+    except FileNotFoundError:
+        return Finished(127, "", f"{argv[0]} not found", missing=True)
+    try:
+        stdout, stderr = proc.communicate(stdin_text, timeout=limit_s)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        timed_out = True
+    return Finished(proc.returncode, stdout or "", stderr or "", timed_out)
 
 
 def run_foreground(

@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from slurm_yolo.archive.store import Store
+from slurm_yolo.commands import run_until
 
 # Error text fragments → a class of failure (first match wins). Transient ones are worth
 # a later retry from the spool; permanent ones need a person.
@@ -180,28 +180,14 @@ def run(
         argv: from :func:`base_argv` plus the command.
         store: for the environment (credentials and region; never inherited from the job).
         deadline: a ``time.monotonic()`` value; s5cmd is killed (process group) when reached.
-        stdin_text: fed to stdin (for ``run -`` command lists).
+        stdin_text: fed to stdin (for ``run`` command lists).
         timeout: upper bound when no deadline is given.
         pass_fds: descriptors s5cmd inherits (as the same numbers), named ``/proc/self/fd/N``
             in its commands: files opened and checked by the caller, never re-resolved by path.
     """
     limit = (deadline - time.monotonic()) if deadline is not None else timeout
-    if limit <= 0:
-        return Result(returncode=-1, outcomes=(), timed_out=True)
-    try:
-        proc = subprocess.Popen(
-            list(argv), stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store.environment(), close_fds=True,
-            pass_fds=tuple(pass_fds),
-        )  # same process group: if Slurm kills the epilog's group, s5cmd goes with it
-    except FileNotFoundError:
+    done = run_until(argv, limit_s=limit, env=store.environment(), stdin_text=stdin_text, pass_fds=pass_fds)
+    if done.missing:
         return Result(returncode=127, outcomes=(Outcome(False, "exec", error=f"{argv[0]} not found",
                                                         error_class="unknown"),))
-    try:
-        stdout, stderr = proc.communicate(stdin_text, timeout=limit)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        proc.kill()  # s5cmd is one process (no children to reap)
-        stdout, stderr = proc.communicate()
-        timed_out = True
-    return Result(proc.returncode, parse_output(stdout or "", stderr or ""), timed_out, (stderr or "")[-2000:])
+    return Result(done.returncode, parse_output(done.stdout, done.stderr), done.timed_out, done.stderr[-2000:])
