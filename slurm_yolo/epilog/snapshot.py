@@ -185,55 +185,71 @@ def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: fr
         direct_root: the folder's path: large files are then hashed, not copied, and listed
             in :attr:`Snapshot.direct` for an upload straight from there. ``None``: copy all.
     """
-    snap = Snapshot()
+    walk = _Walk(uid, dest, deadline, exclude, direct_root)
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    entries = 0
+    walk.folder(src_fd, "", 0)
+    return walk.snap
 
-    def walk(dir_fd: int, rel: str, depth: int) -> None:
-        nonlocal entries
+
+@dataclass
+class _Walk:
+    """One :func:`copy_tree`: its settings, the entries seen so far and the snapshot it fills."""
+
+    uid: int
+    dest: Path
+    deadline: float
+    exclude: frozenset[str]
+    direct_root: str | None
+    snap: Snapshot = field(default_factory=Snapshot)
+    entries: int = 0
+
+    def folder(self, dir_fd: int, rel: str, depth: int) -> None:
         if depth > MAX_DEPTH:
-            snap.skipped.append(f"{rel}: deeper than {MAX_DEPTH} levels")
+            self.snap.skipped.append(f"{rel}: deeper than {MAX_DEPTH} levels")
             return
         with os.scandir(dir_fd) as it:
             names = sorted(e.name for e in it)
         for name in names:
-            entries += 1
-            relpath = f"{rel}{name}"
-            if time.monotonic() > deadline or entries > MAX_ENTRIES:
-                snap.complete = False
+            self.entries += 1
+            if time.monotonic() > self.deadline or self.entries > MAX_ENTRIES:
+                self.snap.complete = False
                 return
-            if relpath in exclude:
-                continue
-            if not _safe_component(name):
-                snap.skipped.append(f"{relpath!r}: control characters in name")
-                continue
-            try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:
-                continue  # vanished meanwhile
-            if stat.S_ISDIR(st.st_mode):
-                try:
-                    sub = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-                except OSError as e:
-                    snap.skipped.append(f"{relpath}/: {e.strerror}")
-                    continue
-                try:
-                    if os.fstat(sub).st_uid != uid:
-                        snap.skipped.append(f"{relpath}/: not owned by the job's user")
-                        continue
-                    walk(sub, relpath + "/", depth + 1)
-                finally:
-                    os.close(sub)
-                if not snap.complete:
-                    return
-            elif stat.S_ISREG(st.st_mode):
-                _copy_file(dir_fd, name, relpath, uid, dest, snap, direct_root=direct_root, src_rel=relpath)
-            else:
-                kind = "symlink" if stat.S_ISLNK(st.st_mode) else "special file"
-                snap.skipped.append(f"{relpath}: {kind}")
+            self.entry(dir_fd, name, f"{rel}{name}", depth)
+            if not self.snap.complete:
+                return
 
-    walk(src_fd, "", 0)
-    return snap
+    def entry(self, dir_fd: int, name: str, relpath: str, depth: int) -> None:
+        if relpath in self.exclude:
+            return
+        if not _safe_component(name):
+            self.snap.skipped.append(f"{relpath!r}: control characters in name")
+            return
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return  # vanished meanwhile
+        if stat.S_ISDIR(st.st_mode):
+            self.subfolder(dir_fd, name, relpath, depth)
+        elif stat.S_ISREG(st.st_mode):
+            _copy_file(dir_fd, name, relpath, self.uid, self.dest, self.snap, direct_root=self.direct_root,
+                       src_rel=relpath)
+        else:
+            kind = "symlink" if stat.S_ISLNK(st.st_mode) else "special file"
+            self.snap.skipped.append(f"{relpath}: {kind}")
+
+    def subfolder(self, dir_fd: int, name: str, relpath: str, depth: int) -> None:
+        try:
+            sub = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as e:
+            self.snap.skipped.append(f"{relpath}/: {e.strerror}")
+            return
+        try:
+            if os.fstat(sub).st_uid != self.uid:
+                self.snap.skipped.append(f"{relpath}/: not owned by the job's user")
+                return
+            self.folder(sub, relpath + "/", depth + 1)
+        finally:
+            os.close(sub)
 
 
 def copy_sweep_log(sweep_path: str, uid: int, slurm: dict[str, Any], dest: Path, snap: Snapshot) -> None:
