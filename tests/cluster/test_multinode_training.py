@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +62,12 @@ def test_two_nodes_train_one_model_and_archive_it_once(cluster, s3, dataset, run
     assert logs <= set(manifest["files"]), sorted(manifest["files"])
     train_log = read_object(s3, out["archive_url"] + "train.log").decode(errors="replace")
     assert "world_size=2 backend=gloo" in train_log
+    # Both nodes ran the epilog; the claim let exactly one of them archive the attempt.
+    claims = sorted(Path(cluster["SLURM_YOLO_DEV_STATE"], "claims").glob(f"*.{out['job_id']}.*.a1"))
+    assert len(claims) == 1 and json.loads(claims[0].read_text())["state"] == "done"
+    by = json.loads(claims[0].read_text())["by"]
+    assert by == record["epilog"]["by"] and by.split("@")[1] in world["hosts"]
+    log = Path(cluster["SLURM_YOLO_DEV_STATE"], "log", "epilog.log").read_text()
+    summaries = [line for line in log.splitlines() if f"job {out['job_id']}: {{'job'" in line]
+    assert sum("'claimed': True" in line for line in summaries) == 1, summaries
+    assert sum("'claimed': False" in line for line in summaries) == 1, summaries  # the other node
