@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything slurm-yolo needs on a fresh Debian 12 machine, as root. Idempotent.
-#   - Debian packages: Slurm (slurmctld, slurmd, client), munge, git
+#   - Debian packages: Slurm (slurmctld, slurmd, client), munge, git, chromium + chromium-driver
 #   - a virtual environment at $SLURM_YOLO_VENV (default /opt/slurm-yolo/venv), made from
 #     Debian's /usr/bin/python3 so that non-root job users can execute it (a pyenv Python
 #     under /root is not reachable for them)
@@ -19,7 +19,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need_pkgs=()
-for p in slurmctld slurmd slurm-client munge git python3-venv; do
+# chromium + chromium-driver: the portal's browser tests (tests/report) drive Debian's headless Chromium.
+for p in slurmctld slurmd slurm-client munge git python3-venv chromium chromium-driver; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -70,12 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_extension_commands(sub) -> None:
-    """Commands implemented in the epilog and catalog packages register themselves here."""
+    """Commands implemented in the epilog, catalog and report packages register themselves here."""
     from slurm_yolo.catalog import cli as catalog_cli
     from slurm_yolo.epilog import cli as epilog_cli
+    from slurm_yolo.report import cli as report_cli
 
     epilog_cli.add_commands(sub)
     catalog_cli.add_commands(sub)
+    report_cli.add_commands(sub)
 
 
 def console(**kwargs: Any):

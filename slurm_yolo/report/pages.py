@@ -1,0 +1,398 @@
+"""Page data for the portal, pure: index lines, run records and archived files in; dicts,
+inline SVG and script-safe JSON out. No I/O, no store (see :mod:`slurm_yolo.report.build`).
+
+Everything that comes from a run (names, args, file names, CSV headers) is user-controlled:
+SVG is built with :func:`markupsafe.escape` on every text, and JSON meant for a ``<script>``
+goes through :func:`script_json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import posixpath
+import re
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+from markupsafe import Markup, escape
+
+from slurm_yolo.catalog.query import parse_time
+from slurm_yolo.names import NAME_RE
+
+# Index-line fields shown in (and filterable from) the runs table, in column order.
+TABLE_FIELDS = ("run_id", "project", "model_name", "task", "end_state", "user", "submitted_at", "attempts",
+                "sweep_id", "epochs_done", "map50", "map50_95", "precision", "recall")
+# Images worth showing on a run page, by Ultralytics' file names: (section, pattern).
+IMAGE_SECTIONS = (
+    ("samples", re.compile(r"(train_batch\d*|labels(_correlogram)?)\.(jpg|png)$")),
+    ("predictions", re.compile(r"val_batch\d+_(pred|labels)\.(jpg|png)$")),
+    ("confusion", re.compile(r"confusion_matrix(_normalized)?\.png$")),
+    ("plots", re.compile(r"[^/]+\.png$")),
+)
+# A copied image larger than this is linked, not embedded (a portal of 10,000 runs stays small).
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+# Images shown per section; the rest are in the file list (a run may archive thousands).
+MAX_IMAGES_PER_SECTION = 24
+# Chart colours (colour-blind friendly, Okabe-Ito).
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+_JS_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(obj: Any) -> str:
+    """JSON that is safe inside an HTML ``<script>`` element and as a JS literal.
+
+    ``<``, ``>`` and ``&`` become ``\\u003c``-style escapes, so no value can close the
+    script element (``</script>``) or open a comment (``<!--``); U+2028/9 are escaped for
+    old JS parsers. NaN and infinities become ``null`` (not JSON).
+    """
+    text = json.dumps(_finite(obj), sort_keys=True, ensure_ascii=False, allow_nan=False, default=str)
+    return re.sub("[<>&\u2028\u2029]", lambda m: _JS_ESCAPES[m.group(0)], text)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def line_digest(line: Mapping[str, Any]) -> str:
+    """A short digest of an index line: a run page is rebuilt only when this changes."""
+    return hashlib.sha256(json.dumps(line, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def linkable(line: Mapping[str, Any], allowed_prefix: str | None) -> str | None:
+    """Why a run must not get a page or links (``None``: it may).
+
+    A run page shows files read from ``archive_url``, and its name is the run's user's. A
+    record whose ``archive_url`` points outside that user's allowed prefix (site config
+    ``allowed_prefix``, ``{user}`` replaced) could show someone else's files under its name,
+    so it is listed but not linked. Run IDs and users must be safe names: they become file
+    names and URL paths of the site.
+    """
+    run_id, user, url = line.get("run_id"), line.get("user"), line.get("archive_url")
+    if not isinstance(run_id, str) or not NAME_RE.fullmatch(run_id):
+        return "run ID is not a safe name"
+    if not isinstance(url, str) or not url.startswith("s3://") or not url.endswith(f"/{run_id}/"):
+        return "archive_url is not the run's own folder"
+    if ".." in url.split("/"):
+        return "archive_url contains '..'"
+    if allowed_prefix:
+        if not isinstance(user, str) or not NAME_RE.fullmatch(user):
+            return "user is not a safe name"
+        prefix = allowed_prefix.replace("{user}", user).rstrip("/") + "/"
+        if not url.startswith(prefix):
+            return f"archive_url is outside {prefix}"
+    return None
+
+
+def safe_rel(rel: Any) -> str | None:
+    """An archived file's relative path if it is safe as a path inside the site, else ``None``."""
+    if not isinstance(rel, str) or not rel or len(rel) > 512 or rel.startswith("/") or "\\" in rel:
+        return None
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") or any(ord(c) < 32 for c in p) for p in parts):
+        return None
+    return posixpath.normpath(rel)
+
+
+def image_sections(files: Iterable[str]) -> dict[str, list[str]]:
+    """Archived image names by page section (each image in its first matching section; at most
+    :data:`MAX_IMAGES_PER_SECTION` each, in name order)."""
+    out: dict[str, list[str]] = {name: [] for name, _ in IMAGE_SECTIONS}
+    for rel in sorted(files):
+        for name, pattern in IMAGE_SECTIONS:
+            if pattern.search(rel):
+                if len(out[name]) < MAX_IMAGES_PER_SECTION:
+                    out[name].append(rel)
+                break
+    return out
+
+
+# ---------------------------------------------------------------------------- results.csv
+
+def parse_results_csv(text: str) -> dict[str, list[float | None]]:
+    """``results.csv`` as ``{column: [value per row]}``; headers stripped, non-numbers ``None``.
+
+    Ultralytics pads its headers with spaces; a torn last line (a run killed mid-write) just
+    gives a shorter or ``None``-filled row.
+    """
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return {}
+    cols: dict[str, list[float | None]] = {h: [] for h in header if h}
+    for row in reader:
+        if not row:
+            continue
+        for i, h in enumerate(header):
+            if h:
+                cols[h].append(_number(row[i] if i < len(row) else None))
+    return cols
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text.strip()) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def curve_groups(cols: Mapping[str, Sequence[float | None]]) -> list[tuple[str, dict[str, list[tuple[float, float]]]]]:
+    """Columns of a parsed ``results.csv`` grouped into charts: ``[(title, {column: points})]``.
+
+    Points are ``(epoch, value)``; rows without an epoch or value are left out.
+    """
+    epochs = cols.get("epoch") or list(range(1, 1 + max((len(v) for v in cols.values()), default=0)))
+    groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for name, values in cols.items():
+        if name == "epoch" or name == "time":
+            continue
+        title = _group_title(name)
+        points = [(e, v) for e, v in zip(epochs, values) if e is not None and v is not None]
+        if points:
+            groups.setdefault(title, {})[name] = points
+    order = ["mAP", "precision / recall", "train losses", "val losses", "learning rate", "other"]
+    return sorted(groups.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+
+
+def _group_title(column: str) -> str:
+    low = column.lower()
+    if "map" in low:
+        return "mAP"
+    if "precision" in low or "recall" in low:
+        return "precision / recall"
+    if low.startswith("train/"):
+        return "train losses"
+    if low.startswith("val/"):
+        return "val losses"
+    if low.startswith("lr/"):
+        return "learning rate"
+    return "other"
+
+
+def map_curve(cols: Mapping[str, Sequence[float | None]]) -> dict[str, list[list[float]]]:
+    """The mAP columns only, as ``{column: [[epoch, value], ...]}`` (what the compare view overlays)."""
+    return {k: [list(p) for p in v] for title, g in curve_groups(cols) if title == "mAP" for k, v in g.items()}
+
+
+# ---------------------------------------------------------------------------- SVG charts
+
+@dataclasses.dataclass(frozen=True)
+class ChartBox:
+    """Pixel geometry of a chart: total size and the plot area's margins."""
+
+    width: int = 560
+    height: int = 260
+    left: int = 52
+    right: int = 12
+    top: int = 26
+    bottom: int = 34
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def line_chart(title: str, series: Mapping[str, Sequence[tuple[float, float]]], box: ChartBox = ChartBox(),
+               x_label: str = "epoch") -> Markup:
+    """An inline SVG line chart: one ``<path class="curve">`` plus a ``<circle>`` per point, per series.
+
+    Every label is escaped; coordinates are numbers we computed.
+    """
+    xs = [x for pts in series.values() for x, _ in pts]
+    ys = [y for pts in series.values() for _, y in pts]
+    if not xs:
+        return Markup("")
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(0.0, min(ys)), max(ys)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        y1 = y0 + 1
+    # The legend gets its own band above the plot, so it never hides a curve.
+    box = dataclasses.replace(box, top=box.top + 14 * len(series), height=box.height + 14 * len(series))
+    pw, ph = box.width - box.left - box.right, box.height - box.top - box.bottom
+    integer_x = all(float(x).is_integer() for x in xs)  # epochs: no tick at 2.5
+
+    def sx(x: float) -> float:
+        return box.left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return box.top + ph - (y - y0) / (y1 - y0) * ph
+
+    out = [f'<svg class="chart" role="img" viewBox="0 0 {box.width} {box.height}" width="{box.width}" '
+           f'height="{box.height}" xmlns="http://www.w3.org/2000/svg">',
+           f'<title>{escape(title)}</title>',
+           f'<text class="chart-title" x="{box.left}" y="16">{escape(title)}</text>']
+    for t in _ticks(y0, y1):
+        y = sy(t)
+        out.append(f'<line class="grid" x1="{box.left}" x2="{box.width - box.right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                   f'<text class="tick" x="{box.left - 4}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    for t in _ticks(x0, x1, 6):
+        if integer_x and not float(t).is_integer():
+            continue
+        x = sx(t)
+        out.append(f'<text class="tick" x="{x:.1f}" y="{box.height - box.bottom + 14}" '
+                   f'text-anchor="middle">{_fmt(t)}</text>')
+    out.append(f'<text class="axis-label" x="{box.left + pw / 2:.1f}" y="{box.height - 4}" '
+               f'text-anchor="middle">{escape(x_label)}</text>')
+    for i, (name, pts) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        d = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(pts))
+        out.append(f'<path class="curve" data-series="{escape(name)}" d="{d}" fill="none" stroke="{colour}" '
+                   f'stroke-width="2"/>')
+        for x, y in pts:
+            out.append(f'<circle class="point" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}">'
+                       f'<title>{escape(name)} {x_label} {_fmt(x)}: {_fmt(y)}</title></circle>')
+        out.append(f'<text class="legend" x="{box.left + 8}" y="{box.top - 14 * (len(series) - i) + 4}" '
+                   f'fill="{colour}">{escape(name)}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def bar_chart(title: str, bars: Sequence[tuple[str, int]], box: ChartBox = ChartBox(width=760, height=200)) -> Markup:
+    """An inline SVG bar chart of ``(label, count)``; labels escaped, every ~8th label shown."""
+    if not bars:
+        return Markup("")
+    top = max(c for _, c in bars) or 1
+    pw, ph = box.width - box.left - box.right, box.height - box.top - box.bottom
+    w = min(pw / len(bars), 40.0)  # a few days of runs: bars, not a wall
+    every = max(1, math.ceil(len(bars) / 8))
+    out = [f'<svg class="chart" role="img" viewBox="0 0 {box.width} {box.height}" width="{box.width}" '
+           f'height="{box.height}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
+           f'<text class="chart-title" x="{box.left}" y="16">{escape(title)}</text>']
+    for t in _ticks(0, top, 4):
+        y = box.top + ph - t / top * ph
+        out.append(f'<line class="grid" x1="{box.left}" x2="{box.width - box.right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                   f'<text class="tick" x="{box.left - 4}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    for i, (label, count) in enumerate(bars):
+        h = count / top * ph
+        x = box.left + i * w
+        out.append(f'<rect class="bar" x="{x + 1:.1f}" y="{box.top + ph - h:.1f}" width="{max(1.0, w - 2):.1f}" '
+                   f'height="{h:.1f}"><title>{escape(label)}: {count}</title></rect>')
+        if i % every == 0:
+            out.append(f'<text class="tick" x="{x + w / 2:.1f}" y="{box.height - box.bottom + 14}" '
+                       f'text-anchor="middle">{escape(label)}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def timeline_chart(attempts: Sequence[Mapping[str, Any]], box: ChartBox = ChartBox(width=760, left=90)) -> Markup:
+    """The attempts of a run as horizontal bars on a time axis, coloured by end state."""
+    spans = []
+    for a in attempts:
+        start, end = parse_time(a.get("start")), parse_time(a.get("end"))
+        if start is not None:
+            spans.append((a, start, end or start))
+    if not spans:
+        return Markup("")
+    t0, t1 = min(s for _, s, _ in spans), max(e for _, _, e in spans)
+    total = max((t1 - t0).total_seconds(), 1.0)
+    row = 26
+    height = box.top + row * len(spans) + box.bottom
+    pw = box.width - box.left - box.right
+    out = [f'<svg class="chart timeline" role="img" viewBox="0 0 {box.width} {height}" width="{box.width}" '
+           f'height="{height}" xmlns="http://www.w3.org/2000/svg"><title>attempts</title>',
+           f'<text class="chart-title" x="{box.left}" y="16">attempts ({_duration(total)} in all)</text>']
+    for i, (a, s, e) in enumerate(spans):
+        x = box.left + (s - t0).total_seconds() / total * pw
+        w = max(3.0, (e - s).total_seconds() / total * pw)
+        y = box.top + i * row
+        state = str(a.get("end_state") or a.get("status") or "?")
+        signals = ",".join(str(sig.get("signal")) for sig in a.get("signals") or [] if isinstance(sig, dict))
+        label = f"attempt {a.get('attempt')}: {state}" + (f" (signals {signals})" if signals else "")
+        out.append(f'<text class="tick" x="{box.left - 6}" y="{y + 16}" text-anchor="end">'
+                   f'#{escape(str(a.get("attempt")))}</text>'
+                   f'<rect class="attempt state-{escape(_css_token(state))}" x="{x:.1f}" y="{y + 4}" '
+                   f'width="{w:.1f}" height="{row - 8}"><title>{escape(label)}</title></rect>'
+                   f'<text class="attempt-label" x="{min(x + 4, box.width - 150):.1f}" y="{y + 17}">'
+                   f'{escape(label)}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def _css_token(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)[:40]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# ---------------------------------------------------------------------------- home page
+
+def runs_over_time(lines: Iterable[Mapping[str, Any]], now: datetime | None = None,
+                   max_bars: int = 60) -> tuple[str, list[tuple[str, int]]]:
+    """Runs submitted per day (per week when the span is long), as ``(unit, [(label, count)])``."""
+    times = [t for t in (parse_time(x.get("submitted_at") or x.get("start")) for x in lines) if t is not None]
+    if not times:
+        return "day", []
+    first, last = min(times), max(times)
+    unit, step = ("day", 1) if (last - first).days < max_bars else ("week", 7)
+    start = first.date() - timedelta(days=first.weekday() if unit == "week" else 0)
+    counts = Counter((t.date() - start).days // step for t in times)
+    n = (last.date() - start).days // step + 1
+    return unit, [((start + timedelta(days=i * step)).isoformat(), counts.get(i, 0)) for i in range(n)]
+
+
+def project_summary(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per project: run count, states, last submission, and the best run by mAP50-95 (then mAP50)."""
+    by: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for x in lines:
+        by[str(x.get("project"))].append(x)
+    out = []
+    for project, xs in sorted(by.items()):
+        scored = [x for x in xs if _is_num(x.get("map50_95")) or _is_num(x.get("map50"))]
+        best = max(scored, key=lambda x: (_num_or(x.get("map50_95")), _num_or(x.get("map50"))), default=None)
+        out.append({"project": project, "runs": len(xs),
+                    "states": dict(Counter(str(x.get("end_state")) for x in xs).most_common()),
+                    "last": max((str(x.get("submitted_at") or "") for x in xs), default=""),
+                    "best": best})
+    return out
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _num_or(v: Any) -> float:
+    return float(v) if _is_num(v) else -1.0
+
+
+def table_row(line: Mapping[str, Any], link: bool) -> dict[str, Any]:
+    """One row of the runs table (the JSON the page's script filters and sorts)."""
+    row = {k: line.get(k) for k in TABLE_FIELDS}
+    row["hparams"] = {str(k): v for k, v in (line.get("hparams") or {}).items()
+                      if isinstance(v, (str, int, float, bool)) or v is None}
+    row["link"] = link
+    return row
+
+
+def now_utc() -> datetime:
+    """The build time stamp shown in every page's footer."""
+    return datetime.now(timezone.utc)

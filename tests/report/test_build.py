@@ -1,0 +1,184 @@
+"""`report build` against a real S3 server: pages, incremental rebuilds, prefixes, publishing."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from report_seed import HOSTILE, allowed, seed, update_line
+from slurm_yolo.cli import main
+from slurm_yolo.report import build, pages
+
+
+@pytest.fixture
+def seeded(cat, store):
+    client = store.boto3_client()
+    return client, seed(client, cat)
+
+
+def test_build_writes_every_page_and_only_linkable_runs(cat, seeded, tmp_path):
+    client, lines = seeded
+    result = build.build_site(cat, tmp_path / "site", allowed_prefix=allowed(cat))
+    site = tmp_path / "site"
+    assert result.runs == 5 and result.rebuilt == 4 and not result.errors
+    assert set(result.unlinked) == {lines["foreign"]["run_id"]}
+    assert "outside" in result.unlinked[lines["foreign"]["run_id"]]
+    for name in ("index.html", "runs.html", "compare.html", "data/runs.js", "static/portal.js", "static/portal.css"):
+        assert (site / name).is_file(), name
+    good = lines["good"]["run_id"]
+    page = (site / f"run/{good}.html").read_text()
+    # curves: one path per series, with a point per epoch
+    paths = re.findall(r'<path class="curve" data-series="metrics/mAP50-95\(B\)" d="([^"]+)"', page)
+    assert len(paths) == 1 and paths[0].count("L") == 4
+    for img in ("train_batch0.jpg", "val_batch0_pred.jpg", "confusion_matrix.png"):
+        assert f'src="{good}/files/{img}"' in page
+        assert (site / f"run/{good}/files/{img}").stat().st_size > 0
+    assert f"slurm-yolo runs fetch {good} --to ./{good}" in page and f"slurm-yolo reproduce {good}" in page
+    assert "weights/best.pt" in page and f"{lines['good']['archive_url']}weights/best.pt" in page
+    assert not (site / f"run/{good}/files/weights/best.pt").exists()  # weights are linked, never copied
+    oom = (site / f"run/{lines['oom']['run_id']}.html").read_text()
+    assert "USR2" in oom and "OUT_OF_MEMORY" in oom and "TIMEOUT" in oom and 'class="attempt state-TIMEOUT"' in oom
+    assert not (site / f"run/{lines['foreign']['run_id']}.html").exists()
+    rows = json.loads((site / "data/runs.js").read_text().removeprefix("window.PORTAL_RUNS = ").rstrip(";\n"))
+    assert {r["run_id"]: r["link"] for r in rows}[lines["foreign"]["run_id"]] is False
+    home = (site / "index.html").read_text()
+    assert f'href="run/{good}.html"' in home  # best run of project pcb
+
+
+def test_hostile_values_are_escaped_everywhere(cat, seeded, tmp_path):
+    _, lines = seeded
+    build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    for path in tmp_path.rglob("*"):
+        if path.suffix in (".html", ".js") and "static" not in path.parts:
+            text = path.read_text()
+            assert "<script>window" not in text and "<img src=x" not in text, path
+    page = (tmp_path / f"run/{lines['hostile']['run_id']}.html").read_text()
+    assert "&lt;/script&gt;&lt;script&gt;window.__pwned=1" in page
+
+
+def test_rebuild_is_incremental(cat, seeded, tmp_path):
+    client, lines = seeded
+    first = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    assert first.rebuilt == 4
+    again = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    assert again.rebuilt == 0 and again.removed == 0
+    # the epilog updates one run (a requeued attempt ended), prune deletes another
+    lines["oom"]["attempts"] = 3
+    del lines["empty"]
+    update_line(client, cat, lines)
+    third = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    assert third.rebuilt == 1 and third.removed == 1
+    assert not (tmp_path / "run/20261121_080000_empty005.html").exists()
+    forced = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat), force=True)
+    assert forced.rebuilt == 3
+
+
+def test_publish_uploads_only_what_changed(cat, seeded, tmp_path):
+    client, lines = seeded
+    build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    url = build.default_publish_url(cat)
+    uploaded, deleted = build.publish(cat, tmp_path, url)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=cat.bucket, Prefix="portal/")["Contents"]}
+    assert uploaded == len(keys) and deleted == 0 and "portal/index.html" in keys
+    assert "portal/.portal-state.json" not in keys
+    head = client.head_object(Bucket=cat.bucket, Key="portal/index.html")
+    assert head["ContentType"].startswith("text/html")
+    assert client.head_object(Bucket=cat.bucket, Key="portal/static/portal.js")["ContentType"].startswith("text/javascript")
+    build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    again = build.publish(cat, tmp_path, url)
+    assert again[1] == 0 and again[0] <= 3  # at most the cross-run pages, whose "built at" minute may change
+    empty = [k for k in keys if "20261121_080000_empty005" in k]
+    del lines["empty"]
+    update_line(client, cat, lines)
+    build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    uploaded, deleted = build.publish(cat, tmp_path, url)
+    assert deleted == len(empty) == 4 and uploaded >= 2  # the run's page, data.js, 2 files went; runs.js changed
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=cat.bucket, Prefix="portal/")["Contents"]}
+    assert not [k for k in keys if "20261121_080000_empty005" in k]
+    with pytest.raises(Exception, match="apart from the index"):
+        build.publish(cat, tmp_path, cat.index_url)
+
+
+def test_cli_build_and_publish(cat, seeded, tmp_path, monkeypatch, store, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", store.endpoint_url)
+    for k, v in store.keys:
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SLURM_YOLO_INDEX", cat.index_url)
+    out = tmp_path / "site"
+    rc = main(["report", "build", "--out", str(out), "--publish", "--allowed-prefix", allowed(cat), "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert rc == 0 and got["runs"] == 5 and got["published"] > 10 and got["publish_url"].endswith("/portal/")
+
+
+# --------------------------------------------------------------------------- pure parts
+
+@pytest.mark.parametrize("value", ["</script><script>alert(1)</script>", "<!--", "a&b", "\u2028", {"k": "</SCRIPT>"}])
+def test_script_json_cannot_close_a_script(value):
+    text = pages.script_json(value)
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == value
+
+
+def test_script_json_turns_nan_into_null():
+    assert pages.script_json({"x": float("nan"), "y": [float("inf")]}) == '{"x": null, "y": [null]}'
+
+
+@pytest.mark.parametrize("rel, ok", [("weights/best.pt", True), ("../x", False), ("/etc/passwd", False),
+                                     ("a//b", False), ("a\\b", False), ("x\n.png", False), (".", False),
+                                     ('"><img>.png', True)])
+def test_safe_rel(rel, ok):
+    assert (pages.safe_rel(rel) is not None) is ok
+
+
+def test_linkable_follows_the_users_prefix():
+    line = {"run_id": "r1", "user": "ana", "archive_url": "s3://b/runs/ana/detect/p/m/r1/"}
+    assert pages.linkable(line, "s3://b/runs/{user}/") is None
+    assert "outside" in pages.linkable({**line, "user": "bo"}, "s3://b/runs/{user}/")
+    assert pages.linkable({**line, "archive_url": "s3://b/runs/ana/../bo/r1/"}, None)
+    assert pages.linkable({**line, "run_id": "../r1"}, None)
+    assert pages.linkable({**line, "archive_url": "s3://b/"}, None)
+
+
+def test_results_csv_as_ultralytics_writes_it():
+    text = ("                  epoch,         train/box_loss,   metrics/mAP50(B),metrics/mAP50-95(B),lr/pg0\n"
+            "                      1,                 3.1,            0.01,             0.002,  0.07\n"
+            "                      2,                 2.5,            0.2,              nan,    0.05\n"
+            "                      3,                 2.4,            0.3")  # torn last line
+    cols = pages.parse_results_csv(text)
+    assert cols["epoch"] == [1, 2, 3] and cols["metrics/mAP50-95(B)"] == [0.002, None, None]
+    groups = dict(pages.curve_groups(cols))
+    assert groups["mAP"]["metrics/mAP50(B)"] == [(1, 0.01), (2, 0.2), (3, 0.3)]
+    assert set(groups) == {"mAP", "train losses", "learning rate"}
+    assert pages.map_curve(cols)["metrics/mAP50-95(B)"] == [[1, 0.002]]
+
+
+def test_line_chart_escapes_labels():
+    svg = str(pages.line_chart("<b>", {HOSTILE: [(1, 0.1), (2, 0.2)]}))
+    assert "<script>" not in svg and "&lt;b&gt;" in svg and svg.count("<circle") == 2
+
+
+def test_serve_hides_the_build_state_and_refuses_an_unbuilt_folder(tmp_path):
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from slurm_yolo.errors import ConfigError
+    from slurm_yolo.report.serve import make_server
+
+    with pytest.raises(ConfigError, match="report build"):
+        make_server(tmp_path)
+    (tmp_path / "index.html").write_text("<!doctype html><title>x</title>")
+    (tmp_path / build.STATE_FILE).write_text("{}")
+    server = make_server(tmp_path, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        with urllib.request.urlopen(base + "index.html", timeout=5) as r:
+            assert r.status == 200 and server.server_address[0] == "127.0.0.1"
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(base + build.STATE_FILE, timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()

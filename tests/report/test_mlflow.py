@@ -1,0 +1,129 @@
+"""`slurm-yolo mlflow sync` against a real `mlflow server` (SQLite backend, loopback), read
+back with MLflow's own client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from report_seed import allowed, seed, update_line
+from slurm_yolo.catalog.index import Catalog
+from slurm_yolo.cli import main
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` on a free loopback port with a SQLite backend, for the module."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    log = open(folder / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--default-artifact-root", str(folder / "artifacts"),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def cat(moto_server):
+    """A catalog on a fresh moto bucket: what is under test is the MLflow side, so one S3 server
+    is enough (test_build.py runs on both); an MLflow server start costs ~20 s."""
+    store = moto_server.store()
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    store.boto3_client().create_bucket(Bucket=bucket)
+    return Catalog(store, f"s3://{bucket}/index/")
+
+
+def test_sync_registers_every_run_once(mlflow_server, cat, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    store = cat.store
+    client = store.boto3_client()
+    lines = seed(client, cat)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", store.endpoint_url)
+    for k, v in store.keys:
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SLURM_YOLO_INDEX", cat.index_url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    prefix = f"{cat.bucket}-"
+    argv = ["mlflow", "sync", "--json", "--experiment-prefix", prefix, "--allowed-prefix", allowed(cat)]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["created"] == 4 and first["errors"] == {} and list(first["skipped"]) == [lines["foreign"]["run_id"]]
+
+    ml = MlflowClient(tracking_uri=mlflow_server)
+    exp = ml.get_experiment_by_name(prefix + "pcb")
+    runs = {r.data.tags["slurm_yolo.run_id"]: r for r in ml.search_runs([exp.experiment_id])}
+    assert set(runs) == {lines["good"]["run_id"], lines["oom"]["run_id"]}
+    oom = runs[lines["oom"]["run_id"]]
+    assert oom.info.status == "FAILED" and oom.data.tags["slurm_yolo.end_state"] == "OUT_OF_MEMORY"
+    assert oom.data.tags["slurm_yolo.user"] == "ana" and oom.data.tags["slurm_yolo.slurm_job_id"] == "42"
+    assert oom.data.tags["slurm_yolo.sweep_id"] == "sw1"
+    assert oom.data.tags["slurm_yolo.artifact_uri"] == lines["oom"]["archive_url"]
+    assert oom.data.params["lr0"] == "0.001" and "save_dir" not in oom.data.params
+    history = ml.get_metric_history(oom.info.run_id, "metrics/mAP50-95_B")
+    assert [(m.step, m.value) for m in history] == [(1, 0.02), (2, 0.1), (3, 0.3)]
+    # Nothing uploaded: the store holds only what the seed wrote, and MLflow's run lives under the archive prefix.
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=cat.bucket)["Contents"]]
+    assert not [k for k in keys if oom.info.run_id in k or "mlflow" in k]
+    assert oom.info.artifact_uri.startswith(lines["oom"]["archive_url"].rsplit("/", 2)[0] + "/")
+
+    # again: nothing changes; then one run gets a new epoch (requeued and finished)
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["unchanged"] == 4
+    from catalog_seed import results_csv
+
+    base = lines["oom"]["archive_url"].split("/", 3)[3]
+    client.put_object(Bucket=cat.bucket, Key=base + "results.csv", Body=results_csv([0.02, 0.1, 0.3, 0.45]))
+    lines["oom"].update(end_state="COMPLETED", attempts=3, map50_95=0.45)
+    update_line(client, cat, lines)
+    assert main(argv) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert third["updated"] == 1 and third["created"] == 0 and third["unchanged"] == 3
+    again = ml.get_run(oom.info.run_id)
+    assert again.info.status == "FINISHED" and again.data.tags["slurm_yolo.end_state"] == "COMPLETED"
+    history = ml.get_metric_history(oom.info.run_id, "metrics/mAP50-95_B")
+    assert [(m.step, m.value) for m in history] == [(1, 0.02), (2, 0.1), (3, 0.3), (4, 0.45)]  # no duplicates
+    assert len(ml.search_runs([exp.experiment_id])) == 2
+
+
+def test_sync_without_a_server_says_how(monkeypatch, capsys):
+    monkeypatch.setenv("SLURM_YOLO_INDEX", "s3://nowhere/index/")
+    assert main(["mlflow", "sync"]) == 2
+    assert "MLFLOW_TRACKING_URI" in capsys.readouterr().err
