@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from slurm_yolo.archive import s5cmd  # noqa: E402
 from slurm_yolo.archive.store import Store  # noqa: E402
 from slurm_yolo.epilog import archiver  # noqa: E402
-from slurm_yolo.epilog.site import SiteConfig  # noqa: E402
+from slurm_yolo.site import SiteConfig  # noqa: E402
 from slurm_yolo.names import MARKER_PREFIX  # noqa: E402
 
 BUCKET = "bench-archive"

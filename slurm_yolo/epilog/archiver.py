@@ -28,7 +28,7 @@ from slurm_yolo.commands import run_command
 from slurm_yolo.epilog import claim as claims
 from slurm_yolo.epilog import endstate, snapshot, spool, writeback
 from slurm_yolo.epilog.entry import EntryInfo
-from slurm_yolo.epilog.site import SiteConfig
+from slurm_yolo.site import SiteConfig
 from slurm_yolo.errors import CommandError, Refused
 from slurm_yolo.names import MARKER_PREFIX, NAME_RE
 from slurm_yolo.record import read_metrics, utc_now

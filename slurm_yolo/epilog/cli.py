@@ -41,7 +41,7 @@ def add_commands(sub) -> None:
 def _site(args):
     import os
 
-    from slurm_yolo.epilog.site import load_site_config, site_config_path
+    from slurm_yolo.site import load_site_config, site_config_path
     from slurm_yolo.errors import SiteConfigError
 
     if os.geteuid() != 0:

@@ -84,7 +84,7 @@ def _controller_sees_dead_node(env: Mapping[str, str], site, deadline: float) ->
 
 def run(env: Mapping[str, str]) -> int:
     """The epilog proper (after the no-op test). Always returns 0."""
-    from slurm_yolo.epilog.site import load_site_config, site_config_path
+    from slurm_yolo.site import load_site_config, site_config_path
     from slurm_yolo.errors import SlurmYoloError
     from slurm_yolo.epilog.snapshot import Refused
 

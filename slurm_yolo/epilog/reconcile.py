@@ -28,7 +28,7 @@ from slurm_yolo.commands import run_command
 from slurm_yolo.epilog import claim as claims
 from slurm_yolo.epilog import spool
 from slurm_yolo.epilog.archiver import Job, archive_job, resolve_run, scontrol_fields
-from slurm_yolo.epilog.site import SiteConfig
+from slurm_yolo.site import SiteConfig
 from slurm_yolo.errors import CommandError, Refused
 from slurm_yolo.names import MARKER_PREFIX
 from slurm_yolo.states import SLURM_ENDED

@@ -42,7 +42,7 @@ from slurm_yolo.archive.store import join_url
 from slurm_yolo.epilog import claim as claims
 from slurm_yolo.epilog import snapshot
 from slurm_yolo.epilog.entry import ENTRY_JSON, EntryInfo
-from slurm_yolo.epilog.site import SiteConfig
+from slurm_yolo.site import SiteConfig
 from slurm_yolo.errors import Refused, StoreError
 from slurm_yolo.record import utc_now, write_json_atomic
 from slurm_yolo.timeparse import parse_time

@@ -22,10 +22,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from slurm_yolo import record as rec
 from slurm_yolo.config import Config, load_config
-from slurm_yolo.errors import ConfigError, SubmitError
+from slurm_yolo.errors import ConfigError, SiteConfigError, SubmitError
 from slurm_yolo.launcher.provenance import code_version, dataset_identity
 from slurm_yolo.launcher.slurm_params import batch_script, make_marker, slurm_parameters
 from slurm_yolo.names import new_run_id, new_sweep_id, validate_name
+from slurm_yolo.site import read_site_config, site_config_path
 
 EXECUTORS = ("slurm", "local")
 SWEEPS_DIR = "_sweeps"
@@ -107,14 +108,11 @@ def check_destination(config: Config, user: str, site_path: str | None = None) -
     checking here turns a surprise into a clear error. Skipped when the site config is not
     readable from this machine (e.g. a laptop).
     """
-    from slurm_yolo.epilog.site import load_site_config, site_config_path
-    from slurm_yolo.errors import SiteConfigError
-
     path = site_path or site_config_path()
     if not os.access(path, os.R_OK):
         return
     try:
-        site = load_site_config(path, check_owner=False)
+        site = read_site_config(path)
     except SiteConfigError:
         return  # the admin's problem; the epilog logs it
     url = config.archive["url"].replace("{user}", user).rstrip("/") + "/"

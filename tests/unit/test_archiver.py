@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from slurm_yolo.epilog import archiver, snapshot, spool
-from slurm_yolo.epilog.site import SiteConfig
+from slurm_yolo.site import SiteConfig
 from slurm_yolo.names import MARKER_PREFIX
 
 RUN_ID = "20261123_070000_abcdefgh"

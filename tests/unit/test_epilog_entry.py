@@ -12,7 +12,7 @@ import pytest
 
 from slurm_yolo.epilog import main as epilog
 from slurm_yolo.epilog.check import main as check_main
-from slurm_yolo.epilog.site import load_site_config
+from slurm_yolo.site import load_site_config
 from slurm_yolo.errors import SiteConfigError
 
 REPO = Path(__file__).resolve().parents[2]

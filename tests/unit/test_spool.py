@@ -13,7 +13,7 @@ from pathlib import Path
 from slurm_yolo.archive.store import Store
 from slurm_yolo.epilog import spool
 from slurm_yolo.epilog.entry import EntryInfo
-from slurm_yolo.epilog.site import SiteConfig
+from slurm_yolo.site import SiteConfig
 
 
 def site_for(store: Store, bucket: str, tmp_path: Path) -> SiteConfig:
