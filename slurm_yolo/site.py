@@ -73,9 +73,6 @@ class SiteConfig:
         if not self.claim_dir:
             object.__setattr__(self, "claim_dir", os.path.join(self.spool_dir, ".claims"))
 
-    def prefix_for(self, user: str) -> str:
-        """The allowed destination prefix for a user, ending in ``/``."""
-        return self.allowed_prefix.replace("{user}", user).rstrip("/") + "/"
 
 
 def site_config_path(env: dict[str, str] | None = None) -> str:

@@ -15,6 +15,7 @@ compacts them into ``INDEX.jsonl`` with conditional writes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 MANIFEST = "MANIFEST.json"
@@ -22,6 +23,50 @@ INDEX_JSONL = "INDEX.jsonl"
 INDEX_RUNS = "runs/"
 # Training arguments worth having in the index without opening run.json.
 KEY_HPARAMS = ("model", "epochs", "imgsz", "batch", "lr0", "lrf", "optimizer", "momentum", "weight_decay", "seed")
+
+
+def user_prefix(template: str, user: str) -> str:
+    """A prefix with ``{user}`` filled in, ending in exactly one ``/`` (``s3://b/runs/alice/``)."""
+    return template.replace("{user}", user).rstrip("/") + "/"
+
+
+def is_under(url: str, prefix: str) -> bool:
+    """Whether ``url`` lies under ``prefix`` with no ``..``/``.`` step or control character that
+    could make it land elsewhere (user-writable values are checked with this before use)."""
+    return url.startswith(prefix) and "/../" not in url and "/./" not in url and not url.endswith("/..") \
+        and not any(ord(c) < 32 or ord(c) == 127 for c in url)
+
+
+@dataclass(frozen=True)
+class RunLocation:
+    """Where one run lives in the store: ``<prefix><task>/<project>/<model_name>/<run_id>/``.
+
+    The one place that lays a run out; the launcher, the epilog, the catalog and the portal
+    all build run URLs through it. The names are validated where they come from
+    (:mod:`slurm_yolo.names`): nothing here can contain ``/``.
+    """
+
+    prefix: str
+    task: str
+    project: str
+    model_name: str
+    run_id: str
+
+    @classmethod
+    def of(cls, prefix: str, names: Mapping[str, Any], run_id: str | None = None) -> RunLocation:
+        """From a ``run:`` config section or a run record (``task``, ``project``, ``model_name``)."""
+        return cls(prefix.rstrip("/") + "/", str(names["task"]), str(names["project"]), str(names["model_name"]),
+                   str(run_id if run_id is not None else names["run_id"]))
+
+    @property
+    def tail(self) -> str:
+        """The run's path below any prefix, ending in ``/``."""
+        return f"{self.task}/{self.project}/{self.model_name}/{self.run_id}/"
+
+    @property
+    def url(self) -> str:
+        """``s3://…/<task>/<project>/<model_name>/<run_id>/``."""
+        return self.prefix + self.tail
 
 
 def index_key(run_id: str) -> str:

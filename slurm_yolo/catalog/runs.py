@@ -304,7 +304,7 @@ def reproduce(
         ConfigError: an override is invalid or the dataset no longer exists.
     """
     from slurm_yolo.config import resolve_config
-    from slurm_yolo.launcher import provenance
+    from slurm_yolo import provenance
 
     record = run_record(cat, run_id)
     if not isinstance(record.get("config"), dict):

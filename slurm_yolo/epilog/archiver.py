@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from slurm_yolo.archive.layout import index_record
+from slurm_yolo.archive.layout import RunLocation, index_record, is_under, user_prefix
 from slurm_yolo.commands import run_command
 from slurm_yolo.epilog import claim as claims
 from slurm_yolo.epilog import endstate, snapshot, spool, writeback
@@ -212,13 +212,12 @@ def resolve_run(job: Job, site: SiteConfig, deadline: float) -> Run:
 def destination(record: Mapping[str, Any], site: SiteConfig, user: str) -> tuple[str, str]:
     """Where the run goes: the record's ``archive_url`` if it lies under the user's allowed
     prefix and ends with the run's own path, else the allowed prefix + the run's path."""
-    tail = f"{record['task']}/{record['project']}/{record['model_name']}/{record['run_id']}/"
-    prefix = site.prefix_for(user)
+    prefix = user_prefix(site.allowed_prefix, user)
+    place = RunLocation.of(prefix, record)
     wanted = record.get("archive_url")
-    if isinstance(wanted, str) and wanted.startswith(prefix) and wanted.endswith("/" + tail) \
-            and "/../" not in wanted and "/./" not in wanted and not any(ord(c) < 32 for c in wanted):
+    if isinstance(wanted, str) and is_under(wanted, prefix) and wanted.endswith("/" + place.tail):
         return wanted, ""
-    return prefix + tail, f"archive_url {wanted!r} is outside {prefix}; archived under it instead"
+    return place.url, f"archive_url {wanted!r} is outside {prefix}; archived under it instead"
 
 
 def _evidence(job: Job, run: Run, site: SiteConfig, files: Path, deadline: float,

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from slurm_yolo import record as rec
+from slurm_yolo.archive.layout import RunLocation, is_under, user_prefix
 from slurm_yolo.config import Config, load_config
 from slurm_yolo.errors import ConfigError, SiteConfigError, SubmitError
-from slurm_yolo.launcher.provenance import code_version, dataset_identity
+from slurm_yolo.provenance import code_version, dataset_identity
 from slurm_yolo.launcher.slurm_params import batch_script, make_marker, slurm_parameters
 from slurm_yolo.names import new_run_id, new_sweep_id, validate_name
 from slurm_yolo.site import read_site_config, site_config_path
@@ -61,9 +62,7 @@ class RunHandle:
 
 def archive_url_for(config: Config, run_id: str, user: str) -> str:
     """``<archive.url with {user}>/<task>/<project>/<model_name>/<run_id>/``."""
-    base = config.archive["url"].replace("{user}", user).rstrip("/")
-    r = config.run
-    return f"{base}/{r['task']}/{r['project']}/{r['model_name']}/{run_id}/"
+    return RunLocation.of(user_prefix(config.archive["url"], user), config.run, run_id).url
 
 
 def new_record(
@@ -115,9 +114,9 @@ def check_destination(config: Config, user: str, site_path: str | None = None) -
         site = read_site_config(path)
     except SiteConfigError:
         return  # the admin's problem; the epilog logs it
-    url = config.archive["url"].replace("{user}", user).rstrip("/") + "/"
-    prefix = site.prefix_for(user)
-    if not url.startswith(prefix):
+    url = user_prefix(config.archive["url"], user)
+    prefix = user_prefix(site.allowed_prefix, user)
+    if not is_under(url, prefix):
         raise ConfigError(f"archive.url={config.archive['url']!r} is outside this site's allowed prefix {prefix} "
                           f"(from {path}); set archive.url under it, e.g. {site.allowed_prefix}yolo")
 

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 from slurm_yolo.archive.store import split_url
 from slurm_yolo.catalog.index import Catalog, get_object, load_records
-from slurm_yolo.catalog.query import parse_time
+from slurm_yolo.timeparse import parse_time
 from slurm_yolo.catalog.runs import ARGS_YAML, PER_RUN_ARGS, RESULTS_CSV
 from slurm_yolo.errors import ConfigError, SlurmYoloError
 from slurm_yolo.report import pages

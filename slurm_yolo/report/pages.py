@@ -22,7 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from markupsafe import Markup, escape
 
-from slurm_yolo.catalog.query import parse_time
+from slurm_yolo.archive.layout import is_under, user_prefix
+from slurm_yolo.timeparse import parse_time
 from slurm_yolo.names import NAME_RE
 
 # Index-line fields shown in (and filterable from) the runs table, in column order.
@@ -89,8 +90,8 @@ def linkable(line: Mapping[str, Any], allowed_prefix: str | None) -> str | None:
     if allowed_prefix:
         if not isinstance(user, str) or not NAME_RE.fullmatch(user):
             return "user is not a safe name"
-        prefix = allowed_prefix.replace("{user}", user).rstrip("/") + "/"
-        if not url.startswith(prefix):
+        prefix = user_prefix(allowed_prefix, user)
+        if not is_under(url, prefix):
             return f"archive_url is outside {prefix}"
     return None
 

@@ -114,6 +114,7 @@ def test_reproduce_submits_the_original_config_plus_overrides(archived, cli_env)
     expected = copy.deepcopy(archived[RUN_A][0]["config"])
     expected["train"]["epochs"] = 5
     expected["slurm"]["mem"] = "8G"
+    expected["slurm"].setdefault("nodes", 1)  # a key added since the run was archived: its default
     assert config.to_dict() == expected == result.config
     assert kw == {"executor": "local", "reproduces": RUN_A}
     assert result.handle == {"run_id": "20261122_000000_newrun"}
@@ -162,7 +163,7 @@ def test_reproduce_uses_the_archived_commit_when_the_repo_has_it(tmp_path):
     archived version, from a worktree of the archived commit, and records that commit."""
     import subprocess
 
-    from slurm_yolo.launcher.provenance import code_version
+    from slurm_yolo.provenance import code_version
 
     repo = tmp_path / "repo"
     repo.mkdir()

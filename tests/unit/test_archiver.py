@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from slurm_yolo.archive.layout import user_prefix
 from slurm_yolo.epilog import archiver, snapshot, spool
 from slurm_yolo.site import SiteConfig
 from slurm_yolo.names import MARKER_PREFIX
@@ -87,7 +88,7 @@ def test_damaged_record_still_archives_the_folder(store, bucket, tmp_path, conte
     result = archive(env_for(run), site)
     assert result.shipped and result.claimed, result
     assert result.damaged.startswith(reason)
-    prefix = site.prefix_for(pwd.getpwuid(os.getuid()).pw_name)
+    prefix = user_prefix(site.allowed_prefix, pwd.getpwuid(os.getuid()).pw_name)
     assert result.dest == f"{prefix}unknown/unknown/unknown/{RUN_ID}/"
     record, manifest, files = read_back(store, result.dest)
     assert record["record_damaged"].startswith(reason) and record["run_id"] == RUN_ID
@@ -179,7 +180,7 @@ def test_large_files_stay_in_the_run_folder_until_they_land(store, bucket, tmp_p
     assert json.loads((entry / spool.DIRECT_JSON).read_text())["weights/best.pt"]["size"] == len(big)
     [shipped] = spool.drain(site)
     assert shipped.ok, shipped.detail
-    _, manifest, files = read_back(store, f"{site.prefix_for(pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
+    _, manifest, files = read_back(store, f"{user_prefix(site.allowed_prefix, pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
     assert files["weights/best.pt"] == big and manifest["files"]["weights/best.pt"]["size"] == len(big)
 
 
@@ -190,7 +191,7 @@ def test_a_large_file_changed_before_upload_is_hashed_again(store, bucket, tmp_p
     newer = os.urandom(snapshot.DIRECT_MIN_BYTES + 7)
     (run / "weights" / "best.pt").write_bytes(newer)  # e.g. the next attempt rewrote it meanwhile
     assert [r.ok for r in spool.drain(site)] == [True]
-    _, manifest, files = read_back(store, f"{site.prefix_for(pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
+    _, manifest, files = read_back(store, f"{user_prefix(site.allowed_prefix, pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
     assert files["weights/best.pt"] == newer  # read_back checked its sha256 against the manifest
 
 
@@ -203,7 +204,7 @@ def test_a_large_file_swapped_for_a_link_is_not_followed(store, bucket, tmp_path
     (run / "weights" / "best.pt").unlink()
     (run / "weights" / "best.pt").symlink_to(secret)
     assert [r.ok for r in spool.drain(site)] == [True]  # the rest of the run still arrives
-    record, manifest, files = read_back(store, f"{site.prefix_for(pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
+    record, manifest, files = read_back(store, f"{user_prefix(site.allowed_prefix, pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
     assert "weights/best.pt" not in manifest["files"] and "weights/last.pt" in files
     assert any(s.startswith("weights/best.pt: not uploaded") for s in record["epilog"]["skipped"])
     assert all(b"root's secret" not in body for body in files.values())
