@@ -16,9 +16,10 @@ __version__ = "0.1.0"
 
 def sweep(config, grid=None, **kwargs):
     """Submit a sweep as one Slurm job array; see :func:`slurm_yolo.launcher.submit.sweep`."""
+    from slurm_yolo.job.train import TrainJob
     from slurm_yolo.launcher.submit import sweep as _sweep
 
-    return _sweep(config, grid, **kwargs)
+    return _sweep(config, grid, **{"job": TrainJob(), **kwargs})
 
 
 def submit(config, overrides=(), **kwargs):
@@ -27,6 +28,7 @@ def submit(config, overrides=(), **kwargs):
     See :func:`slurm_yolo.launcher.submit.submit` for the keyword arguments.
     """
     from slurm_yolo.config import load_config
+    from slurm_yolo.job.train import TrainJob
     from slurm_yolo.launcher.submit import submit as _submit
 
-    return _submit(load_config(config, list(overrides)), **kwargs)
+    return _submit(load_config(config, list(overrides)), **{"job": TrainJob(), **kwargs})

@@ -94,6 +94,14 @@ def emit_json(obj: Any) -> None:
     print(json.dumps(obj, indent=None, sort_keys=True, default=str))
 
 
+def training_job():
+    """The job the launcher submits: the CLI (the top layer) joins the launcher and the job.
+    Imported here, when a run is submitted: it never imports torch on the login node."""
+    from slurm_yolo.job.train import TrainJob
+
+    return TrainJob()
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from slurm_yolo.config import load_config
     from slurm_yolo.launcher import submit as launcher
@@ -102,7 +110,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         result = launcher.dry_run(config, run_id=args.run_id)
         return _show_dry_run(result, args.json, f"would create {result['run_dir']}")
-    handle = launcher.submit(config, run_id=args.run_id, executor=args.executor)
+    handle = launcher.submit(config, job=training_job(), run_id=args.run_id, executor=args.executor)
     if not args.json:
         print(f"run       {handle.run_id}\njob       {handle.job_id} ({handle.executor})\n"
               f"folder    {handle.run_dir}\narchive   {handle.archive_url}", flush=True)
@@ -162,7 +170,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         result = launcher.dry_run(load_config(args.config, args.overrides), array_size=len(combos))
         result["elements"] = combos
         return _show_dry_run(result, args.json, f"{len(combos)} runs in one array")
-    handles = launcher.sweep(args.config, grid, base_overrides=args.overrides, executor=args.executor)
+    handles = launcher.sweep(args.config, grid, base_overrides=args.overrides, executor=args.executor,
+                             job=training_job())
     if args.json:
         emit_json({"sweep_id": handles[0].sweep_id, "runs": [h.to_dict() for h in handles]})
     else:

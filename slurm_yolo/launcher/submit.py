@@ -210,12 +210,15 @@ def make_executor(kind: str, folder: Path, config: Config, params: Mapping[str, 
 
 
 def submit(
-    config: Config, *, run_id: str | None = None, executor: str = "slurm", reproduces: str | None = None,
+    config: Config, *, job: Callable[[str], Any], run_id: str | None = None, executor: str = "slurm",
+    reproduces: str | None = None,
 ) -> RunHandle:
     """Create a run folder and submit one training job.
 
     Args:
         config: a validated config (:func:`~slurm_yolo.config.load_config`).
+        job: what runs on the node, called with the run folder (``slurm_yolo.job.train.TrainJob()``;
+            the caller passes it, so the launcher never depends on the job's code).
         run_id: bring your own run ID (validated); default: a new time-sortable one.
         executor: ``slurm`` (sbatch through submitit) or ``local`` (no Slurm, this machine).
         reproduces: the run ID this run reproduces, recorded in ``run.json``.
@@ -224,8 +227,6 @@ def submit(
         ConfigError: invalid run ID or run folder already exists.
         SubmitError: Slurm refused the job; the run folder has been removed again.
     """
-    from slurm_yolo.job.train import TrainJob
-
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     check_executor_fits(config, executor)
@@ -239,7 +240,7 @@ def submit(
     try:
         params = slurm_parameters(config, job_name=f"yolo-{run_id}", marker=make_marker(str(run_dir)))
         ex = make_executor(executor, run_dir / "slurm", config, params)
-        job = ex.submit(TrainJob(), str(run_dir))
+        submitted = ex.submit(job, str(run_dir))
     except BaseException as e:
         shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(e, (SubmitError, ConfigError)):
@@ -247,9 +248,9 @@ def submit(
         if isinstance(e, KeyboardInterrupt):
             raise
         raise SubmitError(f"submission of {run_id} failed: {_one_line(e)}; nothing was submitted") from e
-    rec.update_record(run_dir, lambda r: r["slurm"].update(job_id=str(job.job_id), executor=executor))
+    rec.update_record(run_dir, lambda r: r["slurm"].update(job_id=str(submitted.job_id), executor=executor))
     record = rec.read_record(run_dir)
-    return RunHandle(run_id, str(job.job_id), str(run_dir), record["archive_url"], executor)
+    return RunHandle(run_id, str(submitted.job_id), str(run_dir), record["archive_url"], executor)
 
 
 def dry_run(config: Config, *, run_id: str | None = None, array_size: int | None = None) -> dict[str, Any]:
@@ -288,6 +289,7 @@ def sweep(
     overrides: Sequence[Mapping[str, Any] | Sequence[str]] | None = None,
     base_overrides: Sequence[str] = (),
     executor: str = "slurm",
+    job: Callable[[str], Any],
 ) -> list[RunHandle]:
     """Submit a sweep as ONE Slurm job array; each element is its own run with its own ID.
 
@@ -298,6 +300,7 @@ def sweep(
             (``[{"train.lr0": 0.01}, ["train.lr0=0.001", "train.batch=8"]]``).
         base_overrides: ``--set`` strings applied to every element first.
         executor: ``slurm`` or ``local``.
+        job: what runs on the node for each element (see :func:`submit`).
 
     Returns:
         One :class:`RunHandle` per element, in array-index order, all with the same sweep ID.
@@ -307,8 +310,6 @@ def sweep(
             or the elements ask for different Slurm resources (one array has one shape).
         SubmitError: Slurm refused the array; every folder created has been removed again.
     """
-    from slurm_yolo.job.train import TrainJob
-
     if (grid is None) == (overrides is None):
         raise ConfigError("sweep: give exactly one of grid= or overrides=")
     elements = expand_grid(grid) if grid is not None else list(overrides)
@@ -335,7 +336,7 @@ def sweep(
         params = slurm_parameters(configs[0], job_name=f"yolo-{sweep_id}", marker=make_marker(str(sweep_dir)))
         ex = make_executor(executor, sweep_dir / "slurm", configs[0], params)
         with ex.batch():
-            jobs = [ex.submit(TrainJob(), str(d)) for d in created[1:]]
+            jobs = [ex.submit(job, str(d)) for d in created[1:]]
     except BaseException as e:
         for d in created:
             shutil.rmtree(d, ignore_errors=True)
