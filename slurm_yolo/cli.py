@@ -77,6 +77,8 @@ def _add_extension_commands(sub) -> None:
 
     epilog_cli.add_commands(sub)
     catalog_cli.add_commands(sub)
+    # The catalog finds the run, the launcher submits it: joined here, the layer above both.
+    sub.choices["reproduce"].set_defaults(submit=submit_training)
     report_cli.add_commands(sub)
 
 
@@ -100,6 +102,13 @@ def training_job():
     from slurm_yolo.job.train import TrainJob
 
     return TrainJob()
+
+
+def submit_training(config, **kwargs):
+    """The launcher's submit with the training job (what ``reproduce`` resubmits with)."""
+    from slurm_yolo.launcher.submit import submit
+
+    return submit(config, job=training_job(), **kwargs)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

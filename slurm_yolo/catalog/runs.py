@@ -296,7 +296,9 @@ def reproduce(
         overrides: ``key=value`` changes (``--set``), applied to the archived resolved config.
         executor: ``slurm`` or ``local``.
         dry_run: resolve and warn, submit nothing.
-        submit: the submit function (default :func:`slurm_yolo.launcher.submit.submit`; tests inject one).
+        submit: submits a config (``submit(config, executor=..., reproduces=...)`` → a handle with
+            ``to_dict()``): the CLI passes the launcher's, with the training job; tests their own.
+            The catalog (the read side) never imports the launcher.
         code_now: the current code version of a directory (default: ``provenance.code_version``).
 
     Raises:
@@ -322,6 +324,6 @@ def reproduce(
     if dry_run:
         return Reproduction(run_id, config.to_dict(), warnings)
     if submit is None:
-        from slurm_yolo.launcher.submit import submit
+        raise ConfigError("reproduce: nothing to submit with (the caller passes submit=)")
     handle = submit(config, executor=executor, reproduces=run_id)
     return Reproduction(run_id, config.to_dict(), warnings, handle.to_dict())
