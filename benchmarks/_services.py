@@ -1,10 +1,21 @@
-"""Helpers shared by the benchmarks: free loopback ports and waiting for a server to listen."""
+"""Helpers shared by the benchmarks: free loopback ports, waiting for a server to listen, and
+the loopback S3 servers (SeaweedFS, moto) that the benchmarks compare side by side."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from slurm_yolo.archive.store import Store  # noqa: E402
 
 
 def free_port() -> int:
@@ -25,3 +36,40 @@ def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{what} did not listen on {port} within 30 s")
+
+
+STORE_SH = Path(__file__).resolve().parents[1] / "scripts" / "store.sh"
+STORES = ("seaweedfs", "moto")
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A loopback S3 server started by ``scripts/store.sh`` (as for the tests and the dev cluster)."""
+
+    kind: str
+    endpoint: str
+    keys: tuple[tuple[str, str], ...]
+    pid: int
+
+    def store(self, **kw) -> Store:
+        """Store settings for this server; SeaweedFS commits conditional writes atomically, moto does not."""
+        return Store(endpoint_url=self.endpoint, keys=self.keys, atomic_conditional_writes=self.kind == "seaweedfs",
+                     **kw)
+
+
+@contextlib.contextmanager
+def s3_server(kind: str) -> Iterator[S3Server]:
+    """A fresh ``kind`` server (seaweedfs or moto) on a free loopback port, its state in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as folder:
+        out = subprocess.run(["bash", str(STORE_SH), "start", kind, folder, str(free_port())], capture_output=True,
+                             text=True, timeout=120,
+                             env={"PATH": "/usr/bin:/bin", "SLURM_YOLO_VENV": str(Path(sys.executable).parent.parent)})
+        try:
+            if out.returncode != 0:
+                raise RuntimeError(f"scripts/store.sh could not start {kind}: {out.stderr[-2000:]}")
+            env = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+            yield S3Server(kind, env["ENDPOINT"], (("AWS_ACCESS_KEY_ID", env["ACCESS_KEY"]),
+                                                   ("AWS_SECRET_ACCESS_KEY", env["SECRET_KEY"])),
+                           int(Path(folder, "server.pid").read_text()))
+        finally:
+            subprocess.run(["bash", str(STORE_SH), "stop", folder], capture_output=True, timeout=60)

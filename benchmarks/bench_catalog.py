@@ -1,15 +1,19 @@
 """Benchmark: ``runs list --where 'map50_95>0.85'`` over 10,000 runs in a loopback S3 store.
 
-Starts its own ``moto_server`` on a free port, seeds 10,000 per-run index records plus the
-compacted ``INDEX.jsonl`` (and 20 pending updates, as after a burst of finishing jobs), then
-times, end to end:
+On each store side by side (``--stores``; default SeaweedFS, a real S3 server, and moto, a
+mock), started fresh by ``scripts/store.sh`` on a free port: seeds 10,000 per-run index
+records plus the compacted ``INDEX.jsonl`` (and 20 pending updates, as after a burst of
+finishing jobs), then times, end to end:
 
 * ``slurm-yolo runs list --where 'map50_95>0.85' --json`` (the CLI entry point, new process
   state each time: parse argv, boto3 client, read INDEX.jsonl + pending, filter, print);
 * the same as a fresh ``python -m slurm_yolo.cli`` process (interpreter start and imports too);
-* the naive alternative: list ``runs/`` and GET every per-run record, then filter.
+* the naive alternative: list ``runs/`` and GET every per-run record, then filter;
+* 20 epilogs indexing a run each at the same moment (``add_to_index`` from 20 threads), and
+  how many ``pending/`` updates they leave: none where the store's conditional writes are
+  atomic (no grace period), 20 on moto (kept for ``PENDING_GRACE_S``).
 
-Run: ``python benchmarks/bench_catalog.py [--runs 10000] [--repeat 5]``.
+Run: ``python benchmarks/bench_catalog.py [--runs 10000] [--repeat 5] [--stores seaweedfs,moto]``.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ import io
 import json
 import os
 import random
-import shutil
+import platform
 import statistics
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,29 +36,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "catalog"))
 
-from catalog_seed import ACCESS, make_line  # noqa: E402
+from catalog_seed import make_line  # noqa: E402
 from slurm_yolo.archive import layout  # noqa: E402
-from slurm_yolo.archive.store import Store  # noqa: E402
 from slurm_yolo.catalog import index, query  # noqa: E402
 from slurm_yolo.catalog.index import Catalog  # noqa: E402
 from slurm_yolo.cli import main as cli_main  # noqa: E402
 
-from _services import free_port, wait_port  # noqa: E402 - benchmarks/ is on sys.path when run as a script
-
-
-@contextlib.contextmanager
-def moto_server():
-    port = free_port()
-    binary = Path(sys.executable).parent / "moto_server"
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([str(binary) if binary.exists() else shutil.which("moto_server"), "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_port(port, proc, "moto_server")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+from _services import STORES, s3_server  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 
 def seed(cat: Catalog, n: int) -> list[dict]:
@@ -98,29 +86,82 @@ def time_naive(cat: Catalog, where: str) -> tuple[float, int]:
     return time.perf_counter() - start, len(found)
 
 
+def time_writers(cat: Catalog, n: int = 20) -> tuple[float, int, int]:
+    """``n`` epilogs index a new run each at the same moment: (wall s, runs in INDEX.jsonl, pending left)."""
+    rng = random.Random(5)
+    lines = [make_line(100_000 + i, rng, bucket=cat.bucket) for i in range(n)]
+    start = threading.Barrier(n)
+
+    def writer(line: dict) -> None:
+        start.wait()
+        index.add_to_index(cat.store, cat.index_url, line)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(writer, lines))
+    seconds = time.perf_counter() - t0
+    client = cat.store.boto3_client()
+    listed = index.parse_jsonl(client.get_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL))["Body"].read())
+    pending = index.list_keys(client, cat.bucket, cat.key(index.PENDING))
+    return seconds, sum(1 for x in lines if x["run_id"] in listed), len(pending)
+
+
+def bench_store(kind: str, runs: int, repeat: int, where: str) -> dict:
+    """Every measurement on a fresh ``kind`` server."""
+    with s3_server(kind) as server:
+        cat = Catalog(server.store(), "s3://bench-catalog/index/")
+        os.environ.update({"AWS_ENDPOINT_URL": server.endpoint, "SLURM_YOLO_INDEX": cat.index_url,
+                           "SLURM_YOLO_SITE_CONFIG": "/nonexistent", **dict(server.keys)})
+        t0 = time.perf_counter()
+        lines = seed(cat, runs)
+        seed_s = time.perf_counter() - t0
+        print(f"{kind}: seeded {len(lines)} runs in {seed_s:.1f} s", file=sys.stderr)
+        expected = sum(1 for x in lines if x["map50_95"] is not None and x["map50_95"] > 0.85)
+        cli = [time_cli(where) for _ in range(repeat)]
+        process = [time_process(where) for _ in range(repeat)]
+        naive = [time_naive(cat, where) for _ in range(max(1, repeat // 2))]
+        # The 20 pending updates the seed left would be folded in by the writers: compact them first.
+        index.compact(cat, grace_s=0)
+        writers_s, indexed, pending_left = time_writers(cat)
+    assert all(n == expected for _, n in cli + process + naive), (kind, expected, cli, process, naive)
+    assert indexed == 20, (kind, indexed)
+    cli_s, naive_s = statistics.median(t for t, _ in cli), statistics.median(t for t, _ in naive)
+    return {"store": kind, "runs": runs, "matches": expected, "seed_s": round(seed_s, 1),
+            "runs_list_s": round(cli_s, 3), "runs_list_min_s": round(min(t for t, _ in cli), 3),
+            "new_process_s": round(statistics.median(t for t, _ in process), 3), "naive_s": round(naive_s, 3),
+            "ratio": round(naive_s / cli_s, 1), "writers_20_s": round(writers_s, 2), "pending_left": pending_left}
+
+
+def markdown(results: list[dict], load: tuple[float, float]) -> str:
+    rows = [("`runs list` in process (median)", "runs_list_s", " s"), ("fastest `runs list` in process", "runs_list_min_s", " s"),
+            ("`runs list` in a new `python -m slurm_yolo.cli` process (median)", "new_process_s", " s"),
+            ("naive: list `runs/` + GET every record (16 threads)", "naive_s", " s"),
+            ("ratio naive / `runs list`", "ratio", "×"),
+            ("20 epilogs' `add_to_index` at the same moment, wall", "writers_20_s", " s"),
+            ("`pending/` updates left after them", "pending_left", ""),
+            ("seeding the records (16 threads)", "seed_s", " s")]
+    head = "| | " + " | ".join(r["store"] for r in results) + " |"
+    out = [head, "|---|" + "---:|" * len(results)]
+    out += ["| " + label + " | " + " | ".join(f"{r[key]}{unit}"
+                                            for r in results) + " |" for label, key, unit in rows]
+    out.append("")
+    out.append(f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}; "
+               f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after. {results[0]['runs']} runs, "
+               f"{results[0]['matches']} matches.")
+    return "\n".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--stores", default=",".join(STORES), help="comma-separated: seaweedfs,moto (default both)")
     args = parser.parse_args()
-    where = "map50_95>0.85"
-    with moto_server() as endpoint:
-        cat = Catalog(Store(endpoint_url=endpoint, keys=ACCESS), "s3://bench-catalog/index/")
-        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "SLURM_YOLO_INDEX": cat.index_url,
-                           "SLURM_YOLO_SITE_CONFIG": "/nonexistent", **dict(ACCESS)})
-        t0 = time.perf_counter()
-        lines = seed(cat, args.runs)
-        print(f"seeded {len(lines)} runs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        expected = sum(1 for x in lines if x["map50_95"] is not None and x["map50_95"] > 0.85)
-        cli = [time_cli(where) for _ in range(args.repeat)]
-        process = [time_process(where) for _ in range(args.repeat)]
-        naive = [time_naive(cat, where) for _ in range(max(1, args.repeat // 2))]
-    assert all(n == expected for _, n in cli + process + naive), (expected, cli, process, naive)
-    cli_s, naive_s = statistics.median(t for t, _ in cli), statistics.median(t for t, _ in naive)
-    print(json.dumps({"runs": args.runs, "matches": expected, "runs_list_s": round(cli_s, 3),
-                      "runs_list_min_s": round(min(t for t, _ in cli), 3),
-                      "new_process_s": round(statistics.median(t for t, _ in process), 3), "naive_s": round(naive_s, 3),
-                      "ratio": round(naive_s / cli_s, 1)}))
+    load_before = os.getloadavg()[0]
+    results = [bench_store(kind, args.runs, args.repeat, "map50_95>0.85") for kind in args.stores.split(",")]
+    for r in results:
+        print(json.dumps(r))
+    print(markdown(results, (load_before, os.getloadavg()[0])))
     return 0
 
 

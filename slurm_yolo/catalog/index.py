@@ -12,8 +12,11 @@ cannot afford to find new records by listing ``runs/``. Each update is written o
 update), then folded into ``INDEX.jsonl`` by a compare-and-swap (``If-Match`` the ETag read,
 ``If-None-Match: *`` to create). A reader loads ``INDEX.jsonl`` plus whatever is still
 pending, so a run is visible as soon as its pending entry exists, even if compaction lost
-every race. Pending entries are deleted only after ``INDEX.jsonl`` was read back at the
-ETag we wrote: a record is never lost even on a store whose conditional writes race.
+every race. A record is never lost even on a store whose conditional writes race (moto's
+server): there, pending entries are deleted only once they are :data:`PENDING_GRACE_S` old
+and ``INDEX.jsonl`` was read back at the ETag we wrote. On a store whose conditional writes
+are atomic (AWS S3, SeaweedFS; ``Store.atomic_conditional_writes``) a won
+compare-and-swap is final, so the entries it folded in are deleted at once.
 """
 
 from __future__ import annotations
@@ -43,13 +46,19 @@ PENDING = "pending/"
 PENDING_STAMP = "%Y%m%dT%H%M%S.%fZ"  # pending keys sort by time within a run; parsed back for their age
 # Compare-and-swap attempts before giving up (the pending entry keeps the run visible).
 MAX_ATTEMPTS = 40
-# A pending update is deleted only once it is this old. Real S3 (and MinIO) make If-Match
-# atomic; a store that does not (moto's server checks, then writes) can let two writers
-# both win, the later one from a listing that missed a fresh update. Every compaction that
-# starts after an update is PENDING_GRACE_S old has listed it, so none can drop it any more.
+# On a store whose conditional writes are not atomic, a pending update is deleted only once
+# it is this old. Such a store (moto's server checks, then writes) can let two writers both
+# win, the later one from a listing that missed a fresh update. Every compaction that starts
+# after an update is PENDING_GRACE_S old has listed it, so none can drop it any more.
 # Generous against clock skew between nodes: it only costs a few extra small objects.
+# Atomic stores need no grace (see pending_grace_s).
 PENDING_GRACE_S = 300.0
+# Another writer got there first. If-Match on a key deleted since we read it: AWS (and moto)
+# answer 404 NoSuchKey, SeaweedFS 412; both mean "start over from what is there now".
 CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+GONE_CODES = {"NoSuchKey", "404"}
+# Reads of INDEX.jsonl + pending/ that a compaction interleaved with are retried this often.
+CONSISTENT_READ_TRIES = 3
 # boto3 error code → what the user should do about it.
 ERROR_HINTS = {
     "NoSuchBucket": "the bucket does not exist; check the URL (--index / SLURM_YOLO_INDEX)",
@@ -101,7 +110,12 @@ def locate(index_url: str | None = None, env: Mapping[str, str] | None = None) -
     split_url(url)  # validates
     site_store = site.get("store") if isinstance(site.get("store"), dict) else {}
     endpoint = env.get("S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or site_store.get("endpoint_url")
-    return Catalog(Store.from_env(env, endpoint_url=endpoint), url.rstrip("/") + "/")
+    # Whether the store's conditional writes are atomic is the admin's statement about the
+    # site's store; a user pointing elsewhere (another endpoint) gets the safe default.
+    atomic = site_store.get("atomic_conditional_writes") is True and (
+        endpoint == site_store.get("endpoint_url"))
+    return Catalog(Store.from_env(env, endpoint_url=endpoint, atomic_conditional_writes=atomic),
+                   url.rstrip("/") + "/")
 
 
 def _read_site(path: str) -> dict[str, Any]:
@@ -203,11 +217,22 @@ def merge(base: Mapping[str, dict], pending: Sequence[tuple[str, dict]]) -> dict
 
 
 def load_records(cat: Catalog, client=None) -> list[dict[str, Any]]:
-    """All index lines: ``INDEX.jsonl`` plus the updates not compacted into it yet."""
+    """All index lines: ``INDEX.jsonl`` plus the updates not compacted into it yet.
+
+    A compaction can commit a new ``INDEX.jsonl`` and delete the pending updates it folded in
+    between our read of the one and our listing of the other (at once on an atomic store):
+    then the ETag of ``INDEX.jsonl`` changed, and the read is repeated, so a run that was
+    visible does not vanish from a reader.
+    """
     client = client or cat.store.boto3_client()
-    got = get_object(client, cat.bucket, cat.key(layout.INDEX_JSONL))
+    key = cat.key(layout.INDEX_JSONL)
+    for _ in range(CONSISTENT_READ_TRIES):
+        got = get_object(client, cat.bucket, key)
+        pending = read_pending(cat, client)
+        if _etag_now(client, cat.bucket, key) == (got[1].strip('"') if got else None):
+            break
     base = parse_jsonl(got[0]) if got else {}
-    return list(merge(base, read_pending(cat, client)).values())
+    return list(merge(base, pending).values())
 
 
 def pending_key(cat: Catalog, run_id: str, now: datetime | None = None) -> str:
@@ -264,10 +289,17 @@ def add_to_index(store: Store, index_url: str, record: Mapping[str, Any], *, dea
     update_index(cat, merge, client=client, deadline=deadline)
 
 
-def compact(cat: Catalog, *, grace_s: float = PENDING_GRACE_S) -> int:
+def pending_grace_s(store: Store) -> float:
+    """How old a folded-in pending update must be before it is deleted: 0 on a store whose
+    conditional writes are atomic, else :data:`PENDING_GRACE_S`."""
+    return 0.0 if store.atomic_conditional_writes else PENDING_GRACE_S
+
+
+def compact(cat: Catalog, *, grace_s: float | None = None) -> int:
     """Fold every pending update into ``INDEX.jsonl``; return how many runs it lists.
 
-    Pending updates younger than ``grace_s`` stay (still visible, see :data:`PENDING_GRACE_S`).
+    Pending updates younger than ``grace_s`` (default: :func:`pending_grace_s` of the store)
+    stay, still visible.
     """
     return update_index(cat, merge, grace_s=grace_s)
 
@@ -285,15 +317,19 @@ def remove_from_index(cat: Catalog, run_ids: Iterable[str]) -> int:
 
 def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[str, dict]]], dict[str, dict]],
                  *, client=None, sleep: Callable[[float], None] = time.sleep, deadline: float | None = None,
-                 grace_s: float = PENDING_GRACE_S, now: datetime | None = None) -> int:
+                 grace_s: float | None = None, now: datetime | None = None) -> int:
     """Compare-and-swap ``INDEX.jsonl`` to ``transform(current lines, pending updates)``.
 
     Loop: read INDEX.jsonl and its ETag, read the pending updates, put the new content with
     ``If-Match`` (``If-None-Match: *`` when there is none yet). On 412/409 another writer got
-    there first: back off with full jitter and start over from its version. After a
-    successful put, the pending updates older than ``grace_s`` are deleted, and only if
-    ``INDEX.jsonl`` still has our ETag: a newer version (from a writer that read ours) also
-    contains them. Younger ones stay for a later compaction (:data:`PENDING_GRACE_S`).
+    there first (also on 404 to ``If-Match``: ``INDEX.jsonl`` was deleted since we read it):
+    back off with full jitter and start over from its version. After a successful put, the
+    pending updates older than ``grace_s`` are deleted. On a store whose conditional writes
+    are atomic, ``grace_s`` defaults to 0 and a won put is final: every later version was
+    written by a writer that read ours. Otherwise ``grace_s`` defaults to
+    :data:`PENDING_GRACE_S`, younger updates stay for a later compaction, and the older ones
+    are deleted only if ``INDEX.jsonl`` still has our ETag: a newer version (from a writer
+    that read ours) also contains them.
 
     Returns:
         the number of runs in the ``INDEX.jsonl`` written.
@@ -305,6 +341,8 @@ def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[
     client = client or cat.store.boto3_client()
     key = cat.key(layout.INDEX_JSONL)
     url = f"s3://{cat.bucket}/{key}"
+    grace_s = pending_grace_s(cat.store) if grace_s is None else grace_s
+    atomic = cat.store.atomic_conditional_writes
     for attempt in range(MAX_ATTEMPTS):
         if deadline is not None and time.monotonic() > deadline:
             break
@@ -323,11 +361,12 @@ def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[
             put = client.put_object(Bucket=cat.bucket, Key=key, Body=body, ContentType="application/x-ndjson",
                                     **condition)
         except Exception as e:
-            if error_code(e) not in CONFLICT_CODES:
+            code = error_code(e)
+            if code not in CONFLICT_CODES and not (got is not None and code in GONE_CODES):
                 raise store_error("write", url, e) from e
             sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
             continue
-        if settled and _etag_now(client, cat.bucket, key) != put["ETag"].strip('"'):
+        if settled and not atomic and _etag_now(client, cat.bucket, key) != put["ETag"].strip('"'):
             continue  # replaced since: re-read, and delete pending updates only once we see them committed
         _delete_keys(client, cat.bucket, settled)
         return len(new)

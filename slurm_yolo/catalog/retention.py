@@ -13,7 +13,7 @@ from slurm_yolo.archive.store import Store, join_url, split_url
 from slurm_yolo.catalog.index import Catalog, check_s5cmd, error_code, remove_from_index, store_error
 from slurm_yolo.catalog.query import field_value, parse_time
 from slurm_yolo.catalog.runs import archive_url
-from slurm_yolo.errors import ConfigError
+from slurm_yolo.errors import ConfigError, StoreError
 
 RULE_ID = "slurm-yolo-runs"
 # s5cmd multipart uploads killed at the epilog's deadline leave invisible, billed parts behind.
@@ -78,6 +78,11 @@ def apply_lifecycle(store: Store, bucket: str, rule: Mapping[str, Any]) -> list[
     try:
         store.boto3_client().put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
     except Exception as e:
+        if error_code(e) == "NotImplemented" and any(r.get("Transitions") for r in rules):
+            # SeaweedFS (and other stores with one storage class) accept expiry rules only.
+            raise StoreError(f"put lifecycle rules on s3://{bucket}: this store does not implement storage-class "
+                             "transitions (STANDARD_IA, GLACIER); apply an expiry only: --ia-after none "
+                             "--expire-after 180d") from e
         raise store_error("put lifecycle rules on", f"s3://{bucket}", e) from e
     return read_lifecycle(store, bucket)
 

@@ -53,7 +53,7 @@ def add_commands(sub) -> None:
 
 
 def _emit(obj: Any) -> None:
-    from slurm_yolo.cli import emit_json
+    from slurm_yolo.output import emit_json
 
     emit_json(obj)
 

@@ -10,8 +10,6 @@ from datetime import datetime, timedelta, timezone
 from slurm_yolo.archive import layout
 from slurm_yolo.catalog.index import Catalog
 
-# moto accepts any keys; the same as tests/conftest.py uses.
-ACCESS = (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"))
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
 RESULTS_HEADER = "epoch,train/box_loss,metrics/precision(B),metrics/recall(B),metrics/mAP50(B),metrics/mAP50-95(B)\n"
 

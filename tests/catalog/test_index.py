@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
@@ -12,6 +13,7 @@ import pytest
 from catalog_seed import archive_run, make_line, run_json, write_index
 from slurm_yolo.archive import layout
 from slurm_yolo.catalog import index
+from slurm_yolo.catalog.index import Catalog
 from slurm_yolo.errors import ConfigError
 
 
@@ -24,7 +26,7 @@ def pending_keys(client, cat) -> list[str]:
     return [o["Key"] for o in index.list_keys(client, cat.bucket, cat.key(index.PENDING))]
 
 
-def test_twenty_concurrent_writers_lose_and_duplicate_nothing(cat, client):
+def test_twenty_concurrent_writers_lose_and_duplicate_nothing(s3_server, cat, client):
     rng = random.Random(1)
     write_index(client, cat, [make_line(i, rng) for i in range(100, 130)])  # an existing index to keep
     lines = [make_line(i, rng) for i in range(20)]
@@ -41,8 +43,14 @@ def test_twenty_concurrent_writers_lose_and_duplicate_nothing(cat, client):
     seen = index.load_records(cat)  # what every reader sees right away
     assert len(seen) == len({x["run_id"] for x in seen}) == 50
     assert {x["run_id"]: x for x in seen if x["run_id"] in new} == new
-    # Fresh updates stay pending for the grace period; once past it, one compaction folds
-    # them all into INDEX.jsonl and cleans up.
+    if s3_server.atomic_conditional_writes:
+        # Each writer's won compare-and-swap is final: its update is in INDEX.jsonl, pending/ is empty.
+        assert pending_keys(client, cat) == []
+        assert {x["run_id"]: x for x in index_lines(client, cat) if x["run_id"] in new} == new
+    else:
+        # Fresh updates stay pending for the grace period.
+        assert len(pending_keys(client, cat)) == 20
+    # Past it, one compaction folds them all into INDEX.jsonl and cleans up.
     assert index.compact(cat, grace_s=0) == 50
     got = index_lines(client, cat)
     ids = [x["run_id"] for x in got]
@@ -51,10 +59,10 @@ def test_twenty_concurrent_writers_lose_and_duplicate_nothing(cat, client):
     assert pending_keys(client, cat) == []
 
 
-def test_a_store_whose_conditional_writes_race_loses_no_update(cat, client):
-    """Two writers both win the same If-Match (moto's server can do that; S3 cannot): the
-    later one writes INDEX.jsonl from a listing that missed the other's update. The update
-    must survive: it stays pending (visible) until a compaction past the grace period."""
+def racy_scenario(cat, client):
+    """Two writers both win the same If-Match (moto's server can do that; S3 cannot): B reads
+    INDEX.jsonl and the pending list, then A adds its run and compacts, then B writes
+    INDEX.jsonl from its stale listing, its If-Match not checked. Returns A's index line."""
     rng = random.Random(6)
     write_index(client, cat, [make_line(100, rng)])
     a_line, b_line = make_line(1, rng), make_line(2, rng)
@@ -68,17 +76,91 @@ def test_a_store_whose_conditional_writes_race_loses_no_update(cat, client):
             return client.put_object(**kw)
 
     def b_transform(current, pending):
-        # B has read INDEX.jsonl and the pending list; now A adds its run and compacts.
         index.add_to_index(cat.store, cat.index_url, a_line)
         return index.merge(current, pending)
 
     client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, b_line["run_id"]), Body=json.dumps(b_line))
     index.update_index(cat, b_transform, client=RacyStore())
     assert a_line["run_id"] not in {x["run_id"] for x in index_lines(client, cat)}  # B overwrote A's version
-    assert a_line["run_id"] in {x["run_id"] for x in index.load_records(cat)}      # ...but A's update is there
-    assert index.compact(cat, grace_s=0) == 3
-    assert {x["run_id"] for x in index_lines(client, cat)} == {a_line["run_id"], b_line["run_id"],
-                                                               make_line(100, random.Random(6))["run_id"]}
+    return a_line
+
+
+def test_a_store_whose_conditional_writes_race_loses_no_update(cat, client):
+    """On a store declared non-atomic (moto's default) the update survives B's overwrite: it
+    stays pending (visible) until a compaction past the grace period."""
+    racy = Catalog(dataclasses.replace(cat.store, atomic_conditional_writes=False), cat.index_url)
+    a_line = racy_scenario(racy, client)
+    assert a_line["run_id"] in {x["run_id"] for x in index.load_records(racy)}  # A's update is still there
+    assert index.compact(racy, grace_s=0) == 3
+    rng = random.Random(6)
+    expected = {make_line(100, rng)["run_id"], make_line(1, rng)["run_id"], make_line(2, rng)["run_id"]}
+    assert a_line["run_id"] in expected and {x["run_id"] for x in index_lines(client, racy)} == expected
+
+
+def test_declaring_a_racy_store_atomic_would_lose_updates(cat, client):
+    """Why the setting must be true only of stores whose conditional writes really are atomic:
+    without the grace period, A deletes its pending update as soon as it wins, and B's
+    unchecked overwrite then drops A's run from the catalog."""
+    atomic = Catalog(dataclasses.replace(cat.store, atomic_conditional_writes=True), cat.index_url)
+    a_line = racy_scenario(atomic, client)
+    assert a_line["run_id"] not in {x["run_id"] for x in index.load_records(atomic)}
+
+
+def test_no_grace_on_a_store_whose_conditional_writes_are_atomic(s3_server, cat, client):
+    """SeaweedFS: an update is folded in and its pending entry deleted by the writer itself.
+    moto: it stays pending (still visible) until a compaction past the grace period."""
+    line = make_line(4, random.Random(10))
+    index.add_to_index(cat.store, cat.index_url, line)
+    assert [x["run_id"] for x in index_lines(client, cat)] == [line["run_id"]]
+    assert [x["run_id"] for x in index.load_records(cat)] == [line["run_id"]]
+    index.compact(cat)
+    left = pending_keys(client, cat)
+    assert index.pending_grace_s(cat.store) == (0 if s3_server.atomic_conditional_writes else index.PENDING_GRACE_S)
+    assert len(left) == (0 if s3_server.atomic_conditional_writes else 1)
+
+
+def test_index_deleted_between_read_and_write_is_a_conflict(s3_server, cat, client):
+    """If-Match on a key deleted since it was read: 404 on AWS and moto, 412 on SeaweedFS.
+    Both are "someone else changed it": start over, and create INDEX.jsonl afresh."""
+    rng = random.Random(12)
+    write_index(client, cat, [make_line(1, rng)])
+    line = make_line(2, rng)
+    client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+    deleted = []
+
+    def transform(current, pending):
+        if not deleted:  # first attempt: the index goes away after we read it
+            client.delete_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL))
+            deleted.append(True)
+        return index.merge(current, pending)
+
+    sleeps = []
+    assert index.update_index(cat, transform, sleep=sleeps.append) == 1
+    assert len(sleeps) == 1  # exactly one conflict, whatever the server called it
+    assert [x["run_id"] for x in index_lines(client, cat)] == [line["run_id"]]
+
+
+def test_a_reader_never_misses_a_run_a_compaction_just_folded_in(cat, client):
+    """A compaction commits INDEX.jsonl and deletes the pending update between a reader's read
+    of the one and its listing of the other: the reader notices the new ETag and reads again."""
+    line = make_line(5, random.Random(13))
+    client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+
+    class CompactsDuringListing:
+        listed = 0
+
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def get_paginator(self, name):
+            if not self.listed:  # the first listing of pending/ starts after a compaction finished
+                index.compact(cat, grace_s=0)
+            self.listed += 1
+            return client.get_paginator(name)
+
+    reader = CompactsDuringListing()
+    assert [x["run_id"] for x in index.load_records(cat, reader)] == [line["run_id"]]
+    assert reader.listed == 2
 
 
 def test_update_of_a_run_replaces_its_line(cat, client):
@@ -100,7 +182,7 @@ def test_a_pending_update_is_visible_before_compaction(cat, client):
     records = {x["run_id"]: x for x in index.load_records(cat)}
     assert len(records) == 6
     assert records[newer["run_id"]]["map50_95"] == 0.99 and new_run["run_id"] in records
-    assert index.compact(cat) == 6
+    assert index.compact(cat, grace_s=index.PENDING_GRACE_S) == 6
     assert len(index_lines(client, cat)) == 6
     assert len(pending_keys(client, cat)) == 2  # younger than the grace period: kept, harmlessly
     assert index.compact(cat, grace_s=0) == 6 and pending_keys(client, cat) == []
@@ -220,3 +302,15 @@ def test_an_s5cmd_failure_without_json_output_is_an_error():
     with pytest.raises(StoreError, match="listing runs"):
         index.check_s5cmd(Result(returncode=1, outcomes=(), stderr_text="Incorrect Usage"), "listing runs")
     index.check_s5cmd(Result(returncode=0, outcomes=()), "listing runs")  # nothing to do is fine
+
+
+def test_locate_takes_atomic_conditional_writes_from_the_site_for_its_store_only(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text("index_url: s3://site-bucket/idx\n"
+                    "store: {endpoint_url: 'http://seaweed:8333', atomic_conditional_writes: true}\n")
+    env = {"SLURM_YOLO_SITE_CONFIG": str(site)}
+    assert index.locate(None, env).store.atomic_conditional_writes
+    assert index.locate(None, {**env, "AWS_ENDPOINT_URL": "http://seaweed:8333"}).store.atomic_conditional_writes
+    # Another endpoint is not the store the admin vouched for: the safe default, with the grace period.
+    other = index.locate(None, {**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9555"}).store
+    assert not other.atomic_conditional_writes and index.pending_grace_s(other) == index.PENDING_GRACE_S

@@ -10,8 +10,7 @@ import uuid
 
 import pytest
 
-from catalog_seed import ACCESS, make_line, write_index
-from slurm_yolo.archive.store import Store
+from catalog_seed import make_line, write_index
 from slurm_yolo.catalog import index
 from slurm_yolo.catalog.index import Catalog
 from slurm_yolo.cli import main
@@ -20,9 +19,9 @@ N = 1000
 
 
 @pytest.fixture(scope="module")
-def seeded_store(s3_endpoint):
+def seeded_store(s3_server):
     """1,000 runs: 990 compacted in INDEX.jsonl, 20 still pending (10 new, 10 updating compacted runs)."""
-    store = Store(endpoint_url=s3_endpoint, keys=ACCESS)
+    store = s3_server.store()
     client = store.boto3_client()
     bucket = f"t-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)

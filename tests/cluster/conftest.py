@@ -53,7 +53,7 @@ def s3(cluster):
     import boto3
 
     return boto3.client("s3", endpoint_url=cluster["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+                        aws_access_key_id=cluster["AWS_ACCESS_KEY_ID"], aws_secret_access_key=cluster["AWS_SECRET_ACCESS_KEY"])
 
 
 @pytest.fixture(scope="session")
