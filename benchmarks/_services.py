@@ -15,7 +15,7 @@ from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slurm_yolo.archive.store import Store  # noqa: E402
+from slurm_yolo.store import Store  # noqa: E402
 
 
 def free_port() -> int:

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from slurm_yolo.archive import s5cmd  # noqa: E402
-from slurm_yolo.archive.store import Store  # noqa: E402
+from slurm_yolo.store import Store  # noqa: E402
 from slurm_yolo.epilog import archiver  # noqa: E402
 from slurm_yolo.site import SiteConfig  # noqa: E402
 from slurm_yolo.names import MARKER_PREFIX  # noqa: E402

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "catalog"
 
 from catalog_seed import make_line  # noqa: E402
 from slurm_yolo.archive import layout  # noqa: E402
+from slurm_yolo.archive import index_store
 from slurm_yolo.catalog import index, query  # noqa: E402
 from slurm_yolo.catalog.index import Catalog  # noqa: E402
 from slurm_yolo.cli import main as cli_main  # noqa: E402
@@ -53,10 +54,10 @@ def seed(cat: Catalog, n: int) -> list[dict]:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda x: client.put_object(Bucket=cat.bucket, Key=cat.key(layout.index_key(x["run_id"])),
                                                   Body=json.dumps(x).encode()), lines))
-    client.put_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL), Body=index.dump_jsonl(
+    client.put_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL), Body=index_store.dump_jsonl(
         {x["run_id"]: x for x in lines[20:]}))
     for x in lines[:20]:
-        client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, x["run_id"]), Body=json.dumps(x).encode())
+        client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, x["run_id"]), Body=json.dumps(x).encode())
     return lines
 
 
@@ -79,7 +80,7 @@ def time_process(where: str) -> tuple[float, int]:
 def time_naive(cat: Catalog, where: str) -> tuple[float, int]:
     start = time.perf_counter()
     client = cat.store.boto3_client()
-    keys = [o["Key"] for o in index.list_keys(client, cat.bucket, cat.key(layout.INDEX_RUNS))]
+    keys = [o["Key"] for o in index_store.list_keys(client, cat.bucket, cat.key(layout.INDEX_RUNS))]
     with ThreadPoolExecutor(16) as pool:  # a fair naive reader: 16 parallel GETs
         lines = list(pool.map(lambda k: json.loads(client.get_object(Bucket=cat.bucket, Key=k)["Body"].read()), keys))
     found = query.select(lines, query.Query(where=(query.parse_where(where),)))
@@ -94,15 +95,15 @@ def time_writers(cat: Catalog, n: int = 20) -> tuple[float, int, int]:
 
     def writer(line: dict) -> None:
         start.wait()
-        index.add_to_index(cat.store, cat.index_url, line)
+        index_store.add_to_index(cat.store, cat.index_url, line)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
         list(pool.map(writer, lines))
     seconds = time.perf_counter() - t0
     client = cat.store.boto3_client()
-    listed = index.parse_jsonl(client.get_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL))["Body"].read())
-    pending = index.list_keys(client, cat.bucket, cat.key(index.PENDING))
+    listed = index_store.parse_jsonl(client.get_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL))["Body"].read())
+    pending = index_store.list_keys(client, cat.bucket, cat.key(index_store.PENDING))
     return seconds, sum(1 for x in lines if x["run_id"] in listed), len(pending)
 
 
@@ -121,7 +122,7 @@ def bench_store(kind: str, runs: int, repeat: int, where: str) -> dict:
         process = [time_process(where) for _ in range(repeat)]
         naive = [time_naive(cat, where) for _ in range(max(1, repeat // 2))]
         # The 20 pending updates the seed left would be folded in by the writers: compact them first.
-        index.compact(cat, grace_s=0)
+        index_store.compact(cat, grace_s=0)
         writers_s, indexed, pending_left = time_writers(cat)
     assert all(n == expected for _, n in cli + process + naive), (kind, expected, cli, process, naive)
     assert indexed == 20, (kind, indexed)

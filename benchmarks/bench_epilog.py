@@ -58,10 +58,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from slurm_yolo.archive import s5cmd  # noqa: E402
-from slurm_yolo.archive.store import Store  # noqa: E402
+from slurm_yolo.store import Store  # noqa: E402
 from slurm_yolo.epilog import main as epilog_main  # noqa: E402
 from slurm_yolo.epilog import snapshot  # noqa: E402
-from slurm_yolo.epilog.site import SiteConfig  # noqa: E402
+from slurm_yolo.site import SiteConfig  # noqa: E402
 
 from _services import STORES, S3Server, s3_server  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 

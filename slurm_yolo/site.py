@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from slurm_yolo.archive.store import Store, split_url
+from slurm_yolo.store import Store, split_url
 from slurm_yolo.errors import SiteConfigError
 
 DEFAULT_PATH = "/etc/slurm-yolo/site.yaml"

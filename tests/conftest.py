@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_yolo.archive.store import Store
+from slurm_yolo.store import Store
 
 STORE_SH = Path(__file__).resolve().parents[1] / "scripts" / "store.sh"
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from slurm_yolo.archive.store import Store
+from slurm_yolo.store import Store
 from slurm_yolo.commands import run_until
+from slurm_yolo.errors import StoreError
 
 # Error text fragments → a class of failure (first match wins). Transient ones are worth
 # a later retry from the spool; permanent ones need a person.
@@ -191,3 +192,12 @@ def run(
         return Result(returncode=127, outcomes=(Outcome(False, "exec", error=f"{argv[0]} not found",
                                                         error_class="unknown"),))
     return Result(done.returncode, parse_output(done.stdout, done.stderr), done.timed_out, done.stderr[-2000:])
+
+
+def check_s5cmd(result: Result, what: str, *, allow_empty: bool = False) -> None:
+    """Raise :class:`StoreError` naming ``what`` unless every s5cmd operation succeeded."""
+    # s5cmd reports a wildcard that matched nothing as an error; for "find all X" that is an empty answer.
+    failures = [o for o in result.failures if not (allow_empty and "no object found" in (o.error or ""))]
+    # A usage error or a crash prints no JSON at all: then only the exit code tells.
+    if result.timed_out or failures or (result.returncode != 0 and not result.outcomes):
+        raise StoreError(f"{what}: s5cmd {result.summary()}; check the store URL and credentials")

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 from slurm_yolo.archive import layout, s5cmd
-from slurm_yolo.archive.store import Store, join_url, split_url
+from slurm_yolo.store import Store, join_url, split_url
 from slurm_yolo.catalog.index import Catalog, check_s5cmd, error_code, remove_from_index, store_error
 from slurm_yolo.catalog.query import field_value, parse_time
 from slurm_yolo.catalog.runs import archive_url

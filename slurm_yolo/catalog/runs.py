@@ -16,11 +16,15 @@ import yaml
 
 from slurm_yolo.archive import layout, s5cmd
 from slurm_yolo.archive.manifest import verify_tree
-from slurm_yolo.archive.store import split_url
+from slurm_yolo.store import split_url
 from slurm_yolo.catalog.index import Catalog, check_s5cmd, get_object, load_records
 from slurm_yolo.errors import ConfigError, IntegrityError, RunNotFound, StoreError
 from slurm_yolo.names import validate_name
 from slurm_yolo.record import RUN_JSON, read_results_rows
+from slurm_yolo.commands import run_command
+from slurm_yolo.errors import CommandError
+from slurm_yolo.config import resolve_config
+from slurm_yolo import provenance
 
 ARGS_YAML = "args.yaml"
 RESULTS_CSV = "results.csv"
@@ -208,8 +212,6 @@ def archived_code_checkout(code: Mapping[str, Any], runs_root: Path) -> Path | N
     job's node sees it; reused by later reproductions). ``None`` when it cannot be had: then
     the current code is used and :func:`reproduction_warnings` says so.
     """
-    from slurm_yolo.commands import run_command
-    from slurm_yolo.errors import CommandError
 
     repo, commit = code.get("repo"), code.get("commit")
     if not repo or not commit or not Path(repo).is_dir():
@@ -305,8 +307,6 @@ def reproduce(
         RunNotFound, StoreError: the run or its run.json cannot be read.
         ConfigError: an override is invalid or the dataset no longer exists.
     """
-    from slurm_yolo.config import resolve_config
-    from slurm_yolo import provenance
 
     record = run_record(cat, run_id)
     if not isinstance(record.get("config"), dict):

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 from slurm_yolo.errors import SlurmYoloError
+from slurm_yolo.archive import s5cmd
+from slurm_yolo.site import load_site_config, site_config_path
 
 
 def checks(site_path: str) -> list[tuple[bool, str]]:
     """(ok, message) for each thing an admin must get right; stops at a broken site config."""
-    from slurm_yolo.archive import s5cmd
-    from slurm_yolo.site import load_site_config
 
     results: list[tuple[bool, str]] = []
     try:
@@ -66,7 +66,6 @@ def _reachable(site, bucket: str) -> tuple[bool, str]:
 
 
 def main(argv: list[str]) -> int:
-    from slurm_yolo.site import site_config_path
 
     p = argparse.ArgumentParser(prog="slurm-yolo-epilog", description=(
         "Slurm node epilog of slurm-yolo. Without arguments it runs as the epilog (slurmd sets its "

@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from slurm_yolo.archive import s5cmd
+from slurm_yolo.archive.index_store import add_to_index, index_owner
 from slurm_yolo.archive.layout import MANIFEST, index_key
-from slurm_yolo.archive.store import join_url
+from slurm_yolo.store import join_url
 from slurm_yolo.epilog import claim as claims
 from slurm_yolo.epilog import snapshot
 from slurm_yolo.epilog.entry import ENTRY_JSON, EntryInfo
@@ -188,8 +189,6 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
         return _failed(entry, info, Problem.of("commit marker", result), started)
     # Who owns the run ID in the index, and INDEX.jsonl, need a read and conditional writes
     # (If-Match), which s5cmd cannot do: boto3 for those.
-    from slurm_yolo.catalog.index import add_to_index, index_owner
-
     index_url = join_url(site.index_url, index_key(info.run_id))
     try:
         owner = index_owner(site.store, index_url)

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from slurm_yolo.commands import run_command
 from slurm_yolo.errors import CommandError
+from slurm_yolo.record import update_record
 
 DONE = "run.json updated"
 
@@ -61,7 +62,6 @@ def update_as_user(run_dir: str, uid: int, gid: int, verdict: Mapping[str, Any],
 
 def main(argv: list[str]) -> int:
     """The child: ``python -I -m slurm_yolo.epilog.writeback RUN_DIR`` with the verdict on stdin."""
-    from slurm_yolo.record import update_record
 
     verdict = json.loads(sys.stdin.read())
     update_record(argv[0], lambda r: apply_verdict(r, verdict))

@@ -27,7 +27,7 @@ from typing import Any
 
 from slurm_yolo import record as rec
 from slurm_yolo.archive import s5cmd
-from slurm_yolo.archive.store import Store
+from slurm_yolo.store import Store
 
 GOOD_CHECKPOINT = "last.good.pt"
 # Never synced: lock files, temp files of atomic writes, the spare checkpoint (bandwidth).

@@ -28,6 +28,7 @@ from slurm_yolo.provenance import code_version, dataset_identity
 from slurm_yolo.launcher.slurm_params import batch_script, make_marker, slurm_parameters
 from slurm_yolo.names import new_run_id, new_sweep_id, validate_name
 from slurm_yolo.site import read_site_config, site_config_path
+from slurm_yolo.store import Store
 
 EXECUTORS = ("slurm", "local")
 SWEEPS_DIR = "_sweeps"
@@ -131,7 +132,6 @@ def check_executor_fits(config: Config, executor: str) -> None:
 def check_sync_credentials(config: Config, env: Mapping[str, str] | None = None) -> None:
     """In-training sync runs as the user with the user's own S3 credentials: refuse a run that
     would sync without any, up front (the epilog's final archive uses the site's and needs none)."""
-    from slurm_yolo.archive.store import Store
 
     archive = config.archive
     if archive.get("sync_every") is None and archive.get("sync_every_epochs") is None:

@@ -37,12 +37,13 @@ from typing import Any, Mapping
 import yaml
 
 from slurm_yolo.archive import layout
-from slurm_yolo.archive.store import split_url
+from slurm_yolo.store import split_url
 from slurm_yolo.catalog.index import Catalog, get_object, list_keys, load_records, store_error
 from slurm_yolo.catalog.runs import ARGS_YAML, PER_RUN_ARGS, RESULTS_CSV
 from slurm_yolo.errors import ConfigError, StoreError
 from slurm_yolo.record import RUN_JSON
 from slurm_yolo.report import pages
+from slurm_yolo.site import site_config_path
 
 STATE_FILE = ".portal-state.json"
 STATE_VERSION = 2  # bump when page templates change shape: every run page is rebuilt once
@@ -393,7 +394,6 @@ def site_allowed_prefix(env: Mapping[str, str] | None = None) -> str | None:
     Read as plain YAML (like the catalog reads ``index_url``): only the public URL is needed,
     not the root-only checks the epilog makes.
     """
-    from slurm_yolo.site import site_config_path
 
     path = site_config_path(dict(os.environ if env is None else env))
     try:

@@ -31,12 +31,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from slurm_yolo.archive.store import split_url
+from slurm_yolo.store import split_url
 from slurm_yolo.catalog.index import Catalog, get_object, load_records
 from slurm_yolo.timeparse import parse_time
 from slurm_yolo.catalog.runs import ARGS_YAML, PER_RUN_ARGS, RESULTS_CSV
 from slurm_yolo.errors import ConfigError, SlurmYoloError
 from slurm_yolo.report import pages
+from slurm_yolo.report.build import yaml_mapping
 
 TAG = "slurm_yolo."
 # MLflow run status for each end state (anything unknown: the run is still going).
@@ -190,7 +191,6 @@ def _read(s3, url: str) -> bytes | None:
 def _sync_one(client, s3, exp_id: str, existing, line: Mapping[str, Any]) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
-    from slurm_yolo.report.build import yaml_mapping
 
     digest = pages.line_digest(line)
     if existing is not None and existing.data.tags.get(f"{TAG}digest") == digest:

@@ -12,9 +12,10 @@ import pytest
 
 from catalog_seed import archive_run, make_line, run_json, write_index
 from slurm_yolo.archive import layout
+from slurm_yolo.archive import index_store
 from slurm_yolo.catalog import index
 from slurm_yolo.catalog.index import Catalog
-from slurm_yolo.errors import ConfigError
+from slurm_yolo.errors import ConfigError, StoreError
 
 
 def index_lines(client, cat) -> list[dict]:
@@ -23,7 +24,7 @@ def index_lines(client, cat) -> list[dict]:
 
 
 def pending_keys(client, cat) -> list[str]:
-    return [o["Key"] for o in index.list_keys(client, cat.bucket, cat.key(index.PENDING))]
+    return [o["Key"] for o in index_store.list_keys(client, cat.bucket, cat.key(index_store.PENDING))]
 
 
 def test_twenty_concurrent_writers_lose_and_duplicate_nothing(s3_server, cat, client):
@@ -34,7 +35,7 @@ def test_twenty_concurrent_writers_lose_and_duplicate_nothing(s3_server, cat, cl
 
     def writer(line):
         start.wait()  # all 20 race for the same ETag
-        index.add_to_index(cat.store, cat.index_url, line)
+        index_store.add_to_index(cat.store, cat.index_url, line)
 
     with ThreadPoolExecutor(20) as pool:
         list(pool.map(writer, lines))
@@ -51,7 +52,7 @@ def test_twenty_concurrent_writers_lose_and_duplicate_nothing(s3_server, cat, cl
         # Fresh updates stay pending for the grace period.
         assert len(pending_keys(client, cat)) == 20
     # Past it, one compaction folds them all into INDEX.jsonl and cleans up.
-    assert index.compact(cat, grace_s=0) == 50
+    assert index_store.compact(cat, grace_s=0) == 50
     got = index_lines(client, cat)
     ids = [x["run_id"] for x in got]
     assert {x["run_id"]: x for x in got if x["run_id"] in new} == new
@@ -76,11 +77,11 @@ def racy_scenario(cat, client):
             return client.put_object(**kw)
 
     def b_transform(current, pending):
-        index.add_to_index(cat.store, cat.index_url, a_line)
-        return index.merge(current, pending)
+        index_store.add_to_index(cat.store, cat.index_url, a_line)
+        return index_store.merge(current, pending)
 
-    client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, b_line["run_id"]), Body=json.dumps(b_line))
-    index.update_index(cat, b_transform, client=RacyStore())
+    client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, b_line["run_id"]), Body=json.dumps(b_line))
+    index_store.update_index(cat, b_transform, client=RacyStore())
     assert a_line["run_id"] not in {x["run_id"] for x in index_lines(client, cat)}  # B overwrote A's version
     return a_line
 
@@ -91,7 +92,7 @@ def test_a_store_whose_conditional_writes_race_loses_no_update(cat, client):
     racy = Catalog(dataclasses.replace(cat.store, atomic_conditional_writes=False), cat.index_url)
     a_line = racy_scenario(racy, client)
     assert a_line["run_id"] in {x["run_id"] for x in index.load_records(racy)}  # A's update is still there
-    assert index.compact(racy, grace_s=0) == 3
+    assert index_store.compact(racy, grace_s=0) == 3
     rng = random.Random(6)
     expected = {make_line(100, rng)["run_id"], make_line(1, rng)["run_id"], make_line(2, rng)["run_id"]}
     assert a_line["run_id"] in expected and {x["run_id"] for x in index_lines(client, racy)} == expected
@@ -110,12 +111,12 @@ def test_no_grace_on_a_store_whose_conditional_writes_are_atomic(s3_server, cat,
     """SeaweedFS: an update is folded in and its pending entry deleted by the writer itself.
     moto: it stays pending (still visible) until a compaction past the grace period."""
     line = make_line(4, random.Random(10))
-    index.add_to_index(cat.store, cat.index_url, line)
+    index_store.add_to_index(cat.store, cat.index_url, line)
     assert [x["run_id"] for x in index_lines(client, cat)] == [line["run_id"]]
     assert [x["run_id"] for x in index.load_records(cat)] == [line["run_id"]]
-    index.compact(cat)
+    index_store.compact(cat)
     left = pending_keys(client, cat)
-    assert index.pending_grace_s(cat.store) == (0 if s3_server.atomic_conditional_writes else index.PENDING_GRACE_S)
+    assert index_store.pending_grace_s(cat.store) == (0 if s3_server.atomic_conditional_writes else index_store.PENDING_GRACE_S)
     assert len(left) == (0 if s3_server.atomic_conditional_writes else 1)
 
 
@@ -125,17 +126,17 @@ def test_index_deleted_between_read_and_write_is_a_conflict(s3_server, cat, clie
     rng = random.Random(12)
     write_index(client, cat, [make_line(1, rng)])
     line = make_line(2, rng)
-    client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+    client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, line["run_id"]), Body=json.dumps(line))
     deleted = []
 
     def transform(current, pending):
         if not deleted:  # first attempt: the index goes away after we read it
             client.delete_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL))
             deleted.append(True)
-        return index.merge(current, pending)
+        return index_store.merge(current, pending)
 
     sleeps = []
-    assert index.update_index(cat, transform, sleep=sleeps.append) == 1
+    assert index_store.update_index(cat, transform, sleep=sleeps.append) == 1
     assert len(sleeps) == 1  # exactly one conflict, whatever the server called it
     assert [x["run_id"] for x in index_lines(client, cat)] == [line["run_id"]]
 
@@ -144,7 +145,7 @@ def test_a_reader_never_misses_a_run_a_compaction_just_folded_in(cat, client):
     """A compaction commits INDEX.jsonl and deletes the pending update between a reader's read
     of the one and its listing of the other: the reader notices the new ETag and reads again."""
     line = make_line(5, random.Random(13))
-    client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+    client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, line["run_id"]), Body=json.dumps(line))
 
     class CompactsDuringListing:
         listed = 0
@@ -154,7 +155,7 @@ def test_a_reader_never_misses_a_run_a_compaction_just_folded_in(cat, client):
 
         def get_paginator(self, name):
             if not self.listed:  # the first listing of pending/ starts after a compaction finished
-                index.compact(cat, grace_s=0)
+                index_store.compact(cat, grace_s=0)
             self.listed += 1
             return client.get_paginator(name)
 
@@ -165,8 +166,8 @@ def test_a_reader_never_misses_a_run_a_compaction_just_folded_in(cat, client):
 
 def test_update_of_a_run_replaces_its_line(cat, client):
     line = make_line(1, random.Random(2))
-    index.add_to_index(cat.store, cat.index_url, line)
-    index.add_to_index(cat.store, cat.index_url, {**line, "end_state": "FAILED", "attempts": 2})
+    index_store.add_to_index(cat.store, cat.index_url, line)
+    index_store.add_to_index(cat.store, cat.index_url, {**line, "end_state": "FAILED", "attempts": 2})
     (only,) = index_lines(client, cat)
     assert (only["end_state"], only["attempts"]) == ("FAILED", 2)
 
@@ -178,14 +179,14 @@ def test_a_pending_update_is_visible_before_compaction(cat, client):
     newer = {**make_line(2, random.Random(4)), "run_id": lines[2]["run_id"], "user": lines[2]["user"], "map50_95": 0.99}
     new_run = make_line(7, rng)
     for line in (newer, new_run):  # what add_to_index leaves behind when compaction never ran
-        client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+        client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, line["run_id"]), Body=json.dumps(line))
     records = {x["run_id"]: x for x in index.load_records(cat)}
     assert len(records) == 6
     assert records[newer["run_id"]]["map50_95"] == 0.99 and new_run["run_id"] in records
-    assert index.compact(cat, grace_s=index.PENDING_GRACE_S) == 6
+    assert index_store.compact(cat, grace_s=index_store.PENDING_GRACE_S) == 6
     assert len(index_lines(client, cat)) == 6
     assert len(pending_keys(client, cat)) == 2  # younger than the grace period: kept, harmlessly
-    assert index.compact(cat, grace_s=0) == 6 and pending_keys(client, cat) == []
+    assert index_store.compact(cat, grace_s=0) == 6 and pending_keys(client, cat) == []
 
 
 def test_another_users_update_never_replaces_a_run(cat, client):
@@ -197,9 +198,9 @@ def test_another_users_update_never_replaces_a_run(cat, client):
     squat = {**mine, "user": "bob", "map50_95": 0.99, "archive_url": "s3://elsewhere/"}
     update = {**mine, "map50_95": 0.6}
     for line in (squat, update):
-        client.put_object(Bucket=cat.bucket, Key=index.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+        client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, line["run_id"]), Body=json.dumps(line))
     assert [(x["user"], x["map50_95"]) for x in index.load_records(cat)] == [("alice", 0.6)]
-    assert index.compact(cat) == 1
+    assert index_store.compact(cat) == 1
     assert [(x["user"], x["map50_95"]) for x in index_lines(client, cat)] == [("alice", 0.6)]
 
 
@@ -217,9 +218,9 @@ def test_conflicts_retry_then_give_up_with_a_fix(cat, client):
             return real.put_object(**kw)
 
     sleeps = []
-    with pytest.raises(index.StoreError, match="index compact"):
-        index.update_index(cat, index.merge, client=AlwaysConflict(), sleep=sleeps.append)
-    assert len(sleeps) == index.MAX_ATTEMPTS and max(sleeps) <= 2.0
+    with pytest.raises(StoreError, match="index compact"):
+        index_store.update_index(cat, index_store.merge, client=AlwaysConflict(), sleep=sleeps.append)
+    assert len(sleeps) == index_store.MAX_ATTEMPTS and max(sleeps) <= 2.0
 
 
 def test_rebuild_from_run_json_files(cat, client, bucket):
@@ -278,7 +279,7 @@ def test_cli_compact_and_rebuild(cli_env, client, bucket, capsys):
     archive_run(client, bucket, rec, {"a.txt": b"a"}, cli_env.index_url)
     assert main(["index", "rebuild", "--root", f"s3://{bucket}/runs/", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"index_url": cli_env.index_url, "runs": 1}
-    client.put_object(Bucket=bucket, Key=index.pending_key(cli_env, "x1"), Body=json.dumps({"run_id": "x1"}))
+    client.put_object(Bucket=bucket, Key=index_store.pending_key(cli_env, "x1"), Body=json.dumps({"run_id": "x1"}))
     assert main(["index", "compact"]) == 0
     assert "2 runs" in capsys.readouterr().out
     assert [x["run_id"] for x in index_lines(client, cli_env)] == ["20261101_000000_cliabc", "x1"]
@@ -288,8 +289,8 @@ def test_deadline_leaves_the_update_pending_and_visible(cat, client):
     import time
 
     line = make_line(3, random.Random(9))
-    with pytest.raises(index.StoreError, match="pending and visible"):
-        index.add_to_index(cat.store, cat.index_url, line, deadline=time.monotonic() - 1)
+    with pytest.raises(StoreError, match="pending and visible"):
+        index_store.add_to_index(cat.store, cat.index_url, line, deadline=time.monotonic() - 1)
     assert [x["run_id"] for x in index.load_records(cat)] == [line["run_id"]]
     assert len(pending_keys(client, cat)) == 1
 
@@ -313,4 +314,4 @@ def test_locate_takes_atomic_conditional_writes_from_the_site_for_its_store_only
     assert index.locate(None, {**env, "AWS_ENDPOINT_URL": "http://seaweed:8333"}).store.atomic_conditional_writes
     # Another endpoint is not the store the admin vouched for: the safe default, with the grace period.
     other = index.locate(None, {**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9555"}).store
-    assert not other.atomic_conditional_writes and index.pending_grace_s(other) == index.PENDING_GRACE_S
+    assert not other.atomic_conditional_writes and index_store.pending_grace_s(other) == index_store.PENDING_GRACE_S

@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from catalog_seed import make_line, write_index
+from slurm_yolo.archive import index_store
 from slurm_yolo.catalog import index
 from slurm_yolo.catalog.index import Catalog
 from slurm_yolo.cli import main
@@ -33,7 +34,7 @@ def seeded_store(s3_server):
     stale = [{**x, "map50_95": 0.0, "end_state": "UNKNOWN"} for x in compacted[:10]]
     write_index(client, cat, stale + compacted[10:])
     for x in compacted[:10] + pending:
-        client.put_object(Bucket=bucket, Key=index.pending_key(cat, x["run_id"]), Body=json.dumps(x))
+        client.put_object(Bucket=bucket, Key=index_store.pending_key(cat, x["run_id"]), Body=json.dumps(x))
     return cat, lines, now
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from catalog_seed import archive_run, run_json, write_index
 from slurm_yolo.archive import layout
+from slurm_yolo.archive import index_store
 from slurm_yolo.catalog import index, retention
 from slurm_yolo.cli import main
 from slurm_yolo.errors import ConfigError
@@ -82,7 +83,7 @@ def old_and_new_runs(cli_env, client, bucket):
 
 
 def archived_keys(client, bucket: str) -> set[str]:
-    return {o["Key"] for o in index.list_keys(client, bucket, "runs/")}
+    return {o["Key"] for o in index_store.list_keys(client, bucket, "runs/")}
 
 
 def test_prune_dry_run_lists_exactly_what_a_real_prune_deletes(old_and_new_runs, cli_env, client, bucket, capsys):
@@ -116,7 +117,7 @@ def test_prune_dry_run_lists_exactly_what_a_real_prune_deletes(old_and_new_runs,
         assert (present & after == set()) if x["run_id"] in expected_delete else (present <= after)
     remaining = {x["run_id"] for x in index.load_records(cli_env)}
     assert remaining == {x["run_id"] for x in lines} - expected_delete
-    indexed = {o["Key"] for o in index.list_keys(client, bucket, cli_env.key(layout.INDEX_RUNS))}
+    indexed = {o["Key"] for o in index_store.list_keys(client, bucket, cli_env.key(layout.INDEX_RUNS))}
     assert indexed == {cli_env.key(layout.index_key(r)) for r in remaining}
 
     # a count is idempotent (a percentage is of the runs present now, so it would shrink them again)

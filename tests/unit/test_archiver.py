@@ -160,7 +160,7 @@ def good_record() -> bytes:
 
 def stage_with_store_down(store, bucket, tmp_path, run):
     """Archive with the store unreachable: the entry stays in the spool; returns (site, entry)."""
-    from slurm_yolo.archive.store import Store
+    from slurm_yolo.store import Store
 
     down = Store(endpoint_url="http://127.0.0.1:9", keys=store.keys)
     site = site_for(store, bucket, tmp_path)

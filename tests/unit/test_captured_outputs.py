@@ -20,7 +20,7 @@ from slurm_yolo.epilog.endstate import Evidence, decide, down_nodes, node_failed
 from slurm_yolo.epilog.reconcile import QueuedJob, due, job_env, parse_squeue
 from slurm_yolo.states import SLURM_ENDED as ENDED
 from slurm_yolo.errors import CommandError
-from slurm_yolo.job.train import _epoch_of, truncate_results
+from slurm_yolo.job.steps import _epoch_of, truncate_results
 from slurm_yolo.launcher.watch import Progress, is_over, parse_squeue_state
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -71,7 +71,7 @@ def test_python_noop_for_jobs_not_ours_returns_zero_and_loads_nothing(comment):
     if comment is not None:
         env["SLURM_JOB_COMMENT"] = comment
     code = ("import sys; from slurm_yolo.epilog import main as m; rc = m.main([]); "
-            "heavy = [k for k in ('boto3', 'yaml', 'slurm_yolo.epilog.site', 'slurm_yolo.epilog.snapshot', "
+            "heavy = [k for k in ('boto3', 'yaml', 'slurm_yolo.site', 'slurm_yolo.epilog.snapshot', "
             "'slurm_yolo.archive.s5cmd') if k in sys.modules]; print(rc, heavy)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "0 []", out.stdout + out.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from slurm_yolo.archive import s5cmd
-from slurm_yolo.archive.store import Store
+from slurm_yolo.store import Store
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "s5cmd"
 

@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from slurm_yolo.archive.store import Store
+from slurm_yolo.store import Store
 from slurm_yolo.epilog import spool
 from slurm_yolo.epilog.entry import EntryInfo
 from slurm_yolo.site import SiteConfig

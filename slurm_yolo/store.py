@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlparse
 
-from slurm_yolo.errors import ConfigError
+from slurm_yolo.errors import ConfigError, StoreError
 
 # The only variables s5cmd/boto3 get from us; nothing else from the caller's environment
 # leaks into a root-run copy.
@@ -29,7 +29,7 @@ class Store:
             in one atomic step, as AWS S3 and SeaweedFS 4.48 do, so two writers can never
             both win. ``False`` (the safe default) for stores that check, then write (moto's
             server): the index then keeps updates pending for a grace period
-            (:data:`slurm_yolo.catalog.index.PENDING_GRACE_S`).
+            (:data:`slurm_yolo.archive.index_store.PENDING_GRACE_S`).
     """
 
     endpoint_url: str | None = None
@@ -123,3 +123,25 @@ def join_url(base: str, *parts: str) -> str:
     for p in parts:
         out += "/" + p.strip("/")
     return out
+
+
+# boto3 error code → what the user should do about it.
+ERROR_HINTS = {
+    "NoSuchBucket": "the bucket does not exist; check the URL (--index / SLURM_YOLO_INDEX)",
+    "AccessDenied": "access denied; check your store credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE)",
+    "InvalidAccessKeyId": "the access key is unknown to the store; check AWS_ACCESS_KEY_ID",
+    "SignatureDoesNotMatch": "the secret key is wrong; check AWS_SECRET_ACCESS_KEY",
+}
+
+
+def store_error(op: str, url: str, e: Exception) -> StoreError:
+    """A one-line :class:`StoreError` for a boto3/botocore failure on ``url``."""
+    hint = ERROR_HINTS.get(error_code(e)) or f"{type(e).__name__}: {str(e)[:200]}; check AWS_ENDPOINT_URL"
+    return StoreError(f"{op} {url}: {hint}")
+
+
+def error_code(e: Exception) -> str:
+    """The S3 error code of a botocore ``ClientError`` (else its HTTP status, else ``""``)."""
+    response = getattr(e, "response", None) or {}
+    code = response.get("Error", {}).get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(code or "")
