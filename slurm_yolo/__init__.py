@@ -6,7 +6,9 @@ The Python API for notebooks::
     runs = slurm_yolo.sweep("configs/pcb.yaml", grid={"train.lr0": [0.01, 0.001]})
     [r.run_id for r in runs], [r.job_id for r in runs]
 
-Importing this package is cheap: nothing here imports torch, ultralytics or submitit.
+Importing this package is cheap: nothing here imports torch, ultralytics or submitit. The
+functions import what they need when called, because every ``slurm_yolo.*`` import (the
+epilog's no-op path after every job on the cluster included) runs this file first.
 """
 
 from __future__ import annotations

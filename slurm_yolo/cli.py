@@ -8,14 +8,24 @@ did not complete, 1 otherwise).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from slurm_yolo.errors import RunFailed, RunNotFound, SlurmYoloError
-from slurm_yolo.output import console, emit_json, print_record  # noqa: F401 - used by the commands here
+import yaml
+
+from slurm_yolo import record as rec
+from slurm_yolo.catalog import cli as catalog_cli
+from slurm_yolo.config import load_config
+from slurm_yolo.epilog import cli as epilog_cli
+from slurm_yolo.errors import ConfigError, RunFailed, RunNotFound, SlurmYoloError
+# TrainJob, not torch: the job imports torch and ultralytics only when it runs on the node.
+from slurm_yolo.job.train import TrainJob
+from slurm_yolo.launcher import submit as launcher
+from slurm_yolo.launcher.watch import wait_for
+from slurm_yolo.output import console, emit_json, print_record
+from slurm_yolo.report import cli as report_cli
 
 DESCRIPTION = """\
 Launch Ultralytics YOLO training on Slurm with run IDs; every run is archived to S3 by the
@@ -72,10 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_extension_commands(sub) -> None:
     """Commands implemented in the epilog, catalog and report packages register themselves here."""
-    from slurm_yolo.catalog import cli as catalog_cli
-    from slurm_yolo.epilog import cli as epilog_cli
-    from slurm_yolo.report import cli as report_cli
-
     epilog_cli.add_commands(sub)
     catalog_cli.add_commands(sub)
     # The catalog finds the run, the launcher submits it: joined here, the layer above both.
@@ -84,24 +90,16 @@ def _add_extension_commands(sub) -> None:
 
 
 def training_job():
-    """The job the launcher submits: the CLI (the top layer) joins the launcher and the job.
-    Imported here, when a run is submitted: it never imports torch on the login node."""
-    from slurm_yolo.job.train import TrainJob
-
+    """The job the launcher submits: the CLI (the top layer) joins the launcher and the job."""
     return TrainJob()
 
 
 def submit_training(config, **kwargs):
     """The launcher's submit with the training job (what ``reproduce`` resubmits with)."""
-    from slurm_yolo.launcher.submit import submit
-
-    return submit(config, job=training_job(), **kwargs)
+    return launcher.submit(config, job=training_job(), **kwargs)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from slurm_yolo.config import load_config
-    from slurm_yolo.launcher import submit as launcher
-
     config = load_config(args.config, args.overrides)
     if args.dry_run:
         result = launcher.dry_run(config, run_id=args.run_id)
@@ -132,8 +130,6 @@ def _show_dry_run(result: dict[str, Any], as_json: bool, what: str) -> int:
 
 
 def _wait(run_dir: str, job_id: str, executor: str, quiet: bool) -> str:
-    from slurm_yolo.launcher.watch import wait_for
-
     if quiet:
         return wait_for(run_dir, job_id, executor=executor)
     err = console(stderr=True)
@@ -147,11 +143,7 @@ def _wait(run_dir: str, job_id: str, executor: str, quiet: bool) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from slurm_yolo.config import load_config
-    from slurm_yolo.errors import ConfigError
-    from slurm_yolo.launcher import submit as launcher
 
-    import yaml
 
     grid: dict[str, list[Any]] = {}
     for item in args.grid:
@@ -187,8 +179,6 @@ def find_run_dir(run: str, runs_root: str | None) -> Path:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from slurm_yolo import record as rec
-
     run_dir = find_run_dir(args.run, args.runs_root)
     try:
         record = rec.read_record(run_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from slurm_yolo.errors import ConfigError, StoreError
@@ -84,7 +84,7 @@ class Store:
                  "aws_session_token": "AWS_SESSION_TOKEN"}
         return {env: section[k] for k, env in names.items() if k in section}
 
-    def boto3_client(self):
+    def boto3_client(self) -> Any:
         """A boto3 S3 client for what s5cmd cannot do (conditional writes, lifecycle rules)."""
         import boto3
         from botocore.config import Config as BotoConfig

@@ -50,3 +50,43 @@ def parse_days(text: str, what: str) -> int:
     if not m or int(m.group(1)) <= 0:
         raise ConfigError(f"{what} {text!r}: expected a positive number of days like 30d or 26w")
     return int(m.group(1)) * (7 if m.group(2) == "w" else 1)
+
+
+def time_minutes(value: str | int, where: str = "config") -> int:
+    """Parse a Slurm time limit into whole minutes (rounded up), as sbatch reads ``--time``.
+
+    Accepts ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS`` and an int of minutes.
+    """
+    bad = ConfigError(f"{where}: slurm.time={value!r} must look like 24:00:00, 2-00:00:00 or a number of minutes")
+    if isinstance(value, int):
+        if value <= 0:
+            raise bad
+        return value
+    text = value.strip()
+    days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
+    parts = rest.split(":")
+    if not days.isdigit() or not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+        raise bad
+    nums = [int(p) for p in parts]
+    if "-" in text:  # D-HH[:MM[:SS]]
+        h, m, s = (nums + [0, 0])[:3]
+    else:  # MM | MM:SS | HH:MM:SS
+        h, m, s = {1: (0, nums[0], 0), 2: (0, *nums), 3: tuple(nums)}[len(nums)]
+    total = int(days) * 1440 + h * 60 + m + (1 if s else 0)
+    if total <= 0:
+        raise bad
+    return total
+
+
+def duration_seconds(value: str | int | float, what: str) -> float:
+    """Parse ``90``, ``30s``, ``10m``, ``1.5h`` into seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.fullmatch(str(value).strip())
+        if not m:
+            raise ConfigError(f"{what}={value!r} must be a duration like 30s, 10m or 1h")
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+    if seconds <= 0:
+        raise ConfigError(f"{what} must be positive")
+    return seconds

@@ -73,7 +73,7 @@ class Catalog:
         """Object key of ``rel`` under the index prefix."""
         return split_url(self.index_url)[1] + rel
 
-def get_object(client, bucket: str, key: str) -> tuple[bytes, str] | None:
+def get_object(client: Any, bucket: str, key: str) -> tuple[bytes, str] | None:
     """``(body, etag)`` of an object, ``None`` when it does not exist."""
     try:
         obj = client.get_object(Bucket=bucket, Key=key)
@@ -83,7 +83,7 @@ def get_object(client, bucket: str, key: str) -> tuple[bytes, str] | None:
             return None
         raise store_error("read", f"s3://{bucket}/{key}", e) from e
 
-def parse_jsonl(body: bytes) -> dict[str, dict]:
+def parse_jsonl(body: bytes) -> dict[str, dict[str, Any]]:
     """Index lines by run ID (blank and unparsable lines are skipped: one bad line must not hide all runs)."""
     out = {}
     for line in body.splitlines():
@@ -95,12 +95,12 @@ def parse_jsonl(body: bytes) -> dict[str, dict]:
             out[rec["run_id"]] = rec
     return out
 
-def dump_jsonl(records: Mapping[str, dict]) -> bytes:
+def dump_jsonl(records: Mapping[str, dict[str, Any]]) -> bytes:
     """``INDEX.jsonl``: one compact line per run, sorted by run ID (stable diffs, time order for generated IDs)."""
     return "".join(json.dumps(records[k], sort_keys=True, separators=(",", ":"), default=str) + "\n"
                    for k in sorted(records)).encode()
 
-def list_keys(client, bucket: str, prefix: str) -> list[dict[str, Any]]:
+def list_keys(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
     """Every object under ``prefix`` (``Key``, ``Size``, ``LastModified``, ...), in key order."""
     try:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -108,7 +108,7 @@ def list_keys(client, bucket: str, prefix: str) -> list[dict[str, Any]]:
     except Exception as e:
         raise store_error("list", f"s3://{bucket}/{prefix}", e) from e
 
-def read_pending(cat: Catalog, client) -> list[tuple[str, dict]]:
+def read_pending(cat: Catalog, client: Any) -> list[tuple[str, dict[str, Any]]]:
     """``(key, record)`` of every pending update, oldest first within each run."""
     keys = [obj["Key"] for obj in list_keys(client, cat.bucket, cat.key(PENDING))]
     with ThreadPoolExecutor(8) as pool:  # small GETs: latency-bound, so overlap them
@@ -125,7 +125,7 @@ def read_pending(cat: Catalog, client) -> list[tuple[str, dict]]:
             out.append((key, rec))
     return out
 
-def merge(base: Mapping[str, dict], pending: Sequence[tuple[str, dict]]) -> dict[str, dict]:
+def merge(base: Mapping[str, dict[str, Any]], pending: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """``base`` updated with the pending records; the later key (newer UTC stamp) wins per run.
 
     A run ID belongs to the user who indexed it first: an update from another user (two
@@ -214,8 +214,11 @@ def remove_from_index(cat: Catalog, run_ids: Iterable[str]) -> int:
     _delete_keys(client, cat.bucket, [k for k, rec in read_pending(cat, client) if rec["run_id"] in gone])
     return n
 
-def update_index(cat: Catalog, transform: Callable[[dict[str, dict], list[tuple[str, dict]]], dict[str, dict]],
-                 *, client=None, sleep: Callable[[float], None] = time.sleep, deadline: float | None = None,
+Records = dict[str, dict[str, Any]]
+
+
+def update_index(cat: Catalog, transform: Callable[[Records, list[tuple[str, dict[str, Any]]]], Records],
+                 *, client: Any = None, sleep: Callable[[float], None] = time.sleep, deadline: float | None = None,
                  grace_s: float | None = None, now: datetime | None = None) -> int:
     """Compare-and-swap ``INDEX.jsonl`` to ``transform(current lines, pending updates)``.
 
@@ -280,15 +283,16 @@ def _pending_stamp(key: str) -> datetime:
     except ValueError:
         return datetime.min.replace(tzinfo=timezone.utc)
 
-def etag_now(client, bucket: str, key: str) -> str | None:
+
+def etag_now(client: Any, bucket: str, key: str) -> str | None:
     try:
-        return client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+        return str(client.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
     except Exception as e:
         if error_code(e) in ("NoSuchKey", "404"):
             return None
         raise store_error("read", f"s3://{bucket}/{key}", e) from e
 
-def _delete_keys(client, bucket: str, keys: Sequence[str]) -> None:
+def _delete_keys(client: Any, bucket: str, keys: Sequence[str]) -> None:
     for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
         chunk = keys[i:i + 1000]
         try:

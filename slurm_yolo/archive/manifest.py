@@ -10,7 +10,7 @@ from typing import Any
 CHUNK = 1 << 20
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's contents."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -19,7 +19,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def verify_tree(root: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:
+def verify_tree(root: str | os.PathLike[str], manifest: dict[str, Any]) -> list[str]:
     """Problems found checking a local copy against its manifest (empty list: all good)."""
     root = Path(root)
     problems = []

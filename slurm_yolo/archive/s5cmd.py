@@ -13,6 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
@@ -20,29 +21,49 @@ from slurm_yolo.store import Store
 from slurm_yolo.commands import run_until
 from slurm_yolo.errors import StoreError
 
+class ErrorClass(str, Enum):
+    """What kind of failure an s5cmd error is; decides whether the drain tries again."""
+
+    UNREACHABLE = "unreachable"
+    THROTTLED = "throttled"
+    CREDENTIALS = "credentials"
+    DENIED = "denied"
+    NO_BUCKET = "no_bucket"
+    MISSING_SOURCE = "missing_source"
+    UNKNOWN = "unknown"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @property
+    def transient(self) -> bool:
+        """A later try may succeed (the store is down or slow); else a person must act."""
+        return self in (ErrorClass.UNREACHABLE, ErrorClass.THROTTLED, ErrorClass.UNKNOWN)
+
+
 # Error text fragments → a class of failure (first match wins). Transient ones are worth
 # a later retry from the spool; permanent ones need a person.
-ERROR_CLASSES: tuple[tuple[str, str], ...] = (
-    ("connection refused", "unreachable"),
-    ("no such host", "unreachable"),
-    ("i/o timeout", "unreachable"),
-    ("RequestError", "unreachable"),
-    ("SlowDown", "throttled"),
-    ("ServiceUnavailable", "throttled"),
-    ("InternalError", "throttled"),
-    ("NoCredentialProviders", "credentials"),
-    ("InvalidAccessKeyId", "credentials"),
-    ("SignatureDoesNotMatch", "credentials"),
-    ("AccessDenied", "denied"),
-    ("NoSuchBucket", "no_bucket"),
-    ("not found", "missing_source"),
+ERROR_CLASSES: tuple[tuple[str, ErrorClass], ...] = (
+    ("connection refused", ErrorClass.UNREACHABLE),
+    ("no such host", ErrorClass.UNREACHABLE),
+    ("i/o timeout", ErrorClass.UNREACHABLE),
+    ("RequestError", ErrorClass.UNREACHABLE),
+    ("SlowDown", ErrorClass.THROTTLED),
+    ("ServiceUnavailable", ErrorClass.THROTTLED),
+    ("InternalError", ErrorClass.THROTTLED),
+    ("NoCredentialProviders", ErrorClass.CREDENTIALS),
+    ("InvalidAccessKeyId", ErrorClass.CREDENTIALS),
+    ("SignatureDoesNotMatch", ErrorClass.CREDENTIALS),
+    ("AccessDenied", ErrorClass.DENIED),
+    ("NoSuchBucket", ErrorClass.NO_BUCKET),
+    ("not found", ErrorClass.MISSING_SOURCE),
     # Captured from s5cmd 2.3 (tests/data/s5cmd): a missing key or an empty wildcard is
     # permanent, not "unknown" (which counts as transient and would be retried forever).
-    ("no object found", "missing_source"),
-    ("no match found", "missing_source"),
-    ("NoSuchKey", "missing_source"),
+    ("no object found", ErrorClass.MISSING_SOURCE),
+    ("no match found", ErrorClass.MISSING_SOURCE),
+    ("NoSuchKey", ErrorClass.MISSING_SOURCE),
 )
-TRANSIENT = {"unreachable", "throttled", "unknown"}
+TRANSIENT = frozenset(c for c in ErrorClass if c.transient)
 
 
 def binary() -> str:
@@ -74,7 +95,7 @@ class Outcome:
     destination: str | None = None
     size: int | None = None
     error: str | None = None
-    error_class: str | None = None
+    error_class: ErrorClass | None = None
 
 
 @dataclass(frozen=True)
@@ -111,12 +132,12 @@ class Result:
         return f"{len(fails)} of {len(self.outcomes)} failed ({first.error_class}: {first.error})"
 
 
-def classify_error(text: str) -> str:
+def classify_error(text: str) -> ErrorClass:
     """The failure class of an s5cmd error message (see :data:`ERROR_CLASSES`)."""
     for fragment, cls in ERROR_CLASSES:
         if fragment.lower() in text.lower():
             return cls
-    return "unknown"
+    return ErrorClass.UNKNOWN
 
 
 def parse_line(line: str) -> Outcome | None:
@@ -133,7 +154,7 @@ def parse_line(line: str) -> Outcome | None:
     except json.JSONDecodeError:
         return Outcome(ok=False, operation="?", error=line[:300], error_class=classify_error(line))
     if not isinstance(obj, dict):
-        return Outcome(ok=False, operation="?", error=line[:300], error_class="unknown")
+        return Outcome(ok=False, operation="?", error=line[:300], error_class=ErrorClass.UNKNOWN)
     if "error" in obj:
         err = str(obj["error"])
         return Outcome(ok=False, operation=obj.get("operation", "?"), error=err[:300],
@@ -141,7 +162,7 @@ def parse_line(line: str) -> Outcome | None:
     if obj.get("success") or "key" in obj:
         return Outcome(ok=True, operation=obj.get("operation", "ls"), source=obj.get("source") or obj.get("key"),
                        destination=obj.get("destination"), size=(obj.get("object") or {}).get("size", obj.get("size")))
-    return Outcome(ok=False, operation=obj.get("operation", "?"), error=line[:300], error_class="unknown")
+    return Outcome(ok=False, operation=obj.get("operation", "?"), error=line[:300], error_class=ErrorClass.UNKNOWN)
 
 
 def parse_output(stdout: str, stderr: str) -> tuple[Outcome, ...]:
@@ -190,7 +211,7 @@ def run(
     done = run_until(argv, limit_s=limit, env=store.environment(), stdin_text=stdin_text, pass_fds=pass_fds)
     if done.missing:
         return Result(returncode=127, outcomes=(Outcome(False, "exec", error=f"{argv[0]} not found",
-                                                        error_class="unknown"),))
+                                                        error_class=ErrorClass.UNKNOWN),))
     return Result(done.returncode, parse_output(done.stdout, done.stderr), done.timed_out, done.stderr[-2000:])
 
 

@@ -12,7 +12,12 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+import yaml
+from rich.table import Table
+
 from slurm_yolo.catalog import index, query, retention, runs
+from slurm_yolo.errors import ConfigError
+from slurm_yolo.output import console, emit_json, print_record
 
 LIST_COLUMNS = ("run_id", "project", "model_name", "end_state", "end", "map50_95", "map50", "user",
                 "hparams.lr0", "hparams.batch")
@@ -28,7 +33,6 @@ class _Parser(argparse.ArgumentParser):
     ``-h``!); a leading ``-`` is how the issue spells "descending", so words that look like
     sort specs and are not registered options are values here.
     """
-
     def _parse_optional(self, arg_string):
         if _SORT_SPEC_RE.fullmatch(arg_string) and arg_string not in self._option_string_actions:
             return None
@@ -125,8 +129,6 @@ def add_commands(sub) -> None:
 
 
 def _print_json(obj: Any) -> None:
-    from slurm_yolo.output import emit_json
-
     emit_json(obj)
 
 
@@ -142,9 +144,7 @@ def _fmt(value: Any) -> str:
 
 
 def _table(title: str | None, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    from rich.table import Table
 
-    from slurm_yolo.output import console
 
     t = Table(*headers, title=title, box=None, padding=(0, 1), title_justify="left")
     for row in rows:
@@ -156,7 +156,6 @@ def build_query(args: argparse.Namespace, now: datetime | None = None) -> query.
     """A :class:`~slurm_yolo.catalog.query.Query` from ``runs list`` arguments (validates them all)."""
     now = now or datetime.now(timezone.utc)
     if args.limit is not None and args.limit < 0:
-        from slurm_yolo.errors import ConfigError
 
         raise ConfigError(f"--limit {args.limit}: must be 0 or more")
     return query.Query(project=args.project, task=args.task, sweep=args.sweep, state=args.state, user=args.user,
@@ -184,9 +183,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(record)
         return 0
-    import yaml
 
-    from slurm_yolo.output import print_record
 
     print_record(record)
     print("config:\n" + yaml.safe_dump(record.get("config"), sort_keys=False).rstrip())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from slurm_yolo.errors import SlurmYoloError
 from slurm_yolo.archive import s5cmd
-from slurm_yolo.site import load_site_config, site_config_path
+from slurm_yolo.site import SiteConfig, load_site_config, site_config_path
 
 
 def checks(site_path: str) -> list[tuple[bool, str]]:
@@ -42,7 +42,7 @@ def checks(site_path: str) -> list[tuple[bool, str]]:
     return results
 
 
-def _claim_dir(site) -> tuple[bool, str]:
+def _claim_dir(site: SiteConfig) -> tuple[bool, str]:
     """The claims folder: root-only, and (multi-node sites) shared; we can only say where it is."""
     claims = Path(site.claim_dir)
     shared = "" if not claims.is_relative_to(site.spool_dir) else \
@@ -56,7 +56,7 @@ def _claim_dir(site) -> tuple[bool, str]:
     return writable, f"claims {claims}" + (shared if writable else " is not writable: check the mount")
 
 
-def _reachable(site, bucket: str) -> tuple[bool, str]:
+def _reachable(site: SiteConfig, bucket: str) -> tuple[bool, str]:
     try:
         site.store.boto3_client().head_bucket(Bucket=bucket)
     except Exception as e:  # botocore raises many kinds; all mean "not usable"

@@ -45,7 +45,7 @@ class Claim:
     data: Mapping[str, Any]
 
 
-def claim_path(claim_dir: str | os.PathLike, key: str) -> Path:
+def claim_path(claim_dir: str | os.PathLike[str], key: str) -> Path:
     """The claim file of one attempt (``key`` is the spool entry name of that attempt)."""
     return Path(claim_dir) / key
 
@@ -81,7 +81,7 @@ def _generation(data: Mapping[str, Any]) -> str:
     return f"{data.get('epoch_s')}-{data.get('host')}-{data.get('pid')}"
 
 
-def try_claim(claim_dir: str | os.PathLike, key: str, env: Mapping[str, str], *, by: str,
+def try_claim(claim_dir: str | os.PathLike[str], key: str, env: Mapping[str, str], *, by: str,
               stale_after_s: float, now: float | None = None) -> Claim | None:
     """Claim the attempt ``key``; ``None`` if someone else has it (or has archived it).
 
@@ -142,7 +142,7 @@ def release(claim: Claim) -> None:
         pass
 
 
-def stale_claims(claim_dir: str | os.PathLike, *, stale_after_s: float, now: float | None = None) -> list[Path]:
+def stale_claims(claim_dir: str | os.PathLike[str], *, stale_after_s: float, now: float | None = None) -> list[Path]:
     """Claims still ``claimed`` past ``stale_after_s``: their holder died mid-archive."""
     now = time.time() if now is None else now
     root = Path(claim_dir)
@@ -158,7 +158,7 @@ def stale_claims(claim_dir: str | os.PathLike, *, stale_after_s: float, now: flo
     return out
 
 
-def prune(claim_dir: str | os.PathLike, *, older_than_s: float = KEEP_S, now: float | None = None) -> int:
+def prune(claim_dir: str | os.PathLike[str], *, older_than_s: float = KEEP_S, now: float | None = None) -> int:
     """Delete done claims (and takeover markers) older than ``older_than_s``; returns how many.
 
     A claim still ``claimed`` is never deleted: it waits for the reconciler to take it over.

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from typing import Any
 
+from slurm_yolo.epilog import spool
+from slurm_yolo.epilog.entry import EntryInfo
+from slurm_yolo.epilog.main import setup_logging
+from slurm_yolo.epilog.reconcile import reconcile
+from slurm_yolo.errors import SiteConfigError
+from slurm_yolo.site import SiteConfig, load_site_config, site_config_path
 
-def add_commands(sub) -> None:
+def add_commands(sub: Any) -> None:
     p = sub.add_parser("spool", help="admin: list or drain the epilog's spool of pending uploads",
                        description="Runs left in the spool by the epilog (store down, slow, killed) are "
                                    "uploaded by `drain`; run it from the systemd timer or cron as root.")
@@ -38,11 +46,8 @@ def add_commands(sub) -> None:
     r.set_defaults(func=cmd_reconcile)
 
 
-def _site(args):
-    import os
+def _site(args: argparse.Namespace) -> SiteConfig:
 
-    from slurm_yolo.site import load_site_config, site_config_path
-    from slurm_yolo.errors import SiteConfigError
 
     if os.geteuid() != 0:
         raise SiteConfigError("the spool is root-only: run `slurm-yolo spool ...` as root (the drain timer does)")
@@ -50,8 +55,6 @@ def _site(args):
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
-    from slurm_yolo.epilog import spool
-
     site = _site(args)
     results = spool.drain(site, budget_s=args.budget, log=lambda m: None if args.json else print(m),
                           everything=args.everything)
@@ -65,9 +68,6 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from slurm_yolo.epilog import spool
-    from slurm_yolo.epilog.entry import EntryInfo
-
     site = _site(args)
     entries = []
     for e in spool.iter_entries(site.spool_dir):
@@ -82,10 +82,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(entries))
     else:
-        for e in entries:
-            state = "NEEDS A PERSON" if e.get("permanent") else f"tries={e.get('tries') or 0}"
-            print(f"{e['entry']}  {e.get('user')}  {e.get('dest')}  {state}  {e.get('last_error') or ''}")
-        stuck = sum(1 for e in entries if e.get("permanent"))
+        for line in entries:
+            state = "NEEDS A PERSON" if line.get("permanent") else f"tries={line.get('tries') or 0}"
+            print(f"{line['entry']}  {line.get('user')}  {line.get('dest')}  {state}  {line.get('last_error') or ''}")
+        stuck = sum(1 for line in entries if line.get("permanent"))
         print(f"{len(entries)} pending" + (f", {stuck} need a person (fix the cause, then "
                                            "`slurm-yolo spool drain --all`)" if stuck else ""),
               file=sys.stderr)
@@ -93,9 +93,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from slurm_yolo.epilog.main import setup_logging
-    from slurm_yolo.epilog.reconcile import reconcile
-
     site = _site(args)
     setup_logging(site.log_file)
     results = reconcile(site, dry_run=args.dry_run, settle_s=args.settle,

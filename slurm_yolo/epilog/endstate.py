@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from slurm_yolo.states import EndState, JobStatus
@@ -189,10 +190,8 @@ def oom_in_log_text(text: str, attempt: int) -> bool:
     return bool(OOM_REPORT.search(text[banner if banner >= 0 else 0:]))
 
 
-def oom_in_logs(snapshot_dir, attempt: int) -> bool:
+def oom_in_logs(snapshot_dir: str | Path, attempt: int) -> bool:
     """Scan this job's Slurm logs in the epilog's (already safely copied) snapshot."""
-    from pathlib import Path
-
     # Only this job's logs are in the snapshot: a run's own slurm/ folder (one job ID across
     # requeues), or the one log the epilog copied from a sweep's folder.
     for log in sorted(Path(snapshot_dir).glob("slurm/*_log.*")):

@@ -20,9 +20,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from slurm_yolo.names import MARKER_PREFIX  # cheap: re, secrets
+
+# Everything else is imported inside the function that needs it: slurmd starts this module
+# after every job on the cluster, and the no-op path (a job that is not ours) must load
+# neither yaml nor boto3 nor the archiver (tests/unit/test_epilog_entry.py checks it).
+
+if TYPE_CHECKING:  # types only: the no-op path must not import the site config (yaml)
+    from slurm_yolo.site import SiteConfig
 
 log = logging.getLogger("slurm_yolo.epilog")
 
@@ -50,7 +57,7 @@ def setup_logging(path: str) -> None:
 NODE_CONTEXT, CONTROLLER_CONTEXT = "epilog_slurmd", "epilog_slurmctld"
 
 
-def archive_job(env: Mapping[str, str], site, *, deadline: float, by: str = "",
+def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by: str = "",
                 node_down: bool = False) -> dict[str, Any]:
     """Archive the attempt the job ``env`` describes (see :mod:`slurm_yolo.epilog.archiver`).
 
@@ -62,7 +69,7 @@ def archive_job(env: Mapping[str, str], site, *, deadline: float, by: str = "",
     return archive(env, site, deadline=deadline, by=by, node_down=node_down).to_dict()
 
 
-def _controller_sees_dead_node(env: Mapping[str, str], site, deadline: float) -> bool:
+def _controller_sees_dead_node(env: Mapping[str, str], site: SiteConfig, deadline: float) -> bool:
     """On the controller, archive only what no node epilog will: jobs whose node died.
 
     Every other job is archived on its nodes (where the data is local); the claim makes it
@@ -86,7 +93,7 @@ def run(env: Mapping[str, str]) -> int:
     """The epilog proper (after the no-op test). Always returns 0."""
     from slurm_yolo.site import load_site_config, site_config_path
     from slurm_yolo.errors import SlurmYoloError
-    from slurm_yolo.epilog.snapshot import Refused
+    from slurm_yolo.errors import Refused
 
     started = time.monotonic()
     job_id = env.get("SLURM_JOB_ID", "?")

@@ -299,19 +299,19 @@ def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap:
             snap.skipped.append(f"{relpath}: owned by uid {st.st_uid}, not the job's user")
             return
         os.set_blocking(fd, True)
-        direct_ok = direct_root is not None and can_upload_direct(relpath)
-        if direct_ok and st.st_size >= DIRECT_MIN_BYTES:
-            _hash_in_place(fd, st, relpath, direct_root, src_rel or relpath, snap)
+        root = direct_root if direct_root is not None and can_upload_direct(relpath) else None
+        if root is not None and st.st_size >= DIRECT_MIN_BYTES:
+            _hash_in_place(fd, st, relpath, root, src_rel or relpath, snap)
             return
         try:
             snap.files[relpath] = _copy_hashed(fd, dest / relpath)
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not direct_ok:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or root is None:
                 raise
             # The spool is full: this file goes straight from the run folder too.
             (dest / relpath).unlink(missing_ok=True)
             snap.spool_full = True
-            _hash_in_place(fd, os.fstat(fd), relpath, direct_root, src_rel or relpath, snap)
+            _hash_in_place(fd, os.fstat(fd), relpath, root, src_rel or relpath, snap)
     finally:
         os.close(fd)
 

@@ -73,13 +73,13 @@ def entry_name(key: str, attempt: int) -> str:
     return f"{key}.a{attempt}"
 
 
-def iter_entries(spool_dir: str | os.PathLike) -> Iterator[Path]:
+def iter_entries(spool_dir: str | os.PathLike[str]) -> Iterator[Path]:
     """Spool entries, oldest attempt first within each run."""
     root = Path(spool_dir)
     if not root.is_dir():
         return iter(())
 
-    def key(p: Path):
+    def key(p: Path) -> tuple[str, int]:
         key, _, attempt = p.name.rpartition(".a")
         return key, int(attempt) if attempt.isdigit() else 0
 
@@ -89,7 +89,7 @@ def iter_entries(spool_dir: str | os.PathLike) -> Iterator[Path]:
 class RunLock:
     """An exclusive per-run ``flock`` in the spool (``<spool>/.locks/<run key>``)."""
 
-    def __init__(self, spool_dir: str | os.PathLike, key: str) -> None:
+    def __init__(self, spool_dir: str | os.PathLike[str], key: str) -> None:
         locks = Path(spool_dir) / ".locks"
         locks.mkdir(mode=0o700, exist_ok=True)
         self.fd = os.open(locks / key, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -127,7 +127,7 @@ def write_entry(entry: Path, info: EntryInfo, record: dict[str, Any], manifest: 
     info.save(entry)
 
 
-def supersede_older(spool_dir: str | os.PathLike, key: str, attempt: int) -> list[str]:
+def supersede_older(spool_dir: str | os.PathLike[str], key: str, attempt: int) -> list[str]:
     """Delete entries of earlier attempts of the run ``key``: the new snapshot has everything newer.
 
     Their per-attempt records (``meta/attempts/attempt-N.json``) move into the new entry

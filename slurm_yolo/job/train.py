@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from slurm_yolo import record as rec
 from slurm_yolo.store import Store
 from slurm_yolo.commands import run_foreground
-from slurm_yolo.config import duration_seconds
+from slurm_yolo.timeparse import duration_seconds
 from slurm_yolo.errors import SlurmYoloError
+from slurm_yolo.states import JobStatus
 from slurm_yolo.job.distributed import PREEMPT_SIGNAL, NodeLaunch, node_launch, torchrun_argv, torchrun_env
 from slurm_yolo.job.monitor import GOOD_CHECKPOINT, RunMonitor
 from slurm_yolo.job.steps import (  # noqa: F401 - part of this module's API
@@ -53,7 +52,7 @@ def _new_attempt() -> dict[str, Any]:
         "node": socket.gethostname(),
         "start": rec.utc_now(),
         "end": None,
-        "status": "RUNNING",
+        "status": JobStatus.RUNNING,
         "end_state": None,
         "epoch": None,
         "signals": [],
@@ -67,7 +66,7 @@ def _start_attempt(r: dict[str, Any], attempt: dict[str, Any]) -> None:
         if old.get("end") is None:
             old["end"] = attempt["start"]
     r["attempts"].append(attempt)
-    r["status"] = "RUNNING"
+    r["status"] = JobStatus.RUNNING
     r["end_state"] = None
     r["slurm"].update({k: v for k, v in {
         "job_id": _slurm_job_id(), "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
@@ -151,7 +150,7 @@ class TrainJob:
         log = open(run_dir / LOG_NAME, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the job
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
         print(f"[slurm-yolo] run {record['run_id']} attempt {attempt['attempt']} on {attempt['node']}", flush=True)
-        status, error = "FAILED", None
+        status, error = JobStatus.FAILED, None
         config = record["config"]
         monitor = start_monitor(run_dir, record)
         try:
@@ -161,10 +160,10 @@ class TrainJob:
             env = environment()
             rec.update_record(run_dir, lambda r: r.update(environment=env))
             self._train(run_dir, config, attempt["attempt"])
-            status = "COMPLETED"
+            status = JobStatus.COMPLETED
         except BaseException as e:
             if self.requeuing:  # submitit checkpointed us and asked Slurm to requeue: not a failure
-                status = "REQUEUING"
+                status = JobStatus.REQUEUING
             else:
                 error = f"{type(e).__name__}: {e}"[:500]
             raise
@@ -173,7 +172,7 @@ class TrainJob:
             if monitor.syncing and os.environ.get("SUBMITIT_EXECUTOR") == "local":
                 # No epilog runs after a local job: one last sync is its archive.
                 monitor.sync(len(rec.read_results_rows(run_dir / "results.csv")))
-            if status == "COMPLETED":
+            if status == JobStatus.COMPLETED:
                 (run_dir / "weights" / GOOD_CHECKPOINT).unlink(missing_ok=True)
             metrics = rec.read_metrics(run_dir / "results.csv")
 
@@ -206,7 +205,7 @@ class TrainJob:
         if attempt_number() > limit:  # task 0 refuses too: starting torchrun would only wait for it
             raise RuntimeError(f"attempt {attempt_number()} exceeds slurm.max_requeues+1={limit}; not training")
         launch = train_multinode(run_dir, config)
-        return {"run_dir": str(run_dir), "status": "COMPLETED", "node_rank": launch.node_rank}
+        return {"run_dir": str(run_dir), "status": JobStatus.COMPLETED, "node_rank": launch.node_rank}
 
     def checkpoint(self, run_dir: str):
         """Called by submitit on the time-limit/pre-emption signal (USR2): requeue this run.

@@ -9,7 +9,8 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from slurm_yolo.config import Config, time_minutes
+from slurm_yolo.config import Config
+from slurm_yolo.timeparse import time_minutes
 from slurm_yolo.names import MARKER_PREFIX
 
 

@@ -28,9 +28,10 @@ from slurm_yolo.provenance import code_version, dataset_identity
 from slurm_yolo.launcher.slurm_params import batch_script, make_marker, slurm_parameters
 from slurm_yolo.names import new_run_id, new_sweep_id, validate_name
 from slurm_yolo.site import read_site_config, site_config_path
+from slurm_yolo.states import Executor, JobStatus
 from slurm_yolo.store import Store
 
-EXECUTORS = ("slurm", "local")
+EXECUTORS = tuple(e.value for e in Executor)
 SWEEPS_DIR = "_sweeps"
 ARRAY_JSON = "array.json"
 
@@ -95,7 +96,7 @@ def new_record(
         "slurm": {"job_id": None, "array_job_id": None, "array_task_id": array_index},
         "environment": None,
         "attempts": [],
-        "status": "SUBMITTED",
+        "status": JobStatus.SUBMITTED,
         "end_state": None,
         "metrics": None,
     }
@@ -124,7 +125,7 @@ def check_destination(config: Config, user: str, site_path: str | None = None) -
 
 def check_executor_fits(config: Config, executor: str) -> None:
     """Refuse, before anything is created, what the executor cannot run: several nodes need Slurm."""
-    if executor == "local" and config.slurm["nodes"] > 1:
+    if executor == Executor.LOCAL and config.slurm["nodes"] > 1:
         raise ConfigError(f"slurm.nodes={config.slurm['nodes']} needs Slurm: drop --executor local, or set "
                           "slurm.nodes=1 to train on this machine")
 
@@ -193,7 +194,7 @@ def make_executor(kind: str, folder: Path, config: Config, params: Mapping[str, 
     """A submitit executor of ``kind`` writing its logs and pickles to ``folder``."""
     import submitit  # imported here: a few hundred ms, only paid when submitting
 
-    if kind == "slurm":
+    if kind == Executor.SLURM:
         try:
             executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=config.slurm["max_requeues"],
                                               python=_python())
@@ -201,7 +202,7 @@ def make_executor(kind: str, folder: Path, config: Config, params: Mapping[str, 
             raise SubmitError(f"Slurm is not available here ({e}); use --executor local or run on a login node") from e
         executor.update_parameters(**params)
         return executor
-    if kind == "local":
+    if kind == Executor.LOCAL:
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=config.slurm["max_requeues"])
         executor.update_parameters(timeout_min=params["time"], gpus_per_node=params.get("gpus_per_node", 0),
                                    cpus_per_task=params["cpus_per_task"], signal_delay_s=params["signal_delay_s"])
@@ -232,7 +233,7 @@ def submit(
     check_executor_fits(config, executor)
     if run_id:
         validate_name(run_id, "--run-id")
-    if executor == "slurm":
+    if executor == Executor.SLURM:
         check_destination(config, getpass.getuser())
     check_sync_credentials(config)
     run_dir = prepare_run(config, run_id, reproduces=reproduces)
@@ -320,7 +321,7 @@ def sweep(
         raise ConfigError("sweep: slurm.* must be the same for every element (one job array has one shape)")
     for c in configs:
         check_executor_fits(c, executor)
-        if executor == "slurm":
+        if executor == Executor.SLURM:
             check_destination(c, getpass.getuser())
         check_sync_credentials(c)
     created: list[Path] = []

@@ -6,6 +6,11 @@ import argparse
 import sys
 from typing import Any
 
+from slurm_yolo.catalog import index
+from slurm_yolo.output import emit_json
+from slurm_yolo.report import build, mlflow_sync
+from slurm_yolo.report.serve import serve
+
 DEFAULT_OUT = "portal"
 
 
@@ -53,15 +58,10 @@ def add_commands(sub) -> None:
 
 
 def _emit(obj: Any) -> None:
-    from slurm_yolo.output import emit_json
-
     emit_json(obj)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from slurm_yolo.catalog import index
-    from slurm_yolo.report import build
-
     cat = index.locate(args.index)
     allowed = args.allowed_prefix or build.site_allowed_prefix()
     result = build.build_site(cat, args.out, allowed_prefix=allowed, force=args.force)
@@ -85,8 +85,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from slurm_yolo.report.serve import serve
-
     try:
         serve(args.dir, args.host, args.port, announce=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
@@ -95,9 +93,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_sync(args: argparse.Namespace) -> int:
-    from slurm_yolo.catalog import index
-    from slurm_yolo.report import build, mlflow_sync
-
     result = mlflow_sync.sync(index.locate(args.index), tracking_uri=args.tracking_uri,
                               experiment_prefix=args.experiment_prefix,
                               allowed_prefix=args.allowed_prefix or build.site_allowed_prefix())

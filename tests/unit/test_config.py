@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from slurm_yolo.config import apply_overrides, duration_seconds, load_config, time_minutes
+from slurm_yolo.config import apply_overrides, load_config
+from slurm_yolo.timeparse import duration_seconds, time_minutes
 from slurm_yolo.errors import ConfigError
 
 GOOD = {
