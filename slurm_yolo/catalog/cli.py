@@ -39,13 +39,19 @@ class _Parser(argparse.ArgumentParser):
         return super()._parse_optional(arg_string)
 
 
-def add_commands(sub) -> None:
+def add_commands(sub: Any) -> None:
     """Register the catalog commands on the ``slurm-yolo`` subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--index", metavar="URL",
                         help="index URL s3://BUCKET/PREFIX/ (default: $SLURM_YOLO_INDEX, else the site config)")
     common.add_argument("--json", action="store_true", help="print one JSON value (for scripts)")
+    _add_runs(sub, common)
+    _add_reproduce(sub, common)
+    _add_index(sub, common)
+    _add_store(sub, common)
 
+
+def _add_runs(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("runs", help="find, show, compare and fetch archived runs")
     rsub = p.add_subparsers(dest="runs_command", metavar="ACTION", required=True, parser_class=_Parser)
 
@@ -79,6 +85,8 @@ def add_commands(sub) -> None:
     p.add_argument("--to", required=True, metavar="DIR")
     p.set_defaults(func=cmd_fetch)
 
+
+def _add_reproduce(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("reproduce", parents=[common], help="resubmit an archived run's config as a new run",
                        description="Resubmit the archived resolved config of a run (with --set changes) as a new "
                                    "run recording which run it reproduces; warns about code/environment changes.")
@@ -89,6 +97,8 @@ def add_commands(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="resolve and warn; submit nothing")
     p.set_defaults(func=cmd_reproduce)
 
+
+def _add_index(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("index", help="maintain the store's run index (INDEX.jsonl)")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     p = isub.add_parser("rebuild", parents=[common], help="recreate the index from every run.json in the store")
@@ -100,6 +110,8 @@ def add_commands(sub) -> None:
     p = isub.add_parser("compact", parents=[common], help="fold pending index updates into INDEX.jsonl")
     p.set_defaults(func=cmd_compact)
 
+
+def _add_store(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("store", help="keep the store affordable: lifecycle rules, pruning")
     ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
     p = ssub.add_parser("lifecycle", parents=[common], help="show or apply the bucket lifecycle rule for runs")

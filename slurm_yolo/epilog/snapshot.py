@@ -92,18 +92,34 @@ def open_dir_nofollow(path: str, uid: int) -> int:
     """
     if not valid_marker_path(path):
         raise Refused(f"marker path {path!r} is not an absolute, normalised path")
-    fd = os.open("/", DIR_FLAGS)
+    fd = _descend(os.open("/", DIR_FLAGS), [p for p in path.split("/") if p], repr(path))
     try:
-        for part in [p for p in path.split("/") if p]:
-            try:
-                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                raise Refused(f"cannot open {part!r} in {path!r} without following links: {e.strerror}") from e
-            os.close(fd)
-            fd = nfd
         st = os.fstat(fd)
         if st.st_uid != uid:
             raise Refused(f"{path} belongs to uid {st.st_uid}, not the job's uid {uid}")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _descend(fd: int, parts: list[str], where: str, owner: int | None = None) -> int:
+    """From the open folder ``fd`` (consumed), open each of ``parts`` in turn without following
+    links (and, with ``owner``, only folders that uid owns); return the last folder's fd.
+
+    Raises:
+        Refused: a component is a link, missing, or owned by someone else.
+    """
+    try:
+        for part in parts:
+            try:
+                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                raise Refused(f"cannot open {part!r} in {where} without following links: {e.strerror}") from e
+            os.close(fd)
+            fd = nfd
+            if owner is not None and os.fstat(fd).st_uid != owner:
+                raise Refused(f"{part!r} in {where} is not owned by the job's user")
         return fd
     except BaseException:
         os.close(fd)
@@ -363,17 +379,8 @@ def open_file_at(root_fd: int, rel: str, uid: int) -> int:
     parts = [p for p in rel.split("/") if p]
     if not parts or not all(_safe_component(p) for p in parts):
         raise Refused(f"{rel!r} is not a safe relative path")
-    fd = os.dup(root_fd)
+    fd = _descend(os.dup(root_fd), parts[:-1], repr(rel), owner=uid)
     try:
-        for part in parts[:-1]:
-            try:
-                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                raise Refused(f"{rel}: cannot open {part!r} without following links: {e.strerror}") from e
-            os.close(fd)
-            fd = nfd
-            if os.fstat(fd).st_uid != uid:
-                raise Refused(f"{rel}: {part!r} is not owned by the job's user")
         try:
             ffd = os.open(parts[-1], FILE_FLAGS, dir_fd=fd)
         except OSError as e:
