@@ -11,4 +11,4 @@ cd "$here"
 # Three namespace nodes (partition multi) besides the host's own: the node-failure and
 # multi-node tests crash and revive them.
 bring_up --nodes 3
-exec "$venv/bin/python" -m pytest tests -ra "$@"
+exec "$venv/bin/python" -m pytest tests -ra --durations=15 "$@"

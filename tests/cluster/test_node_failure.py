@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from slurm_yolo.config import load_config
+from slurm_yolo.launcher.slurm_params import make_marker
+from slurm_yolo.launcher.submit import prepare_run
 from tests.cluster.conftest import (DEV, archived_record, demo_config, index_record, job_state, list_keys,
                                     read_object, slurm_yolo as cli, submit_json, verify_archive, wait_for,
                                     wait_job_over)
@@ -85,6 +88,16 @@ def attempt_record(s3, archive_url: str, n: int, state: str, timeout: float = 15
     return wait_for(get, timeout, f"attempt {n} of {archive_url} archived as {state}")
 
 
+def marked_job(cluster, run_dir: Path, *sbatch_args: str) -> tuple[str, Path, str]:
+    """A job carrying the launcher's marker for ``run_dir`` (made by ``prepare_run``) that only
+    sleeps: for tests of the archiving, not of the training. Returns (job ID, folder, archive URL)."""
+    job = subprocess.run(["sbatch", "--parsable", *sbatch_args, "--mem=50M", f"--comment={make_marker(str(run_dir))}",
+                          "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True, env=cluster,
+                         timeout=60)
+    assert job.returncode == 0, job.stderr
+    return job.stdout.strip(), run_dir, json.loads((run_dir / "run.json").read_text())["archive_url"]
+
+
 def claims_of(cluster, job_id: str) -> list[dict]:
     root = Path(cluster["SLURM_YOLO_DEV_STATE"]) / "claims"
     return [json.loads(p.read_text()) for p in sorted(root.glob(f"*.{job_id}.*.a*")) if not p.name.startswith(".")]
@@ -93,7 +106,7 @@ def claims_of(cluster, job_id: str) -> list[dict]:
 @pytest.mark.training
 def test_node_crash_mid_training_requeues_and_resumes_on_another_node(cluster, s3, dataset, runs_root, tmp_path,
                                                                        crasher):
-    epochs = 12
+    epochs = 6
     out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=epochs), MULTI, runs_root=runs_root)
     run_dir = Path(out["run_dir"])
     wait_for(lambda: rows(run_dir) >= 2, 300, "two epochs")
@@ -160,27 +173,30 @@ def test_first_node_of_a_two_node_job_crashes(cluster, s3, dataset, runs_root, t
 
 
 def test_thirty_runs_over_three_nodes_each_archived_once(cluster, s3, dataset, runs_root, tmp_path, nodes):
-    """30 jobs, 10 pinned to each node, all ending within seconds (cgroup OOM while importing
-    torch, as in test_twenty_jobs_ending_together): each node's epilogs archive their own
-    runs, each run once, and the catalog lists all 30."""
-    config = demo_config(tmp_path, dataset, epochs=1)
-    outs = []
+    """30 runs, 10 pinned to each node, all ending within seconds: each node's epilogs archive
+    their own runs, each run once, and the catalog lists all 30.
+
+    What is under test is the archiving, so the jobs do not train: each run folder is made by
+    the launcher (run.json and all, with a 1 MB payload) and its job is a plain ``sbatch``
+    carrying the launcher's marker, as `slurm-yolo submit` would. Real Slurm, real node
+    epilogs, real store; no torch imports for 30 jobs on 2 cores."""
+    config = load_config(demo_config(tmp_path, dataset, epochs=1), [f"runs_root={runs_root}", MULTI])
+    runs = []
     for i in range(30):
-        node = nodes[i % 3]
-        outs.append(submit_json(cluster, config, MULTI, "slurm.mem=300M", f"train.seed={i}",
-                                f"slurm.extra={{nodelist: {node}}}", runs_root=runs_root))
-        (Path(outs[-1]["run_dir"]) / "payload.bin").write_bytes(os.urandom(1 << 20) + str(i).encode())
-    for out in outs:
-        wait_job_over(cluster, out["job_id"], timeout=400)
-    for i, out in enumerate(outs):
-        record, manifest = verify_archive(s3, archived_record(s3, out["archive_url"]) and out["archive_url"])
-        assert record["config"]["train"]["seed"] == i and manifest["files"]["payload.bin"]["size"] == (1 << 20) + len(str(i))
+        run_dir = prepare_run(config)
+        (run_dir / "payload.bin").write_bytes(os.urandom(1 << 20) + str(i).encode())
+        runs.append(marked_job(cluster, run_dir, "-p", "multi", "-w", nodes[i % 3]))
+    for job_id, _, _ in runs:
+        wait_job_over(cluster, job_id, timeout=300)
+    for i, (job_id, run_dir, url) in enumerate(runs):
+        record, manifest = verify_archive(s3, archived_record(s3, url) and url)
+        assert record["run_id"] == run_dir.name and manifest["files"]["payload.bin"]["size"] == (1 << 20) + len(str(i))
         assert record["epilog"]["by"] == f"epilog_slurmd@{nodes[i % 3]}"
-        claims = claims_of(cluster, out["job_id"])
+        claims = claims_of(cluster, job_id)
         assert [c["state"] for c in claims] == ["done"] and claims[0]["by"] == record["epilog"]["by"]
     listed = cli(cluster, "runs", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    ids = {o["run_id"] for o in outs}
+    ids = {run_dir.name for _, run_dir, _ in runs}
     assert sorted(r["run_id"] for r in json.loads(listed.stdout) if r["run_id"] in ids) == sorted(ids)
 
 
@@ -217,8 +233,13 @@ def test_reconciler_archives_what_no_epilog_did_and_takes_over_dead_claims(clust
     """The controller does not mount the users' filesystem at some sites: the reconciler timer
     (on a host that does) catches what no epilog archived. Both cases it handles are made
     real here: an ended job with no claim at all, and a claim whose holder died mid-archive."""
-    config = demo_config(tmp_path, dataset, epochs=1)
-    outs = [submit_json(cluster, config, "slurm.mem=300M", runs_root=runs_root) for _ in range(2)]
+    config = load_config(demo_config(tmp_path, dataset, epochs=1), [f"runs_root={runs_root}"])
+    outs = []
+    for _ in range(2):
+        run_dir = prepare_run(config)
+        (run_dir / "train.log").write_text("what a run folder holds besides run.json\n")
+        job_id, run_dir, url = marked_job(cluster, run_dir, "-p", "debug")
+        outs.append({"job_id": job_id, "run_dir": str(run_dir), "archive_url": url})
     for out in outs:
         wait_job_over(cluster, out["job_id"])
         archived_record(s3, out["archive_url"])
