@@ -88,12 +88,12 @@ def attempt_record(s3, archive_url: str, n: int, state: str, timeout: float = 15
     return wait_for(get, timeout, f"attempt {n} of {archive_url} archived as {state}")
 
 
-def marked_job(cluster, run_dir: Path, *sbatch_args: str) -> tuple[str, Path, str]:
+def marked_job(cluster, run_dir: Path, *sbatch_args: str, sleep_s: int = 2) -> tuple[str, Path, str]:
     """A job carrying the launcher's marker for ``run_dir`` (made by ``prepare_run``) that only
     sleeps: for tests of the archiving, not of the training. Returns (job ID, folder, archive URL)."""
     job = subprocess.run(["sbatch", "--parsable", *sbatch_args, "--mem=50M", f"--comment={make_marker(str(run_dir))}",
-                          "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True, env=cluster,
-                         timeout=60)
+                          "-o", "/dev/null", "--wrap", f"sleep {sleep_s}"], capture_output=True, text=True,
+                         env=cluster, timeout=60)
     assert job.returncode == 0, job.stderr
     return job.stdout.strip(), run_dir, json.loads((run_dir / "run.json").read_text())["archive_url"]
 
@@ -145,16 +145,19 @@ def test_node_crash_without_requeue_is_archived_as_node_fail(cluster, s3, datase
     assert [c["state"] for c in claims_of(cluster, out["job_id"])] == ["done"]
 
 
-@pytest.mark.training
 def test_first_node_of_a_two_node_job_crashes(cluster, s3, dataset, runs_root, tmp_path, crasher):
     """The node that would have archived under a "first node archives" rule is the one that
-    dies: the claim lets the surviving node's epilog or the controller archive it, once."""
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=60), MULTI, "slurm.nodes=2",
-                      runs_root=runs_root)
-    subprocess.run(["scontrol", "update", f"jobid={out['job_id']}", "requeue=0"], check=True, env=cluster, timeout=30)
-    run_dir = Path(out["run_dir"])
-    # Two rows: Ultralytics writes results.csv before last.pt at the end of an epoch.
-    wait_for(lambda: rows(run_dir) >= 2, 300, "two epochs")
+    dies: the claim lets the surviving node's epilog or the controller archive it, once.
+
+    The job holds two nodes and sleeps (2-node training itself: test_multinode_training.py);
+    its run folder is the launcher's, with what a training leaves in it."""
+    config = load_config(demo_config(tmp_path, dataset), [f"runs_root={runs_root}", MULTI, "slurm.nodes=2"])
+    run_dir = prepare_run(config)
+    (run_dir / "weights").mkdir()
+    (run_dir / "weights" / "last.pt").write_bytes(os.urandom(300_000))
+    (run_dir / "results.csv").write_text("epoch,time,metrics/mAP50(B),metrics/mAP50-95(B)\n1,1.0,0.2,0.1\n")
+    job_id, _, url = marked_job(cluster, run_dir, "-p", "multi", "-N", "2", "--no-requeue", sleep_s=600)
+    out = {"job_id": job_id, "archive_url": url}
     nodelist = subprocess.run(["scontrol", "show", "hostnames", running_node(cluster, out["job_id"])],
                               capture_output=True, text=True, env=cluster, timeout=30).stdout.split()
     assert len(nodelist) == 2
