@@ -133,15 +133,6 @@ def mark_done(claim: Claim, outcome: Mapping[str, Any]) -> None:
                       mode=0o600)
 
 
-def release(claim: Claim) -> None:
-    """Give the claim back (nothing was archived, e.g. the run folder was refused): another
-    path may try. A refused folder stays refused for them too, so nothing loops."""
-    try:
-        os.unlink(claim.path)
-    except FileNotFoundError:
-        pass
-
-
 def stale_claims(claim_dir: str | os.PathLike[str], *, stale_after_s: float, now: float | None = None) -> list[Path]:
     """Claims still ``claimed`` past ``stale_after_s``: their holder died mid-archive."""
     now = time.time() if now is None else now
