@@ -123,8 +123,9 @@ def reconcile(site: SiteConfig, *, dry_run: bool = False, settle_s: float | None
     stale_after = site.time_budget_s + 60.0
     envs: list[dict[str, str]] = []
     for job in due(list_jobs(site), stale_after if settle_s is None else settle_s, now):
-        if not claims.claim_path(site.claim_dir, refused_key(job)).exists():
-            envs.append(job_env(job, scontrol_fields(site, job.job_id, time.monotonic() + 10, {})))
+        env = job_env(job, scontrol_fields(site, job.job_id, time.monotonic() + 10, {}))
+        if not claims.claim_path(site.claim_dir, refused_key(env)).exists():
+            envs.append(env)
     for path in claims.stale_claims(site.claim_dir, stale_after_s=stale_after):
         held = claims.read_claim(path) or {}
         env = dict(held.get("job") or {})
@@ -136,9 +137,10 @@ def reconcile(site: SiteConfig, *, dry_run: bool = False, settle_s: float | None
     return [r for r in results if r]
 
 
-def refused_key(job: QueuedJob) -> str:
-    """The claim that remembers a job whose folder was refused (so it is not retried each round)."""
-    return f"{job.uid}.{job.job_id}.refused"
+def refused_key(env: Mapping[str, str]) -> str:
+    """The claim that remembers a job whose folder was refused (so it is not retried each round).
+    Keyed by the raw job ID, which an array element's squeue ID (``123_4``) is not."""
+    return f"{env.get('SLURM_JOB_UID')}.{env.get('SLURM_JOB_ID')}.refused"
 
 
 def _pending(env: dict[str, str], site: SiteConfig, stale_after: float) -> str | None:
@@ -169,7 +171,7 @@ def _one(env: dict[str, str], site: SiteConfig, by: str, dry_run: bool, stale_af
     except Refused as e:
         say(f"job {job_id}: refused: {e}")
         if not dry_run:
-            claims.try_claim(site.claim_dir, f"{env.get('SLURM_JOB_UID')}.{job_id}.refused", env, by=by,
+            claims.try_claim(site.claim_dir, refused_key(env), env, by=by,
                              stale_after_s=float("inf"))
         return {"job": job_id, "refused": str(e)}
     except (OSError, CommandError) as e:
