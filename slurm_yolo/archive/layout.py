@@ -7,10 +7,12 @@
         MANIFEST.json   size + sha256 of every other file        (uploaded last: commit marker)
         attempts/attempt-<n>.json   run.json as attempt n ended (requeued runs have several)
     <index_url>runs/<run_id>.json                                one index record per run
-    <index_url>INDEX.jsonl                                       all index records, compacted
+    <index_url>pending/<run_id>/<utc>-<rand>.json                an update not compacted yet
+    <index_url>parquet/month=YYYY-MM/runs.parquet                compacted records, by month
 
-Per-run index objects mean concurrent epilogs never write the same key; the catalog
-compacts them into ``INDEX.jsonl`` with conditional writes.
+Per-run index objects mean concurrent epilogs never write the same key; compaction folds the
+pending updates into the monthly Parquet files with conditional writes
+(:mod:`slurm_yolo.archive.index_store`, :mod:`slurm_yolo.archive.index_compact`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 MANIFEST = "MANIFEST.json"
-INDEX_JSONL = "INDEX.jsonl"
 INDEX_RUNS = "runs/"
 # Training arguments worth having in the index without opening run.json.
 KEY_HPARAMS = ("model", "epochs", "imgsz", "batch", "lr0", "lrf", "optimizer", "momentum", "weight_decay", "seed")

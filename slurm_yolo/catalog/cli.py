@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import yaml
 from rich.table import Table
 
-from slurm_yolo.catalog import index, query, retention, runs
+from slurm_yolo.catalog import index, query, retention, runs, scan
 from slurm_yolo.errors import ConfigError
 from slurm_yolo.output import console, emit_json, print_record
 
@@ -99,7 +99,10 @@ def _add_reproduce(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_index(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("index", help="maintain the store's run index (INDEX.jsonl)")
+    p = sub.add_parser("index", help="maintain the store's run index (monthly Parquet files + pending updates)",
+                       description="The index: runs/<run_id>.json per run, pending/ updates the epilogs write, and "
+                                   "parquet/month=YYYY-MM/runs.parquet files that compaction folds them into "
+                                   "(DuckDB, Polars, Spark and Athena read those as they are: docs/admin.md).")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     p = isub.add_parser("rebuild", parents=[common], help="recreate the index from every run.json in the store")
     p.add_argument("--root", action="append", default=[], metavar="S3_URL",
@@ -107,8 +110,13 @@ def _add_index(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="drop runs the index lists now whose run.json is not under the roots (refused otherwise)")
     p.set_defaults(func=cmd_rebuild)
-    p = isub.add_parser("compact", parents=[common], help="fold pending index updates into INDEX.jsonl")
+    p = isub.add_parser("compact", parents=[common],
+                        help="fold pending index updates into the monthly Parquet files (the drain timer also does)")
     p.set_defaults(func=cmd_compact)
+    p = isub.add_parser("migrate", parents=[common],
+                        help="convert the old single INDEX.jsonl into monthly Parquet files (once, after upgrading "
+                             "every node; idempotent)")
+    p.set_defaults(func=cmd_migrate)
 
 
 def _add_store(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -179,7 +187,7 @@ def build_query(args: argparse.Namespace, now: datetime | None = None) -> query.
 def cmd_list(args: argparse.Namespace) -> int:
     q = build_query(args)  # before any store access: a typo fails fast
     cat = index.locate(args.index)
-    found = query.select(index.load_records(cat), q)
+    found = scan.select(cat, q)
     if args.json:
         _print_json(found)
         return 0
@@ -252,18 +260,33 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"index_url": cat.index_url, "runs": n})
     else:
-        print(f"{cat.index_url}INDEX.jsonl rebuilt: {n} runs")
+        print(f"{cat.index_url} rebuilt: {n} runs")
     return 0
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
     cat = index.locate(args.index)
-    n = index.compact(cat)
-    if args.json:
-        _print_json({"index_url": cat.index_url, "runs": n})
-    else:
-        print(f"{cat.index_url}INDEX.jsonl: {n} runs")
+    _print_compaction(cat, index.compact(cat), args.json)
     return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    cat = index.locate(args.index)
+    lines, result = index.migrate(cat)
+    if not args.json:
+        print(f"{cat.index_url}INDEX.jsonl: {lines} runs moved into monthly Parquet files" if lines
+              else f"{cat.index_url}: no INDEX.jsonl left to migrate")
+    _print_compaction(cat, result, args.json, {"migrated_runs": lines})
+    return 0
+
+
+def _print_compaction(cat: index.Catalog, result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    if as_json:
+        _print_json({"index_url": cat.index_url, **(extra or {}), "updates": result.updates,
+                     "runs_changed": result.runs_changed, "months": list(result.months), "left_pending": result.left})
+        return
+    print(f"{cat.index_url}: {result.updates} pending updates folded into {len(result.months)} months "
+          f"({result.runs_changed} runs changed); {result.left} kept pending for now")
 
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
-"""The catalog's side of the run index: find it (``locate``), read it (``load_records``), and
-rebuild it from the archives. The index's format and every write to it are on the write side,
-:mod:`slurm_yolo.archive.index_store` (the epilog adds runs through it); the names callers
+"""The catalog's side of the run index: find it (``locate``), read it (``load_records``, from
+:mod:`slurm_yolo.catalog.scan`), and rebuild it from the archives. The index's format and every
+write to it are on the write side (:mod:`slurm_yolo.archive.index_store`: the epilog's
+update; :mod:`slurm_yolo.archive.index_compact`: compaction, migration); the names callers
 use from there are re-exported here.
 """
 
@@ -15,11 +16,11 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from slurm_yolo.archive import layout, s5cmd
+from slurm_yolo.archive.index_compact import compact, migrate, remove_from_index, replace_all  # noqa: F401
 from slurm_yolo.archive.index_store import (  # noqa: F401 - re-exported for the catalog's callers
-    CONFLICT_CODES, CONSISTENT_READ_TRIES, GONE_CODES, PENDING, PENDING_GRACE_S, Catalog, add_to_index, compact, dump_jsonl, etag_now,
-    get_object, index_owner, list_keys, merge, parse_jsonl, pending_grace_s, pending_key, read_pending,
-    remove_from_index, update_index,
+    PENDING, PENDING_GRACE_S, Catalog, add_to_index, get_object, index_owner, list_keys, pending_key, read_pending,
 )
+from slurm_yolo.catalog.scan import load_records  # noqa: F401 - re-exported
 from slurm_yolo.archive.s5cmd import check_s5cmd  # noqa: F401 - re-exported
 from slurm_yolo.store import Store, error_code, join_url, split_url, store_error  # noqa: F401 - re-exported
 from slurm_yolo.errors import ConfigError
@@ -66,30 +67,12 @@ def _read_site(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read the site config {path}: {e}; ask your admin, or pass --index") from e
     return site if isinstance(site, dict) else {}
 
-def load_records(cat: Catalog, client=None) -> list[dict[str, Any]]:
-    """All index lines: ``INDEX.jsonl`` plus the updates not compacted into it yet.
-
-    A compaction can commit a new ``INDEX.jsonl`` and delete the pending updates it folded in
-    between our read of the one and our listing of the other (at once on an atomic store):
-    then the ETag of ``INDEX.jsonl`` changed, and the read is repeated, so a run that was
-    visible does not vanish from a reader.
-    """
-    client = client or cat.store.boto3_client()
-    key = cat.key(layout.INDEX_JSONL)
-    for _ in range(CONSISTENT_READ_TRIES):
-        got = get_object(client, cat.bucket, key)
-        pending = read_pending(cat, client)
-        if etag_now(client, cat.bucket, key) == (got[1].strip('"') if got else None):
-            break
-    base = parse_jsonl(got[0]) if got else {}
-    return list(merge(base, pending).values())
-
 def rebuild(cat: Catalog, archive_roots: Sequence[str] = (), *, force: bool = False) -> int:
     """Recreate the index from the ``run.json`` files in the store; return the number of runs.
 
     Downloads every ``run.json`` under the roots with s5cmd, writes each run's
-    ``runs/<run_id>.json`` and replaces ``INDEX.jsonl`` (pending updates are folded in, newer
-    wins). Runs whose ``run.json`` is not under the roots disappear from ``INDEX.jsonl`` only
+    ``runs/<run_id>.json`` and rewrites every monthly file (pending updates written later
+    still win). Runs whose ``run.json`` is not under the roots disappear from the index only
     with ``force``: a mistyped root must not empty the catalog.
 
     Args:
@@ -127,12 +110,4 @@ def rebuild(cat: Catalog, archive_roots: Sequence[str] = (), *, force: bool = Fa
             argv = ["cp", "--content-type", "application/json", f"{out}/*", dest]
             result = s5cmd.run(s5cmd.base_argv(cat.store) + argv, cat.store)
             check_s5cmd(result, "write index records")
-    def transform(current: dict[str, dict], pending: list[tuple[str, dict]]) -> dict[str, dict]:
-        dropped = sorted(set(current) - set(records))
-        if dropped and not force:
-            raise ConfigError(f"rebuild would drop {len(dropped)} of the {len(current)} runs the index lists now "
-                              f"(e.g. {dropped[0]}): no run.json for them under {' '.join(roots)}; check --root, "
-                              "or pass --force to drop them")
-        return merge(records, pending)
-
-    return update_index(cat, transform)
+    return replace_all(cat, records, force=force)

@@ -23,7 +23,7 @@ from slurm_yolo.timeparse import parse_days, parse_since, parse_time  # noqa: F4
 FIELDS = (
     "run_id", "sweep_id", "task", "project", "model_name", "dataset_version", "dataset_fingerprint", "user",
     "gpu", "submitted_at", "start", "end", "attempts", "end_state", "job_id", "map50", "map50_95",
-    "precision", "recall", "epochs_done", "archive_url", "reproduces",
+    "precision", "recall", "epochs_done", "archive_url", "reproduces", "indexed_at",
 )
 # Longest operators first so that ">=" is not read as ">" followed by "=...".
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -81,6 +81,11 @@ class Query:
         exact = (("project", self.project), ("task", self.task), ("sweep_id", self.sweep),
                  ("end_state", self.state), ("user", self.user))
         object.__setattr__(self, "_exact", tuple((k, v) for k, v in exact if v is not None))
+
+    @property
+    def exact(self) -> tuple[tuple[str, str], ...]:
+        """The exact-match filters as ``(index field, value)`` pairs."""
+        return self._exact
 
     def matches(self, line: dict[str, Any]) -> bool:
         if any(line.get(k) != v for k, v in self._exact):

@@ -152,7 +152,7 @@ def _num(value: Any) -> float:
 
 
 def execute_prune(cat: Catalog, plan: PrunePlan) -> int:
-    """Delete the planned runs: every archived object, their index records, their INDEX.jsonl lines.
+    """Delete the planned runs: every archived object, their index records, their rows in the index.
 
     Objects go first (one s5cmd batch); the index is rewritten only when all of them are
     gone, so a failure leaves the runs listed and re-running the prune finishes the job.
@@ -168,5 +168,5 @@ def execute_prune(cat: Catalog, plan: PrunePlan) -> int:
         lines.append(f"rm {s5cmd.quote_run_arg(join_url(cat.index_url, layout.index_key(x['run_id'])))}")
     result = s5cmd.run(s5cmd.base_argv(cat.store) + ["run"], cat.store, stdin_text="\n".join(lines) + "\n")
     check_s5cmd(result, f"delete {len(plan.delete)} runs (re-run the prune to finish)", allow_empty=True)
-    remove_from_index(cat, [x["run_id"] for x in plan.delete])
+    remove_from_index(cat, plan.delete)
     return len(plan.delete)

@@ -8,11 +8,13 @@ import os
 import sys
 from typing import Any
 
+from slurm_yolo.archive.index_compact import compact
+from slurm_yolo.archive.index_store import Catalog
 from slurm_yolo.epilog import spool
 from slurm_yolo.epilog.entry import EntryInfo
 from slurm_yolo.epilog.main import setup_logging
 from slurm_yolo.epilog.reconcile import reconcile
-from slurm_yolo.errors import SiteConfigError
+from slurm_yolo.errors import SiteConfigError, SlurmYoloError
 from slurm_yolo.site import SiteConfig, load_site_config, site_config_path
 
 def add_commands(sub: Any) -> None:
@@ -27,6 +29,9 @@ def add_commands(sub: Any) -> None:
     d.add_argument("--all", action="store_true", dest="everything",
                    help="try every entry now: also those backing off after failures and those whose last "
                         "failure needed a person (bad credentials, no such bucket), once the cause is fixed")
+    d.add_argument("--no-compact", action="store_false", dest="compact",
+                   help="do not fold the index's pending updates into its monthly files afterwards "
+                        "(by default every drain does: cheap when nothing is pending, safe on every node at once)")
     d.set_defaults(func=cmd_drain)
     ls = ssub.add_parser("list", help="show pending runs and their last error")
     ls.add_argument("--site-config", default=None)
@@ -59,12 +64,28 @@ def cmd_drain(args: argparse.Namespace) -> int:
     results = spool.drain(site, budget_s=args.budget, log=lambda m: None if args.json else print(m),
                           everything=args.everything)
     left = [e.name for e in spool.iter_entries(site.spool_dir)]
+    index = _compact_index(site) if args.compact else None
     if args.json:
         print(json.dumps({"shipped": [r.entry for r in results if r.ok],
-                          "failed": {r.entry: r.detail for r in results if not r.ok}, "pending": left}))
+                          "failed": {r.entry: r.detail for r in results if not r.ok}, "pending": left,
+                          "index": index}))
     else:
         print(f"{sum(r.ok for r in results)} shipped, {sum(not r.ok for r in results)} failed, {len(left)} pending")
+        if index:
+            print(f"index: {index}")
     return 0 if not left else 1
+
+
+def _compact_index(site: SiteConfig) -> str:
+    """Fold the index's pending updates into its monthly files; one line saying what happened.
+
+    Never fails the drain: the updates stay pending (and visible) until a later tick or
+    `slurm-yolo index compact` manages."""
+    try:
+        result = compact(Catalog(site.store, site.index_url.rstrip("/") + "/"))
+    except SlurmYoloError as e:
+        return f"not compacted: {e}"
+    return f"{result.updates} pending updates folded into {len(result.months)} months, {result.left} kept pending"
 
 
 def cmd_list(args: argparse.Namespace) -> int:

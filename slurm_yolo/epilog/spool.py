@@ -17,7 +17,7 @@ two users, or two jobs, with the same run ID never share an entry, a lock or a s
 Shipping is idempotent: ``s5cmd cp`` uploads every staged file (not ``sync``: an in-training
 sync may have left a same-size object with a newer time, e.g. a ``last.pt`` uploaded while
 it was being rewritten, and ``sync`` would keep it), then the commit marker, then the run's
-index record, then the line in ``INDEX.jsonl`` (conditional writes), then the entry is
+index record and its pending update (compaction is the drain's, not the epilog's), then the entry is
 deleted. An entry whose snapshot the epilog could not finish in its time budget is copied
 again from the run folder by the drain before it ships. A per-run ``flock`` makes two
 drains (or a drain and an epilog) never ship the same run at once; a newer attempt's entry
@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from slurm_yolo.archive import s5cmd
-from slurm_yolo.archive.index_store import add_to_index, index_owner
-from slurm_yolo.archive.layout import MANIFEST, index_key
-from slurm_yolo.store import join_url
+from slurm_yolo.archive.index_store import index_run
+from slurm_yolo.archive.layout import MANIFEST
 from slurm_yolo.epilog import claim as claims
 from slurm_yolo.epilog import snapshot
 from slurm_yolo.epilog.entry import ENTRY_JSON, EntryInfo
@@ -187,24 +186,14 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
     result = s5cmd.run(base + ["cp", f"{entry / 'meta'}/*", dest], site.store, deadline=deadline)
     if not result.ok:
         return _failed(entry, info, Problem.of("commit marker", result), started)
-    # Who owns the run ID in the index, and INDEX.jsonl, need a read and conditional writes
-    # (If-Match), which s5cmd cannot do: boto3 for those.
-    index_url = join_url(site.index_url, index_key(info.run_id))
+    # Who owns the run ID in the index, the run's record and its pending update: boto3 (a read
+    # and three small writes, cheaper than three s5cmd processes). Compaction is not ours: the
+    # drain timer and `slurm-yolo index compact` do it, so job ends never wait on each other.
     try:
-        owner = index_owner(site.store, index_url)
+        owner = index_run(site.store, site.index_url, json.loads((entry / "index.json").read_text()))
     except StoreError as e:
-        return _failed(entry, info, Problem(f"index record: {e}", "store", True), started)
-    taken = owner is not None and owner != info.user
-    if not taken:
-        result = s5cmd.run(base + ["cp", "--content-type", "application/json", str(entry / "index.json"), index_url],
-                           site.store, deadline=deadline)
-        if not result.ok:
-            return _failed(entry, info, Problem.of("index record", result), started)
-        try:
-            add_to_index(site.store, site.index_url, json.loads((entry / "index.json").read_text()),
-                         deadline=deadline)
-        except StoreError as e:
-            return _failed(entry, info, Problem(f"INDEX.jsonl: {e}", "store", True), started)
+        return _failed(entry, info, Problem(f"index: {e}", "store", True), started)
+    taken = owner is not None
     note = f"; NOT indexed: run ID {info.run_id} belongs to {owner} in the index (use unique run IDs)" \
         if taken else ""
     if not info.complete and not info.restaged:

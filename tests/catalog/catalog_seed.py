@@ -7,7 +7,7 @@ import json
 import random
 from datetime import datetime, timedelta, timezone
 
-from slurm_yolo.archive import layout
+from slurm_yolo.archive import index_format, index_store, layout
 from slurm_yolo.catalog.index import Catalog
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
@@ -40,8 +40,19 @@ def make_line(i: int, rng: random.Random, now: datetime = NOW, bucket: str = "b"
 
 
 def write_index(client, cat: Catalog, lines: list[dict]) -> None:
+    """Lines as a compacted index: one Parquet file per month, in the real format."""
+    by_month: dict[str, list[dict]] = {}
+    for x in lines:
+        by_month.setdefault(index_format.month_of(x), []).append(x)
+    for month, recs in by_month.items():
+        client.put_object(Bucket=cat.bucket, Key=cat.key(index_format.part_rel(month)),
+                          Body=index_format.encode(index_format.to_table(recs)))
+
+
+def write_legacy_index(client, cat: Catalog, lines: list[dict]) -> None:
+    """Lines as the old single ``INDEX.jsonl`` (before ``index migrate``)."""
     body = "".join(json.dumps(x) + "\n" for x in lines).encode()
-    client.put_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL), Body=body)
+    client.put_object(Bucket=cat.bucket, Key=cat.key(index_store.LEGACY_JSONL), Body=body)
 
 
 def archive_run(client, bucket: str, record: dict, files: dict[str, bytes], index_url: str) -> dict:

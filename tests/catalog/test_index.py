@@ -1,4 +1,6 @@
-"""INDEX.jsonl against the real loopback S3 server: concurrent writers, pending updates, rebuild."""
+"""The run index against real loopback S3 servers (SeaweedFS: atomic conditional writes; moto:
+racy ones): epilog updates, compaction into monthly Parquet files, concurrent writers and
+compactors, readers that open only the months they need, migration from INDEX.jsonl, rebuild."""
 
 from __future__ import annotations
 
@@ -6,67 +8,109 @@ import dataclasses
 import json
 import random
 import threading
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from catalog_seed import archive_run, make_line, run_json, write_index
-from slurm_yolo.archive import layout
-from slurm_yolo.archive import index_store
-from slurm_yolo.catalog import index
+from catalog_seed import NOW, archive_run, make_line, run_json, write_index, write_legacy_index
+from slurm_yolo.archive import index_compact, index_format, index_store, layout
+from slurm_yolo.catalog import index, query, scan
 from slurm_yolo.catalog.index import Catalog
 from slurm_yolo.errors import ConfigError, StoreError
 
 
+def strip(rec: dict) -> dict:
+    """A record as written (``indexed_at`` is the index's stamp)."""
+    return {k: v for k, v in rec.items() if k != "indexed_at"}
+
+
+def month_rows(client, cat) -> list[dict]:
+    """Every row of every monthly file, as compacted (pending updates not included)."""
+    rows = []
+    for month in sorted(index_compact.months(cat, client)):
+        rows += index_format.from_table(index_compact.read_month(cat, client, month)[0])
+    return rows
+
+
 def index_lines(client, cat) -> list[dict]:
-    body = client.get_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL))["Body"].read()
-    return [json.loads(x) for x in body.splitlines()]
+    return [strip(x) for x in month_rows(client, cat)]
 
 
 def pending_keys(client, cat) -> list[str]:
     return [o["Key"] for o in index_store.list_keys(client, cat.bucket, cat.key(index_store.PENDING))]
 
 
-def test_twenty_concurrent_writers_lose_and_duplicate_nothing(s3_server, cat, client):
+def full(line: dict) -> dict:
+    """A line as the index returns it: every column present."""
+    return strip(index_format.from_table(index_format.to_table([line]))[0])
+
+
+class Recorder:
+    """A boto3 client that records each request (operation, key) and the bytes it moved."""
+
+    def __init__(self, client):
+        self.client, self.calls, self.bytes = client, [], 0
+        client.meta.events.register("before-send.s3.*", self._sent)
+        client.meta.events.register("after-call.s3.*", self._got)
+
+    def _sent(self, request, **_):
+        body = request.body
+        self.bytes += len(body) if isinstance(body, (bytes, bytearray)) else 0
+        path = urllib.parse.unquote(request.url.split("?")[0])
+        self.calls.append((request.method, path.rsplit("/", 2)[-2:]))
+
+    def _got(self, http_response, **_):  # the header, not the body: that stream is the caller's to read
+        self.bytes += int(http_response.headers.get("content-length") or 0)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_twenty_epilogs_and_three_compactions_at_once_lose_and_duplicate_nothing(s3_server, cat, client):
     rng = random.Random(1)
-    write_index(client, cat, [make_line(i, rng) for i in range(100, 130)])  # an existing index to keep
-    lines = [make_line(i, rng) for i in range(20)]
-    start = threading.Barrier(20)
+    old = [make_line(i, rng) for i in range(100, 130)]
+    write_index(client, cat, old)  # an existing index to keep
+    lines = [{**make_line(i, rng), "user": "ana"} for i in range(20)]
+    start = threading.Barrier(23)
 
     def writer(line):
-        start.wait()  # all 20 race for the same ETag
-        index_store.add_to_index(cat.store, cat.index_url, line)
+        start.wait()
+        assert index_store.index_run(cat.store, cat.index_url, line) is None
 
-    with ThreadPoolExecutor(20) as pool:
-        list(pool.map(writer, lines))
+    def compactor(_):
+        start.wait()  # compactions race each other and the writers for the same months
+        for _ in range(3):
+            index_compact.compact(cat, grace_s=0)
 
-    new = {y["run_id"]: y for y in lines}
+    with ThreadPoolExecutor(23) as pool:
+        list(pool.map(lambda job: job[0](job[1]), [(writer, x) for x in lines] + [(compactor, i) for i in range(3)]))
+
+    new = {y["run_id"]: full(y) for y in lines}
     seen = index.load_records(cat)  # what every reader sees right away
     assert len(seen) == len({x["run_id"] for x in seen}) == 50
-    assert {x["run_id"]: x for x in seen if x["run_id"] in new} == new
-    if s3_server.atomic_conditional_writes:
-        # Each writer's won compare-and-swap is final: its update is in INDEX.jsonl, pending/ is empty.
-        assert pending_keys(client, cat) == []
-        assert {x["run_id"]: x for x in index_lines(client, cat) if x["run_id"] in new} == new
-    else:
-        # Fresh updates stay pending for the grace period.
-        assert len(pending_keys(client, cat)) == 20
-    # Past it, one compaction folds them all into INDEX.jsonl and cleans up.
-    assert index_store.compact(cat, grace_s=0) == 50
-    got = index_lines(client, cat)
-    ids = [x["run_id"] for x in got]
-    assert {x["run_id"]: x for x in got if x["run_id"] in new} == new
-    assert len(ids) == 50 and ids == sorted(ids)
+    assert {x["run_id"]: strip(x) for x in seen if x["run_id"] in new} == new
+    # One more compaction past the grace period folds whatever arrived after the last one.
+    index_compact.compact(cat, grace_s=0)
+    rows = month_rows(client, cat)
+    assert len(rows) == 50 and {x["run_id"] for x in rows} == {x["run_id"] for x in old + lines}
+    assert {x["run_id"]: strip(x) for x in rows if x["run_id"] in new} == new
     assert pending_keys(client, cat) == []
+    for month in index_compact.months(cat, client):  # one file per month, sorted by run ID
+        ids = index_compact.read_month(cat, client, month)[0]["run_id"].to_pylist()
+        assert ids == sorted(ids)
 
 
 def racy_scenario(cat, client):
-    """Two writers both win the same If-Match (moto's server can do that; S3 cannot): B reads
-    INDEX.jsonl and the pending list, then A adds its run and compacts, then B writes
-    INDEX.jsonl from its stale listing, its If-Match not checked. Returns A's index line."""
+    """Two compactions both win the same If-Match (moto's server can do that; S3 cannot): B reads
+    the month, then A's run arrives and A compacts it, then B writes its stale month, its
+    If-Match not checked. Returns A's line."""
     rng = random.Random(6)
     write_index(client, cat, [make_line(100, rng)])
     a_line, b_line = make_line(1, rng), make_line(2, rng)
+    month = index_format.month_of(a_line)
+    assert index_format.month_of(b_line) == month
 
     class RacyStore:  # If-Match accepted whatever the ETag: the second writer also "wins"
         def __getattr__(self, name):
@@ -76,26 +120,26 @@ def racy_scenario(cat, client):
             kw.pop("IfMatch", None)
             return client.put_object(**kw)
 
-    def b_transform(current, pending):
-        index_store.add_to_index(cat.store, cat.index_url, a_line)
-        return index_store.merge(current, pending)
-
-    client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, b_line["run_id"]), Body=json.dumps(b_line))
-    index_store.update_index(cat, b_transform, client=RacyStore())
+    index_store.add_to_index(cat.store, cat.index_url, b_line)
+    b_pending = index_store.read_pending(cat, client)
+    table, _ = index_compact.read_month(cat, client, month)
+    stale, _ = index_format.apply_updates(table, [r for _, r in b_pending])
+    index_store.add_to_index(cat.store, cat.index_url, a_line)
+    index_compact.compact(cat)  # A folds its run in (and B's), and deletes what its store lets it
+    index_compact.commit_month(cat, RacyStore(), month, lambda _current: stale)  # B's unchecked overwrite
     assert a_line["run_id"] not in {x["run_id"] for x in index_lines(client, cat)}  # B overwrote A's version
     return a_line
 
 
 def test_a_store_whose_conditional_writes_race_loses_no_update(cat, client):
-    """On a store declared non-atomic (moto's default) the update survives B's overwrite: it
-    stays pending (visible) until a compaction past the grace period."""
+    """On a store declared non-atomic (moto's default), A deleted nothing it could not prove
+    committed: its update stays pending (visible) until a compaction past the grace period."""
     racy = Catalog(dataclasses.replace(cat.store, atomic_conditional_writes=False), cat.index_url)
     a_line = racy_scenario(racy, client)
     assert a_line["run_id"] in {x["run_id"] for x in index.load_records(racy)}  # A's update is still there
-    assert index_store.compact(racy, grace_s=0) == 3
-    rng = random.Random(6)
-    expected = {make_line(100, rng)["run_id"], make_line(1, rng)["run_id"], make_line(2, rng)["run_id"]}
-    assert a_line["run_id"] in expected and {x["run_id"] for x in index_lines(client, racy)} == expected
+    index_compact.compact(racy, grace_s=0)
+    assert a_line["run_id"] in {x["run_id"] for x in index_lines(client, racy)}
+    assert len(index_lines(client, racy)) == 3
 
 
 def test_declaring_a_racy_store_atomic_would_lose_updates(cat, client):
@@ -108,85 +152,96 @@ def test_declaring_a_racy_store_atomic_would_lose_updates(cat, client):
 
 
 def test_no_grace_on_a_store_whose_conditional_writes_are_atomic(s3_server, cat, client):
-    """SeaweedFS: an update is folded in and its pending entry deleted by the writer itself.
-    moto: it stays pending (still visible) until a compaction past the grace period."""
+    """SeaweedFS: a compaction deletes the updates it folded in at once. moto: they stay
+    pending (still visible) until a compaction past the grace period."""
     line = make_line(4, random.Random(10))
     index_store.add_to_index(cat.store, cat.index_url, line)
-    assert [x["run_id"] for x in index_lines(client, cat)] == [line["run_id"]]
+    assert index_lines(client, cat) == [] and len(pending_keys(client, cat)) == 1  # the epilog compacts nothing
     assert [x["run_id"] for x in index.load_records(cat)] == [line["run_id"]]
-    index_store.compact(cat)
-    left = pending_keys(client, cat)
-    assert index_store.pending_grace_s(cat.store) == (0 if s3_server.atomic_conditional_writes else index_store.PENDING_GRACE_S)
-    assert len(left) == (0 if s3_server.atomic_conditional_writes else 1)
+    result = index_compact.compact(cat)
+    assert [x["run_id"] for x in index_lines(client, cat)] == [line["run_id"]]
+    atomic = s3_server.atomic_conditional_writes
+    assert index_store.pending_grace_s(cat.store) == (0 if atomic else index_store.PENDING_GRACE_S)
+    assert len(pending_keys(client, cat)) == result.left == (0 if atomic else 1)
 
 
-def test_index_deleted_between_read_and_write_is_a_conflict(s3_server, cat, client):
+def test_month_deleted_between_read_and_write_is_a_conflict(s3_server, cat, client):
     """If-Match on a key deleted since it was read: 404 on AWS and moto, 412 on SeaweedFS.
-    Both are "someone else changed it": start over, and create INDEX.jsonl afresh."""
+    Both are "someone else changed it": start over, and create the month afresh."""
     rng = random.Random(12)
-    write_index(client, cat, [make_line(1, rng)])
-    line = make_line(2, rng)
-    client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+    first = make_line(1, rng)
+    write_index(client, cat, [first])
+    month = index_format.month_of(first)
     deleted = []
 
-    def transform(current, pending):
-        if not deleted:  # first attempt: the index goes away after we read it
-            client.delete_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL))
+    def transform(table):
+        if not deleted:  # first attempt: the month goes away after we read it
+            client.delete_object(Bucket=cat.bucket, Key=cat.key(index_format.part_rel(month)))
             deleted.append(True)
-        return index_store.merge(current, pending)
+        return index_format.apply_updates(table, [make_line(1, random.Random(99)) | {"run_id": "x2"}])[0]
 
     sleeps = []
-    assert index_store.update_index(cat, transform, sleep=sleeps.append) == 1
+    index_compact.commit_month(cat, client, month, transform, sleep=sleeps.append)
     assert len(sleeps) == 1  # exactly one conflict, whatever the server called it
-    assert [x["run_id"] for x in index_lines(client, cat)] == [line["run_id"]]
+    assert [x["run_id"] for x in index_lines(client, cat)] == ["x2"]
 
 
-def test_a_reader_never_misses_a_run_a_compaction_just_folded_in(cat, client):
-    """A compaction commits INDEX.jsonl and deletes the pending update between a reader's read
-    of the one and its listing of the other: the reader notices the new ETag and reads again."""
+def test_a_reader_never_misses_a_run_a_compaction_folds_in_while_it_reads(cat, client):
+    """A compaction commits the month and deletes the pending update between a reader's
+    listing of ``pending/`` and its GET of that update: the reader reads the months after,
+    so it finds the run there."""
     line = make_line(5, random.Random(13))
-    client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+    index_store.add_to_index(cat.store, cat.index_url, line)
 
-    class CompactsDuringListing:
-        listed = 0
+    class CompactsAfterListing:
+        compacted = False
 
         def __getattr__(self, name):
             return getattr(client, name)
 
-        def get_paginator(self, name):
-            if not self.listed:  # the first listing of pending/ starts after a compaction finished
-                index_store.compact(cat, grace_s=0)
-            self.listed += 1
-            return client.get_paginator(name)
+        def get_object(self, **kw):
+            if "/pending/" in kw["Key"] and not self.compacted:
+                index_compact.compact(cat, grace_s=0)
+                self.compacted = True
+            return client.get_object(**kw)
 
-    reader = CompactsDuringListing()
+    reader = CompactsAfterListing()
     assert [x["run_id"] for x in index.load_records(cat, reader)] == [line["run_id"]]
-    assert reader.listed == 2
+    assert reader.compacted and pending_keys(client, cat) == []
 
 
-def test_update_of_a_run_replaces_its_line(cat, client):
-    line = make_line(1, random.Random(2))
-    index_store.add_to_index(cat.store, cat.index_url, line)
-    index_store.add_to_index(cat.store, cat.index_url, {**line, "end_state": "FAILED", "attempts": 2})
-    (only,) = index_lines(client, cat)
+def test_the_later_version_of_a_run_wins_whatever_order_it_is_compacted_in(cat, client):
+    line = {**make_line(1, random.Random(2)), "user": "ana"}
+    t0 = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
+    index_store.add_to_index(cat.store, cat.index_url, line, now=t0)
+    newer = {**line, "end_state": "FAILED", "attempts": 2}
+    index_store.add_to_index(cat.store, cat.index_url, newer, now=t0 + timedelta(minutes=5))
+    (only,) = index.load_records(cat)
     assert (only["end_state"], only["attempts"]) == ("FAILED", 2)
+    index_compact.compact(cat, grace_s=0)
+    # A straggler of the older version (a retried epilog upload) arrives after: it loses.
+    index_store.add_to_index(cat.store, cat.index_url, line, now=t0 + timedelta(minutes=1))
+    assert [(x["end_state"], x["attempts"]) for x in index.load_records(cat)] == [("FAILED", 2)]
+    index_compact.compact(cat, grace_s=0)
+    assert [(x["end_state"], x["attempts"]) for x in index_lines(client, cat)] == [("FAILED", 2)]
 
 
 def test_a_pending_update_is_visible_before_compaction(cat, client):
     rng = random.Random(3)
     lines = [make_line(i, rng) for i in range(5)]
     write_index(client, cat, lines)
-    newer = {**make_line(2, random.Random(4)), "run_id": lines[2]["run_id"], "user": lines[2]["user"], "map50_95": 0.99}
+    newer = {**make_line(2, random.Random(4)), "run_id": lines[2]["run_id"], "user": lines[2]["user"],
+             "submitted_at": lines[2]["submitted_at"], "map50_95": 0.99}
     new_run = make_line(7, rng)
-    for line in (newer, new_run):  # what add_to_index leaves behind when compaction never ran
-        client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+    for line in (newer, new_run):  # what epilogs leave behind until the drain compacts
+        index_store.add_to_index(cat.store, cat.index_url, line)
     records = {x["run_id"]: x for x in index.load_records(cat)}
     assert len(records) == 6
     assert records[newer["run_id"]]["map50_95"] == 0.99 and new_run["run_id"] in records
-    assert index_store.compact(cat, grace_s=index_store.PENDING_GRACE_S) == 6
+    assert index_compact.compact(cat, grace_s=index_store.PENDING_GRACE_S).left == 2  # too young: kept, harmlessly
     assert len(index_lines(client, cat)) == 6
-    assert len(pending_keys(client, cat)) == 2  # younger than the grace period: kept, harmlessly
-    assert index_store.compact(cat, grace_s=0) == 6 and pending_keys(client, cat) == []
+    assert {x["run_id"]: x["map50_95"] for x in index_lines(client, cat)}[newer["run_id"]] == 0.99
+    assert index_compact.compact(cat, grace_s=0).left == 0 and pending_keys(client, cat) == []
 
 
 def test_another_users_update_never_replaces_a_run(cat, client):
@@ -198,9 +253,11 @@ def test_another_users_update_never_replaces_a_run(cat, client):
     squat = {**mine, "user": "bob", "map50_95": 0.99, "archive_url": "s3://elsewhere/"}
     update = {**mine, "map50_95": 0.6}
     for line in (squat, update):
-        client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, line["run_id"]), Body=json.dumps(line))
+        index_store.add_to_index(cat.store, cat.index_url, line)
     assert [(x["user"], x["map50_95"]) for x in index.load_records(cat)] == [("alice", 0.6)]
-    assert index_store.compact(cat) == 1
+    # Also through a filtered read, where alice's row itself does not match: bob's must not show.
+    assert scan.select(cat, query.Query(where=(query.parse_where("map50_95>0.9"),))) == []
+    index_compact.compact(cat)
     assert [(x["user"], x["map50_95"]) for x in index_lines(client, cat)] == [("alice", 0.6)]
 
 
@@ -217,10 +274,108 @@ def test_conflicts_retry_then_give_up_with_a_fix(cat, client):
                 raise real.exceptions.ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
             return real.put_object(**kw)
 
+    index_store.add_to_index(cat.store, cat.index_url, make_line(1, random.Random(7)))
     sleeps = []
     with pytest.raises(StoreError, match="index compact"):
-        index_store.update_index(cat, index_store.merge, client=AlwaysConflict(), sleep=sleeps.append)
-    assert len(sleeps) == index_store.MAX_ATTEMPTS and max(sleeps) <= 2.0
+        index_compact.compact(cat, client=AlwaysConflict(), sleep=sleeps.append)
+    assert len(sleeps) == index_compact.MAX_ATTEMPTS and max(sleeps) <= 2.0
+    assert len(index.load_records(cat)) == 1  # still pending, still visible
+
+
+def test_the_epilogs_index_step_costs_the_same_at_any_index_size(cat, client):
+    """Requests and bytes of one epilog's index step, on an empty index and on one of 3,000 runs
+    over 18 months (plus 50 pending updates): the same requests, the same bytes within a few
+    dozen (the run IDs and stamps differ), all well under the 20 KB goal."""
+    def cost(i):
+        line = {**make_line(i, random.Random(i)), "user": "ana"}
+        rec = Recorder(cat.store.boto3_client())
+        store = dataclasses.replace(cat.store)
+        object.__setattr__(store, "boto3_client", lambda: rec)  # the same client, recorded
+        assert index_store.index_run(store, cat.index_url, line) is None
+        return [m for m, _ in rec.calls], rec.bytes
+
+    empty = cost(1)
+    rng = random.Random(11)
+    write_index(client, cat, [make_line(i, rng) for i in range(3000)])
+    for i in range(3000, 3050):
+        index_store.add_to_index(cat.store, cat.index_url, make_line(i, rng))
+    big = cost(2)
+    assert empty[0] == big[0] == ["GET", "PUT", "PUT"]
+    assert abs(empty[1] - big[1]) < 100 and big[1] < 20_000, (empty, big)
+
+
+def test_a_since_query_opens_only_the_months_it_needs(cat, client):
+    """3,000 runs, one every 2 hours back from NOW (8 months): --since 30d reads the pending
+    updates and 2 monthly files, and finds exactly what a full read filtered in Python finds."""
+    rng = random.Random(14)
+    lines = [make_line(i, rng) for i in range(3000)]
+    write_index(client, cat, lines[5:])
+    for x in lines[:5]:
+        index_store.add_to_index(cat.store, cat.index_url, x)
+    rec = Recorder(cat.store.boto3_client())
+    q = query.Query(since=NOW - timedelta(days=30), where=(query.parse_where("map50_95>0.5"),), sort=("run_id",))
+    got = scan.select(cat, q, rec)
+    months_read = sorted(k[0] for m, k in rec.calls if m == "GET" and k[1] == index_format.PART_FILE)
+    assert months_read == ["month=2026-10", "month=2026-11"]
+    expected = query.select([full(x) for x in lines], q)
+    assert [strip(x) for x in got] == expected and len(expected) > 100
+
+
+@pytest.mark.parametrize("where", [
+    [], ["map50_95>0.5"], ["map50_95<=0.25", "project==pcb"], ["end_state!=COMPLETED"], ["hparams.lr0==0.01"],
+    ["hparams.batch>=16", "map50>0.3"], ["user>bo"], ["job_id>1500"], ["job_id>'1500'"], ["sweep_id==sw3"],
+    ["epochs_done<10"], ["dataset_version!=v1"], ["run_id<'20261001'"], ["attempts==1"],
+])
+def test_pushdown_finds_exactly_what_the_python_query_finds(cat, client, where):
+    """Over 600 runs with nulls, mixed kinds and pending updates: the Arrow pushdown drops only
+    what :func:`query.select` drops, for number and text conditions, nulls, and conditions it
+    cannot push down (hparams, a number against a text column)."""
+    rng = random.Random(15)
+    lines = [make_line(i, rng) for i in range(600)]
+    write_index(client, cat, lines[20:])
+    for x in lines[:20]:
+        index_store.add_to_index(cat.store, cat.index_url, x)
+    for project in (None, "pcb"):
+        for since in (None, NOW - timedelta(days=20)):
+            q = query.Query(project=project, since=since, where=tuple(query.parse_where(w) for w in where),
+                            sort=("-map50_95", "run_id"))
+            assert [strip(x) for x in scan.select(cat, q)] == query.select([full(x) for x in lines], q), (project, since)
+
+
+def test_a_damaged_monthly_file_is_a_clear_error_and_rebuild_fixes_it(cat, client, bucket):
+    rec = run_json("20261101_000000_dmg001", bucket)
+    archive_run(client, bucket, rec, {"a.txt": b"a"}, cat.index_url)
+    index.rebuild(cat)
+    client.put_object(Bucket=bucket, Key=cat.key(index_format.part_rel("2026-11")), Body=b"not parquet")
+    with pytest.raises(StoreError, match=r"month=2026-11/runs.parquet is not a readable index file.*index rebuild"):
+        index.load_records(cat)
+    assert index.rebuild(cat) == 1
+    assert [x["run_id"] for x in index.load_records(cat)] == [rec["run_id"]]
+
+
+def test_migrate_converts_index_jsonl_and_readers_see_the_same_runs_before_and_after(cli_env, client, capsys):
+    from slurm_yolo.cli import main
+
+    rng = random.Random(16)
+    lines = [make_line(i, rng) for i in range(400)]
+    write_legacy_index(client, cli_env, lines[10:])
+    for x in lines[:10]:  # updates an epilog of either version left pending
+        client.put_object(Bucket=cli_env.bucket, Key=index_store.pending_key(cli_env, x["run_id"]),
+                          Body=json.dumps(x).encode())
+    before = sorted(index.load_records(cli_env), key=lambda x: x["run_id"])  # not migrated yet: still readable
+    assert len(before) == 400
+    assert main(["index", "compact"]) == 2  # would hide INDEX.jsonl's runs: refused, with the fix
+    assert "slurm-yolo index migrate" in capsys.readouterr().err
+    assert main(["index", "migrate", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["migrated_runs"] == 390 and out["updates"] == 10
+    assert sorted(index.load_records(cli_env), key=lambda x: x["run_id"]) == before
+    assert len(month_rows(client, cli_env)) == 400
+    keys = [o["Key"] for o in index_store.list_keys(client, cli_env.bucket, cli_env.key(""))]
+    assert cli_env.key(index_store.LEGACY_JSONL) not in keys
+    assert any(k.startswith(cli_env.key("legacy/INDEX-")) for k in keys)  # kept aside, not lost
+    assert main(["index", "migrate"]) == 0 and "no INDEX.jsonl left" in capsys.readouterr().out  # idempotent
+    assert main(["index", "compact"]) == 0
 
 
 def test_rebuild_from_run_json_files(cat, client, bucket):
@@ -235,7 +390,7 @@ def test_rebuild_from_run_json_files(cat, client, bucket):
     with pytest.raises(ConfigError, match="rebuild would drop 1 of the 1 runs"):
         index.rebuild(cat)
     assert index.rebuild(cat, force=True) == 3
-    assert index_lines(client, cat) == [layout.index_record(r) for r in recs]
+    assert index_lines(client, cat) == [full(layout.index_record(r)) for r in recs]
     got = client.get_object(Bucket=bucket, Key=cat.key(layout.index_key(recs[0]["run_id"])))["Body"].read()
     assert json.loads(got) == layout.index_record(recs[0])
 
@@ -279,20 +434,10 @@ def test_cli_compact_and_rebuild(cli_env, client, bucket, capsys):
     archive_run(client, bucket, rec, {"a.txt": b"a"}, cli_env.index_url)
     assert main(["index", "rebuild", "--root", f"s3://{bucket}/runs/", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"index_url": cli_env.index_url, "runs": 1}
-    client.put_object(Bucket=bucket, Key=index_store.pending_key(cli_env, "x1"), Body=json.dumps({"run_id": "x1"}))
+    index_store.add_to_index(cli_env.store, cli_env.index_url, {"run_id": "x1"})
     assert main(["index", "compact"]) == 0
-    assert "2 runs" in capsys.readouterr().out
+    assert "1 pending updates folded into 1 months" in capsys.readouterr().out
     assert [x["run_id"] for x in index_lines(client, cli_env)] == ["20261101_000000_cliabc", "x1"]
-
-
-def test_deadline_leaves_the_update_pending_and_visible(cat, client):
-    import time
-
-    line = make_line(3, random.Random(9))
-    with pytest.raises(StoreError, match="pending and visible"):
-        index_store.add_to_index(cat.store, cat.index_url, line, deadline=time.monotonic() - 1)
-    assert [x["run_id"] for x in index.load_records(cat)] == [line["run_id"]]
-    assert len(pending_keys(client, cat)) == 1
 
 
 def test_an_s5cmd_failure_without_json_output_is_an_error():

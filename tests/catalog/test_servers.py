@@ -11,7 +11,8 @@ import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 
-from slurm_yolo.catalog.index import CONFLICT_CODES, GONE_CODES, error_code
+from slurm_yolo.archive.index_compact import CONFLICT_CODES, GONE_CODES
+from slurm_yolo.store import error_code
 
 
 def race(client, bucket: str, key: str, n: int, **condition) -> int:

@@ -8,9 +8,9 @@ import io
 import json
 from datetime import timedelta
 
-from catalog_seed import NOW, archive_run, iso, results_csv, run_json
+from catalog_seed import NOW, archive_run, iso, results_csv, run_json, write_index
 from slurm_yolo.archive import layout
-from slurm_yolo.catalog.index import Catalog, dump_jsonl
+from slurm_yolo.catalog.index import Catalog
 
 # Would set window.__pwned if any of it ever became markup or script.
 HOSTILE = '</script><script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
@@ -86,15 +86,13 @@ def seed(client, cat: Catalog) -> dict[str, dict]:
         if key == "hostile":
             line["hparams"]["lr0"] = HOSTILE  # a string where a number belongs
         lines[key] = line
-    client.put_object(Bucket=b, Key=cat.key(layout.INDEX_JSONL),
-                      Body=dump_jsonl({x["run_id"]: x for x in lines.values()}))
+    write_index(client, cat, list(lines.values()))
     return lines
 
 
 def update_line(client, cat: Catalog, lines: dict[str, dict]) -> None:
-    """Rewrite INDEX.jsonl from ``lines`` (as a compaction would after an epilog update)."""
-    client.put_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL),
-                      Body=dump_jsonl({x["run_id"]: x for x in lines.values()}))
+    """Rewrite the index from ``lines`` (as a compaction would after an epilog update)."""
+    write_index(client, cat, list(lines.values()))
 
 
 ALLOWED = "s3://{bucket}/runs/{{user}}/"

@@ -59,8 +59,10 @@ def test_ship_uploads_files_then_commit_marker_then_index(store, bucket, tmp_pat
     assert keys(c, bucket, run) == [run + k for k in ("MANIFEST.json", "attempts/attempt-1.json", "results.csv",
                                                      "run.json", "weights/best.pt")]
     assert json.loads(c.get_object(Bucket=bucket, Key="index/runs/r1.json")["Body"].read())["run_id"] == "r1"
-    index = c.get_object(Bucket=bucket, Key="index/INDEX.jsonl")["Body"].read().decode()
-    assert [json.loads(x)["run_id"] for x in index.splitlines()] == ["r1"]
+    # The epilog writes one pending update and compacts nothing: job ends never wait on each other.
+    (pending,) = keys(c, bucket, "index/pending/")
+    assert pending.startswith("index/pending/r1/") and keys(c, bucket, "index/parquet/") == []
+    assert json.loads(get(c, bucket, pending))["indexed_at"]
 
 
 def test_unreachable_store_keeps_entry_with_error(tmp_path):
@@ -196,7 +198,7 @@ def test_a_run_id_indexed_by_another_user_is_archived_but_not_taken_over(store, 
     assert result.ok and "NOT indexed: run ID ci-8 belongs to alice" in result.detail
     c = store.boto3_client()
     assert json.loads(get(c, bucket, "index/runs/ci-8.json"))["user"] == "alice"
-    lines = [json.loads(x) for x in get(c, bucket, "index/INDEX.jsonl").decode().splitlines()]
+    lines = [json.loads(get(c, bucket, k)) for k in keys(c, bucket, "index/pending/")]
     assert [(x["run_id"], x["user"]) for x in lines] == [("ci-8", "alice")]
 
 

@@ -1,0 +1,187 @@
+"""The compacted index's file format: one Parquet file per calendar month of submission.
+
+::
+
+    <index_url>parquet/month=2026-11/runs.parquet   the runs submitted in November 2026 (UTC)
+    <index_url>parquet/month=none/runs.parquet      runs with neither submitted_at nor start
+
+Hive-style partition folders, one file each under a fixed name: DuckDB, Polars, Spark and
+Athena read the folder as one table with a ``month`` column and skip the months a
+``WHERE month >= ...`` rules out (docs/admin.md shows each). The ``month`` column is only in
+the path, never in the file (Spark refuses a column that is in both). The month is that of
+``submitted_at`` (else ``start``), the field ``runs list --since`` filters on, so a reader
+needs only the months from the ``--since`` cutoff on.
+
+Columns are those of :func:`slurm_yolo.archive.layout.index_record` with fixed types, plus:
+
+- ``indexed_at``: when the epilog wrote this version of the record (ISO UTC, microseconds).
+  Of two versions of a run the later one wins, whatever order compactions see them in.
+- ``submitted_time``: ``submitted_at`` (else ``start``) as a UTC timestamp, for range filters
+  without string parsing (readers drop it from the records they return).
+
+``hparams`` is a JSON text: the recorded training arguments are open-ended and of mixed
+types (``model`` a string, ``lr0`` a number), which a fixed Parquet type cannot hold
+losslessly. DuckDB's ``hparams->>'lr0'``, Athena's ``json_extract_scalar`` read it.
+A value of the wrong type for its column (only a hand-edited ``run.json`` has one) is
+stored as null, which no ``--where`` condition matches, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from slurm_yolo.archive.index_store import newer
+from slurm_yolo.timeparse import parse_time
+
+PARTS = "parquet/"
+PART_FILE = "runs.parquet"
+NO_MONTH = "none"
+# Written next to the index so that a reader can tell the format apart from a missing index.
+FORMAT_VERSION = 1
+
+_STR, _F64, _I64 = pa.string(), pa.float64(), pa.int64()
+TIME_TYPE = pa.timestamp("us", tz="UTC")
+# Column order = layout.index_record's order, then the two columns of this format.
+COLUMNS: dict[str, pa.DataType] = {
+    "run_id": _STR, "sweep_id": _STR, "task": _STR, "project": _STR, "model_name": _STR,
+    "dataset_version": _STR, "dataset_fingerprint": _STR, "user": _STR, "gpu": _STR,
+    "submitted_at": _STR, "start": _STR, "end": _STR, "attempts": _I64, "end_state": _STR, "job_id": _STR,
+    "map50": _F64, "map50_95": _F64, "precision": _F64, "recall": _F64, "epochs_done": _I64,
+    "hparams": _STR, "archive_url": _STR, "reproduces": _STR, "indexed_at": _STR, "submitted_time": TIME_TYPE,
+}
+SCHEMA = pa.schema([pa.field(name, kind) for name, kind in COLUMNS.items()])
+# Columns a reader turns back into the record's own shape.
+DERIVED = ("submitted_time",)
+# Row groups small enough that min/max statistics let a scan skip most of a month.
+ROW_GROUP = 16_384
+
+
+def record_time(record: Mapping[str, Any]) -> datetime | None:
+    """The time ``--since`` compares with: ``submitted_at``, else ``start`` (UTC)."""
+    return parse_time(record.get("submitted_at") or record.get("start"))
+
+
+def month_of(record: Mapping[str, Any]) -> str:
+    """The partition of a record: ``2026-11``, or ``none`` without a time."""
+    when = record_time(record)
+    return when.astimezone(timezone.utc).strftime("%Y-%m") if when else NO_MONTH
+
+
+def part_rel(month: str) -> str:
+    """Key of a month's file, relative to the index URL."""
+    return f"{PARTS}month={month}/{PART_FILE}"
+
+
+def month_of_key(key: str) -> str | None:
+    """``2026-11`` from ``.../parquet/month=2026-11/runs.parquet``; ``None`` for any other key."""
+    folder, _, name = key.rpartition("/")
+    month = folder.rpartition("/")[2]
+    if name != PART_FILE or not month.startswith("month="):
+        return None
+    return month[len("month="):]
+
+
+def months_since(months: Iterable[str], since: datetime | None) -> list[str]:
+    """The months a reader must open for ``--since`` (all of them without one); ``none`` never
+    matches a time filter."""
+    if since is None:
+        return sorted(months)
+    first = since.astimezone(timezone.utc).strftime("%Y-%m")
+    return sorted(m for m in months if m != NO_MONTH and m >= first)
+
+
+def _typed(value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if kind == _STR:
+        return value if isinstance(value, str) else str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if kind == _I64:
+        return int(value) if float(value).is_integer() else None
+    return float(value)
+
+
+def to_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record as a row of :data:`SCHEMA` (``hparams`` as JSON, the derived time added)."""
+    row = {name: _typed(record.get(name), kind) for name, kind in COLUMNS.items() if kind != TIME_TYPE}
+    hparams = record.get("hparams")
+    row["hparams"] = json.dumps(hparams, sort_keys=True, default=str) if isinstance(hparams, dict) else None
+    row["submitted_time"] = record_time(record)
+    return row
+
+
+def to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Records as one table of :data:`SCHEMA`, sorted by run ID."""
+    table = pa.Table.from_pylist([to_row(r) for r in records], schema=SCHEMA)
+    return table.sort_by("run_id") if table.num_rows else table
+
+
+def from_table(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows back as index records (``hparams`` a dict again, derived columns dropped)."""
+    table = table.drop_columns([c for c in DERIVED if c in table.column_names])
+    rows: list[dict[str, Any]] = table.to_pylist()
+    for row in rows:
+        text = row.get("hparams")
+        try:
+            row["hparams"] = json.loads(text) if text else {}
+        except ValueError:
+            row["hparams"] = {}
+    return rows
+
+
+def encode(table: pa.Table) -> bytes:
+    """A month's Parquet file (zstd; statistics on, for readers that skip row groups)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.cast(SCHEMA), sink, compression="zstd", row_group_size=ROW_GROUP,
+                   write_statistics=True)
+    body: bytes = sink.getvalue().to_pybytes()
+    return body
+
+
+def decode(body: bytes, filter_: pc.Expression | None = None) -> pa.Table:
+    """A month's file as a table of :data:`SCHEMA`, rows matching ``filter_`` only.
+
+    Columns missing from an older file come back as nulls; a file that is not Parquet
+    raises ``pyarrow.ArrowInvalid`` (the caller names the key).
+    """
+    table = pq.read_table(pa.BufferReader(body))
+    for name, kind in COLUMNS.items():
+        if name not in table.column_names:
+            table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
+    table = table.select(list(COLUMNS)).cast(SCHEMA)
+    return table.filter(filter_) if filter_ is not None else table
+
+
+def apply_updates(table: pa.Table, updates: Sequence[Mapping[str, Any]]) -> tuple[pa.Table, int]:
+    """``table`` with ``updates`` applied by :func:`~slurm_yolo.archive.index_store.newer`; returns
+    it and how many runs changed.
+
+    Updates are applied in ``indexed_at`` order, each against the run's row as it stands, so
+    the result does not depend on the order compactions and listings saw them in. Only the
+    rows of the updated runs become Python objects: folding a few new records into a month
+    of tens of thousands of runs stays cheap. ``table`` must be the whole month (not a
+    filtered part): whether an update wins depends on the row it would replace.
+    """
+    valid = [rec for rec in updates if isinstance(rec.get("run_id"), str) and rec.get("run_id")]
+    if not valid:
+        return table, 0
+    ids = sorted({str(rec["run_id"]) for rec in valid})
+    hit = pc.is_in(table["run_id"], value_set=pa.array(ids, _STR))
+    state: dict[str, Mapping[str, Any]] = {row["run_id"]: row for row in from_table(table.filter(hit))}
+    changed: set[str] = set()
+    for rec in sorted(valid, key=lambda r: str(r.get("indexed_at") or "")):
+        if newer(state.get(rec["run_id"]), rec):
+            state[rec["run_id"]] = rec
+            changed.add(rec["run_id"])
+    if not changed:
+        return table, 0
+    replaced = pc.is_in(table["run_id"], value_set=pa.array(sorted(changed), _STR))
+    out = pa.concat_tables([table.filter(pc.invert(replaced)), to_table(state[rid] for rid in changed)])
+    return out.sort_by("run_id"), len(changed)
