@@ -2,7 +2,14 @@
 # A real one-node Slurm cluster plus a loopback S3 server (SeaweedFS or moto) for development, tests and
 # the demo, on one Debian 12 machine, as root. Every piece of state lives in ONE folder.
 #
-# Usage: scripts/dev-cluster.sh up [--nodes N] [--store seaweedfs|moto]|down|status|env|crash NODE|revive NODE
+# Usage: scripts/dev-cluster.sh [--slurm 22.05|24.11] up [--nodes N] [--store seaweedfs|moto]|down|status|env|crash NODE|revive NODE
+#   --slurm 24.11 (anywhere on the line; or SLURM_YOLO_DEV_SLURM=24.11): the Slurm 24.11 cluster
+#           instead: one node (s2411) from Debian 13's packages in a cached debootstrap root
+#           (scripts/slurm-root.sh, scripts/dev-cluster-2411.sh), state in
+#           /var/lib/slurm-yolo-dev-24.11, its own ports, job IDs from 240000, the same S3
+#           server as the 22.05 cluster. Both can be up at once. `env --slurm 24.11` puts its
+#           client wrappers ($STATE/bin/sbatch, ...) first on PATH. No --nodes; `crash s2411`
+#           kills its one node (slurmctld lives on), `revive s2411` brings it back.
 #   up      install what is missing, start munged, the S3 server, slurmctld, slurmd; idempotent.
 #           --store seaweedfs|moto (remembered in the state folder; default seaweedfs): the S3
 #           server. SeaweedFS is a real S3 server with checked keys; moto a mock (any key).
@@ -17,7 +24,9 @@
 #   env     `export` lines for: eval "$(scripts/dev-cluster.sh env)"
 #
 # Environment:
-#   SLURM_YOLO_DEV_STATE  state folder            (default /var/lib/slurm-yolo-dev)
+#   SLURM_YOLO_DEV_SLURM  22.05 (default) or 24.11, as --slurm (`env --slurm 24.11` exports it)
+#   SLURM_YOLO_DEV_STATE  state folder            (default /var/lib/slurm-yolo-dev; 24.11:
+#                         /var/lib/slurm-yolo-dev-24.11, or SLURM_YOLO_DEV_STATE_2411)
 #   SLURM_YOLO_VENV       venv made by setup.sh   (default /opt/slurm-yolo/venv)
 #   SLURM_YOLO_S3_PORT    S3 port                 (default 9555)
 #   SLURM_YOLO_STORE      seaweedfs|moto for `up` without --store (a remembered choice wins
@@ -25,14 +34,38 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-STATE=${SLURM_YOLO_DEV_STATE:-/var/lib/slurm-yolo-dev}
+# Which Slurm: --slurm X anywhere on the command line, else $SLURM_YOLO_DEV_SLURM, else 22.05.
+slurm_version=${SLURM_YOLO_DEV_SLURM:-22.05}
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --slurm) slurm_version=${2:-}; shift; [ $# -gt 0 ] && shift ;;
+    --slurm=*) slurm_version=${1#--slurm=}; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+set -- "${args[@]+"${args[@]}"}"
+case "$slurm_version" in
+  22.05|24.11) ;;
+  *) printf '[dev-cluster] ERROR: --slurm takes 22.05 or 24.11 (got %s)\n' "${slurm_version:-nothing}" >&2; exit 2 ;;
+esac
+# The 22.05 cluster's state folder. `env --slurm 24.11` exports SLURM_YOLO_DEV_STATE as the
+# 24.11 one (with SLURM_YOLO_DEV_SLURM=24.11): then it is not the 22.05 cluster's.
+if [ "${SLURM_YOLO_DEV_SLURM:-22.05}" = 24.11 ]; then
+  state2205=/var/lib/slurm-yolo-dev
+else
+  state2205=${SLURM_YOLO_DEV_STATE:-/var/lib/slurm-yolo-dev}
+fi
+state2411=${SLURM_YOLO_DEV_STATE_2411:-/var/lib/slurm-yolo-dev-24.11}
+if [ "$slurm_version" = 24.11 ]; then STATE=$state2411; else STATE=$state2205; fi
 venv=${SLURM_YOLO_VENV:-/opt/slurm-yolo/venv}
 s3_port=${SLURM_YOLO_S3_PORT:-9555}
 endpoint="http://127.0.0.1:$s3_port"
 bucket=slurm-yolo
 # The S3 server's state (kind, port, keys, data, pid, log): started, checked and stopped by the
 # functions of scripts/store.sh.
-store_dir="$STATE/store"
+# Both clusters use the one S3 server, whose state lives with the 22.05 cluster's.
+store_dir="$state2205/store"
 store_choice=""  # set by `up --store` (or $SLURM_YOLO_STORE)
 # shellcheck source=scripts/store.sh
 . "$here/scripts/store.sh"
@@ -313,7 +346,11 @@ write_epilog() {
 }
 
 write_site_files() {
-  local kind keys atomic=false
+  local kind keys atomic=false site_extra=""
+  if [ "$slurm_version" = 24.11 ]; then
+    # The wrappers run the 24.11 commands on the host (reconciler) and in the root (epilog).
+    site_extra="scontrol_path: $STATE/bin/scontrol"$'\n'"squeue_path: $STATE/bin/squeue"
+  fi
   kind=$(store_kind)
   read -r -a keys <<<"$(store_keys "$store_dir" "$kind")"
   # SeaweedFS commits conditional writes under a per-object lock (its PR #8802); moto checks, then writes.
@@ -342,6 +379,7 @@ scontrol: true
 claim_dir: $STATE/claims
 # slurmctld runs EpilogSlurmctld without SLURM_CONF; scontrol/squeue need it here.
 slurm_conf: $conf
+$site_extra
 EOF
 }
 
@@ -554,9 +592,15 @@ cmd_down() {
   stop_pidfile slurmd "$(host_slurmd_pid)" slurmd
   stop_pidfile slurmctld "$STATE/run/slurmctld.pid" slurmctld
   adopt_legacy_moto
-  store_stop "$store_dir"
+  if pid_alive "$state2411/run/slurmctld.pid" slurmctld; then
+    log "s3: the Slurm 24.11 cluster uses it too; left running"
+  else
+    store_stop "$store_dir"
+  fi
   rm -f "$STATE/run/moto.pid"
-  if [ -f "$STATE/munged.started" ]; then
+  if [ -f "$STATE/munged.started" ] && pid_alive "$state2411/run/slurmctld.pid" slurmctld; then
+    log "munged: the Slurm 24.11 cluster uses it too; left running"
+  elif [ -f "$STATE/munged.started" ]; then
     stop_pidfile munged "$munge_pidfile" munged
     rm -f "$STATE/munged.started"
   else
@@ -602,7 +646,7 @@ cmd_env() {
   emit SLURM_CONF "$conf"
   # PATH is expanded by the evaluating shell, so it keeps that shell's own PATH.
   # shellcheck disable=SC2016  # $PATH is for the evaluating shell to expand
-  printf 'export PATH=%q:"$PATH"\n' "$venv/bin"
+  [ "$slurm_version" = 24.11 ] || printf 'export PATH=%q:"$PATH"\n' "$venv/bin"
   emit AWS_ENDPOINT_URL "$endpoint"
   emit S3_ENDPOINT_URL "$endpoint"
   local kind keys=()
@@ -616,6 +660,13 @@ cmd_env() {
   emit SLURM_YOLO_DEV_STATE "$STATE"
   emit SLURM_YOLO_RUNS "$STATE/runs"
   emit SLURM_YOLO_NODES "$(extra_nodes)"
+  emit SLURM_YOLO_DEV_SLURM "$slurm_version"
+  if [ "$slurm_version" = 24.11 ]; then
+    emit SLURM_YOLO_DEV_STATE_2411 "$STATE"
+    # The 24.11 client wrappers before anything else (Debian 12's own are 22.05).
+    # shellcheck disable=SC2016
+    printf 'export PATH=%q:%q:"$PATH"\n' "$venv/bin" "$STATE/bin"
+  fi
 }
 
 parse_up_args() {
@@ -634,6 +685,25 @@ parse_up_args() {
     esac
   done
 }
+
+if [ "$slurm_version" = 24.11 ]; then
+  # shellcheck source=scripts/slurm-root.sh
+  . "$here/scripts/slurm-root.sh"
+  # shellcheck source=scripts/dev-cluster-2411.sh
+  . "$here/scripts/dev-cluster-2411.sh"
+  case "${1:-}" in
+    up) shift; store_choice=${SLURM_YOLO_STORE:-}
+        for a in "$@"; do [ "$a" != --nodes ] || die "--slurm 24.11: one node only (no --nodes)"; done
+        parse_up_args "$@"; cmd_up_2411 ;;
+    down) cmd_down_2411 ;;
+    status) cmd_status_2411 ;;
+    env) cmd_env ;;
+    crash) cmd_crash_2411 "${2:-}" ;;
+    revive) cmd_revive_2411 "${2:-}" ;;
+    *) echo "usage: $0 --slurm 24.11 up [--store seaweedfs|moto]|down|status|env|crash s2411|revive s2411" >&2; exit 2 ;;
+  esac
+  exit $?
+fi
 
 case "${1:-}" in
   up) shift; store_choice=${SLURM_YOLO_STORE:-}; parse_up_args "$@"; cmd_up ;;

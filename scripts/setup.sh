@@ -6,12 +6,22 @@
 #     under /root is not reachable for them)
 #   - torch + torchvision (from this machine's wheel cache when present), the package with
 #     its [train,test] extras, installed non-editable so the venv works from any checkout
-# Usage: scripts/setup.sh [--no-train]   (--no-train: skip torch/ultralytics)
+#   - with --slurm 24.11: debootstrap and the cached Debian 13 root with Slurm 24.11
+#     (scripts/slurm-root.sh; about 40 s and 450 MB on a fresh machine, nothing when cached)
+# Usage: scripts/setup.sh [--no-train] [--slurm 24.11]   (--no-train: skip torch/ultralytics)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${SLURM_YOLO_VENV:-/opt/slurm-yolo/venv}
 train=1
-[ "${1:-}" = "--no-train" ] && train=0
+slurm24=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-train) train=0; shift ;;
+    --slurm) case "${2:-}" in 24.11) slurm24=1 ;; 22.05) ;; *) echo "setup.sh: --slurm takes 22.05 or 24.11" >&2; exit 2 ;; esac
+             shift 2 ;;
+    *) echo "setup.sh: unknown option $1 (usage: setup.sh [--no-train] [--slurm 24.11])" >&2; exit 2 ;;
+  esac
+done
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 if [ "$(id -u)" != 0 ]; then
@@ -56,4 +66,7 @@ pip_install "$here[$extras]"
 # Reinstall our own code every time (cheap) so the venv always matches this checkout.
 pip_install --no-deps --force-reinstall "$here"
 chmod -R a+rX "$venv"
+if [ "$slurm24" = 1 ]; then
+  bash "$here/scripts/slurm-root.sh" build
+fi
 log "ok: $venv"

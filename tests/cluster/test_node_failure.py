@@ -127,6 +127,7 @@ def test_node_crash_mid_training_requeues_and_resumes_on_another_node(cluster, s
 
 
 @pytest.mark.training
+@pytest.mark.endstate
 def test_node_crash_without_requeue_is_archived_as_node_fail(cluster, s3, dataset, runs_root, tmp_path, crasher):
     out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=40), MULTI, runs_root=runs_root)
     subprocess.run(["scontrol", "update", f"jobid={out['job_id']}", "requeue=0"], check=True, env=cluster, timeout=30)
