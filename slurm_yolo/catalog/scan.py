@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,30 +40,52 @@ _NUMERIC = (pa.float64(), pa.int64())
 READERS = 8
 
 
-def pushdown(query: q.Query) -> pc.Expression | None:
+def pushdown(query: q.Query) -> tuple[pc.Expression | None, bool]:
     """The part of ``query`` Arrow can evaluate exactly on the typed columns, or ``None``.
 
     Exact matches, ``since`` (on ``submitted_time``), and ``--where`` conditions whose
     value has the column's kind (a number on a numeric column, text on a text column).
     Arrow compares with null as SQL does (no match), like :class:`~slurm_yolo.catalog.query.Condition`.
     Anything else (``hparams.*``, a number against a text column) is left to
-    :func:`slurm_yolo.catalog.query.select`, which re-checks every condition anyway.
+    :func:`slurm_yolo.catalog.query.select`.
+
+    Returns:
+        the expression (``None``: nothing to push), and whether it is the whole query.
     """
     parts = [pc.field(name) == value for name, value in query.exact]
     if query.since is not None:
         parts.append(pc.field("submitted_time") >= pa.scalar(query.since, fmt.TIME_TYPE))
+    complete = True
     for cond in query.where:
         kind = fmt.COLUMNS.get(cond.field)
-        if kind is None or cond.field == "hparams" or kind == fmt.TIME_TYPE:
-            continue
-        if isinstance(cond.value, float) == (kind in _NUMERIC):
+        if kind is not None and kind != fmt.TIME_TYPE and cond.field != "hparams" \
+                and isinstance(cond.value, float) == (kind in _NUMERIC):
             parts.append(_COMPARE[cond.op](pc.field(cond.field), cond.value))
+        else:
+            complete = False
     if not parts:
-        return None
+        return None, complete
     expr = parts[0]
     for part in parts[1:]:
         expr = expr & part
-    return expr
+    return expr, complete
+
+
+def sort_keys(keys: Sequence[str]) -> list[tuple[str, str]] | None:
+    """``--sort`` as Arrow sort keys, or ``None`` when a key is not a typed column (``hparams.*``).
+
+    Arrow sorts stably, by column type (numbers as numbers, text by code point, as Python
+    compares ``str``), and with ``null_placement="at_end"`` puts missing values last for every
+    key, in both directions: what :func:`slurm_yolo.catalog.query.sort_lines` does (ties keep
+    the index's order: by month, then run ID).
+    """
+    out = []
+    for key in keys:
+        name = key.lstrip("-")
+        if name not in fmt.COLUMNS or name == "hparams" or fmt.COLUMNS[name] == fmt.TIME_TYPE:
+            return None
+        out.append((name, "descending" if key.startswith("-") else "ascending"))
+    return out
 
 
 def read_table(cat: Catalog, client: Any = None, *, since: datetime | None = None,
@@ -112,7 +134,34 @@ def load_records(cat: Catalog, client: Any = None, *, since: datetime | None = N
     return fmt.from_table(read_table(cat, client, since=since))
 
 
+def _sort_indices(table: pa.Table, keys: list[tuple[str, str]]) -> pa.Array:
+    if int(pa.__version__.split(".")[0]) >= 25:  # null placement per key; the global option is deprecated
+        return pc.sort_indices(table, sort_keys=[(name, order, "at_end") for name, order in keys])
+    return pc.sort_indices(table, sort_keys=keys, null_placement="at_end")
+
+
 def select(cat: Catalog, query: q.Query, client: Any = None) -> list[dict[str, Any]]:
     """``runs list``: the records matching ``query``, sorted and limited, reading as little as it can."""
-    table = read_table(cat, client, since=query.since, where=pushdown(query))
-    return q.select(fmt.from_table(table), query)
+    where, _ = pushdown(query)
+    return query_table(read_table(cat, client, since=query.since, where=where), query, filtered=True)
+
+
+def query_table(table: pa.Table, query: q.Query, *, filtered: bool = False) -> list[dict[str, Any]]:
+    """The records of ``table`` matching ``query``, sorted and limited.
+
+    When Arrow can do all of it (every condition pushed down, every sort key a typed column)
+    only the rows returned become Python objects; otherwise the rest is done by
+    :func:`slurm_yolo.catalog.query.select` on what Arrow left. ``filtered``: the pushdown
+    was applied already (by :func:`read_table`).
+    """
+    where, complete = pushdown(query)
+    if where is not None and not filtered:
+        table = table.filter(where)
+    keys = sort_keys(query.sort)
+    if not complete or keys is None:
+        return q.select(fmt.from_table(table), query)
+    if keys and table.num_rows:
+        table = table.take(_sort_indices(table, keys))
+    if query.limit is not None:
+        table = table.slice(0, query.limit)
+    return fmt.from_table(table)

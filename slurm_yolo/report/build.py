@@ -14,7 +14,7 @@ S3 static hosting under any prefix, presigned links and a reverse proxy)::
     .portal-state.json        the incremental build state (not published)
 
 Incremental: a run page is rebuilt only when the run's index line changed (its digest is
-kept in ``.portal-state.json``), so a rebuild over 10,000 runs reads one ``INDEX.jsonl``
+kept in ``.portal-state.json``), so a rebuild over 10,000 runs reads the index
 plus the few changed runs' files. The cross-run pages are always rewritten from the index
 (cheap), and a file is written (and published) only when its bytes changed.
 """
