@@ -2,11 +2,11 @@
 
 On each store side by side (``--stores``; default SeaweedFS, a real S3 server, and moto, a
 mock), started fresh by ``scripts/store.sh`` on a free port: seeds 10,000 per-run index
-records plus the compacted ``INDEX.jsonl`` (and 20 pending updates, as after a burst of
+records plus the compacted quarterly Parquet files (and 20 pending updates, as after a burst of
 finishing jobs), then times, end to end:
 
 * ``slurm-yolo runs list --where 'map50_95>0.85' --json`` (the CLI entry point, new process
-  state each time: parse argv, boto3 client, read INDEX.jsonl + pending, filter, print);
+  state each time: parse argv, boto3 client, read pending + the quarters, filter, print);
 * the same as a fresh ``python -m slurm_yolo.cli`` process (interpreter start and imports too);
 * the naive alternative: list ``runs/`` and GET every per-run record, then filter;
 * 20 epilogs indexing a run each at the same moment (``add_to_index`` from 20 threads), and
@@ -36,9 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "catalog"))
 
-from catalog_seed import make_line  # noqa: E402
+from catalog_seed import make_line, write_index  # noqa: E402
 from slurm_yolo.archive import layout  # noqa: E402
-from slurm_yolo.archive import index_store
+from slurm_yolo.archive import index_compact, index_format, index_store  # noqa: E402
 from slurm_yolo.catalog import index, query  # noqa: E402
 from slurm_yolo.catalog.index import Catalog  # noqa: E402
 from slurm_yolo.cli import main as cli_main  # noqa: E402
@@ -54,8 +54,7 @@ def seed(cat: Catalog, n: int) -> list[dict]:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda x: client.put_object(Bucket=cat.bucket, Key=cat.key(layout.index_key(x["run_id"])),
                                                   Body=json.dumps(x).encode()), lines))
-    client.put_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL), Body=index_store.dump_jsonl(
-        {x["run_id"]: x for x in lines[20:]}))
+    write_index(client, cat, lines[20:])
     for x in lines[:20]:
         client.put_object(Bucket=cat.bucket, Key=index_store.pending_key(cat, x["run_id"]), Body=json.dumps(x).encode())
     return lines
@@ -88,21 +87,24 @@ def time_naive(cat: Catalog, where: str) -> tuple[float, int]:
 
 
 def time_writers(cat: Catalog, n: int = 20) -> tuple[float, int, int]:
-    """``n`` epilogs index a new run each at the same moment: (wall s, runs in INDEX.jsonl, pending left)."""
+    """``n`` epilogs index a new run each at the same moment, then one compaction: (wall s of the
+    epilogs, runs in the quarterly files after the compaction, pending updates left)."""
     rng = random.Random(5)
     lines = [make_line(100_000 + i, rng, bucket=cat.bucket) for i in range(n)]
     start = threading.Barrier(n)
 
     def writer(line: dict) -> None:
         start.wait()
-        index_store.add_to_index(cat.store, cat.index_url, line)
+        index_store.index_run(cat.store, cat.index_url, line)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
         list(pool.map(writer, lines))
     seconds = time.perf_counter() - t0
     client = cat.store.boto3_client()
-    listed = index_store.parse_jsonl(client.get_object(Bucket=cat.bucket, Key=cat.key(layout.INDEX_JSONL))["Body"].read())
+    index_compact.compact(cat, grace_s=0)
+    listed = {x["run_id"] for m in index_compact.quarters(cat, client)
+              for x in index_format.from_table(index_compact.read_quarter(cat, client, m)[0])}
     pending = index_store.list_keys(client, cat.bucket, cat.key(index_store.PENDING))
     return seconds, sum(1 for x in lines if x["run_id"] in listed), len(pending)
 
@@ -122,7 +124,7 @@ def bench_store(kind: str, runs: int, repeat: int, where: str) -> dict:
         process = [time_process(where) for _ in range(repeat)]
         naive = [time_naive(cat, where) for _ in range(max(1, repeat // 2))]
         # The 20 pending updates the seed left would be folded in by the writers: compact them first.
-        index_store.compact(cat, grace_s=0)
+        index_compact.compact(cat, grace_s=0)
         writers_s, indexed, pending_left = time_writers(cat)
     assert all(n == expected for _, n in cli + process + naive), (kind, expected, cli, process, naive)
     assert indexed == 20, (kind, indexed)

@@ -100,7 +100,12 @@ class Store:
         session = boto3.session.Session(**session_kwargs)
         return session.client("s3", endpoint_url=self.endpoint_url,
                               config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"},
-                                                connect_timeout=5, read_timeout=30))
+                                                connect_timeout=5, read_timeout=30,
+                                                max_pool_connections=MAX_POOL))
+
+
+# Connections one client keeps: index readers overlap this many small GETs (latency-bound).
+MAX_POOL = 32
 
 
 def _home_credentials(env: Mapping[str, str]) -> str | None:

@@ -1,24 +1,24 @@
-"""Compaction: fold the pending index updates into the monthly Parquet files, outside the epilog.
+"""Compaction: fold the pending index updates into the quarterly Parquet files, outside the epilog.
 
 Run by the drain timer on the nodes (``slurm-yolo-epilog spool drain``) and by
 ``slurm-yolo index compact``; also ``index migrate`` (from the old ``INDEX.jsonl``),
 ``index rebuild`` and pruning write through here. Any number of compactions may run at once:
 
 1. list and read the pending updates (:func:`slurm_yolo.archive.index_store.read_pending`);
-2. for each month they fall in, compare-and-swap that month's file: read it and its ETag,
+2. for each quarter they fall in, compare-and-swap that quarter's file: read it and its ETag,
    apply the updates (:func:`slurm_yolo.archive.index_format.apply_updates`: the later
    ``indexed_at`` wins, a run stays its first user's), put it with ``If-Match`` (or
-   ``If-None-Match: *`` for a new month); on 412/409 (or 404 to ``If-Match``: deleted since)
+   ``If-None-Match: *`` for a new quarter); on 412/409 (or 404 to ``If-Match``: deleted since)
    another compaction won, so read its version and apply the same updates again;
 3. delete the updates folded in. On a store whose conditional writes are atomic (AWS S3,
    SeaweedFS) a won put is final, so at once. Otherwise (moto's server checks, then writes:
    two puts can both "win") only updates older than
-   :data:`~slurm_yolo.archive.index_store.PENDING_GRACE_S` whose month still has our ETag:
+   :data:`~slurm_yolo.archive.index_store.PENDING_GRACE_S` whose quarter still has our ETag:
    every compaction that started after that age listed them, so no later winner lacks them.
 
-Readers list ``pending/`` before they read the months, and a compaction commits a month
+Readers list ``pending/`` before they read the quarters, and a compaction commits a quarter
 before it deletes the updates in it: an update a reader listed is either still there when it
-reads it, or already in the month the reader reads after. No reader retries, no lock.
+reads it, or already in the quarter the reader reads after. No reader retries, no lock.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from slurm_yolo.archive.index_store import (
 from slurm_yolo.errors import ConfigError, StoreError
 from slurm_yolo.store import error_code, store_error
 
-# Compare-and-swap attempts per month before giving up (the updates stay pending and visible).
+# Compare-and-swap attempts per quarter before giving up (the updates stay pending and visible).
 MAX_ATTEMPTS = 40
 # Another compaction got there first. If-Match on a key deleted since we read it: AWS (and
 # moto) answer 404 NoSuchKey, SeaweedFS 412; both mean "start over from what is there now".
@@ -58,26 +58,26 @@ class CompactResult:
 
     Attributes:
         updates: pending updates read.
-        runs_changed: runs added or replaced in the monthly files.
-        months: the months whose files were written or checked.
+        runs_changed: runs added or replaced in the quarterly files.
+        quarters: the quarters whose files were written or checked.
         left: pending updates kept (younger than the grace period on a non-atomic store,
-            or their month changed since: a later compaction deletes them).
+            or their quarter changed since: a later compaction deletes them).
     """
 
     updates: int
     runs_changed: int
-    months: tuple[str, ...]
+    quarters: tuple[str, ...]
     left: int
 
 
-def read_month(cat: Catalog, client: Any, month: str, *, damaged_ok: bool = False) -> tuple[pa.Table, str | None]:
-    """A month's table and ETag (an empty table and ``None`` when it has no file yet; an empty
+def read_quarter(cat: Catalog, client: Any, quarter: str, *, damaged_ok: bool = False) -> tuple[pa.Table, str | None]:
+    """A quarter's table and ETag (an empty table and ``None`` when it has no file yet; an empty
     table and its ETag when it is damaged and ``damaged_ok``: it is about to be replaced).
 
     Raises:
         StoreError: unreadable store, or the file is not Parquet (names the key and the fix).
     """
-    key = cat.key(fmt.part_rel(month))
+    key = cat.key(fmt.part_rel(quarter))
     got = get_object(client, cat.bucket, key)
     if got is None:
         return fmt.SCHEMA.empty_table(), None
@@ -90,9 +90,9 @@ def read_month(cat: Catalog, client: Any, month: str, *, damaged_ok: bool = Fals
                          "run `slurm-yolo index rebuild` to recreate the index from the archived run.json files") from e
 
 
-def commit_month(cat: Catalog, client: Any, month: str, transform: Callable[[pa.Table], pa.Table | None], *,
+def commit_quarter(cat: Catalog, client: Any, quarter: str, transform: Callable[[pa.Table], pa.Table | None], *,
                  sleep: Callable[[float], None] = time.sleep, damaged_ok: bool = False) -> str | None:
-    """Compare-and-swap one month's file to ``transform(current table)``; return its ETag.
+    """Compare-and-swap one quarter's file to ``transform(current table)``; return its ETag.
 
     ``transform`` returns ``None`` for "no change" (nothing is written). Retries with full
     jitter on conflicts, from the winner's version.
@@ -100,10 +100,10 @@ def commit_month(cat: Catalog, client: Any, month: str, transform: Callable[[pa.
     Raises:
         StoreError: unreachable store, or still conflicting after :data:`MAX_ATTEMPTS` tries.
     """
-    key = cat.key(fmt.part_rel(month))
+    key = cat.key(fmt.part_rel(quarter))
     url = f"s3://{cat.bucket}/{key}"
     for attempt in range(MAX_ATTEMPTS):
-        table, etag = read_month(cat, client, month, damaged_ok=damaged_ok)
+        table, etag = read_quarter(cat, client, quarter, damaged_ok=damaged_ok)
         new = transform(table)
         if new is None:
             return etag
@@ -124,13 +124,13 @@ def commit_month(cat: Catalog, client: Any, month: str, transform: Callable[[pa.
 
 def fold(cat: Catalog, client: Any, records: Iterable[Mapping[str, Any]], *,
          sleep: Callable[[float], None] = time.sleep) -> tuple[dict[str, str | None], int]:
-    """Apply ``records`` to their months; return each month's ETag after it, and how many runs changed."""
-    by_month: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    """Apply ``records`` to their quarters; return each quarter's ETag after it, and how many runs changed."""
+    by_quarter: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for rec in records:
-        by_month[fmt.month_of(rec)].append(rec)
+        by_quarter[fmt.quarter_of(rec)].append(rec)
     etags: dict[str, str | None] = {}
     changed = 0
-    for month, recs in sorted(by_month.items()):
+    for quarter, recs in sorted(by_quarter.items()):
         counts: list[int] = []
 
         def apply(table: pa.Table, recs: list[Mapping[str, Any]] = recs) -> pa.Table | None:
@@ -138,7 +138,7 @@ def fold(cat: Catalog, client: Any, records: Iterable[Mapping[str, Any]], *,
             counts.append(n)
             return new if n else None
 
-        etags[month] = commit_month(cat, client, month, apply, sleep=sleep)
+        etags[quarter] = commit_quarter(cat, client, quarter, apply, sleep=sleep)
         changed += counts[-1] if counts else 0
     return etags, changed
 
@@ -151,7 +151,7 @@ def legacy_url(cat: Catalog, client: Any) -> str | None:
 
 def compact(cat: Catalog, *, client: Any = None, grace_s: float | None = None, now: datetime | None = None,
             sleep: Callable[[float], None] = time.sleep) -> CompactResult:
-    """Fold every pending update into its month; delete the updates that are settled.
+    """Fold every pending update into its quarter; delete the updates that are settled.
 
     Args:
         cat: the catalog.
@@ -162,7 +162,7 @@ def compact(cat: Catalog, *, client: Any = None, grace_s: float | None = None, n
     Raises:
         ConfigError: the index still has the old ``INDEX.jsonl``: ``index migrate`` first
             (compacting without it would hide its runs from readers).
-        StoreError: the store could not be read or written, or a month stayed busy.
+        StoreError: the store could not be read or written, or a quarter stayed busy.
     """
     client = client or cat.store.boto3_client()
     legacy = legacy_url(cat, client)
@@ -181,19 +181,19 @@ def _compact(cat: Catalog, client: Any, grace_s: float | None, now: datetime | N
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=grace_s)
     settled = [(k, rec) for k, rec in pending if pending_stamp(k) <= cutoff]
     if settled and not cat.store.atomic_conditional_writes:
-        # A racing put may have replaced our version since: delete only what the month, as it
+        # A racing put may have replaced our version since: delete only what the quarter, as it
         # is now, was written by us (a newer version, from a compaction that read ours, also holds it).
         now_tags = {m: etag_now(client, cat.bucket, cat.key(fmt.part_rel(m))) for m in etags}
         settled = [(k, rec) for k, rec in settled
-                   if now_tags[fmt.month_of(rec)] == (etags[fmt.month_of(rec)] or "").strip('"')]
+                   if now_tags[fmt.quarter_of(rec)] == (etags[fmt.quarter_of(rec)] or "").strip('"')]
     delete_keys(client, cat.bucket, [k for k, _ in settled])
     return CompactResult(len(pending), changed, tuple(sorted(etags)), len(pending) - len(settled))
 
 
 def migrate(cat: Catalog, *, client: Any = None, now: datetime | None = None) -> tuple[int, CompactResult]:
-    """Convert the old ``INDEX.jsonl`` into monthly files; return its line count and the compaction.
+    """Convert the old ``INDEX.jsonl`` into quarterly files; return its line count and the compaction.
 
-    Its lines go into their months (a newer record already there wins), then every pending
+    Its lines go into their quarters (a newer record already there wins), then every pending
     update is compacted, then ``INDEX.jsonl`` is moved to ``legacy/INDEX-<utc>.jsonl`` if
     nobody changed it meanwhile (an epilog of an older version still installed somewhere
     would: then its new lines are folded in on the next round). Idempotent: with no
@@ -224,26 +224,26 @@ def migrate(cat: Catalog, *, client: Any = None, now: datetime | None = None) ->
     return lines, _compact(cat, client, None, now, time.sleep)
 
 
-def months(cat: Catalog, client: Any) -> dict[str, str]:
-    """Every month that has a file: ``{month: key}``."""
+def quarters(cat: Catalog, client: Any) -> dict[str, str]:
+    """Every quarter that has a file: ``{quarter: key}``."""
     found = {}
     for obj in list_keys(client, cat.bucket, cat.key(fmt.PARTS)):
-        month = fmt.month_of_key(obj["Key"])
-        if month is not None:
-            found[month] = obj["Key"]
+        quarter = fmt.quarter_of_key(obj["Key"])
+        if quarter is not None:
+            found[quarter] = obj["Key"]
     return found
 
 
 def remove_from_index(cat: Catalog, records: Iterable[Mapping[str, Any]]) -> int:
-    """Drop runs (their index records, as read) from their months and from ``pending/``, after
+    """Drop runs (their index records, as read) from their quarters and from ``pending/``, after
     their archived objects were deleted; return how many rows went."""
-    by_month: dict[str, set[str]] = defaultdict(set)
+    by_quarter: dict[str, set[str]] = defaultdict(set)
     for rec in records:
-        by_month[fmt.month_of(rec)].add(str(rec["run_id"]))
-    gone = set().union(*by_month.values()) if by_month else set()
+        by_quarter[fmt.quarter_of(rec)].add(str(rec["run_id"]))
+    gone = set().union(*by_quarter.values()) if by_quarter else set()
     client = cat.store.boto3_client()
     removed = 0
-    for month, ids in sorted(by_month.items()):
+    for quarter, ids in sorted(by_quarter.items()):
         counts: list[int] = []
 
         def drop(table: pa.Table, ids: set[str] = ids) -> pa.Table | None:
@@ -252,7 +252,7 @@ def remove_from_index(cat: Catalog, records: Iterable[Mapping[str, Any]]) -> int
             counts.append(table.num_rows - out.num_rows)
             return out if counts[-1] else None
 
-        commit_month(cat, client, month, drop)
+        commit_quarter(cat, client, quarter, drop)
         removed += counts[-1] if counts else 0
     # Their pending updates go whatever their age: readers would otherwise bring them back.
     delete_keys(client, cat.bucket, [k for k, rec in read_pending(cat, client) if rec["run_id"] in gone])
@@ -273,10 +273,10 @@ def replace_all(cat: Catalog, records: Mapping[str, Mapping[str, Any]], *, force
         StoreError: the store could not be read or written.
     """
     client = cat.store.boto3_client()
-    present = months(cat, client)
+    present = quarters(cat, client)
     current: set[str] = set()
-    for month in present:
-        current.update(read_month(cat, client, month, damaged_ok=True)[0]["run_id"].to_pylist())
+    for quarter in present:
+        current.update(read_quarter(cat, client, quarter, damaged_ok=True)[0]["run_id"].to_pylist())
     legacy = get_object(client, cat.bucket, cat.key(LEGACY_JSONL))
     if legacy is not None:
         current.update(parse_jsonl(legacy[0]))
@@ -285,16 +285,16 @@ def replace_all(cat: Catalog, records: Mapping[str, Mapping[str, Any]], *, force
         raise ConfigError(f"rebuild would drop {len(dropped)} of the {len(current)} runs the index lists now "
                           f"(e.g. {dropped[0]}): no run.json for them; check --root, or pass --force to drop them")
     when = stamp(now)
-    by_month: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_quarter: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in records.values():
-        by_month[fmt.month_of(rec)].append({**rec, "indexed_at": when})
-    for month in sorted(set(present) | set(by_month)):
-        table = fmt.to_table(by_month.get(month, []))
+        by_quarter[fmt.quarter_of(rec)].append({**rec, "indexed_at": when})
+    for quarter in sorted(set(present) | set(by_quarter)):
+        table = fmt.to_table(by_quarter.get(quarter, []))
 
         def replace(_old: pa.Table, table: pa.Table = table) -> pa.Table:
             return table
 
-        commit_month(cat, client, month, replace, damaged_ok=True)
+        commit_quarter(cat, client, quarter, replace, damaged_ok=True)
     if legacy is not None:
         delete_keys(client, cat.bucket, [cat.key(LEGACY_JSONL)])
     return len(records)

@@ -1,16 +1,21 @@
-"""The compacted index's file format: one Parquet file per calendar month of submission.
+"""The compacted index's file format: one Parquet file per calendar quarter of submission.
 
 ::
 
-    <index_url>parquet/month=2026-11/runs.parquet   the runs submitted in November 2026 (UTC)
-    <index_url>parquet/month=none/runs.parquet      runs with neither submitted_at nor start
+    <index_url>parquet/quarter=2026-Q4/runs.parquet   the runs submitted October-December 2026 (UTC)
+    <index_url>parquet/quarter=none/runs.parquet      runs with neither submitted_at nor start
 
 Hive-style partition folders, one file each under a fixed name: DuckDB, Polars, Spark and
-Athena read the folder as one table with a ``month`` column and skip the months a
-``WHERE month >= ...`` rules out (docs/admin.md shows each). The ``month`` column is only in
-the path, never in the file (Spark refuses a column that is in both). The month is that of
+Athena read the folder as one table with a ``quarter`` column and skip the quarters a
+``WHERE quarter >= ...`` rules out (docs/admin.md shows each). The ``quarter`` column is only in
+the path, never in the file (Spark refuses a column that is in both). The quarter is that of
 ``submitted_at`` (else ``start``), the field ``runs list --since`` filters on, so a reader
-needs only the months from the ``--since`` cutoff on.
+needs only the quarters from the ``--since`` cutoff on.
+
+Why quarters, not months: each file is one request and one decode whatever its size, and
+that fixed cost dominates a full read of a small index (10,000 runs over three years are 36
+months but 12 quarters). A quarter of a million-run site (~80,000 runs, a few MB) is still
+read, filtered and rewritten in well under a second.
 
 Columns are those of :func:`slurm_yolo.archive.layout.index_record` with fixed types, plus:
 
@@ -41,7 +46,7 @@ from slurm_yolo.timeparse import parse_time
 
 PARTS = "parquet/"
 PART_FILE = "runs.parquet"
-NO_MONTH = "none"
+NO_TIME = "none"
 # Written next to the index so that a reader can tell the format apart from a missing index.
 FORMAT_VERSION = 1
 
@@ -58,7 +63,7 @@ COLUMNS: dict[str, pa.DataType] = {
 SCHEMA = pa.schema([pa.field(name, kind) for name, kind in COLUMNS.items()])
 # Columns a reader turns back into the record's own shape.
 DERIVED = ("submitted_time",)
-# Row groups small enough that min/max statistics let a scan skip most of a month.
+# Row groups small enough that min/max statistics let a scan skip most of a quarter.
 ROW_GROUP = 16_384
 
 
@@ -67,33 +72,39 @@ def record_time(record: Mapping[str, Any]) -> datetime | None:
     return parse_time(record.get("submitted_at") or record.get("start"))
 
 
-def month_of(record: Mapping[str, Any]) -> str:
-    """The partition of a record: ``2026-11``, or ``none`` without a time."""
+def quarter_name(when: datetime) -> str:
+    """``2026-Q4`` for a time in October to December 2026 (UTC); these sort as text."""
+    when = when.astimezone(timezone.utc)
+    return f"{when.year:04d}-Q{(when.month - 1) // 3 + 1}"
+
+
+def quarter_of(record: Mapping[str, Any]) -> str:
+    """The partition of a record: ``2026-Q4``, or ``none`` without a time."""
     when = record_time(record)
-    return when.astimezone(timezone.utc).strftime("%Y-%m") if when else NO_MONTH
+    return quarter_name(when) if when else NO_TIME
 
 
-def part_rel(month: str) -> str:
-    """Key of a month's file, relative to the index URL."""
-    return f"{PARTS}month={month}/{PART_FILE}"
+def part_rel(quarter: str) -> str:
+    """Key of a quarter's file, relative to the index URL."""
+    return f"{PARTS}quarter={quarter}/{PART_FILE}"
 
 
-def month_of_key(key: str) -> str | None:
-    """``2026-11`` from ``.../parquet/month=2026-11/runs.parquet``; ``None`` for any other key."""
+def quarter_of_key(key: str) -> str | None:
+    """``2026-Q4`` from ``.../parquet/quarter=2026-Q4/runs.parquet``; ``None`` for any other key."""
     folder, _, name = key.rpartition("/")
-    month = folder.rpartition("/")[2]
-    if name != PART_FILE or not month.startswith("month="):
+    quarter = folder.rpartition("/")[2]
+    if name != PART_FILE or not quarter.startswith("quarter="):
         return None
-    return month[len("month="):]
+    return quarter[len("quarter="):]
 
 
-def months_since(months: Iterable[str], since: datetime | None) -> list[str]:
-    """The months a reader must open for ``--since`` (all of them without one); ``none`` never
+def quarters_since(quarters: Iterable[str], since: datetime | None) -> list[str]:
+    """The quarters a reader must open for ``--since`` (all of them without one); ``none`` never
     matches a time filter."""
     if since is None:
-        return sorted(months)
-    first = since.astimezone(timezone.utc).strftime("%Y-%m")
-    return sorted(m for m in months if m != NO_MONTH and m >= first)
+        return sorted(quarters)
+    first = quarter_name(since)
+    return sorted(q for q in quarters if q != NO_TIME and q >= first)
 
 
 def _typed(value: Any, kind: pa.DataType) -> Any:
@@ -145,7 +156,7 @@ def _loads_or_empty(text: str) -> Any:
 
 
 def encode(table: pa.Table) -> bytes:
-    """A month's Parquet file (zstd; statistics on, for readers that skip row groups)."""
+    """A quarter's Parquet file (zstd; statistics on, for readers that skip row groups)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table.cast(SCHEMA), sink, compression="zstd", row_group_size=ROW_GROUP,
                    write_statistics=True)
@@ -154,12 +165,13 @@ def encode(table: pa.Table) -> bytes:
 
 
 def decode(body: bytes, filter_: pc.Expression | None = None) -> pa.Table:
-    """A month's file as a table of :data:`SCHEMA`, rows matching ``filter_`` only.
+    """A quarter's file as a table of :data:`SCHEMA`, rows matching ``filter_`` only.
 
     Columns missing from an older file come back as nulls; a file that is not Parquet
     raises ``pyarrow.ArrowInvalid`` (the caller names the key).
     """
-    table = pq.read_table(pa.BufferReader(body))
+    # ParquetFile.read, not read_table: no dataset machinery, twice as fast on a quarter's small file.
+    table = pq.ParquetFile(pa.BufferReader(body)).read(use_threads=False)
     for name, kind in COLUMNS.items():
         if name not in table.column_names:
             table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
@@ -173,8 +185,8 @@ def apply_updates(table: pa.Table, updates: Sequence[Mapping[str, Any]]) -> tupl
 
     Updates are applied in ``indexed_at`` order, each against the run's row as it stands, so
     the result does not depend on the order compactions and listings saw them in. Only the
-    rows of the updated runs become Python objects: folding a few new records into a month
-    of tens of thousands of runs stays cheap. ``table`` must be the whole month (not a
+    rows of the updated runs become Python objects: folding a few new records into a quarter
+    of tens of thousands of runs stays cheap. ``table`` must be the whole quarter (not a
     filtered part): whether an update wins depends on the row it would replace.
     """
     valid = [rec for rec in updates if isinstance(rec.get("run_id"), str) and rec.get("run_id")]

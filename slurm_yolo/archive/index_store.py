@@ -1,18 +1,18 @@
 """The run index in the store, the epilog's side: each run's record, written once per update
-and never compacted here. Compaction into monthly Parquet files is
+and never compacted here. Compaction into quarterly Parquet files is
 :mod:`slurm_yolo.archive.index_compact`; the catalog (:mod:`slurm_yolo.catalog.scan`) reads both.
 
 ::
 
     <index_url>runs/<run_id>.json                  the run's record (the epilog; kept; owner check)
     <index_url>pending/<run_id>/<utc>-<rand>.json   an update not compacted yet
-    <index_url>parquet/month=YYYY-MM/runs.parquet   compacted records (index_format)
+    <index_url>parquet/quarter=YYYY-Qn/runs.parquet   compacted records (index_format)
 
 An epilog's index step costs the same at 10 runs and at 10 million: it reads the run's own
 record (who owns the run ID), writes it, and writes one pending update under a *unique* key
 (never overwritten, so deleting it after compaction can never drop a newer update). Nothing
 it reads or writes grows with the site's history. A reader lists ``pending/`` (only what
-arrived since the last compaction) before it reads the months, so a run is visible from the
+arrived since the last compaction) before it reads the quarters, so a run is visible from the
 moment its pending update exists, whether or not a compaction folded it in meanwhile.
 
 Before this layout the index was one ``INDEX.jsonl`` that every epilog rewrote (see
@@ -33,7 +33,7 @@ from slurm_yolo.store import Store, error_code, split_url, store_error
 
 PENDING = "pending/"
 PENDING_STAMP = "%Y%m%dT%H%M%S.%fZ"  # pending keys sort by time within a run; parsed back for their age
-# The index's single file before the monthly Parquet files (``slurm-yolo index migrate``).
+# The index's single file before the quarterly Parquet files (``slurm-yolo index migrate``).
 LEGACY_JSONL = "INDEX.jsonl"
 # On a store whose conditional writes are not atomic, a pending update is deleted only once
 # it is this old. Such a store (moto's server checks, then writes) can let two compactions
@@ -96,11 +96,16 @@ def list_keys(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
 def read_pending(cat: Catalog, client: Any) -> list[tuple[str, dict[str, Any]]]:
     """``(key, record)`` of every pending update, oldest first within each run."""
     keys = [obj["Key"] for obj in list_keys(client, cat.bucket, cat.key(PENDING))]
-    with ThreadPoolExecutor(8) as pool:  # small GETs: latency-bound, so overlap them
-        bodies = list(pool.map(lambda k: get_object(client, cat.bucket, k), keys))
+    with ThreadPoolExecutor(16) as pool:  # small GETs: latency-bound, so overlap them
+        return parse_pending(keys, list(pool.map(lambda k: get_object(client, cat.bucket, k), keys)))
+
+
+def parse_pending(keys: Sequence[str], bodies: Sequence[tuple[bytes, str] | None]) -> list[tuple[str, dict[str, Any]]]:
+    """``(key, record)`` of the pending updates read; the vanished (``None``: compacted and
+    deleted since the listing) and unreadable ones left out."""
     out = []
     for key, got in zip(keys, bodies):
-        if got is None:  # compacted and deleted since the listing
+        if got is None:
             continue
         try:
             rec = json.loads(got[0])
@@ -109,6 +114,7 @@ def read_pending(cat: Catalog, client: Any) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(rec, dict) and rec.get("run_id"):
             out.append((key, rec))
     return out
+
 
 def newer(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether ``new`` replaces ``old`` (two versions of the same run's record).
@@ -191,7 +197,7 @@ def add_to_index(store: Store, index_url: str, record: Mapping[str, Any], *, now
 
     The epilog calls it after it wrote ``runs/<run_id>.json``. The record goes under a fresh
     pending key, stamped with ``indexed_at``; from then on every reader sees it, and a later
-    compaction (the drain timer, ``slurm-yolo index compact``) folds it into its month.
+    compaction (the drain timer, ``slurm-yolo index compact``) folds it into its quarter.
     Safe from any number of nodes at once and to repeat.
 
     Args:

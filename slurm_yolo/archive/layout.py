@@ -8,10 +8,10 @@
         attempts/attempt-<n>.json   run.json as attempt n ended (requeued runs have several)
     <index_url>runs/<run_id>.json                                one index record per run
     <index_url>pending/<run_id>/<utc>-<rand>.json                an update not compacted yet
-    <index_url>parquet/month=YYYY-MM/runs.parquet                compacted records, by month
+    <index_url>parquet/quarter=YYYY-Qn/runs.parquet                compacted records, by quarter
 
 Per-run index objects mean concurrent epilogs never write the same key; compaction folds the
-pending updates into the monthly Parquet files with conditional writes
+pending updates into the quarterly Parquet files with conditional writes
 (:mod:`slurm_yolo.archive.index_store`, :mod:`slurm_yolo.archive.index_compact`).
 """
 

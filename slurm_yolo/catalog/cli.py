@@ -99,9 +99,9 @@ def _add_reproduce(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_index(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("index", help="maintain the store's run index (monthly Parquet files + pending updates)",
+    p = sub.add_parser("index", help="maintain the store's run index (quarterly Parquet files + pending updates)",
                        description="The index: runs/<run_id>.json per run, pending/ updates the epilogs write, and "
-                                   "parquet/month=YYYY-MM/runs.parquet files that compaction folds them into "
+                                   "parquet/quarter=YYYY-Qn/runs.parquet files that compaction folds them into "
                                    "(DuckDB, Polars, Spark and Athena read those as they are: docs/admin.md).")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     p = isub.add_parser("rebuild", parents=[common], help="recreate the index from every run.json in the store")
@@ -111,10 +111,10 @@ def _add_index(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="drop runs the index lists now whose run.json is not under the roots (refused otherwise)")
     p.set_defaults(func=cmd_rebuild)
     p = isub.add_parser("compact", parents=[common],
-                        help="fold pending index updates into the monthly Parquet files (the drain timer also does)")
+                        help="fold pending index updates into the quarterly Parquet files (the drain timer also does)")
     p.set_defaults(func=cmd_compact)
     p = isub.add_parser("migrate", parents=[common],
-                        help="convert the old single INDEX.jsonl into monthly Parquet files (once, after upgrading "
+                        help="convert the old single INDEX.jsonl into quarterly Parquet files (once, after upgrading "
                              "every node; idempotent)")
     p.set_defaults(func=cmd_migrate)
 
@@ -274,7 +274,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     cat = index.locate(args.index)
     lines, result = index.migrate(cat)
     if not args.json:
-        print(f"{cat.index_url}INDEX.jsonl: {lines} runs moved into monthly Parquet files" if lines
+        print(f"{cat.index_url}INDEX.jsonl: {lines} runs moved into quarterly Parquet files" if lines
               else f"{cat.index_url}: no INDEX.jsonl left to migrate")
     _print_compaction(cat, result, args.json, {"migrated_runs": lines})
     return 0
@@ -283,9 +283,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def _print_compaction(cat: index.Catalog, result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     if as_json:
         _print_json({"index_url": cat.index_url, **(extra or {}), "updates": result.updates,
-                     "runs_changed": result.runs_changed, "months": list(result.months), "left_pending": result.left})
+                     "runs_changed": result.runs_changed, "quarters": list(result.quarters), "left_pending": result.left})
         return
-    print(f"{cat.index_url}: {result.updates} pending updates folded into {len(result.months)} months "
+    print(f"{cat.index_url}: {result.updates} pending updates folded into {len(result.quarters)} quarters "
           f"({result.runs_changed} runs changed); {result.left} kept pending for now")
 
 

@@ -71,7 +71,7 @@ def rebuild(cat: Catalog, archive_roots: Sequence[str] = (), *, force: bool = Fa
     """Recreate the index from the ``run.json`` files in the store; return the number of runs.
 
     Downloads every ``run.json`` under the roots with s5cmd, writes each run's
-    ``runs/<run_id>.json`` and rewrites every monthly file (pending updates written later
+    ``runs/<run_id>.json`` and rewrites every quarterly file (pending updates written later
     still win). Runs whose ``run.json`` is not under the roots disappear from the index only
     with ``force``: a mistyped root must not empty the catalog.
 

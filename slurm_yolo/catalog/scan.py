@@ -1,18 +1,20 @@
-"""Read the index: the pending updates, then only the months a query needs, filtered in Arrow.
+"""Read the index: the pending updates, then only the quarters a query needs, filtered in Arrow.
 
 A reader does, in this order (why the order: :mod:`slurm_yolo.archive.index_compact`):
 
-1. list ``pending/`` and read those updates (what arrived since the last compaction);
-2. list ``parquet/`` (one key per month) and keep the months from ``--since`` on;
-3. read those months in parallel, apply the pending updates of each, and keep the rows that
-   match the query's typed conditions (:func:`pushdown`) before any row becomes a Python dict.
+1. list ``pending/`` (what arrived since the last compaction);
+2. list ``parquet/`` (one key per quarter) and keep the quarters from ``--since`` on;
+3. read those updates and those quarters, all at once; if an update vanished after the listing
+   (a compaction folded it in and deleted it), read the quarters again: they hold it now;
+4. apply the pending updates of each quarter, and keep the rows that match the query's typed
+   conditions (:func:`pushdown`) before any row becomes a Python dict.
 
-At a million runs a ``--since 90d`` query opens 3 or 4 monthly files, and a full scan turns
+At a million runs a ``--since 90d`` query opens 3 or 4 quarterly files, and a full scan turns
 into Python objects only the rows that match. The exact semantics stay those of
 :mod:`slurm_yolo.catalog.query` (applied after, to what is left): the pushdown only drops rows
 that query would drop.
 
-An index not migrated yet (no monthly file, an ``INDEX.jsonl``) is read as it is, so users
+An index not migrated yet (no quarterly file, an ``INDEX.jsonl``) is read as it is, so users
 keep working until the admin runs ``slurm-yolo index migrate``.
 """
 
@@ -27,8 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from slurm_yolo.archive import index_format as fmt
-from slurm_yolo.archive.index_compact import months as list_months, read_month
-from slurm_yolo.archive.index_store import LEGACY_JSONL, Catalog, get_object, parse_jsonl, read_pending
+from slurm_yolo.archive.index_compact import quarters as list_quarters, read_quarter
+from slurm_yolo.archive.index_store import (
+    LEGACY_JSONL, PENDING, Catalog, get_object, list_keys, parse_jsonl, parse_pending,
+)
 from slurm_yolo.catalog import query as q
 
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
@@ -36,8 +40,9 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "!=": lambda a, b: a != b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
 }
 _NUMERIC = (pa.float64(), pa.int64())
-# Months read at once: each is one GET plus a Parquet decode (which releases the GIL).
-READERS = 8
+# Quarters read at once: each is one GET (latency-bound) plus a Parquet decode (which releases
+# the GIL). Within the store client's connection pool (slurm_yolo.store.MAX_POOL).
+READERS = 24
 
 
 def pushdown(query: q.Query) -> tuple[pc.Expression | None, bool]:
@@ -77,7 +82,7 @@ def sort_keys(keys: Sequence[str]) -> list[tuple[str, str]] | None:
     Arrow sorts stably, by column type (numbers as numbers, text by code point, as Python
     compares ``str``), and with ``null_placement="at_end"`` puts missing values last for every
     key, in both directions: what :func:`slurm_yolo.catalog.query.sort_lines` does (ties keep
-    the index's order: by month, then run ID).
+    the index's order: by quarter, then run ID).
     """
     out = []
     for key in keys:
@@ -90,32 +95,40 @@ def sort_keys(keys: Sequence[str]) -> list[tuple[str, str]] | None:
 
 def read_table(cat: Catalog, client: Any = None, *, since: datetime | None = None,
                where: pc.Expression | None = None) -> pa.Table:
-    """The index as one table: the months from ``since`` on, pending updates applied, rows
+    """The index as one table: the quarters from ``since`` on, pending updates applied, rows
     matching ``where``.
 
     Raises:
-        StoreError: the store could not be read, or a monthly file is not Parquet.
+        StoreError: the store could not be read, or a quarterly file is not Parquet.
     """
     client = client or cat.store.boto3_client()
-    pending = [rec for _, rec in read_pending(cat, client)]  # first: see the module docstring
-    files = list_months(cat, client)
-    updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for rec in pending:
-        updates[fmt.month_of(rec)].append(rec)
+    keys = [obj["Key"] for obj in list_keys(client, cat.bucket, cat.key(PENDING))]  # first: see the module docstring
+    files = list_quarters(cat, client)
+    wanted_files = fmt.quarters_since(files, since)
+    with ThreadPoolExecutor(READERS) as pool:  # the pending updates and the quarters at once
+        got = pool.map(lambda k: get_object(client, cat.bucket, k), keys)
+        quarters = dict(zip(wanted_files, pool.map(lambda m: read_quarter(cat, client, m)[0], wanted_files)))
+        bodies = list(got)
+        if any(body is None for body in bodies):
+            # An update vanished after the listing: a compaction folded it into its quarter
+            # (maybe a new one) and deleted it, maybe after we read that quarter. List and
+            # read the quarters again, now.
+            files = list_quarters(cat, client)
+            wanted_files = fmt.quarters_since(files, since)
+            quarters = dict(zip(wanted_files, pool.map(lambda m: read_quarter(cat, client, m)[0], wanted_files)))
+    pending = [rec for _, rec in parse_pending(keys, bodies)]
     if not files:
         legacy = get_object(client, cat.bucket, cat.key(LEGACY_JSONL))
         if legacy is not None:  # not migrated yet: one table, the pending updates over it
             table = fmt.apply_updates(fmt.to_table(parse_jsonl(legacy[0]).values()), pending)[0]
             return table.filter(_and(where, _since(since)))
-
-    def month_table(month: str) -> pa.Table:
-        table = read_month(cat, client, month)[0] if month in files else fmt.SCHEMA.empty_table()
-        table = fmt.apply_updates(table, updates.get(month, []))[0]
-        return table.filter(where) if where is not None else table
-
-    wanted = fmt.months_since(set(files) | set(updates), since)
-    with ThreadPoolExecutor(READERS) as pool:
-        tables = list(pool.map(month_table, wanted))
+    updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in pending:
+        updates[fmt.quarter_of(rec)].append(rec)
+    tables = []
+    for quarter in fmt.quarters_since(set(files) | set(updates), since):
+        table = fmt.apply_updates(quarters.get(quarter, fmt.SCHEMA.empty_table()), updates.get(quarter, []))[0]
+        tables.append(table.filter(where) if where is not None else table)
     return pa.concat_tables(tables) if tables else fmt.SCHEMA.empty_table()
 
 

@@ -30,7 +30,7 @@ def add_commands(sub: Any) -> None:
                    help="try every entry now: also those backing off after failures and those whose last "
                         "failure needed a person (bad credentials, no such bucket), once the cause is fixed")
     d.add_argument("--no-compact", action="store_false", dest="compact",
-                   help="do not fold the index's pending updates into its monthly files afterwards "
+                   help="do not fold the index's pending updates into its quarterly files afterwards "
                         "(by default every drain does: cheap when nothing is pending, safe on every node at once)")
     d.set_defaults(func=cmd_drain)
     ls = ssub.add_parser("list", help="show pending runs and their last error")
@@ -77,7 +77,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 def _compact_index(site: SiteConfig) -> str:
-    """Fold the index's pending updates into its monthly files; one line saying what happened.
+    """Fold the index's pending updates into its quarterly files; one line saying what happened.
 
     Never fails the drain: the updates stay pending (and visible) until a later tick or
     `slurm-yolo index compact` manages."""
@@ -85,7 +85,7 @@ def _compact_index(site: SiteConfig) -> str:
         result = compact(Catalog(site.store, site.index_url.rstrip("/") + "/"))
     except SlurmYoloError as e:
         return f"not compacted: {e}"
-    return f"{result.updates} pending updates folded into {len(result.months)} months, {result.left} kept pending"
+    return f"{result.updates} pending updates folded into {len(result.quarters)} quarters, {result.left} kept pending"
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -40,12 +40,12 @@ def make_line(i: int, rng: random.Random, now: datetime = NOW, bucket: str = "b"
 
 
 def write_index(client, cat: Catalog, lines: list[dict]) -> None:
-    """Lines as a compacted index: one Parquet file per month, in the real format."""
-    by_month: dict[str, list[dict]] = {}
+    """Lines as a compacted index: one Parquet file per quarter, in the real format."""
+    by_quarter: dict[str, list[dict]] = {}
     for x in lines:
-        by_month.setdefault(index_format.month_of(x), []).append(x)
-    for month, recs in by_month.items():
-        client.put_object(Bucket=cat.bucket, Key=cat.key(index_format.part_rel(month)),
+        by_quarter.setdefault(index_format.quarter_of(x), []).append(x)
+    for quarter, recs in by_quarter.items():
+        client.put_object(Bucket=cat.bucket, Key=cat.key(index_format.part_rel(quarter)),
                           Body=index_format.encode(index_format.to_table(recs)))
 
 

@@ -1,6 +1,6 @@
 """The run index against real loopback S3 servers (SeaweedFS: atomic conditional writes; moto:
-racy ones): epilog updates, compaction into monthly Parquet files, concurrent writers and
-compactors, readers that open only the months they need, migration from INDEX.jsonl, rebuild."""
+racy ones): epilog updates, compaction into quarterly Parquet files, concurrent writers and
+compactors, readers that open only the quarters they need, migration from INDEX.jsonl, rebuild."""
 
 from __future__ import annotations
 
@@ -26,16 +26,16 @@ def strip(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k != "indexed_at"}
 
 
-def month_rows(client, cat) -> list[dict]:
-    """Every row of every monthly file, as compacted (pending updates not included)."""
+def quarter_rows(client, cat) -> list[dict]:
+    """Every row of every quarterly file, as compacted (pending updates not included)."""
     rows = []
-    for month in sorted(index_compact.months(cat, client)):
-        rows += index_format.from_table(index_compact.read_month(cat, client, month)[0])
+    for quarter in sorted(index_compact.quarters(cat, client)):
+        rows += index_format.from_table(index_compact.read_quarter(cat, client, quarter)[0])
     return rows
 
 
 def index_lines(client, cat) -> list[dict]:
-    return [strip(x) for x in month_rows(client, cat)]
+    return [strip(x) for x in quarter_rows(client, cat)]
 
 
 def pending_keys(client, cat) -> list[str]:
@@ -80,7 +80,7 @@ def test_twenty_epilogs_and_three_compactions_at_once_lose_and_duplicate_nothing
         assert index_store.index_run(cat.store, cat.index_url, line) is None
 
     def compactor(_):
-        start.wait()  # compactions race each other and the writers for the same months
+        start.wait()  # compactions race each other and the writers for the same quarters
         for _ in range(3):
             index_compact.compact(cat, grace_s=0)
 
@@ -93,24 +93,24 @@ def test_twenty_epilogs_and_three_compactions_at_once_lose_and_duplicate_nothing
     assert {x["run_id"]: strip(x) for x in seen if x["run_id"] in new} == new
     # One more compaction past the grace period folds whatever arrived after the last one.
     index_compact.compact(cat, grace_s=0)
-    rows = month_rows(client, cat)
+    rows = quarter_rows(client, cat)
     assert len(rows) == 50 and {x["run_id"] for x in rows} == {x["run_id"] for x in old + lines}
     assert {x["run_id"]: strip(x) for x in rows if x["run_id"] in new} == new
     assert pending_keys(client, cat) == []
-    for month in index_compact.months(cat, client):  # one file per month, sorted by run ID
-        ids = index_compact.read_month(cat, client, month)[0]["run_id"].to_pylist()
+    for quarter in index_compact.quarters(cat, client):  # one file per quarter, sorted by run ID
+        ids = index_compact.read_quarter(cat, client, quarter)[0]["run_id"].to_pylist()
         assert ids == sorted(ids)
 
 
 def racy_scenario(cat, client):
     """Two compactions both win the same If-Match (moto's server can do that; S3 cannot): B reads
-    the month, then A's run arrives and A compacts it, then B writes its stale month, its
+    the quarter, then A's run arrives and A compacts it, then B writes its stale quarter, its
     If-Match not checked. Returns A's line."""
     rng = random.Random(6)
     write_index(client, cat, [make_line(100, rng)])
     a_line, b_line = make_line(1, rng), make_line(2, rng)
-    month = index_format.month_of(a_line)
-    assert index_format.month_of(b_line) == month
+    quarter = index_format.quarter_of(a_line)
+    assert index_format.quarter_of(b_line) == quarter
 
     class RacyStore:  # If-Match accepted whatever the ETag: the second writer also "wins"
         def __getattr__(self, name):
@@ -122,11 +122,11 @@ def racy_scenario(cat, client):
 
     index_store.add_to_index(cat.store, cat.index_url, b_line)
     b_pending = index_store.read_pending(cat, client)
-    table, _ = index_compact.read_month(cat, client, month)
+    table, _ = index_compact.read_quarter(cat, client, quarter)
     stale, _ = index_format.apply_updates(table, [r for _, r in b_pending])
     index_store.add_to_index(cat.store, cat.index_url, a_line)
     index_compact.compact(cat)  # A folds its run in (and B's), and deletes what its store lets it
-    index_compact.commit_month(cat, RacyStore(), month, lambda _current: stale)  # B's unchecked overwrite
+    index_compact.commit_quarter(cat, RacyStore(), quarter, lambda _current: stale)  # B's unchecked overwrite
     assert a_line["run_id"] not in {x["run_id"] for x in index_lines(client, cat)}  # B overwrote A's version
     return a_line
 
@@ -165,30 +165,30 @@ def test_no_grace_on_a_store_whose_conditional_writes_are_atomic(s3_server, cat,
     assert len(pending_keys(client, cat)) == result.left == (0 if atomic else 1)
 
 
-def test_month_deleted_between_read_and_write_is_a_conflict(s3_server, cat, client):
+def test_quarter_deleted_between_read_and_write_is_a_conflict(s3_server, cat, client):
     """If-Match on a key deleted since it was read: 404 on AWS and moto, 412 on SeaweedFS.
-    Both are "someone else changed it": start over, and create the month afresh."""
+    Both are "someone else changed it": start over, and create the quarter afresh."""
     rng = random.Random(12)
     first = make_line(1, rng)
     write_index(client, cat, [first])
-    month = index_format.month_of(first)
+    quarter = index_format.quarter_of(first)
     deleted = []
 
     def transform(table):
-        if not deleted:  # first attempt: the month goes away after we read it
-            client.delete_object(Bucket=cat.bucket, Key=cat.key(index_format.part_rel(month)))
+        if not deleted:  # first attempt: the quarter goes away after we read it
+            client.delete_object(Bucket=cat.bucket, Key=cat.key(index_format.part_rel(quarter)))
             deleted.append(True)
         return index_format.apply_updates(table, [make_line(1, random.Random(99)) | {"run_id": "x2"}])[0]
 
     sleeps = []
-    index_compact.commit_month(cat, client, month, transform, sleep=sleeps.append)
+    index_compact.commit_quarter(cat, client, quarter, transform, sleep=sleeps.append)
     assert len(sleeps) == 1  # exactly one conflict, whatever the server called it
     assert [x["run_id"] for x in index_lines(client, cat)] == ["x2"]
 
 
 def test_a_reader_never_misses_a_run_a_compaction_folds_in_while_it_reads(cat, client):
-    """A compaction commits the month and deletes the pending update between a reader's
-    listing of ``pending/`` and its GET of that update: the reader reads the months after,
+    """A compaction commits the quarter and deletes the pending update between a reader's
+    listing of ``pending/`` and its GET of that update: the reader reads the quarters after,
     so it finds the run there."""
     line = make_line(5, random.Random(13))
     index_store.add_to_index(cat.store, cat.index_url, line)
@@ -284,7 +284,7 @@ def test_conflicts_retry_then_give_up_with_a_fix(cat, client):
 
 def test_the_epilogs_index_step_costs_the_same_at_any_index_size(cat, client):
     """Requests and bytes of one epilog's index step, on an empty index and on one of 3,000 runs
-    over 18 months (plus 50 pending updates): the same requests, the same bytes within a few
+    over 18 quarters (plus 50 pending updates): the same requests, the same bytes within a few
     dozen (the run IDs and stamps differ), all well under the 20 KB goal."""
     def cost(i):
         line = {**make_line(i, random.Random(i)), "user": "ana"}
@@ -304,19 +304,20 @@ def test_the_epilogs_index_step_costs_the_same_at_any_index_size(cat, client):
     assert abs(empty[1] - big[1]) < 100 and big[1] < 20_000, (empty, big)
 
 
-def test_a_since_query_opens_only_the_months_it_needs(cat, client):
-    """3,000 runs, one every 2 hours back from NOW (8 months): --since 30d reads the pending
-    updates and 2 monthly files, and finds exactly what a full read filtered in Python finds."""
+def test_a_since_query_opens_only_the_quarters_it_needs(cat, client):
+    """3,000 runs, one every 2 hours back from NOW (8 months: 2026-Q1 to Q4): --since 60d reads
+    the pending updates and 2 quarterly files, and finds exactly what a full read filtered in
+    Python finds."""
     rng = random.Random(14)
     lines = [make_line(i, rng) for i in range(3000)]
     write_index(client, cat, lines[5:])
     for x in lines[:5]:
         index_store.add_to_index(cat.store, cat.index_url, x)
     rec = Recorder(cat.store.boto3_client())
-    q = query.Query(since=NOW - timedelta(days=30), where=(query.parse_where("map50_95>0.5"),), sort=("run_id",))
+    q = query.Query(since=NOW - timedelta(days=60), where=(query.parse_where("map50_95>0.5"),), sort=("run_id",))
     got = scan.select(cat, q, rec)
-    months_read = sorted(k[0] for m, k in rec.calls if m == "GET" and k[1] == index_format.PART_FILE)
-    assert months_read == ["month=2026-10", "month=2026-11"]
+    quarters_read = sorted(k[0] for m, k in rec.calls if m == "GET" and k[1] == index_format.PART_FILE)
+    assert quarters_read == ["quarter=2026-Q3", "quarter=2026-Q4"]
     expected = query.select([full(x) for x in lines], q)
     assert [strip(x) for x in got] == expected and len(expected) > 100
 
@@ -355,12 +356,12 @@ def test_pushdown_finds_exactly_what_the_python_query_finds(cat, client):
         assert [strip(x) for x in scan.select(cat, q)] == query.select(index_order, q), where
 
 
-def test_a_damaged_monthly_file_is_a_clear_error_and_rebuild_fixes_it(cat, client, bucket):
+def test_a_damaged_quarterly_file_is_a_clear_error_and_rebuild_fixes_it(cat, client, bucket):
     rec = run_json("20261101_000000_dmg001", bucket)
     archive_run(client, bucket, rec, {"a.txt": b"a"}, cat.index_url)
     index.rebuild(cat)
-    client.put_object(Bucket=bucket, Key=cat.key(index_format.part_rel("2026-11")), Body=b"not parquet")
-    with pytest.raises(StoreError, match=r"month=2026-11/runs.parquet is not a readable index file.*index rebuild"):
+    client.put_object(Bucket=bucket, Key=cat.key(index_format.part_rel("2026-Q4")), Body=b"not parquet")
+    with pytest.raises(StoreError, match=r"quarter=2026-Q4/runs.parquet is not a readable index file.*index rebuild"):
         index.load_records(cat)
     assert index.rebuild(cat) == 1
     assert [x["run_id"] for x in index.load_records(cat)] == [rec["run_id"]]
@@ -383,7 +384,7 @@ def test_migrate_converts_index_jsonl_and_readers_see_the_same_runs_before_and_a
     out = json.loads(capsys.readouterr().out)
     assert out["migrated_runs"] == 390 and out["updates"] == 10
     assert sorted(index.load_records(cli_env), key=lambda x: x["run_id"]) == before
-    assert len(month_rows(client, cli_env)) == 400
+    assert len(quarter_rows(client, cli_env)) == 400
     keys = [o["Key"] for o in index_store.list_keys(client, cli_env.bucket, cli_env.key(""))]
     assert cli_env.key(index_store.LEGACY_JSONL) not in keys
     assert any(k.startswith(cli_env.key("legacy/INDEX-")) for k in keys)  # kept aside, not lost
@@ -449,7 +450,7 @@ def test_cli_compact_and_rebuild(cli_env, client, bucket, capsys):
     assert json.loads(capsys.readouterr().out) == {"index_url": cli_env.index_url, "runs": 1}
     index_store.add_to_index(cli_env.store, cli_env.index_url, {"run_id": "x1"})
     assert main(["index", "compact"]) == 0
-    assert "1 pending updates folded into 1 months" in capsys.readouterr().out
+    assert "1 pending updates folded into 1 quarters" in capsys.readouterr().out
     assert [x["run_id"] for x in index_lines(client, cli_env)] == ["20261101_000000_cliabc", "x1"]
 
 

@@ -1,8 +1,8 @@
 """Other tools read the compacted index as it is (docs/admin.md, "Querying the index with other tools").
 
-Polars reads the monthly files straight from the S3 server; DuckDB reads a downloaded copy
+Polars reads the quarterly files straight from the S3 server; DuckDB reads a downloaded copy
 (its S3 support is an extension it downloads at run time, which this machine cannot). Both
-see the ``month`` partition column from the folder names, and find exactly what
+see the ``quarter`` partition column from the folder names, and find exactly what
 ``runs list`` finds.
 """
 
@@ -23,7 +23,7 @@ pl = pytest.importorskip("polars")
 
 @pytest.fixture
 def compacted(cat):
-    """300 runs over 25 days: compacted into two months, the last 20 pending, as on a live site."""
+    """300 runs over 25 days: compacted into two quarters, the last 20 pending, as on a live site."""
     rng = random.Random(21)
     lines = [make_line(i, rng, bucket=cat.bucket) for i in range(300)]
     write_index(cat.store.boto3_client(), cat, lines[20:])
@@ -36,7 +36,7 @@ def compacted(cat):
     return cat, expected
 
 
-def test_polars_reads_the_months_from_the_store(compacted, store):
+def test_polars_reads_the_quarters_from_the_store(compacted, store):
     cat, expected = compacted
     if store.keys is None:
         pytest.skip("needs the server's key pair")
@@ -45,13 +45,13 @@ def test_polars_reads_the_months_from_the_store(compacted, store):
         "aws_endpoint_url": store.endpoint_url, "aws_allow_http": "true", "aws_region": "us-east-1",
         "aws_access_key_id": keys["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": keys["AWS_SECRET_ACCESS_KEY"]})
     cutoff = (NOW - timedelta(days=15)).replace(tzinfo=None)
-    got = (runs.filter((pl.col("month") >= "2026-11") & (pl.col("map50_95") > 0.5)
+    got = (runs.filter((pl.col("quarter") >= "2026-Q4") & (pl.col("map50_95") > 0.5)
                        & (pl.col("submitted_time").dt.replace_time_zone(None) >= cutoff))
            .select("run_id").collect()["run_id"].sort().to_list())
     assert got == expected
 
 
-def test_duckdb_reads_the_month_folders(compacted, store, tmp_path):
+def test_duckdb_reads_the_quarter_folders(compacted, store, tmp_path):
     cat, expected = compacted
     client = store.boto3_client()
     for obj in index_store.list_keys(client, cat.bucket, cat.key("parquet/")):
@@ -59,8 +59,8 @@ def test_duckdb_reads_the_month_folders(compacted, store, tmp_path):
         dest.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(cat.bucket, obj["Key"], str(dest))
     rows = duckdb.sql(
-        f"SELECT run_id, month, hparams->>'lr0' AS lr0 FROM read_parquet('{tmp_path}/parquet/*/*.parquet', "
-        "hive_partitioning = true) WHERE month >= '2026-11' AND map50_95 > 0.5 "
+        f"SELECT run_id, quarter, hparams->>'lr0' AS lr0 FROM read_parquet('{tmp_path}/parquet/*/*.parquet', "
+        "hive_partitioning = true) WHERE quarter >= '2026-Q4' AND map50_95 > 0.5 "
         f"AND submitted_time >= TIMESTAMPTZ '{(NOW - timedelta(days=15)).isoformat()}' ORDER BY run_id").fetchall()
     assert [r[0] for r in rows] == expected
-    assert {r[1] for r in rows} <= {"2026-11"} and all(float(r[2]) > 0 for r in rows)
+    assert {r[1] for r in rows} <= {"2026-Q4"} and all(float(r[2]) > 0 for r in rows)

@@ -194,7 +194,7 @@ def test_twenty_jobs_ending_together(cluster, s3, dataset, runs_root, tmp_path):
         run_ids.add(record["run_id"])
     assert len(run_ids) == 20
     # Every run once in the catalog: none lost, none twice. (The epilogs compact nothing: the
-    # runs are pending updates until a drain or `index compact` folds them into their months.)
+    # runs are pending updates until a drain or `index compact` folds them into their quarters.)
     listed = cli(cluster, "runs", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     ours = [x["run_id"] for x in json.loads(listed.stdout) if x["run_id"] in run_ids]
