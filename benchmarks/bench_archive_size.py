@@ -22,6 +22,7 @@ Run: ``/opt/slurm-yolo/venv/bin/python benchmarks/bench_archive_size.py [--sizes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -77,6 +79,22 @@ def start_seaweed(folder: Path) -> dict[str, str]:
     subprocess.run(["bash", str(REPO / "scripts" / "store.sh"), "start", "seaweedfs", str(folder), port, BUCKET],
                    check=True, capture_output=True, text=True)
     return dict(line.split("=", 1) for line in (folder / "store.env").read_text().splitlines() if "=" in line)
+
+
+@contextlib.contextmanager
+def seaweed(work: Path) -> Iterator[Store]:
+    """A fresh SeaweedFS for one copy, its data deleted after: it frees a deleted object's space
+    only at its next vacuum, and 10 GB copies would otherwise fill the disk."""
+    folder = work / f"seaweedfs-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    try:
+        env = start_seaweed(folder)
+        yield Store(endpoint_url=env["ENDPOINT"], keys=(("AWS_ACCESS_KEY_ID", env["ACCESS_KEY"]),
+                                                        ("AWS_SECRET_ACCESS_KEY", env["SECRET_KEY"])),
+                    atomic_conditional_writes=True)
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts" / "store.sh"), "stop", str(folder)], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -128,14 +146,8 @@ def main() -> int:
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-archive-", dir="/var/tmp"))
-    server = work / "seaweedfs"
-    server.mkdir()
     lines = []
     try:
-        env = start_seaweed(server)
-        store = Store(endpoint_url=env["ENDPOINT"], keys=(("AWS_ACCESS_KEY_ID", env["ACCESS_KEY"]),
-                                                          ("AWS_SECRET_ACCESS_KEY", env["SECRET_KEY"])),
-                      atomic_conditional_writes=True)
         lines += [f"SeaweedFS on loopback; {os.cpu_count()} CPUs; s5cmd --numworkers {args.workers}; "
                   f"median of {args.reps}, interleaved", "",
                   "| run folder | bare `s5cmd cp` | slurm-yolo epilog | ratio |", "|---|---|---|---|"]
@@ -143,9 +155,11 @@ def main() -> int:
             run = make_folder(work / f"runs-{gb:g}", gb)
             times: dict[str, list[float]] = {"bare": [], "epilog": []}
             for _ in range(args.reps):
-                times["bare"].append(bare(store, run, args.workers))
+                with seaweed(work) as store:
+                    times["bare"].append(bare(store, run, args.workers))
                 spool = work / f"spool-{uuid.uuid4().hex[:6]}"
-                times["epilog"].append(epilog(store, run, spool, args.workers)[0])
+                with seaweed(work) as store:
+                    times["epilog"].append(epilog(store, run, spool, args.workers)[0])
                 shutil.rmtree(spool, ignore_errors=True)
             b, e = statistics.median(times["bare"]), statistics.median(times["epilog"])
             size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
@@ -159,7 +173,8 @@ def main() -> int:
                 subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.spool_mb}m", "tmpfs", str(spool)],
                                check=True)
                 try:
-                    seconds, summary = epilog(store, run, spool / "spool", args.workers)
+                    with seaweed(work) as store:
+                        seconds, summary = epilog(store, run, spool / "spool", args.workers)
                     lines += ["", f"The {size / 1e9:.1f} GB run with the spool on a {args.spool_mb} MB tmpfs: "
                                   f"archived whole in {seconds:.1f} s ({summary['files']} files, shipped "
                                   f"{summary['shipped']})."]
@@ -169,7 +184,6 @@ def main() -> int:
             shutil.rmtree(run.parent, ignore_errors=True)
         lines.append(f"\n1-minute load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
-        subprocess.run(["bash", str(REPO / "scripts" / "store.sh"), "stop", str(server)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     print("\n".join(lines))
     if args.markdown:

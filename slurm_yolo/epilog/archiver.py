@@ -277,7 +277,8 @@ def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: EntryInfo, 
                             "snapshot_complete": snap.complete, "by": job.by}
     wb = "skipped: damaged record kept as it was" if run.damaged else writeback.update_as_user(
         run.path, job.uid, gid, fields, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
-    manifest = {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "created": now, "files": snap.files}
+    manifest = {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "created": now,
+                "files": dict(sorted(snap.files.items()))}  # large files are hashed on threads: any order
     spool.write_entry(entry, info.replace(complete=snap.complete), run.record, manifest, index_record(run.record),
                       snap.direct)
     return verdict, wb

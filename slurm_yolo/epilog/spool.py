@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -175,11 +176,16 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
     info = EntryInfo.load(entry)
     dest = info.dest
     base = s5cmd.base_argv(site.store, workers=site.s5cmd_workers, retries=3)
-    if (entry / "files").is_dir() and any((entry / "files").iterdir()):
-        result = s5cmd.run(base + ["cp", f"{entry / 'files'}/*", dest], site.store, deadline=deadline)
-        if not result.ok:
-            return _failed(entry, info, Problem.of("files", result), started)
-    problem = ship_direct(entry, info, site, base, deadline=deadline)
+    # The small files (from the spool) and the large ones (straight from the run folder) go up
+    # at once: two s5cmd processes, so neither waits for the other's last slow file.
+    with ThreadPoolExecutor(1) as pool:
+        small = None
+        if (entry / "files").is_dir() and any((entry / "files").iterdir()):
+            small = pool.submit(s5cmd.run, base + ["cp", f"{entry / 'files'}/*", dest], site.store, deadline=deadline)
+        problem = ship_direct(entry, info, site, base, deadline=deadline)
+        result = small.result() if small is not None else None
+    if result is not None and not result.ok:
+        return _failed(entry, info, Problem.of("files", result), started)
     if problem:
         return _failed(entry, info, problem, started)
     # Last: the commit marker. A reader that sees run.json sees every file of the manifest.

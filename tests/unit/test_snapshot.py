@@ -112,3 +112,26 @@ def test_deadline_stops_copy(tmp_path):
     s = copy_tree(fd, os.getuid(), tmp_path / "out", deadline=time.monotonic() - 1)
     os.close(fd)
     assert not s.complete and not s.files
+
+
+def test_large_files_are_hashed_in_place_on_threads_without_leaking_descriptors(tmp_path):
+    """Twelve checkpoints over the direct-upload size, hashed two at a time while the walk goes
+    on: each hash is that file's, none is copied into the spool, every descriptor is closed."""
+    import hashlib
+
+    from slurm_yolo.epilog.snapshot import DIRECT_MIN_BYTES
+
+    src = tmp_path / "run"
+    (src / "weights").mkdir(parents=True)
+    for i in range(12):
+        (src / "weights" / f"epoch{i}.pt").write_bytes(bytes([i]) * (DIRECT_MIN_BYTES + i))
+    (src / "results.csv").write_text("epoch\n1\n")
+    before = len(os.listdir("/proc/self/fd"))
+    s = snap(src, tmp_path / "out", direct_root=str(src))
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert set(s.direct) == {f"weights/epoch{i}.pt" for i in range(12)}
+    for i in range(12):
+        data = bytes([i]) * (DIRECT_MIN_BYTES + i)
+        assert s.files[f"weights/epoch{i}.pt"] == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        assert not (tmp_path / "out" / "weights" / f"epoch{i}.pt").exists()
+    assert (tmp_path / "out" / "results.csv").exists() and s.complete
