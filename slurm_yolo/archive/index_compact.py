@@ -1,6 +1,6 @@
 """Compaction: fold the pending index updates into the quarterly Parquet files, outside the epilog.
 
-Run by the drain timer on the nodes (``slurm-yolo-epilog spool drain``) and by
+Run by the drain timer on the nodes (``slurm-yolo spool drain``) and by
 ``slurm-yolo index compact``; also ``index migrate`` (from the old ``INDEX.jsonl``),
 ``index rebuild`` and pruning write through here. Any number of compactions may run at once:
 
@@ -16,9 +16,10 @@ Run by the drain timer on the nodes (``slurm-yolo-epilog spool drain``) and by
    :data:`~slurm_yolo.archive.index_store.PENDING_GRACE_S` whose quarter still has our ETag:
    every compaction that started after that age listed them, so no later winner lacks them.
 
-Readers list ``pending/`` before they read the quarters, and a compaction commits a quarter
-before it deletes the updates in it: an update a reader listed is either still there when it
-reads it, or already in the quarter the reader reads after. No reader retries, no lock.
+Readers list ``pending/`` before the quarters, and a compaction commits a quarter before it
+deletes the updates in it: an update a reader listed is either still there when it reads it,
+or gone, and then already in its quarter; the reader then lists and reads the quarters again
+(:mod:`slurm_yolo.catalog.scan`). No lock anywhere.
 """
 
 from __future__ import annotations

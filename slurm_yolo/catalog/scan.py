@@ -9,7 +9,7 @@ A reader does, in this order (why the order: :mod:`slurm_yolo.archive.index_comp
 4. apply the pending updates of each quarter, and keep the rows that match the query's typed
    conditions (:func:`pushdown`) before any row becomes a Python dict.
 
-At a million runs a ``--since 90d`` query opens 3 or 4 quarterly files, and a full scan turns
+At a million runs a ``--since 90d`` query opens 1 or 2 quarterly files, and a full scan turns
 into Python objects only the rows that match. The exact semantics stay those of
 :mod:`slurm_yolo.catalog.query` (applied after, to what is left): the pushdown only drops rows
 that query would drop.
