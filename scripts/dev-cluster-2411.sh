@@ -141,27 +141,7 @@ SlurmdPort=$slurmd_port24
 # this path is a symlink to /.
 PluginDir=$ROOT/usr/lib/x86_64-linux-gnu/slurm-wlm
 PlugStackConfig=$STATE/etc/plugstack.conf
-AuthType=auth/munge
-AuthInfo=cred_expire=10
-CredType=cred/munge
-MpiDefault=none
-MailProg=/bin/true
-ProctrackType=proctrack/cgroup
-TaskPlugin=task/cgroup
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=5,bf_interval=5
-JobRequeue=1
-PreemptType=preempt/partition_prio
-PreemptMode=REQUEUE
-ReturnToService=2
-MinJobAge=600
-KillWait=5
-OverTimeLimit=0
-DefMemPerCPU=1000
-InactiveLimit=0
-Waittime=0
+$(slurm_conf_scheduling)
 # Job IDs of their own: both dev clusters can run at once and share the store and cgroup tree.
 FirstJobId=240000
 # Several Epilog= lines (new in 24.05), run in order: a site epilog that records what Slurm
@@ -170,19 +150,7 @@ Epilog=$STATE/epilog.d/10-record-env
 Epilog=$STATE/epilog
 EpilogSlurmctld=$STATE/epilog.d/10-record-env
 EpilogSlurmctld=$STATE/epilog
-PrologEpilogTimeout=180
-SlurmdTimeout=10
-StateSaveLocation=$STATE/slurmctld
-SlurmdSpoolDir=$STATE/slurmd-%n
-SlurmctldPidFile=$STATE/run/slurmctld.pid
-SlurmdPidFile=$STATE/run/slurmd-%n.pid
-SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd-%n.log
-SlurmctldDebug=info
-SlurmdDebug=info
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
+$(slurm_conf_state)
 NodeName=$node24 NodeAddr=127.0.0.1 Port=$slurmd_port24 CPUs=2 RealMemory=$mem State=UNKNOWN
 PartitionName=debug Default=YES Nodes=$node24 MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=1 GraceTime=10
 PartitionName=urgent Nodes=$node24 MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=10 PreemptMode=OFF
@@ -221,11 +189,7 @@ slurmd_pid24() { echo "$STATE/run/slurmd-$node24.pid"; }
 
 start_slurm_2411() {
   export SLURM_CONF=$conf
-  if [ "$conf_changed" = 1 ] && { pid_alive "$(ctl_pid24)" slurmctld || pid_alive "$(slurmd_pid24)" slurmd; }; then
-    log "slurm.conf/cgroup.conf changed: restarting the 24.11 slurmd and slurmctld"
-    stop_pidfile slurmd "$(slurmd_pid24)" slurmd
-    stop_pidfile slurmctld "$(ctl_pid24)" slurmctld
-  fi
+  restart_if_conf_changed "$(ctl_pid24)" "$(slurmd_pid24)" "the 24.11"
   if pid_alive "$(ctl_pid24)" slurmctld; then
     log "slurmctld 24.11: already running"
   else
@@ -304,14 +268,7 @@ cmd_status_2411() {
     echo "slurmctld: DOWN (Slurm 24.11)"; ok=1
   fi
   st=$(node_state24 || true)
-  if pid_alive "$(slurmd_pid24)" slurmd; then
-    case "$st" in
-      idle|mixed|allocated|completing) echo "slurmd:    up (pid $(cat "$(slurmd_pid24)")), node $node24 $st" ;;
-      *) echo "slurmd:    up (pid $(cat "$(slurmd_pid24)")), node $node24 ${st:-unknown} (NOT USABLE)"; ok=1 ;;
-    esac
-  else
-    echo "slurmd:    DOWN${st:+ (node $node24 $st)}"; ok=1
-  fi
+  status_slurmd "$(slurmd_pid24)" "$node24" "$st" || ok=1
   local kind
   kind=$(store_kind)
   if s3_ok; then echo "s3:        up $endpoint ($kind), bucket s3://$bucket"; else echo "s3:        DOWN ($endpoint, $kind)"; ok=1; fi

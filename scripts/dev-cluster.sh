@@ -231,31 +231,8 @@ write_atomic() {  # write_atomic PATH MODE  (content on stdin; replaced only whe
   fi
 }
 
-write_slurm_conf() {
-  # RealMemory must not exceed what slurmd finds, or the node is drained ("Low RealMemory").
-  local mem found
-  found=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -n1)
-  mem=8000
-  if [ -n "$found" ] && [ "$found" -lt "$mem" ]; then mem=$found; fi
-  local n ctl_addr=127.0.0.1 extra_nodes="" multi=""
-  n=$(extra_nodes)
-  if [ "$n" -gt 0 ]; then
-    # Namespace nodes reach the controller on the bridge, not on loopback.
-    ctl_addr=$net.1
-    for i in $(seq 1 "$n"); do
-      extra_nodes+="NodeName=n$i NodeAddr=$net.$((10 + i)) CPUs=2 RealMemory=$mem State=UNKNOWN"$'\n'
-    done
-    # No GraceTime pre-emption here: tests kill and revive these nodes.
-    multi="PartitionName=multi Nodes=n[1-$n] MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=1"
-  fi
-  write_atomic "$conf" 0644 <<EOF
-# Dev cluster for slurm-yolo (written by scripts/dev-cluster.sh; do not edit)
-ClusterName=slurmyolo
-SlurmctldHost=$node($ctl_addr)
-SlurmUser=root
-SlurmdUser=root
-SlurmctldPort=6817
-SlurmdPort=6818
+slurm_conf_scheduling() {  # the slurm.conf lines both dev clusters share (22.05 and 24.11)
+  cat <<'EOF'
 AuthType=auth/munge
 # A requeued job waits cred_expire seconds before it may start again (default 120 s).
 AuthInfo=cred_expire=10
@@ -284,9 +261,11 @@ OverTimeLimit=0
 DefMemPerCPU=1000
 InactiveLimit=0
 Waittime=0
-Epilog=$STATE/epilog
-# Runs on the controller after every job, NODE_FAIL included (when no node epilog runs).
-EpilogSlurmctld=$STATE/epilog
+EOF
+}
+
+slurm_conf_state() {  # the timeouts, state and log lines both dev clusters share, under $STATE
+  cat <<EOF
 PrologEpilogTimeout=180
 # A dead node is declared DOWN (its jobs NODE_FAIL) SlurmdTimeout after its last answer;
 # the default (300 s) is too slow for tests. Production sites keep it at minutes.
@@ -302,6 +281,39 @@ SlurmdDebug=info
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
+EOF
+}
+
+write_slurm_conf() {
+  # RealMemory must not exceed what slurmd finds, or the node is drained ("Low RealMemory").
+  local mem found
+  found=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -n1)
+  mem=8000
+  if [ -n "$found" ] && [ "$found" -lt "$mem" ]; then mem=$found; fi
+  local n ctl_addr=127.0.0.1 extra_nodes="" multi=""
+  n=$(extra_nodes)
+  if [ "$n" -gt 0 ]; then
+    # Namespace nodes reach the controller on the bridge, not on loopback.
+    ctl_addr=$net.1
+    for i in $(seq 1 "$n"); do
+      extra_nodes+="NodeName=n$i NodeAddr=$net.$((10 + i)) CPUs=2 RealMemory=$mem State=UNKNOWN"$'\n'
+    done
+    # No GraceTime pre-emption here: tests kill and revive these nodes.
+    multi="PartitionName=multi Nodes=n[1-$n] MaxTime=INFINITE State=UP OverSubscribe=FORCE:10 PriorityTier=1"
+  fi
+  write_atomic "$conf" 0644 <<EOF
+# Dev cluster for slurm-yolo (written by scripts/dev-cluster.sh; do not edit)
+ClusterName=slurmyolo
+SlurmctldHost=$node($ctl_addr)
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort=6817
+SlurmdPort=6818
+$(slurm_conf_scheduling)
+Epilog=$STATE/epilog
+# Runs on the controller after every job, NODE_FAIL included (when no node epilog runs).
+EpilogSlurmctld=$STATE/epilog
+$(slurm_conf_state)
 NodeName=$node NodeAddr=127.0.0.1 CPUs=2 RealMemory=$mem State=UNKNOWN
 $extra_nodes
 # Two cores only: let up to 10 jobs share a core so that tests (and the 20-jobs-at-once
@@ -404,15 +416,19 @@ slurm_logs_tail() {
   return 0
 }
 
-start_slurm() {
-  export SLURM_CONF=$conf
-  if [ "$conf_changed" = 1 ] && { pid_alive "$STATE/run/slurmctld.pid" slurmctld || pid_alive "$(host_slurmd_pid)" slurmd; }; then
+restart_if_conf_changed() {  # restart_if_conf_changed CTL_PIDFILE SLURMD_PIDFILE LABEL
+  if [ "$conf_changed" = 1 ] && { pid_alive "$1" slurmctld || pid_alive "$2" slurmd; }; then
     # Some settings (auth, plugins, ports) need a restart, not `scontrol reconfigure`.
     # Running jobs survive: their slurmstepd keep running and the state is saved.
-    log "slurm.conf/cgroup.conf changed: restarting slurmd and slurmctld"
-    stop_pidfile slurmd "$(host_slurmd_pid)" slurmd
-    stop_pidfile slurmctld "$STATE/run/slurmctld.pid" slurmctld
+    log "slurm.conf/cgroup.conf changed: restarting $3 slurmd and slurmctld"
+    stop_pidfile slurmd "$2" slurmd
+    stop_pidfile slurmctld "$1" slurmctld
   fi
+}
+
+start_slurm() {
+  export SLURM_CONF=$conf
+  restart_if_conf_changed "$STATE/run/slurmctld.pid" "$(host_slurmd_pid)" "the"
   if pid_alive "$STATE/run/slurmctld.pid" slurmctld; then
     log "slurmctld: already running"
   else
@@ -608,6 +624,18 @@ cmd_down() {
   fi
 }
 
+status_slurmd() {  # status_slurmd PIDFILE NODE STATE: one status line; non-zero if not usable
+  local pid=$1 name=$2 st=$3
+  if pid_alive "$pid" slurmd; then
+    case "$st" in
+      idle|mixed|allocated|completing) echo "slurmd:    up (pid $(cat "$pid")), node $name $st" ;;
+      *) echo "slurmd:    up (pid $(cat "$pid")), node $name ${st:-unknown} (NOT USABLE)"; return 1 ;;
+    esac
+  else
+    echo "slurmd:    DOWN${st:+ (node $name $st)}"; return 1
+  fi
+}
+
 cmd_status() {
   local ok=0 st
   if munge_ok; then echo "munge:     up"; else echo "munge:     DOWN"; ok=1; fi
@@ -617,14 +645,7 @@ cmd_status() {
     echo "slurmctld: DOWN"; ok=1
   fi
   st=$(node_state || true)
-  if pid_alive "$(host_slurmd_pid)" slurmd; then
-    case "$st" in
-      idle|mixed|allocated|completing) echo "slurmd:    up (pid $(cat "$(host_slurmd_pid)")), node $node ${st}" ;;
-      *) echo "slurmd:    up (pid $(cat "$(host_slurmd_pid)")), node $node ${st:-unknown} (NOT USABLE)"; ok=1 ;;
-    esac
-  else
-    echo "slurmd:    DOWN${st:+ (node $node $st)}"; ok=1
-  fi
+  status_slurmd "$(host_slurmd_pid)" "$node" "$st" || ok=1
   local kind
   kind=$(store_kind)
   if s3_ok; then echo "s3:        up $endpoint ($kind), bucket s3://$bucket"; else echo "s3:        DOWN ($endpoint, $kind, bucket s3://$bucket)"; ok=1; fi
