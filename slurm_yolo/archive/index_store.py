@@ -63,6 +63,11 @@ class Catalog:
         """Object key of ``rel`` under the index prefix."""
         return split_url(self.index_url)[1] + rel
 
+    @classmethod
+    def at(cls, store: Store, index_url: str) -> Catalog:
+        """The catalog at ``index_url`` (given with or without its trailing ``/``)."""
+        return cls(store, index_url.rstrip("/") + "/")
+
 def get_object(client: Any, bucket: str, key: str) -> tuple[bytes, str] | None:
     """``(body, etag)`` of an object, ``None`` when it does not exist."""
     try:
@@ -151,18 +156,6 @@ def _owner(body: bytes) -> str | None:
     return rec.get("user") if isinstance(rec, dict) else None
 
 
-def index_owner(store: Store, record_url: str) -> str | None:
-    """The ``user`` of the index record at ``record_url`` (``index/runs/<run_id>.json``), or
-    ``None`` when there is none yet.
-
-    Raises:
-        StoreError: the store could not be read.
-    """
-    bucket, _, key = record_url.removeprefix("s3://").partition("/")
-    got = get_object(store.boto3_client(), bucket, key)
-    return None if got is None else _owner(got[0])
-
-
 def index_run(store: Store, index_url: str, record: Mapping[str, Any], *, now: datetime | None = None) -> str | None:
     """The epilog's whole index step: check who owns the run ID, write ``runs/<run_id>.json``
     and the pending update (:func:`add_to_index`). Three small requests on one connection,
@@ -175,7 +168,7 @@ def index_run(store: Store, index_url: str, record: Mapping[str, Any], *, now: d
     Raises:
         StoreError: the store could not be read or written (retry later; idempotent).
     """
-    cat = Catalog(store, index_url.rstrip("/") + "/")
+    cat = Catalog.at(store, index_url)
     client = store.boto3_client()
     key = cat.key(layout.index_key(str(record["run_id"])))
     got = get_object(client, cat.bucket, key)
@@ -213,7 +206,7 @@ def add_to_index(store: Store, index_url: str, record: Mapping[str, Any], *, now
     Raises:
         StoreError: the update could not be written (nothing changed: retry later).
     """
-    cat = Catalog(store, index_url.rstrip("/") + "/")
+    cat = Catalog.at(store, index_url)
     now = now or datetime.now(timezone.utc)
     key = pending_key(cat, str(record["run_id"]), now)
     body = json.dumps({**record, "indexed_at": stamp(now)}, sort_keys=True, default=str).encode()

@@ -18,7 +18,7 @@ import yaml
 from slurm_yolo.archive import layout, s5cmd
 from slurm_yolo.archive.index_compact import compact, migrate, remove_from_index, replace_all  # noqa: F401
 from slurm_yolo.archive.index_store import (  # noqa: F401 - re-exported for the catalog's callers
-    PENDING, PENDING_GRACE_S, Catalog, add_to_index, get_object, index_owner, list_keys, pending_key, read_pending,
+    PENDING, PENDING_GRACE_S, Catalog, add_to_index, get_object, list_keys, pending_key, read_pending,
 )
 from slurm_yolo.catalog.scan import load_records  # noqa: F401 - re-exported
 from slurm_yolo.archive.s5cmd import check_s5cmd  # noqa: F401 - re-exported
@@ -53,8 +53,7 @@ def locate(index_url: str | None = None, env: Mapping[str, str] | None = None) -
     # site's store; a user pointing elsewhere (another endpoint) gets the safe default.
     atomic = site_store.get("atomic_conditional_writes") is True and (
         endpoint == site_store.get("endpoint_url"))
-    return Catalog(Store.from_env(env, endpoint_url=endpoint, atomic_conditional_writes=atomic),
-                   url.rstrip("/") + "/")
+    return Catalog.at(Store.from_env(env, endpoint_url=endpoint, atomic_conditional_writes=atomic), url)
 
 def _read_site(path: str) -> dict[str, Any]:
     # Only public settings are read here (URLs); the site's credentials file is root-only by design.

@@ -82,7 +82,7 @@ def _compact_index(site: SiteConfig) -> str:
     Never fails the drain: the updates stay pending (and visible) until a later tick or
     `slurm-yolo index compact` manages."""
     try:
-        result = compact(Catalog(site.store, site.index_url.rstrip("/") + "/"))
+        result = compact(Catalog.at(site.store, site.index_url))
     except SlurmYoloError as e:
         return f"not compacted: {e}"
     return f"{result.updates} pending updates folded into {len(result.quarters)} quarters, {result.left} kept pending"
