@@ -29,10 +29,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Mapping
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from slurm_yolo.archive import index_format as fmt
 from slurm_yolo.archive.index_store import (
@@ -41,6 +38,9 @@ from slurm_yolo.archive.index_store import (
 )
 from slurm_yolo.errors import ConfigError, StoreError
 from slurm_yolo.store import error_code, store_error
+
+if TYPE_CHECKING:  # imported where used (start-up time: slurm_yolo.archive.index_format)
+    import pyarrow as pa
 
 # Compare-and-swap attempts per quarter before giving up (the updates stay pending and visible).
 MAX_ATTEMPTS = 40
@@ -81,12 +81,12 @@ def read_quarter(cat: Catalog, client: Any, quarter: str, *, damaged_ok: bool = 
     key = cat.key(fmt.part_rel(quarter))
     got = get_object(client, cat.bucket, key)
     if got is None:
-        return fmt.SCHEMA.empty_table(), None
+        return fmt.empty(), None
     try:
         return fmt.decode(got[0]), got[1]
-    except (pa.ArrowInvalid, OSError) as e:
+    except (ValueError, OSError) as e:  # pyarrow.ArrowInvalid is a ValueError
         if damaged_ok:
-            return fmt.SCHEMA.empty_table(), got[1]
+            return fmt.empty(), got[1]
         raise StoreError(f"s3://{cat.bucket}/{key} is not a readable index file ({e}); "
                          "run `slurm-yolo index rebuild` to recreate the index from the archived run.json files") from e
 
@@ -248,8 +248,7 @@ def remove_from_index(cat: Catalog, records: Iterable[Mapping[str, Any]]) -> int
         counts: list[int] = []
 
         def drop(table: pa.Table, ids: set[str] = ids) -> pa.Table | None:
-            keep = pc.invert(pc.is_in(table["run_id"], value_set=pa.array(sorted(ids), pa.string())))
-            out = table.filter(keep)
+            out = fmt.without(table, ids)
             counts.append(table.num_rows - out.num_rows)
             return out if counts[-1] else None
 

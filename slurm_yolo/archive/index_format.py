@@ -35,14 +35,19 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from functools import cache
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from slurm_yolo.archive.index_store import newer
 from slurm_yolo.timeparse import parse_time
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+# pyarrow (with numpy) is imported inside the functions that use it: it costs ~0.15 s, which
+# every `slurm-yolo` command (submit, --help) would otherwise pay at start-up for a module
+# that only the index commands use.
 
 PARTS = "parquet/"
 PART_FILE = "runs.parquet"
@@ -50,21 +55,41 @@ NO_TIME = "none"
 # Written next to the index so that a reader can tell the format apart from a missing index.
 FORMAT_VERSION = 1
 
-_STR, _F64, _I64 = pa.string(), pa.float64(), pa.int64()
-TIME_TYPE = pa.timestamp("us", tz="UTC")
+# Column kinds: pyarrow's names for the types (see :func:`arrow_type`).
+STR, F64, I64, TIME = "string", "double", "int64", "timestamp[us, tz=UTC]"
+NUMERIC = (F64, I64)
 # Column order = layout.index_record's order, then the two columns of this format.
-COLUMNS: dict[str, pa.DataType] = {
-    "run_id": _STR, "sweep_id": _STR, "task": _STR, "project": _STR, "model_name": _STR,
-    "dataset_version": _STR, "dataset_fingerprint": _STR, "user": _STR, "gpu": _STR,
-    "submitted_at": _STR, "start": _STR, "end": _STR, "attempts": _I64, "end_state": _STR, "job_id": _STR,
-    "map50": _F64, "map50_95": _F64, "precision": _F64, "recall": _F64, "epochs_done": _I64,
-    "hparams": _STR, "archive_url": _STR, "reproduces": _STR, "indexed_at": _STR, "submitted_time": TIME_TYPE,
+COLUMNS: dict[str, str] = {
+    "run_id": STR, "sweep_id": STR, "task": STR, "project": STR, "model_name": STR,
+    "dataset_version": STR, "dataset_fingerprint": STR, "user": STR, "gpu": STR,
+    "submitted_at": STR, "start": STR, "end": STR, "attempts": I64, "end_state": STR, "job_id": STR,
+    "map50": F64, "map50_95": F64, "precision": F64, "recall": F64, "epochs_done": I64,
+    "hparams": STR, "archive_url": STR, "reproduces": STR, "indexed_at": STR, "submitted_time": TIME,
 }
-SCHEMA = pa.schema([pa.field(name, kind) for name, kind in COLUMNS.items()])
 # Columns a reader turns back into the record's own shape.
 DERIVED = ("submitted_time",)
 # Row groups small enough that min/max statistics let a scan skip most of a quarter.
 ROW_GROUP = 16_384
+
+
+def arrow_type(kind: str) -> pa.DataType:
+    """The pyarrow type of a column kind (:data:`STR`, :data:`F64`, :data:`I64`, :data:`TIME`)."""
+    import pyarrow as pa
+
+    return pa.timestamp("us", tz="UTC") if kind == TIME else pa.type_for_alias(kind)
+
+
+@cache
+def schema() -> pa.Schema:
+    """The schema of every quarter's file: :data:`COLUMNS` with their pyarrow types."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field(name, arrow_type(kind)) for name, kind in COLUMNS.items()])
+
+
+def empty() -> pa.Table:
+    """A table of :func:`schema` with no rows."""
+    return schema().empty_table()
 
 
 def record_time(record: Mapping[str, Any]) -> datetime | None:
@@ -107,21 +132,21 @@ def quarters_since(quarters: Iterable[str], since: datetime | None) -> list[str]
     return sorted(q for q in quarters if q != NO_TIME and q >= first)
 
 
-def _typed(value: Any, kind: pa.DataType) -> Any:
+def _typed(value: Any, kind: str) -> Any:
     if value is None:
         return None
-    if kind == _STR:
+    if kind == STR:
         return value if isinstance(value, str) else str(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if kind == _I64:
+    if kind == I64:
         return int(value) if float(value).is_integer() else None
     return float(value)
 
 
 def to_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A record as a row of :data:`SCHEMA` (``hparams`` as JSON, the derived time added)."""
-    row = {name: _typed(record.get(name), kind) for name, kind in COLUMNS.items() if kind != TIME_TYPE}
+    """A record as a row of :func:`schema` (``hparams`` as JSON, the derived time added)."""
+    row = {name: _typed(record.get(name), kind) for name, kind in COLUMNS.items() if kind != TIME}
     hparams = record.get("hparams")
     row["hparams"] = json.dumps(hparams, sort_keys=True, default=str) if isinstance(hparams, dict) else None
     row["submitted_time"] = record_time(record)
@@ -129,8 +154,10 @@ def to_row(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Records as one table of :data:`SCHEMA`, sorted by run ID."""
-    table = pa.Table.from_pylist([to_row(r) for r in records], schema=SCHEMA)
+    """Records as one table of :func:`schema`, sorted by run ID."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist([to_row(r) for r in records], schema=schema())
     return table.sort_by("run_id") if table.num_rows else table
 
 
@@ -157,25 +184,32 @@ def _loads_or_empty(text: str) -> Any:
 
 def encode(table: pa.Table) -> bytes:
     """A quarter's Parquet file (zstd; statistics on, for readers that skip row groups)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     sink = pa.BufferOutputStream()
-    pq.write_table(table.cast(SCHEMA), sink, compression="zstd", row_group_size=ROW_GROUP,
+    pq.write_table(table.cast(schema()), sink, compression="zstd", row_group_size=ROW_GROUP,
                    write_statistics=True)
     body: bytes = sink.getvalue().to_pybytes()
     return body
 
 
 def decode(body: bytes, filter_: pc.Expression | None = None) -> pa.Table:
-    """A quarter's file as a table of :data:`SCHEMA`, rows matching ``filter_`` only.
+    """A quarter's file as a table of :func:`schema`, rows matching ``filter_`` only.
 
     Columns missing from an older file come back as nulls; a file that is not Parquet
-    raises ``pyarrow.ArrowInvalid`` (the caller names the key).
+    raises ``pyarrow.ArrowInvalid`` (a ``ValueError``; the caller names the key).
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     # ParquetFile.read, not read_table: no dataset machinery, twice as fast on a quarter's small file.
     table = pq.ParquetFile(pa.BufferReader(body)).read(use_threads=False)
     for name, kind in COLUMNS.items():
         if name not in table.column_names:
-            table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
-    table = table.select(list(COLUMNS)).cast(SCHEMA)
+            arrow = arrow_type(kind)
+            table = table.append_column(pa.field(name, arrow), pa.nulls(table.num_rows, arrow))
+    table = table.select(list(COLUMNS)).cast(schema())
     return table.filter(filter_) if filter_ is not None else table
 
 
@@ -189,11 +223,12 @@ def apply_updates(table: pa.Table, updates: Sequence[Mapping[str, Any]]) -> tupl
     of tens of thousands of runs stays cheap. ``table`` must be the whole quarter (not a
     filtered part): whether an update wins depends on the row it would replace.
     """
+    import pyarrow as pa
+
     valid = [rec for rec in updates if isinstance(rec.get("run_id"), str) and rec.get("run_id")]
     if not valid:
         return table, 0
-    ids = sorted({str(rec["run_id"]) for rec in valid})
-    hit = pc.is_in(table["run_id"], value_set=pa.array(ids, _STR))
+    hit = has_run_id(table, {str(rec["run_id"]) for rec in valid})
     state: dict[str, Mapping[str, Any]] = {row["run_id"]: row for row in from_table(table.filter(hit))}
     changed: set[str] = set()
     for rec in sorted(valid, key=lambda r: str(r.get("indexed_at") or "")):
@@ -202,6 +237,20 @@ def apply_updates(table: pa.Table, updates: Sequence[Mapping[str, Any]]) -> tupl
             changed.add(rec["run_id"])
     if not changed:
         return table, 0
-    replaced = pc.is_in(table["run_id"], value_set=pa.array(sorted(changed), _STR))
-    out = pa.concat_tables([table.filter(pc.invert(replaced)), to_table(state[rid] for rid in changed)])
+    out = pa.concat_tables([without(table, changed), to_table(state[rid] for rid in changed)])
     return out.sort_by("run_id"), len(changed)
+
+
+def has_run_id(table: pa.Table, run_ids: Iterable[str]) -> pa.ChunkedArray:
+    """A mask of the rows whose run is one of ``run_ids``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.is_in(table["run_id"], value_set=pa.array(sorted(run_ids), pa.string()))
+
+
+def without(table: pa.Table, run_ids: Iterable[str]) -> pa.Table:
+    """``table`` less the rows of ``run_ids``."""
+    import pyarrow.compute as pc
+
+    return table.filter(pc.invert(has_run_id(table, run_ids)))

@@ -23,10 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, Callable, Sequence
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from slurm_yolo.archive import index_format as fmt
 from slurm_yolo.archive.index_compact import quarters as list_quarters, read_quarter
@@ -35,11 +32,14 @@ from slurm_yolo.archive.index_store import (
 )
 from slurm_yolo.catalog import query as q
 
+if TYPE_CHECKING:  # imported where used (start-up time: slurm_yolo.archive.index_format)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b,
     "!=": lambda a, b: a != b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
 }
-_NUMERIC = (pa.float64(), pa.int64())
 # Quarters read at once: each is one GET (latency-bound) plus a Parquet decode (which releases
 # the GIL). Within the store client's connection pool (slurm_yolo.store.MAX_POOL).
 READERS = 24
@@ -57,14 +57,17 @@ def pushdown(query: q.Query) -> tuple[pc.Expression | None, bool]:
     Returns:
         the expression (``None``: nothing to push), and whether it is the whole query.
     """
+    import pyarrow.compute as pc
+
     parts = [pc.field(name) == value for name, value in query.exact]
-    if query.since is not None:
-        parts.append(pc.field("submitted_time") >= pa.scalar(query.since, fmt.TIME_TYPE))
+    since = _since(query.since)
+    if since is not None:
+        parts.append(since)
     complete = True
     for cond in query.where:
         kind = fmt.COLUMNS.get(cond.field)
-        if kind is not None and kind != fmt.TIME_TYPE and cond.field != "hparams" \
-                and isinstance(cond.value, float) == (kind in _NUMERIC):
+        if kind is not None and kind != fmt.TIME and cond.field != "hparams" \
+                and isinstance(cond.value, float) == (kind in fmt.NUMERIC):
             parts.append(_COMPARE[cond.op](pc.field(cond.field), cond.value))
         else:
             complete = False
@@ -87,7 +90,7 @@ def sort_keys(keys: Sequence[str]) -> list[tuple[str, str]] | None:
     out = []
     for key in keys:
         name = key.lstrip("-")
-        if name not in fmt.COLUMNS or name == "hparams" or fmt.COLUMNS[name] == fmt.TIME_TYPE:
+        if name not in fmt.COLUMNS or name == "hparams" or fmt.COLUMNS[name] == fmt.TIME:
             return None
         out.append((name, "descending" if key.startswith("-") else "ascending"))
     return out
@@ -101,6 +104,8 @@ def read_table(cat: Catalog, client: Any = None, *, since: datetime | None = Non
     Raises:
         StoreError: the store could not be read, or a quarterly file is not Parquet.
     """
+    import pyarrow as pa
+
     client = client or cat.store.boto3_client()
     keys = [obj["Key"] for obj in list_keys(client, cat.bucket, cat.key(PENDING))]  # first: see the module docstring
     files = list_quarters(cat, client)
@@ -127,16 +132,21 @@ def read_table(cat: Catalog, client: Any = None, *, since: datetime | None = Non
         updates[fmt.quarter_of(rec)].append(rec)
     tables = []
     for quarter in fmt.quarters_since(set(files) | set(updates), since):
-        table = fmt.apply_updates(quarters.get(quarter, fmt.SCHEMA.empty_table()), updates.get(quarter, []))[0]
+        table = fmt.apply_updates(quarters[quarter] if quarter in quarters else fmt.empty(), updates.get(quarter, []))[0]
         tables.append(table.filter(where) if where is not None else table)
-    return pa.concat_tables(tables) if tables else fmt.SCHEMA.empty_table()
+    return pa.concat_tables(tables) if tables else fmt.empty()
 
 
 def _since(since: datetime | None) -> pc.Expression | None:
-    return None if since is None else pc.field("submitted_time") >= pa.scalar(since, fmt.TIME_TYPE)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return None if since is None else pc.field("submitted_time") >= pa.scalar(since, fmt.arrow_type(fmt.TIME))
 
 
 def _and(a: pc.Expression | None, b: pc.Expression | None) -> pc.Expression:
+    import pyarrow.compute as pc
+
     if a is None and b is None:
         return pc.scalar(True)
     return a if b is None else b if a is None else a & b
@@ -148,6 +158,9 @@ def load_records(cat: Catalog, client: Any = None, *, since: datetime | None = N
 
 
 def _sort_indices(table: pa.Table, keys: list[tuple[str, str]]) -> pa.Array:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if int(pa.__version__.split(".")[0]) >= 25:  # null placement per key; the global option is deprecated
         return pc.sort_indices(table, sort_keys=[(name, order, "at_end") for name, order in keys])
     return pc.sort_indices(table, sort_keys=keys, null_placement="at_end")
