@@ -134,6 +134,9 @@ def parse_where(text: str) -> Condition:
         raise ConfigError(f"--where {text!r}: {e}") from None
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
         return Condition(name, op, raw[1:-1])  # quoted: always a string, even '2'
+    if raw[0] in "<>=!":  # 'map50_95>>0.5' would otherwise compare with the text '>0.5': no match, silently
+        raise ConfigError(f"--where {text!r}: the value {raw!r} starts with an operator; {WHERE_HELP} "
+                          f"(quote a text value that starts with one: {name}{op}'{raw}')")
     try:
         number = float(raw)
     except ValueError:

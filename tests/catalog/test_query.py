@@ -23,6 +23,7 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
     ('dataset_version=="2"', Condition("dataset_version", "==", "2")),
     ("end<2026-08-01", Condition("end", "<", "2026-08-01")),
     ("map50<1e-3", Condition("map50", "<", 0.001)),
+    ("project=='>x'", Condition("project", "==", ">x")),
 ])
 def test_parse_where(text, expected):
     assert query.parse_where(text) == expected
@@ -35,6 +36,9 @@ def test_parse_where(text, expected):
     ("map5095>0.8", "did you mean 'map50_95'"),
     ("hparams.>1", "unknown field"),
     ("map50>nan", "NaN"),
+    ("map50_95>>0.5", "starts with an operator"),
+    ("map50_95<>0.5", "starts with an operator"),
+    ("map50_95>=<0.5", "starts with an operator"),
 ])
 def test_parse_where_errors_name_the_fix(text, fragment):
     with pytest.raises(ConfigError, match="--where") as e:
