@@ -183,7 +183,6 @@ exit 0
 EOF
 }
 
-node_state24() { SLURM_CONF=$conf timeout 10 "$STATE/bin/sinfo" -h -n "$node24" -o %T 2>/dev/null | head -n1; }
 ctl_pid24() { echo "$STATE/run/slurmctld.pid"; }
 slurmd_pid24() { echo "$STATE/run/slurmd-$node24.pid"; }
 
@@ -204,24 +203,7 @@ start_slurm_2411() {
     log "slurmd 24.11: starting node $node24 in $ROOT"
     in_root /usr/sbin/slurmd -f "$conf" -N "$node24" || { slurm_logs_tail; die "slurmd 24.11 failed to start"; }
   fi
-  local st="" resumed=0
-  for _ in $(seq 1 120); do
-    st=$(node_state24)
-    case "$st" in
-      idle|mixed|allocated|completing) break ;;
-      drained|draining|drain*|down|fail*)
-        if [ "$resumed" = 0 ]; then
-          log "node $node24 is $st: scontrol update state=resume"
-          "$STATE/bin/scontrol" update nodename="$node24" state=resume 2>/dev/null || true
-          resumed=1
-        fi ;;
-    esac
-    sleep 0.5
-  done
-  case "$st" in
-    idle|mixed|allocated|completing) log "node $node24 (Slurm 24.11): $st" ;;
-    *) slurm_logs_tail; die "node $node24 not idle after 60 s (state: ${st:-none})" ;;
-  esac
+  node_ready "$node24"
 }
 
 cmd_up_2411() {
@@ -259,19 +241,9 @@ cmd_down_2411() {
 }
 
 cmd_status_2411() {
-  local ok=0 st
+  local ok=0
   if root_ready; then echo "root:      $ROOT (Debian 13, $(chroot "$ROOT" /usr/sbin/slurmd -V))"; else echo "root:      NOT BUILT ($ROOT)"; ok=1; fi
-  if munge_ok; then echo "munge:     up"; else echo "munge:     DOWN"; ok=1; fi
-  if pid_alive "$(ctl_pid24)" slurmctld && SLURM_CONF=$conf timeout 10 "$STATE/bin/scontrol" ping 2>/dev/null | grep -q 'is UP'; then
-    echo "slurmctld: up (pid $(cat "$(ctl_pid24)")), Slurm 24.11, port $ctl_port24"
-  else
-    echo "slurmctld: DOWN (Slurm 24.11)"; ok=1
-  fi
-  st=$(node_state24 || true)
-  status_slurmd "$(slurmd_pid24)" "$node24" "$st" || ok=1
-  local kind
-  kind=$(store_kind)
-  if s3_ok; then echo "s3:        up $endpoint ($kind), bucket s3://$bucket"; else echo "s3:        DOWN ($endpoint, $kind)"; ok=1; fi
+  status_lines "$(ctl_pid24)" "$(slurmd_pid24)" "$node24" || ok=1
   return $ok
 }
 

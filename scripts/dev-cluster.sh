@@ -2,7 +2,7 @@
 # A real one-node Slurm cluster plus a loopback S3 server (SeaweedFS or moto) for development, tests and
 # the demo, on one Debian 12 machine, as root. Every piece of state lives in ONE folder.
 #
-# Usage: scripts/dev-cluster.sh [--slurm 22.05|24.11] up [--nodes N] [--store seaweedfs|moto]|down|status|env|crash NODE|revive NODE
+# Usage: scripts/dev-cluster.sh [--slurm 22.05|24.11] up [--nodes N] [--store seaweedfs|moto]|down|status|env|logs [N]|crash NODE|revive NODE
 #   --slurm 24.11 (anywhere on the line; or SLURM_YOLO_DEV_SLURM=24.11): the Slurm 24.11 cluster
 #           instead: one node (s2411) from Debian 13's packages in a cached debootstrap root
 #           (scripts/slurm-root.sh, scripts/dev-cluster-2411.sh), state in
@@ -22,6 +22,8 @@
 #   down    stop what `up` started (munged only if `up` started it); idempotent
 #   status  one line per component; exit 0 if all are up, 1 otherwise
 #   env     `export` lines for: eval "$(scripts/dev-cluster.sh env)"
+#   logs [N]  every node's state and the reason Slurm gives (why a node is drained), and the
+#           last N lines (default 20) of the daemons' logs and the epilog's
 #
 # Environment:
 #   SLURM_YOLO_DEV_SLURM  22.05 (default) or 24.11, as --slurm (`env --slurm 24.11` exports it)
@@ -149,7 +151,14 @@ s3_ok() {  # the server answers an authenticated request and the bucket exists
 
 s3_answers() { store_answers "$s3_port"; }  # anything at all listens and speaks HTTP
 
-node_state() { SLURM_CONF=$conf timeout 10 sinfo -h -n "$node" -o %T 2>/dev/null | head -n1; }
+# slurm_cmd CMD ARGS...: the cluster's own client command (the 24.11 cluster's wrappers in
+# $STATE/bin; Debian 12's on PATH for the 22.05 one), with its slurm.conf; never hangs.
+slurm_cmd() {
+  local c=$1; shift
+  [ -x "$STATE/bin/$c" ] && c=$STATE/bin/$c
+  SLURM_CONF=$conf timeout 20 "$c" "$@"
+}
+node_state() { slurm_cmd sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n1; }   # node_state NODE
 
 # ---------------------------------------------------------------------------------------------
 install_packages() {
@@ -408,10 +417,17 @@ start_store() {  # the S3 server of store_kind on $s3_port with the bucket; swit
   log "s3: $kind on $endpoint, bucket s3://$bucket"
 }
 
-slurm_logs_tail() {
-  local f
-  for f in "$STATE/log/slurmctld.log" "$STATE/log/slurmd.log"; do
-    [ -f "$f" ] && { printf '==> %s <==\n' "$f" >&2; tail -n 25 "$f" >&2; }
+slurm_logs_tail() { cmd_logs 25 >&2; }
+
+# logs [N]: what to read when a job or a test went wrong: every node's state with the reason
+# Slurm gives (a drained node says why), and the last N lines (default 20) of each daemon's
+# log and of the epilog's.
+cmd_logs() {
+  local n=${1:-20} f
+  echo "==> nodes (Slurm $slurm_version): name, state, reason <=="
+  { slurm_cmd sinfo -N -h -o '%N %T %E' 2>&1 || echo "(sinfo failed: is slurmctld up?)"; } | sort -u
+  for f in "$STATE/log/slurmctld.log" "$STATE"/log/slurmd-*.log "$STATE/log/epilog.log"; do
+    [ -f "$f" ] && { printf '==> %s <==\n' "$f"; tail -n "$n" "$f"; }
   done
   return 0
 }
@@ -443,24 +459,48 @@ start_slurm() {
     log "slurmd: starting"
     slurmd -f "$conf" || { slurm_logs_tail; die "slurmd failed to start"; }
   fi
-  local st="" resumed=0
+  node_ready "$node"
+}
+
+# node_ready NODE: wait (60 s at most) until NODE is usable; a node that an earlier run left
+# drained or down is resumed once. Then a trivial job must run on it and complete: a node can
+# register and look idle and still fail every job it is given (a dead munged, a stale mount
+# or cgroup), which would otherwise show only as every test timing out. On failure: the
+# nodes' states with Slurm's reasons and the logs, and a non-zero exit.
+node_ready() {
+  local name=$1 st="" resumed=0 jid out
   for _ in $(seq 1 120); do
-    st=$(node_state)
+    st=$(node_state "$name" || true)
     case "$st" in
       idle|mixed|allocated|completing) break ;;
       drained|draining|drain*|down|fail*)
         if [ "$resumed" = 0 ]; then
-          log "node $node is $st: scontrol update state=resume"
-          scontrol update nodename="$node" state=resume 2>/dev/null || true
+          log "node $name is $st ($(slurm_cmd sinfo -h -N -n "$name" -o %E 2>/dev/null | head -n1)): scontrol update state=resume"
+          slurm_cmd scontrol update nodename="$name" state=resume 2>/dev/null || true
           resumed=1
         fi ;;
     esac
     sleep 0.5
   done
   case "$st" in
-    idle|mixed|allocated|completing) log "node $node: $st" ;;
-    *) slurm_logs_tail; die "node $node not idle after 60 s (state: ${st:-none})" ;;
+    idle|mixed|allocated|completing) ;;
+    *) slurm_logs_tail; die "node $name not idle after 60 s (state: ${st:-none})" ;;
   esac
+  # The job runs in /tmp: the submitting folder need not exist on the node (nor in a root).
+  jid=$(slurm_cmd sbatch --parsable -J dev-cluster-check -w "$name" -t 1 --mem 10M -D /tmp -o /dev/null \
+        --wrap /bin/true 2>&1) || { slurm_logs_tail; die "node $name: sbatch of a check job failed: $jid"; }
+  for _ in $(seq 1 120); do
+    out=$(slurm_cmd squeue -h -t all -j "$jid" -o %T 2>/dev/null | head -n1 || true)
+    case "$out" in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|BOOT_FAIL|OUT_OF_MEMORY) break ;; esac
+    sleep 0.5
+  done
+  st=$(node_state "$name" || true)
+  if [ "$out" != COMPLETED ] || [[ "$st" == drain* || "$st" == down* ]]; then
+    slurm_cmd scancel "$jid" 2>/dev/null || true
+    slurm_logs_tail
+    die "node $name cannot run jobs: a check job (/bin/true, job $jid) ended ${out:-in no state within 60 s}, node $st"
+  fi
+  log "node $name (Slurm $slurm_version): $st, runs jobs (check job $jid completed)"
 }
 
 
@@ -636,23 +676,29 @@ status_slurmd() {  # status_slurmd PIDFILE NODE STATE: one status line; non-zero
   fi
 }
 
-cmd_status() {
-  local ok=0 st
+# status_lines CTL_PIDFILE SLURMD_PIDFILE NODE: one line each for munge, slurmctld, the node's
+# slurmd and the store; non-zero if one is not usable.
+status_lines() {
+  local ok=0 kind
   if munge_ok; then echo "munge:     up"; else echo "munge:     DOWN"; ok=1; fi
-  if pid_alive "$STATE/run/slurmctld.pid" slurmctld && SLURM_CONF=$conf timeout 10 scontrol ping 2>/dev/null | grep -q 'is UP'; then
-    echo "slurmctld: up (pid $(cat "$STATE/run/slurmctld.pid"))"
+  if pid_alive "$1" slurmctld && slurm_cmd scontrol ping 2>/dev/null | grep -q 'is UP'; then
+    echo "slurmctld: up (pid $(cat "$1")), Slurm $slurm_version"
   else
-    echo "slurmctld: DOWN"; ok=1
+    echo "slurmctld: DOWN (Slurm $slurm_version)"; ok=1
   fi
-  st=$(node_state || true)
-  status_slurmd "$(host_slurmd_pid)" "$node" "$st" || ok=1
-  local kind
+  status_slurmd "$2" "$3" "$(node_state "$3" || true)" || ok=1
   kind=$(store_kind)
   if s3_ok; then echo "s3:        up $endpoint ($kind), bucket s3://$bucket"; else echo "s3:        DOWN ($endpoint, $kind, bucket s3://$bucket)"; ok=1; fi
+  return $ok
+}
+
+cmd_status() {
+  local ok=0
+  status_lines "$STATE/run/slurmctld.pid" "$(host_slurmd_pid)" "$node" || ok=1
   local n i st_n
   n=$(extra_nodes)
   for i in $(seq 1 "$n"); do
-    st_n=$(SLURM_CONF=$conf timeout 10 sinfo -h -N -n "n$i" -o %T 2>/dev/null | head -n1 || true)
+    st_n=$(node_state "n$i" || true)
     if pid_alive "$(node_pidfile "n$i")" slurmd; then
       echo "slurmd:    up (pid $(cat "$(node_pidfile "n$i")")), node n$i ${st_n:-unknown} (namespace syn$i)"
     else
@@ -721,7 +767,8 @@ if [ "$slurm_version" = 24.11 ]; then
     env) cmd_env ;;
     crash) cmd_crash_2411 "${2:-}" ;;
     revive) cmd_revive_2411 "${2:-}" ;;
-    *) echo "usage: $0 --slurm 24.11 up [--store seaweedfs|moto]|down|status|env|crash s2411|revive s2411" >&2; exit 2 ;;
+    logs) cmd_logs "${2:-}" ;;
+    *) echo "usage: $0 --slurm 24.11 up [--store seaweedfs|moto]|down|status|env|logs [N]|crash s2411|revive s2411" >&2; exit 2 ;;
   esac
   exit $?
 fi
@@ -733,5 +780,6 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up [--nodes N] [--store seaweedfs|moto]|down|status|env|crash NODE|revive NODE" >&2; exit 2 ;;
+  logs) cmd_logs "${2:-}" ;;
+  *) echo "usage: $0 up [--nodes N] [--store seaweedfs|moto]|down|status|env|logs [N]|crash NODE|revive NODE" >&2; exit 2 ;;
 esac

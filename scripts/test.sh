@@ -34,4 +34,11 @@ if [ -n "$stage2411" ]; then
 fi
 echo "=============== Slurm 22.05: the cluster tests (tests/cluster) ==============="
 "$venv/bin/python" -m pytest tests/cluster -ra --durations=15 "$@" || rc=$?
+if [ "$rc" != 0 ]; then
+  # Last in the output, where a CI log's tail shows it: each cluster's node states with the
+  # reason Slurm gives, and the last lines of its daemons' and epilog's logs.
+  echo "=============== a test failed: the clusters' node states and logs ==============="
+  bash "$here/scripts/dev-cluster.sh" logs 15 || true
+  [ -n "$stage2411" ] && { bash "$here/scripts/dev-cluster.sh" --slurm 24.11 logs 40 || true; }
+fi
 exit $rc

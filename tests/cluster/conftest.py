@@ -111,9 +111,17 @@ def node_stays_usable(request):
     yield
     if "cluster" not in request.fixturenames:
         return
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30,
+    # One line per node: name, state, and the reason Slurm gives (why it was drained).
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T %E"], capture_output=True, text=True, timeout=30,
                          env=request.getfixturevalue("cluster")).stdout.strip()
-    assert "drain" not in out and "down" not in out, f"node state after test: {out}"
+    nodes = [line.split(None, 2) for line in out.splitlines() if line.strip()]
+    bad = sorted({n[0] for n in nodes if len(n) < 2 or "drain" in n[1] or "down" in n[1]})
+    if bad:
+        # The failure below is recorded; the next tests get a usable node instead of each
+        # waiting out its own timeout behind this one.
+        subprocess.run(["scontrol", "update", f"nodename={','.join(bad)}", "state=resume"], capture_output=True,
+                       timeout=30, env=request.getfixturevalue("cluster"))
+    assert nodes and not bad, f"node state after test (name, state, reason):\n{out}"
 
 
 def demo_config(tmp_path: Path, dataset: Path, **train) -> Path:  # noqa: ARG001 - tmp_path kept for symmetry
