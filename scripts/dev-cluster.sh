@@ -34,6 +34,11 @@
 #   SLURM_YOLO_STORE      seaweedfs|moto for `up` without --store (a remembered choice wins
 #                         for env/status/down)
 set -euo pipefail
+# Nothing here reads standard input, and the daemons started from here must not inherit a
+# closed one (CI runs with none): Slurm 24.11's slurmd, started so, then fails every job it
+# launches ("Can not read return code from slurmstepd: Input/output error"): its pipes to
+# slurmstepd take the free descriptor 0, which is clobbered later. A daemon gets /dev/null.
+exec </dev/null
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Which Slurm: --slurm X anywhere on the command line, else $SLURM_YOLO_DEV_SLURM, else 22.05.

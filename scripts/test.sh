@@ -4,6 +4,9 @@
 # and start the Slurm 24.11 dev cluster beside it and run the end-state tests (-m endstate) there.
 #   bash scripts/test.sh [pytest args...]      e.g. bash scripts/test.sh -m "not training"
 set -euo pipefail
+# No test reads standard input; CI runs this with none, and a closed descriptor 0 would be
+# inherited by every server and daemon the tests start (scripts/dev-cluster.sh says why that breaks).
+exec </dev/null
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${SLURM_YOLO_VENV:-/opt/slurm-yolo/venv}
 cd "$here"
