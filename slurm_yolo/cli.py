@@ -47,10 +47,29 @@ def _add_common_submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the batch script; create and submit nothing")
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked (start-up time)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from importlib import metadata  # stdlib
+
+        try:
+            version = metadata.version("slurm-yolo")
+        except metadata.PackageNotFoundError:
+            version = "(not installed: running from a source tree)"
+        print(f"slurm-yolo {version}")  # on stdout, as argparse's own version action does
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``slurm-yolo`` argument parser, with the epilog's and the catalog's commands."""
     parser = argparse.ArgumentParser(prog="slurm-yolo", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("submit", help="submit one training run",

@@ -51,6 +51,14 @@ def test_dry_run_json_submits_and_creates_nothing(cfg, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_version_is_the_installed_packages():
+    from importlib import metadata
+
+    out = run_cli("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"slurm-yolo {metadata.version('slurm-yolo')}"
+
+
 def test_launcher_never_imports_torch_ultralytics_or_pyarrow(cfg):
     # pyarrow (with numpy) would add ~0.15 s to every command; only the index commands need it.
     code = (f"import sys; from slurm_yolo.cli import main; rc = main(['submit', {str(cfg)!r}, '--dry-run']); "
