@@ -9,9 +9,9 @@ finishing jobs), then times, end to end:
   state each time: parse argv, boto3 client, read pending + the quarters, filter, print);
 * the same as a fresh ``python -m slurm_yolo.cli`` process (interpreter start and imports too);
 * the naive alternative: list ``runs/`` and GET every per-run record, then filter;
-* 20 epilogs indexing a run each at the same moment (``add_to_index`` from 20 threads), and
-  how many ``pending/`` updates they leave: none where the store's conditional writes are
-  atomic (no grace period), 20 on moto (kept for ``PENDING_GRACE_S``).
+* 20 epilogs' index step for a new run each at the same moment (``index_run`` from 20
+  threads), then one compaction with no grace period: how many of the 20 runs the quarterly
+  files hold after it, and how many ``pending/`` updates are left.
 
 Run: ``python benchmarks/bench_catalog.py [--runs 10000] [--repeat 5] [--stores seaweedfs,moto]``.
 """
@@ -140,8 +140,8 @@ def markdown(results: list[dict], load: tuple[float, float]) -> str:
             ("`runs list` in a new `python -m slurm_yolo.cli` process (median)", "new_process_s", " s"),
             ("naive: list `runs/` + GET every record (16 threads)", "naive_s", " s"),
             ("ratio naive / `runs list`", "ratio", "×"),
-            ("20 epilogs' `add_to_index` at the same moment, wall", "writers_20_s", " s"),
-            ("`pending/` updates left after them", "pending_left", ""),
+            ("20 epilogs' index step at the same moment, wall", "writers_20_s", " s"),
+            ("`pending/` updates left after one compaction", "pending_left", ""),
             ("seeding the records (16 threads)", "seed_s", " s")]
     head = "| | " + " | ".join(r["store"] for r in results) + " |"
     out = [head, "|---|" + "---:|" * len(results)]
