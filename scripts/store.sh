@@ -78,6 +78,9 @@ store_seaweedfs_argv() {
   # SeaweedFS opens master, volume, filer, S3 and admin servers, each with a gRPC twin on
   # port+10000 unless told otherwise: give every one a free loopback port, so that the tests'
   # server and the dev cluster's never collide. Only S3 (PORT) is used from outside.
+  # -volume.max: by default `weed mini` allows (free disk / 1 GiB) volumes, and every bucket
+  # takes at least one: with 64 GB free, the test session's 65th bucket got "No writable
+  # volumes and no free volumes left". Volumes are not preallocated: a high cap costs nothing.
   read -r -a p <<<"$(store_free_ports 9)"
   printf '%s\n' "$(store_binary seaweedfs)" mini "-dir=$dir/data" \
     -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
@@ -85,7 +88,8 @@ store_seaweedfs_argv() {
     -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false \
     "-admin.port=${p[1]}" "-admin.port.grpc=${p[2]}" \
     "-master.port=${p[3]}" "-master.port.grpc=${p[4]}" "-volume.port=${p[5]}" "-volume.port.grpc=${p[6]}" \
-    "-filer.port=${p[7]}" "-filer.port.grpc=${p[8]}"
+    "-filer.port=${p[7]}" "-filer.port.grpc=${p[8]}" \
+    -volume.max=1000
 }
 
 # store_write_identity DIR: the SeaweedFS S3 identity config: one identity with the key pair of
