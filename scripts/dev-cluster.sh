@@ -429,6 +429,7 @@ slurm_logs_tail() { cmd_logs 25 >&2; }
 # log and of the epilog's.
 cmd_logs() {
   local n=${1:-20} f
+  [ -f "$conf" ] || { echo "no $conf: the Slurm $slurm_version dev cluster was never set up (run: $0 --slurm $slurm_version up)"; return 0; }
   echo "==> nodes (Slurm $slurm_version): name, state, reason <=="
   { slurm_cmd sinfo -N -h -o '%N %T %E' 2>&1 || echo "(sinfo failed: is slurmctld up?)"; } | sort -u
   for f in "$STATE/log/slurmctld.log" "$STATE"/log/slurmd-*.log "$STATE/log/epilog.log"; do
