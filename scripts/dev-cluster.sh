@@ -23,7 +23,7 @@
 #   status  one line per component; exit 0 if all are up, 1 otherwise
 #   env     `export` lines for: eval "$(scripts/dev-cluster.sh env)"
 #   logs [N]  every node's state and the reason Slurm gives (why a node is drained), and the
-#           last N lines (default 20) of the daemons' logs and the epilog's
+#           last N lines (default 20) of the daemons' logs and the epilog's; exit 1 if the cluster was never set up
 #
 # Environment:
 #   SLURM_YOLO_DEV_SLURM  22.05 (default) or 24.11, as --slurm (`env --slurm 24.11` exports it)
@@ -422,14 +422,14 @@ start_store() {  # the S3 server of store_kind on $s3_port with the bucket; swit
   log "s3: $kind on $endpoint, bucket s3://$bucket"
 }
 
-slurm_logs_tail() { cmd_logs 25 >&2; }
+slurm_logs_tail() { cmd_logs 25 >&2 || true; }   # before a die: never the exit itself
 
 # logs [N]: what to read when a job or a test went wrong: every node's state with the reason
 # Slurm gives (a drained node says why), and the last N lines (default 20) of each daemon's
 # log and of the epilog's.
 cmd_logs() {
   local n=${1:-20} f
-  [ -f "$conf" ] || { echo "no $conf: the Slurm $slurm_version dev cluster was never set up (run: $0 --slurm $slurm_version up)"; return 0; }
+  [ -f "$conf" ] || { echo "no $conf: the Slurm $slurm_version dev cluster was never set up (run: $0 --slurm $slurm_version up)" >&2; return 1; }
   echo "==> nodes (Slurm $slurm_version): name, state, reason <=="
   { slurm_cmd sinfo -N -h -o '%N %T %E' 2>&1 || echo "(sinfo failed: is slurmctld up?)"; } | sort -u
   for f in "$STATE/log/slurmctld.log" "$STATE"/log/slurmd-*.log "$STATE/log/epilog.log"; do
