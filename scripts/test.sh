@@ -29,7 +29,12 @@ if [ "${SLURM_YOLO_TEST_2411:-1}" != 0 ]; then
      -p no:cacheprovider >"$log2411" 2>&1) &
   stage2411=$!
 fi
-"$venv/bin/python" -m pytest tests --ignore=tests/cluster -ra --durations=10 "$@" || rc=$?
+# Two pytest-xdist workers: these tests mostly wait on the S3 servers, the browser and MLflow
+# (each worker starts its own, on free ports), so 2 halve their time even on 2 cores.
+# SLURM_YOLO_TEST_WORKERS=0 runs them in one process. The cluster tests below stay in one:
+# they share the cluster's nodes, and some crash them.
+"$venv/bin/python" -m pytest tests --ignore=tests/cluster -ra --durations=10 -n "${SLURM_YOLO_TEST_WORKERS:-2}" "$@" \
+  || rc=$?
 if [ -n "$stage2411" ]; then
   wait "$stage2411" || rc=$?
   echo "=============== Slurm 24.11: the end-state tests (tests/cluster -m endstate) ==============="
