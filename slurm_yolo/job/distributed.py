@@ -37,7 +37,8 @@ from typing import Any, Mapping, Sequence
 from slurm_yolo import record as rec
 from slurm_yolo.errors import SlurmYoloError
 from slurm_yolo.hostlist import first_host
-from slurm_yolo.job.steps import LOG_NAME, Tee, attempt_number, prepare_step, run_step
+from slurm_yolo.job.steps import Tee, attempt_number, prepare_step, run_step
+from slurm_yolo.runfolder import TRAIN_LOG
 
 # The trainer subclass below overrides private Ultralytics methods (_setup_ddp,
 # _setup_train, _build_train_pipeline, final_eval) and relies on the order of the steps inside
@@ -344,7 +345,7 @@ def run_worker(run_dir: Path, env: Mapping[str, str]) -> None:
     config = rec.read_record(run_dir)["config"]
     gpus = int(config["slurm"].get("gpus") or 0)
     if ranks.rank == 0:  # before importing ultralytics: its logger keeps the sys.stdout it finds
-        log = open(run_dir / LOG_NAME, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
+        log = open(run_dir / TRAIN_LOG, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
         sys.stdout, sys.stderr = Tee(sys.stdout, log), Tee(sys.stderr, log)
     # Before the process group exists: importing ultralytics runs a collective (a barrier
     # around its settings file) once one does, which only a rank-0-only import would reach.

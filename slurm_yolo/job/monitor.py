@@ -27,12 +27,12 @@ from typing import Any
 
 from slurm_yolo import record as rec
 from slurm_yolo.archive import s5cmd
+from slurm_yolo.runfolder import GOOD_CHECKPOINT, LAST_PT, RESULTS_CSV, RUN_LOCK, WEIGHTS
 from slurm_yolo.store import Store
 
-GOOD_CHECKPOINT = "last.good.pt"
 # Never synced: lock files, temp files of atomic writes, the spare checkpoint (bandwidth).
 # s5cmd matches --exclude against the whole source path, hence the leading "*/".
-SYNC_EXCLUDES = ("*/.run.lock", "*.tmp", f"*/weights/{GOOD_CHECKPOINT}")
+SYNC_EXCLUDES = (f"*/{RUN_LOCK}", "*.tmp", f"*/{WEIGHTS}/{GOOD_CHECKPOINT}")
 
 
 def checkpoint_complete(path: Path) -> bool:
@@ -51,7 +51,7 @@ def keep_good_checkpoint(weights: Path, seen: dict[str, Any]) -> bool:
     The copy is checked, not the source: Ultralytics may be rewriting ``last.pt`` while we
     read it, so the copy must be a complete zip and the source unchanged across the copy.
     """
-    last = weights / "last.pt"
+    last = weights / LAST_PT
     try:
         before = last.stat()
     except FileNotFoundError:
@@ -122,10 +122,10 @@ class RunMonitor(threading.Thread):
 
     def tick(self) -> None:
         """One look at the run: keep a verified checkpoint copy, sync if the interval passed."""
-        keep_good_checkpoint(self.run_dir / "weights", self._seen)
+        keep_good_checkpoint(self.run_dir / WEIGHTS, self._seen)
         if not self.syncing:
             return
-        rows = len(rec.read_results_rows(self.run_dir / "results.csv"))
+        rows = len(rec.read_results_rows(self.run_dir / RESULTS_CSV))
         due_time = self.every_s is not None and time.monotonic() - self._last_sync >= self.every_s
         due_epochs = self.every_epochs is not None and rows - self._last_rows >= self.every_epochs
         if due_time or due_epochs:
@@ -135,7 +135,7 @@ class RunMonitor(threading.Thread):
     def sync(self, rows: int) -> bool:
         """Record progress, then copy what changed to the store. Logs; never raises."""
         self._last_sync = time.monotonic()
-        metrics = rec.read_metrics(self.run_dir / "results.csv")
+        metrics = rec.read_metrics(self.run_dir / RESULTS_CSV)
         try:
             rec.update_record(self.run_dir, lambda r: r.update(progress={
                 "epochs_done": rows, "time": rec.utc_now(), "metrics": metrics}))

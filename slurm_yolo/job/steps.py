@@ -1,21 +1,23 @@
 """How one attempt trains, shared by the single-node job (:mod:`slurm_yolo.job.train`) and the
-multi-node workers (:mod:`slurm_yolo.job.distributed`): which checkpoint to resume from,
-how the run folder is prepared for it, and the Ultralytics call. torch and ultralytics are
-imported inside the functions: this module is imported on the login node with the job.
+multi-node workers (:mod:`slurm_yolo.job.distributed`): the attempt number and the requeue
+bound, the workload protocol, which checkpoint to resume from, how the run folder is
+prepared for it, and the Ultralytics call. torch and ultralytics are imported inside the
+functions: this module is imported on the login node with the job.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol
 
-from slurm_yolo.job.monitor import GOOD_CHECKPOINT
-
-LOG_NAME = "train.log"
+from slurm_yolo.config import SCHEMA
+from slurm_yolo.runfolder import GOOD_CHECKPOINT, LAST_PT, RESULTS_CSV, WEIGHTS
 
 
 def attempt_number() -> int:
@@ -24,6 +26,47 @@ def attempt_number() -> int:
         return int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1
     except ValueError:
         return 1
+
+
+def attempt_limit(config: Mapping[str, Any]) -> int:
+    """How many attempts a run gets: the first one plus ``slurm.max_requeues`` requeues.
+
+    Args:
+        config: the run's resolved config (``run.json``'s ``config``); a config without the
+            key gets the config schema's default.
+    """
+    slurm = config.get("slurm") or {}
+    return int(slurm.get("max_requeues", SCHEMA["slurm"]["max_requeues"][1])) + 1
+
+
+def may_train(config: Mapping[str, Any], attempt: int) -> bool:
+    """Whether attempt ``attempt`` (1-based) is within the run's bound and may train."""
+    return attempt <= attempt_limit(config)
+
+
+def may_requeue(config: Mapping[str, Any], attempt: int) -> bool:
+    """Whether attempt ``attempt`` may ask for one more: only if that one is within the bound."""
+    return may_train(config, attempt + 1)
+
+
+class Workload(Protocol):
+    """What an attempt runs inside :class:`slurm_yolo.job.train.TrainJob` (which keeps the
+    record, the signals, the log, the monitor and the requeues around it)."""
+
+    def environment(self) -> dict[str, Any]:
+        """What run.json's ``environment`` records for this node."""
+
+    def train(self, run_dir: Path, config: dict[str, Any], attempt: int) -> None:
+        """Run attempt ``attempt`` (1-based) into ``run_dir``; raise to fail the attempt."""
+
+    def follow(self, run_dir: Path, config: dict[str, Any]) -> int:
+        """srun task > 0 of a multi-node job: this node's share. Returns the node's rank."""
+
+
+def node_environment() -> dict[str, Any]:
+    """Python, node and platform of this process (no torch: what every workload records)."""
+    return {"python": platform.python_version(), "node": socket.gethostname(), "platform": platform.platform()}
+
 
 class Tee:
     """Writes to the original stream and to the run's ``train.log``."""
@@ -54,17 +97,17 @@ class TrainStep:
 def prepare_step(run_dir: Path, config: dict[str, Any], attempt: int) -> TrainStep:
     """Decide how this attempt trains and prepare the run folder for it (restores a good
     ``last.pt``, trims ``results.csv`` to the checkpoint's epoch). One process per run calls it."""
-    resume = find_resume_checkpoint(run_dir) if attempt > 1 or (run_dir / "weights" / "last.pt").exists() else None
+    resume = find_resume_checkpoint(run_dir) if attempt > 1 or (run_dir / WEIGHTS / LAST_PT).exists() else None
     if resume is None:
         if attempt > 1:  # the earlier attempt left no loadable checkpoint: start over, cleanly
             print("[slurm-yolo] no usable checkpoint: training starts over", file=sys.stderr, flush=True)
-            (run_dir / "results.csv").unlink(missing_ok=True)
+            (run_dir / RESULTS_CSV).unlink(missing_ok=True)
         return TrainStep("fresh")
     path, epoch = resume
     if epoch is None or epoch + 1 >= int(config["train"].get("epochs", 100)):
         print(f"[slurm-yolo] {path.name} is the final checkpoint: training already finished", flush=True)
         return TrainStep("done", str(path))
-    kept = truncate_results(run_dir / "results.csv", epoch + 1)
+    kept = truncate_results(run_dir / RESULTS_CSV, epoch + 1)
     print(f"[slurm-yolo] resuming from {path} (epoch {epoch + 1} done; results.csv rows kept: {kept})",
           flush=True)
     return TrainStep("resume", str(path))
@@ -104,8 +147,8 @@ def find_resume_checkpoint(run_dir: Path) -> tuple[Path, int | None] | None:
     """
     import torch
 
-    weights = run_dir / "weights"
-    for name in ("last.pt", GOOD_CHECKPOINT):
+    weights = run_dir / WEIGHTS
+    for name in (LAST_PT, GOOD_CHECKPOINT):
         path = weights / name
         if not path.is_file():
             continue
@@ -118,11 +161,11 @@ def find_resume_checkpoint(run_dir: Path) -> tuple[Path, int | None] | None:
         epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
         if ckpt.get("optimizer") is None:  # a final, stripped checkpoint: nothing to resume
             epoch = None
-        if name != "last.pt":
-            tmp = weights / ".last.pt.restore.tmp"
+        if name != LAST_PT:
+            tmp = weights / f".{LAST_PT}.restore.tmp"
             shutil.copyfile(path, tmp)
-            os.replace(tmp, weights / "last.pt")
-            path = weights / "last.pt"
+            os.replace(tmp, weights / LAST_PT)
+            path = weights / LAST_PT
         return path, epoch
     return None
 

@@ -1,17 +1,21 @@
 """The training job: a submitit callable that runs on the compute node.
 
-It trains with Ultralytics straight into the run folder (``weights/``, ``results.csv``,
-``args.yaml``, plots), and keeps ``run.json`` current: one entry per attempt (node, start,
-end, status, epoch reached, signals received), the environment, and the best metrics.
-Signals are recorded *before* the job exits so that the epilog can later tell a cancel or
-a time-out (SIGTERM, USR2) from a crash. torch and ultralytics are imported only here,
-inside the call, on the node.
+:class:`TrainJob` is the wrapper every attempt goes through: it records the attempt in
+``run.json`` (node, start, end, status, epoch reached, signals received), tees the output to
+``train.log``, runs the monitor thread (good checkpoints, in-training sync), bounds the
+requeues, and records the end of the attempt. Signals are recorded *before* the job exits
+so that the epilog can later tell a cancel or a time-out (SIGTERM, USR2) from a crash.
+
+What runs inside the wrapper is its workload: :class:`UltralyticsTraining` (the default)
+trains with Ultralytics straight into the run folder (``weights/``, ``results.csv``,
+``args.yaml``, plots); :mod:`slurm_yolo.job.workloads` has small stand-ins (sleep, allocate,
+fail, write a run folder's files) for checks of everything around training. torch and
+ultralytics are imported only inside the default workload, on the node.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import socket
 import sys
@@ -24,11 +28,13 @@ from slurm_yolo.store import Store
 from slurm_yolo.commands import run_foreground
 from slurm_yolo.timeparse import duration_seconds
 from slurm_yolo.errors import SlurmYoloError
+from slurm_yolo.runfolder import GOOD_CHECKPOINT, RESULTS_CSV, SLURM_LOGS, TRAIN_LOG, WEIGHTS, attempt_banner
 from slurm_yolo.states import JobStatus
 from slurm_yolo.job.distributed import PREEMPT_SIGNAL, NodeLaunch, node_launch, torchrun_argv, torchrun_env
-from slurm_yolo.job.monitor import GOOD_CHECKPOINT, RunMonitor
+from slurm_yolo.job.monitor import RunMonitor
 from slurm_yolo.job.steps import (  # noqa: F401 - part of this module's API
-    LOG_NAME, Tee as _Tee, TrainStep, attempt_number, find_resume_checkpoint, prepare_step, run_step, truncate_results,
+    Tee as _Tee, TrainStep, Workload, attempt_limit, attempt_number, find_resume_checkpoint, may_requeue, may_train,
+    node_environment, prepare_step, run_step, truncate_results,
 )
 
 RECORDED_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
@@ -114,14 +120,12 @@ def environment() -> dict[str, Any]:
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {
-        "python": platform.python_version(),
+        **node_environment(),
         "torch": torch.__version__,
         "ultralytics": ultralytics.__version__,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpu": gpus[0] if gpus else None,
         "gpus": gpus,
-        "node": socket.gethostname(),
-        "platform": platform.platform(),
     }
 
 
@@ -136,8 +140,47 @@ def device_for(gpus_requested: int) -> Any:
     return 0 if n == 1 else list(range(n))
 
 
+class UltralyticsTraining:
+    """The default workload: train with Ultralytics as the run's config says.
+
+    One node with at most one GPU trains in this process; several GPUs or nodes go through
+    one torchrun per node (:func:`train_multinode`).
+    """
+
+    def environment(self) -> dict[str, Any]:
+        """Python, torch, ultralytics, CUDA and GPU of this node (imports torch)."""
+        return environment()
+
+    def train(self, run_dir: Path, config: dict[str, Any], attempt: int) -> None:
+        """Train attempt ``attempt`` (1-based) into ``run_dir``: fresh, resumed, or nothing left."""
+        # Several GPUs on one node go through torchrun too: Ultralytics' own DDP launcher
+        # (generate_ddp_command) deletes save_dir, i.e. the run folder with run.json, on a
+        # fresh start. torchrun sets LOCAL_RANK, so Ultralytics never starts that launcher.
+        if int(config["slurm"].get("nodes") or 1) > 1 or int(config["slurm"].get("gpus") or 0) > 1:
+            def record_launch(launch: NodeLaunch) -> None:
+                rec.update_record(run_dir, lambda r: _current_attempt(r).update(launch=launch.to_dict()))
+
+            train_multinode(run_dir, config, on_launch=record_launch)
+            return
+        device = device_for(int(config["slurm"].get("gpus") or 0))
+        run_step(prepare_step(run_dir, config, attempt), run_dir, config, device)
+
+    def follow(self, run_dir: Path, config: dict[str, Any]) -> int:
+        """srun task > 0 of a multi-node job: this node's torchrun. Returns the node rank."""
+        return train_multinode(run_dir, config).node_rank
+
+
 class TrainJob:
-    """The submitit callable: ``TrainJob()(run_dir)`` trains the run described in ``run_dir/run.json``."""
+    """The submitit callable: ``TrainJob()(run_dir)`` runs an attempt of the run in ``run_dir/run.json``.
+
+    Args:
+        workload: what the attempt runs inside the wrapper (default :class:`UltralyticsTraining`);
+            it must pickle, since submitit sends it to the node.
+    """
+
+    def __init__(self, workload: Workload | None = None) -> None:
+        self.workload: Workload = UltralyticsTraining() if workload is None else workload
+        self.requeuing = False
 
     def __call__(self, run_dir: str) -> dict[str, Any]:
         if task_rank() > 0:
@@ -147,19 +190,19 @@ class TrainJob:
         attempt = _new_attempt()
         record = rec.update_record(run_dir, lambda r: _start_attempt(r, attempt))
         SignalRecorder(run_dir).install()
-        log = open(run_dir / LOG_NAME, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the job
+        log = open(run_dir / TRAIN_LOG, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the job
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
-        print(f"[slurm-yolo] run {record['run_id']} attempt {attempt['attempt']} on {attempt['node']}", flush=True)
+        print(attempt_banner(record["run_id"], attempt["attempt"], attempt["node"]), flush=True)
         status, error = JobStatus.FAILED, None
         config = record["config"]
         monitor = start_monitor(run_dir, record)
         try:
-            limit = int(config["slurm"].get("max_requeues", 3)) + 1
-            if attempt["attempt"] > limit:
-                raise RuntimeError(f"attempt {attempt['attempt']} exceeds slurm.max_requeues+1={limit}; not training")
-            env = environment()
+            if not may_train(config, attempt["attempt"]):
+                raise RuntimeError(f"attempt {attempt['attempt']} exceeds slurm.max_requeues+1="
+                                   f"{attempt_limit(config)}; not training")
+            env = self.workload.environment()
             rec.update_record(run_dir, lambda r: r.update(environment=env))
-            self._train(run_dir, config, attempt["attempt"])
+            self.workload.train(run_dir, config, attempt["attempt"])
             status = JobStatus.COMPLETED
         except BaseException as e:
             if self.requeuing:  # submitit checkpointed us and asked Slurm to requeue: not a failure
@@ -171,10 +214,10 @@ class TrainJob:
             monitor.stop()
             if monitor.syncing and os.environ.get("SUBMITIT_EXECUTOR") == "local":
                 # No epilog runs after a local job: one last sync is its archive.
-                monitor.sync(len(rec.read_results_rows(run_dir / "results.csv")))
+                monitor.sync(len(rec.read_results_rows(run_dir / RESULTS_CSV)))
             if status == JobStatus.COMPLETED:
-                (run_dir / "weights" / GOOD_CHECKPOINT).unlink(missing_ok=True)
-            metrics = rec.read_metrics(run_dir / "results.csv")
+                (run_dir / WEIGHTS / GOOD_CHECKPOINT).unlink(missing_ok=True)
+            metrics = rec.read_metrics(run_dir / RESULTS_CSV)
 
             def finish(r: dict[str, Any]) -> None:
                 a = _current_attempt(r)
@@ -192,51 +235,36 @@ class TrainJob:
                 print(f"[slurm-yolo] could not record the end of the attempt: {e}", file=sys.stderr, flush=True)
         return {"run_dir": str(run_dir), "status": status, "metrics": metrics}
 
-    requeuing = False
-
     def _follow(self, run_dir: Path) -> dict[str, Any]:
-        """srun task > 0 of a multi-node job: start this node's torchrun, nothing else.
+        """srun task > 0 of a multi-node job: start this node's share of the workload, nothing else.
 
         ``run.json`` (attempts, signals, end status) is kept by task 0 alone, and the workers'
         global rank 0 writes the run folder; this task only reads the config.
         """
         config = rec.read_record(run_dir)["config"]
-        limit = int(config["slurm"].get("max_requeues", 3)) + 1
-        if attempt_number() > limit:  # task 0 refuses too: starting torchrun would only wait for it
-            raise RuntimeError(f"attempt {attempt_number()} exceeds slurm.max_requeues+1={limit}; not training")
-        launch = train_multinode(run_dir, config)
-        return {"run_dir": str(run_dir), "status": JobStatus.COMPLETED, "node_rank": launch.node_rank}
+        if not may_train(config, attempt_number()):  # task 0 refuses too: starting torchrun would only wait for it
+            raise RuntimeError(f"attempt {attempt_number()} exceeds slurm.max_requeues+1={attempt_limit(config)}; "
+                               "not training")
+        node_rank = self.workload.follow(run_dir, config)
+        return {"run_dir": str(run_dir), "status": JobStatus.COMPLETED, "node_rank": node_rank}
 
     def checkpoint(self, run_dir: str):
         """Called by submitit on the time-limit/pre-emption signal (USR2): requeue this run.
 
         Ultralytics saves ``weights/last.pt`` every epoch, so there is nothing to save here;
-        the next attempt resumes from it. Returns ``None`` (no requeue) once
-        ``slurm.max_requeues`` attempts have been used.
+        the next attempt resumes from it. Returns ``None`` (no requeue) once the attempt is the
+        last that ``slurm.max_requeues`` allows (an unreadable record: the config's default).
         """
         import submitit
 
         try:
-            limit = int(rec.read_record(run_dir)["config"]["slurm"].get("max_requeues", 3))
+            config = rec.read_record(run_dir)["config"]
         except (OSError, ValueError, KeyError):
-            limit = 3
-        if attempt_number() > limit:
+            config = {}
+        if not may_requeue(config, attempt_number()):
             return None
         self.requeuing = True
-        return submitit.helpers.DelayedSubmission(TrainJob(), run_dir)
-
-    def _train(self, run_dir: Path, config: dict[str, Any], attempt: int) -> None:
-        # Several GPUs on one node go through torchrun too: Ultralytics' own DDP launcher
-        # (generate_ddp_command) deletes save_dir, i.e. the run folder with run.json, on a
-        # fresh start. torchrun sets LOCAL_RANK, so Ultralytics never starts that launcher.
-        if int(config["slurm"].get("nodes") or 1) > 1 or int(config["slurm"].get("gpus") or 0) > 1:
-            def record_launch(launch: NodeLaunch) -> None:
-                rec.update_record(run_dir, lambda r: _current_attempt(r).update(launch=launch.to_dict()))
-
-            train_multinode(run_dir, config, on_launch=record_launch)
-            return
-        device = device_for(int(config["slurm"].get("gpus") or 0))
-        run_step(prepare_step(run_dir, config, attempt), run_dir, config, device)
+        return submitit.helpers.DelayedSubmission(TrainJob(self.workload), run_dir)
 
 
 def train_multinode(run_dir: Path, config: dict[str, Any], env: Mapping[str, str] | None = None,
@@ -266,7 +294,7 @@ def train_multinode(run_dir: Path, config: dict[str, Any], env: Mapping[str, str
                           block_signals=(getattr(signal, PREEMPT_SIGNAL),))
     if code != 0:
         raise SlurmYoloError(f"torchrun on node {launch.node_rank} ({socket.gethostname()}) exited with {code}; "
-                             f"see {run_dir / 'slurm'} for every node's log")
+                             f"see {run_dir / SLURM_LOGS} for every node's log")
     return launch
 
 

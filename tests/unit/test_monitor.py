@@ -5,7 +5,8 @@ from __future__ import annotations
 import zipfile
 
 from slurm_yolo.store import Store
-from slurm_yolo.job.monitor import GOOD_CHECKPOINT, checkpoint_complete, keep_good_checkpoint, sync_argv
+from slurm_yolo.job.monitor import checkpoint_complete, keep_good_checkpoint, sync_argv
+from slurm_yolo.runfolder import GOOD_CHECKPOINT
 from slurm_yolo.job.train import truncate_results
 
 
