@@ -18,8 +18,12 @@ Schema (``schema: 1``)::
     attempts      [{attempt, node, start, end, end_state, exit_code, epoch, signals: [{signal, time}]}]
     status        SUBMITTED | RUNNING | COMPLETED | FAILED | ... (what the job last said)
     end_state     the epilog's verdict for the last attempt: COMPLETED, FAILED, OUT_OF_MEMORY, TIMEOUT,
-                  CANCELLED, PREEMPTED, REQUEUED or UNKNOWN (docs/admin.md)
+                  CANCELLED, PREEMPTED, REQUEUED, NODE_FAIL or UNKNOWN (states.EndState, docs/admin.md)
     metrics       {epoch, map50, map50_95, precision, recall} best row of results.csv
+
+Next to it, ``.placement.json`` (:func:`write_placement`) keeps where the run is archived
+(``run_id``, ``task``, ``project``, ``model_name``, ``archive_url``), written once at submit
+time: a run.json damaged later does not move the run away from the URL ``submit`` printed.
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+from slurm_yolo.runfolder import PLACEMENT, RUN_JSON, RUN_LOCK
 
 SCHEMA_VERSION = 1
-RUN_JSON = "run.json"
+# What the epilog needs to place a run in the store when run.json cannot be used.
+PLACEMENT_KEYS = ("run_id", "task", "project", "model_name", "archive_url")
 
 # results.csv column -> metric name in run.json (Ultralytics' detection columns).
 METRIC_COLUMNS = {
@@ -95,7 +102,7 @@ def update_record(run_dir: str | os.PathLike, change: Callable[[dict[str, Any]],
     The launcher (recording the job ID right after sbatch) and a job that already started
     can overlap, so the read-modify-write holds an exclusive ``flock`` on ``.run.lock``.
     """
-    lock_fd = os.open(Path(run_dir) / ".run.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    lock_fd = os.open(Path(run_dir) / RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         record = read_record(run_dir)
@@ -104,6 +111,20 @@ def update_record(run_dir: str | os.PathLike, change: Callable[[dict[str, Any]],
         return record
     finally:
         os.close(lock_fd)
+
+
+def placement_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The placement of a run (:data:`PLACEMENT_KEYS`) from its record."""
+    return {k: record.get(k) for k in PLACEMENT_KEYS}
+
+
+def write_placement(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Write ``run_dir/.placement.json`` atomically from the run's initial record.
+
+    The launcher calls it once, at submit time, beside the first run.json; nothing rewrites
+    it afterwards, so whatever happens to run.json, the epilog still knows where the run goes.
+    """
+    write_json_atomic(Path(run_dir) / PLACEMENT, placement_of(record))
 
 
 def read_metrics(results_csv: str | os.PathLike) -> dict[str, Any] | None:

@@ -32,8 +32,9 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from slurm_yolo.archive import index_format as fmt
+from slurm_yolo.archive.index_location import IndexLocation
 from slurm_yolo.archive.index_store import (
-    LEGACY_JSONL, Catalog, delete_keys, etag_now, get_object, list_keys, parse_jsonl, pending_grace_s,
+    LEGACY_JSONL, delete_keys, etag_now, get_object, list_keys, parse_jsonl, pending_grace_s,
     pending_stamp, read_pending, stamp,
 )
 from slurm_yolo.errors import ConfigError, StoreError
@@ -71,7 +72,7 @@ class CompactResult:
     left: int
 
 
-def read_quarter(cat: Catalog, client: Any, quarter: str, *, damaged_ok: bool = False) -> tuple[pa.Table, str | None]:
+def read_quarter(cat: IndexLocation, client: Any, quarter: str, *, damaged_ok: bool = False) -> tuple[pa.Table, str | None]:
     """A quarter's table and ETag (an empty table and ``None`` when it has no file yet; an empty
     table and its ETag when it is damaged and ``damaged_ok``: it is about to be replaced).
 
@@ -91,7 +92,7 @@ def read_quarter(cat: Catalog, client: Any, quarter: str, *, damaged_ok: bool = 
                          "run `slurm-yolo index rebuild` to recreate the index from the archived run.json files") from e
 
 
-def commit_quarter(cat: Catalog, client: Any, quarter: str, transform: Callable[[pa.Table], pa.Table | None], *,
+def commit_quarter(cat: IndexLocation, client: Any, quarter: str, transform: Callable[[pa.Table], pa.Table | None], *,
                  sleep: Callable[[float], None] = time.sleep, damaged_ok: bool = False) -> str | None:
     """Compare-and-swap one quarter's file to ``transform(current table)``; return its ETag.
 
@@ -123,7 +124,7 @@ def commit_quarter(cat: Catalog, client: Any, quarter: str, transform: Callable[
                      "and visible: run `slurm-yolo index compact` later")
 
 
-def fold(cat: Catalog, client: Any, records: Iterable[Mapping[str, Any]], *,
+def fold(cat: IndexLocation, client: Any, records: Iterable[Mapping[str, Any]], *,
          sleep: Callable[[float], None] = time.sleep) -> tuple[dict[str, str | None], int]:
     """Apply ``records`` to their quarters; return each quarter's ETag after it, and how many runs changed."""
     by_quarter: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -144,13 +145,13 @@ def fold(cat: Catalog, client: Any, records: Iterable[Mapping[str, Any]], *,
     return etags, changed
 
 
-def legacy_url(cat: Catalog, client: Any) -> str | None:
+def legacy_url(cat: IndexLocation, client: Any) -> str | None:
     """The URL of the old ``INDEX.jsonl`` if the index still has one."""
     key = cat.key(LEGACY_JSONL)
     return f"s3://{cat.bucket}/{key}" if etag_now(client, cat.bucket, key) is not None else None
 
 
-def compact(cat: Catalog, *, client: Any = None, grace_s: float | None = None, now: datetime | None = None,
+def compact(cat: IndexLocation, *, client: Any = None, grace_s: float | None = None, now: datetime | None = None,
             sleep: Callable[[float], None] = time.sleep) -> CompactResult:
     """Fold every pending update into its quarter; delete the updates that are settled.
 
@@ -172,7 +173,7 @@ def compact(cat: Catalog, *, client: Any = None, grace_s: float | None = None, n
     return _compact(cat, client, grace_s, now, sleep)
 
 
-def _compact(cat: Catalog, client: Any, grace_s: float | None, now: datetime | None,
+def _compact(cat: IndexLocation, client: Any, grace_s: float | None, now: datetime | None,
              sleep: Callable[[float], None]) -> CompactResult:
     pending = read_pending(cat, client)
     if not pending:
@@ -191,7 +192,7 @@ def _compact(cat: Catalog, client: Any, grace_s: float | None, now: datetime | N
     return CompactResult(len(pending), changed, tuple(sorted(etags)), len(pending) - len(settled))
 
 
-def migrate(cat: Catalog, *, client: Any = None, now: datetime | None = None) -> tuple[int, CompactResult]:
+def migrate(cat: IndexLocation, *, client: Any = None, now: datetime | None = None) -> tuple[int, CompactResult]:
     """Convert the old ``INDEX.jsonl`` into quarterly files; return its line count and the compaction.
 
     Its lines go into their quarters (a newer record already there wins), then every pending
@@ -225,7 +226,7 @@ def migrate(cat: Catalog, *, client: Any = None, now: datetime | None = None) ->
     return lines, _compact(cat, client, None, now, time.sleep)
 
 
-def quarters(cat: Catalog, client: Any) -> dict[str, str]:
+def quarters(cat: IndexLocation, client: Any) -> dict[str, str]:
     """Every quarter that has a file: ``{quarter: key}``."""
     found = {}
     for obj in list_keys(client, cat.bucket, cat.key(fmt.PARTS)):
@@ -235,7 +236,7 @@ def quarters(cat: Catalog, client: Any) -> dict[str, str]:
     return found
 
 
-def remove_from_index(cat: Catalog, records: Iterable[Mapping[str, Any]]) -> int:
+def remove_from_index(cat: IndexLocation, records: Iterable[Mapping[str, Any]]) -> int:
     """Drop runs (their index records, as read) from their quarters and from ``pending/``, after
     their archived objects were deleted; return how many rows went."""
     by_quarter: dict[str, set[str]] = defaultdict(set)
@@ -259,7 +260,7 @@ def remove_from_index(cat: Catalog, records: Iterable[Mapping[str, Any]]) -> int
     return removed
 
 
-def replace_all(cat: Catalog, records: Mapping[str, Mapping[str, Any]], *, force: bool = False,
+def replace_all(cat: IndexLocation, records: Mapping[str, Mapping[str, Any]], *, force: bool = False,
                 now: datetime | None = None) -> int:
     """Make the index hold exactly ``records`` (``index rebuild``); return how many runs it lists.
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from slurm_yolo.archive import layout
-from slurm_yolo.store import Store, error_code, split_url, store_error
+from slurm_yolo.archive.index_location import IndexLocation
+from slurm_yolo.store import Store, error_code, store_error
 
 PENDING = "pending/"
 PENDING_STAMP = "%Y%m%dT%H%M%S.%fZ"  # pending keys sort by time within a run; parsed back for their age
@@ -43,31 +43,6 @@ LEGACY_JSONL = "INDEX.jsonl"
 # Atomic stores need no grace (see pending_grace_s).
 PENDING_GRACE_S = 300.0
 
-@dataclass(frozen=True)
-class Catalog:
-    """Where the index is and how to reach the store.
-
-    Attributes:
-        store: connection settings.
-        index_url: ``s3://bucket/prefix/`` (always ends with ``/``).
-    """
-
-    store: Store
-    index_url: str
-
-    @property
-    def bucket(self) -> str:
-        return split_url(self.index_url)[0]
-
-    def key(self, rel: str) -> str:
-        """Object key of ``rel`` under the index prefix."""
-        return split_url(self.index_url)[1] + rel
-
-    @classmethod
-    def at(cls, store: Store, index_url: str) -> Catalog:
-        """The catalog at ``index_url`` (given with or without its trailing ``/``)."""
-        return cls(store, index_url.rstrip("/") + "/")
-
 def get_object(client: Any, bucket: str, key: str) -> tuple[bytes, str] | None:
     """``(body, etag)`` of an object, ``None`` when it does not exist."""
     try:
@@ -79,15 +54,16 @@ def get_object(client: Any, bucket: str, key: str) -> tuple[bytes, str] | None:
         raise store_error("read", f"s3://{bucket}/{key}", e) from e
 
 def parse_jsonl(body: bytes) -> dict[str, dict[str, Any]]:
-    """Index lines by run ID (blank and unparsable lines are skipped: one bad line must not hide all runs)."""
+    """The old ``INDEX.jsonl``'s records by run ID, one per line (blank and unparsable lines are
+    skipped: one bad line must not hide all runs)."""
     out = {}
-    for line in body.splitlines():
+    for text in body.splitlines():
         try:
-            rec = json.loads(line)
+            record = json.loads(text)
         except ValueError:
             continue
-        if isinstance(rec, dict) and rec.get("run_id"):
-            out[rec["run_id"]] = rec
+        if isinstance(record, dict) and record.get("run_id"):
+            out[record["run_id"]] = record
     return out
 
 def list_keys(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
@@ -98,7 +74,7 @@ def list_keys(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
     except Exception as e:
         raise store_error("list", f"s3://{bucket}/{prefix}", e) from e
 
-def read_pending(cat: Catalog, client: Any) -> list[tuple[str, dict[str, Any]]]:
+def read_pending(cat: IndexLocation, client: Any) -> list[tuple[str, dict[str, Any]]]:
     """``(key, record)`` of every pending update, oldest first within each run."""
     keys = [obj["Key"] for obj in list_keys(client, cat.bucket, cat.key(PENDING))]
     with ThreadPoolExecutor(16) as pool:  # small GETs: latency-bound, so overlap them
@@ -143,7 +119,7 @@ def stamp(now: datetime | None = None) -> str:
     return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def pending_key(cat: Catalog, run_id: str, now: datetime | None = None) -> str:
+def pending_key(cat: IndexLocation, run_id: str, now: datetime | None = None) -> str:
     """A fresh, never-reused pending key for an update of ``run_id``; sorts by time within the run."""
     now = now or datetime.now(timezone.utc)
     return cat.key(f"{PENDING}{run_id}/{now.strftime(PENDING_STAMP)}-{secrets.token_hex(4)}.json")
@@ -168,7 +144,7 @@ def index_run(store: Store, index_url: str, record: Mapping[str, Any], *, now: d
     Raises:
         StoreError: the store could not be read or written (retry later; idempotent).
     """
-    cat = Catalog.at(store, index_url)
+    cat = IndexLocation.at(store, index_url)
     client = store.boto3_client()
     key = cat.key(layout.index_key(str(record["run_id"])))
     got = get_object(client, cat.bucket, key)
@@ -206,7 +182,7 @@ def add_to_index(store: Store, index_url: str, record: Mapping[str, Any], *, now
     Raises:
         StoreError: the update could not be written (nothing changed: retry later).
     """
-    cat = Catalog.at(store, index_url)
+    cat = IndexLocation.at(store, index_url)
     now = now or datetime.now(timezone.utc)
     key = pending_key(cat, str(record["run_id"]), now)
     body = json.dumps({**record, "indexed_at": stamp(now)}, sort_keys=True, default=str).encode()

@@ -1,4 +1,4 @@
-"""Store layout: where a run lives, and the one-line index record that finds it.
+"""Store layout: where a run lives, and the index record that finds it.
 
 ::
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-MANIFEST = "MANIFEST.json"
+from slurm_yolo.archive.manifest import MANIFEST as MANIFEST  # where readers of the layout look for it
 INDEX_RUNS = "runs/"
 # Training arguments worth having in the index without opening run.json.
 KEY_HPARAMS = ("model", "epochs", "imgsz", "batch", "lr0", "lrf", "optimizer", "momentum", "weight_decay", "seed")
@@ -76,7 +76,7 @@ def index_key(run_id: str) -> str:
 
 
 def index_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat index line for a ``run.json`` record (what ``runs list`` filters on)."""
+    """The flat index record for a ``run.json`` record (what ``runs list`` filters on)."""
     attempts = record.get("attempts") or []
     env = record.get("environment") or {}
     train = (record.get("config") or {}).get("train") or {}

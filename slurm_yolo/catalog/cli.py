@@ -280,7 +280,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_compaction(cat: index.Catalog, result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+def _print_compaction(cat: index.IndexLocation, result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     if as_json:
         _print_json({"index_url": cat.index_url, **(extra or {}), "updates": result.updates,
                      "runs_changed": result.runs_changed, "quarters": list(result.quarters), "left_pending": result.left})

@@ -17,19 +17,24 @@ import yaml
 
 from slurm_yolo.archive import layout, s5cmd
 from slurm_yolo.archive.index_compact import compact, migrate, remove_from_index, replace_all  # noqa: F401
+from slurm_yolo.archive.index_location import IndexLocation
 from slurm_yolo.archive.index_store import (  # noqa: F401 - re-exported for the catalog's callers
-    PENDING, PENDING_GRACE_S, Catalog, add_to_index, get_object, list_keys, pending_key, read_pending,
+    PENDING, PENDING_GRACE_S, add_to_index, get_object, list_keys, pending_key, read_pending,
 )
 from slurm_yolo.catalog.scan import load_records  # noqa: F401 - re-exported
 from slurm_yolo.archive.s5cmd import check_s5cmd  # noqa: F401 - re-exported
 from slurm_yolo.store import Store, error_code, join_url, split_url, store_error  # noqa: F401 - re-exported
 from slurm_yolo.errors import ConfigError
 from slurm_yolo.names import NAME_RE
-from slurm_yolo.record import RUN_JSON
+from slurm_yolo.runfolder import RUN_JSON
 from slurm_yolo.site import site_config_path
 
-def locate(index_url: str | None = None, env: Mapping[str, str] | None = None) -> Catalog:
-    """The catalog a user's command works on.
+# The name an index location had when it was this package's only handle (test fixtures and
+# benchmarks still use it).
+Catalog = IndexLocation
+
+def locate(index_url: str | None = None, env: Mapping[str, str] | None = None) -> IndexLocation:
+    """The index a user's command works on.
 
     The index URL is ``index_url`` (``--index``), else ``$SLURM_YOLO_INDEX``, else ``index_url``
     in the site config (``$SLURM_YOLO_SITE_CONFIG`` or ``/etc/slurm-yolo/site.yaml``). The
@@ -53,7 +58,7 @@ def locate(index_url: str | None = None, env: Mapping[str, str] | None = None) -
     # site's store; a user pointing elsewhere (another endpoint) gets the safe default.
     atomic = site_store.get("atomic_conditional_writes") is True and (
         endpoint == site_store.get("endpoint_url"))
-    return Catalog.at(Store.from_env(env, endpoint_url=endpoint, atomic_conditional_writes=atomic), url)
+    return IndexLocation.at(Store.from_env(env, endpoint_url=endpoint, atomic_conditional_writes=atomic), url)
 
 def _read_site(path: str) -> dict[str, Any]:
     # Only public settings are read here (URLs); the site's credentials file is root-only by design.
@@ -66,7 +71,7 @@ def _read_site(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read the site config {path}: {e}; ask your admin, or pass --index") from e
     return site if isinstance(site, dict) else {}
 
-def rebuild(cat: Catalog, archive_roots: Sequence[str] = (), *, force: bool = False) -> int:
+def rebuild(cat: IndexLocation, archive_roots: Sequence[str] = (), *, force: bool = False) -> int:
     """Recreate the index from the ``run.json`` files in the store; return the number of runs.
 
     Downloads every ``run.json`` under the roots with s5cmd, writes each run's

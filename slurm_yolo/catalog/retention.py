@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from slurm_yolo.archive import layout, s5cmd
 from slurm_yolo.store import Store, join_url, split_url
-from slurm_yolo.catalog.index import Catalog, check_s5cmd, error_code, remove_from_index, store_error
+from slurm_yolo.catalog.index import IndexLocation, check_s5cmd, error_code, remove_from_index, store_error
 from slurm_yolo.catalog.query import field_value, parse_time
 from slurm_yolo.catalog.runs import archive_url
 from slurm_yolo.errors import ConfigError, StoreError
@@ -151,7 +151,7 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else -math.inf
 
 
-def execute_prune(cat: Catalog, plan: PrunePlan) -> int:
+def execute_prune(cat: IndexLocation, plan: PrunePlan) -> int:
     """Delete the planned runs: every archived object, their index records, their rows in the index.
 
     Objects go first (one s5cmd batch); the index is rewritten only when all of them are

@@ -17,7 +17,7 @@ import yaml
 from slurm_yolo.archive import layout, s5cmd
 from slurm_yolo.archive.manifest import verify_tree
 from slurm_yolo.store import split_url
-from slurm_yolo.catalog.index import Catalog, check_s5cmd, get_object, load_records
+from slurm_yolo.catalog.index import IndexLocation, check_s5cmd, get_object, load_records
 from slurm_yolo.errors import ConfigError, IntegrityError, RunNotFound, StoreError
 from slurm_yolo.names import validate_name
 from slurm_yolo.record import RUN_JSON, read_results_rows
@@ -33,7 +33,7 @@ PER_RUN_ARGS = {"name", "save_dir", "project"}
 METRICS = ("map50", "map50_95", "precision", "recall", "epochs_done")
 
 
-def find_run(cat: Catalog, run_id: str, client=None) -> dict[str, Any]:
+def find_run(cat: IndexLocation, run_id: str, client=None) -> dict[str, Any]:
     """The index line of ``run_id``: its ``runs/<run_id>.json`` record, else a search of the index.
 
     Raises:
@@ -65,7 +65,7 @@ def archive_url(line: Mapping[str, Any]) -> str:
     return url
 
 
-def read_archived(cat: Catalog, line: Mapping[str, Any], name: str, client=None) -> bytes | None:
+def read_archived(cat: IndexLocation, line: Mapping[str, Any], name: str, client=None) -> bytes | None:
     """The bytes of file ``name`` of an archived run; ``None`` if it is not there."""
     client = client or cat.store.boto3_client()
     bucket, key = split_url(archive_url(line))
@@ -73,7 +73,7 @@ def read_archived(cat: Catalog, line: Mapping[str, Any], name: str, client=None)
     return got[0] if got else None
 
 
-def run_record(cat: Catalog, run_id: str, client=None) -> dict[str, Any]:
+def run_record(cat: IndexLocation, run_id: str, client=None) -> dict[str, Any]:
     """The archived ``run.json`` of a run (the full record: config, attempts, environment).
 
     Raises:
@@ -117,7 +117,7 @@ def differing(args: Sequence[Mapping[str, Any]], keys: Sequence[str] = ()) -> di
     return {k: [a.get(k) for a in args] for k in names if len({json.dumps(a.get(k), default=str) for a in args}) > 1}
 
 
-def compare(cat: Catalog, run_ids: Sequence[str], keys: Sequence[str] = ()) -> Comparison:
+def compare(cat: IndexLocation, run_ids: Sequence[str], keys: Sequence[str] = ()) -> Comparison:
     """Compare runs from their archived ``args.yaml``, index metrics and ``results.csv``."""
     if len(run_ids) < 2:
         raise ConfigError("runs compare needs at least two run IDs")
@@ -163,7 +163,7 @@ def plot_curves(comparison: Comparison, out: str | Path) -> Path:
     return Path(out)
 
 
-def fetch(cat: Catalog, run_id: str, to: str | Path) -> dict[str, Any]:
+def fetch(cat: IndexLocation, run_id: str, to: str | Path) -> dict[str, Any]:
     """Download a run's bundle into ``to`` with s5cmd and verify every file against ``MANIFEST.json``.
 
     Returns:
@@ -287,7 +287,7 @@ class Reproduction:
 
 
 def reproduce(
-    cat: Catalog, run_id: str, overrides: Sequence[str] = (), *, executor: str = "slurm", dry_run: bool = False,
+    cat: IndexLocation, run_id: str, overrides: Sequence[str] = (), *, executor: str = "slurm", dry_run: bool = False,
     submit: Callable[..., Any] | None = None, code_now: Callable[[str], Mapping[str, Any] | None] | None = None,
 ) -> Reproduction:
     """Resubmit an archived run's resolved config as a new run that records ``reproduces``.

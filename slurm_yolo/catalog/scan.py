@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from slurm_yolo.archive import index_format as fmt
 from slurm_yolo.archive.index_compact import quarters as list_quarters, read_quarter
+from slurm_yolo.archive.index_location import IndexLocation
 from slurm_yolo.archive.index_store import (
-    LEGACY_JSONL, PENDING, Catalog, get_object, list_keys, parse_jsonl, parse_pending,
+    LEGACY_JSONL, PENDING, get_object, list_keys, parse_jsonl, parse_pending,
 )
 from slurm_yolo.catalog import query as q
 
@@ -96,7 +97,7 @@ def sort_keys(keys: Sequence[str]) -> list[tuple[str, str]] | None:
     return out
 
 
-def read_table(cat: Catalog, client: Any = None, *, since: datetime | None = None,
+def read_table(cat: IndexLocation, client: Any = None, *, since: datetime | None = None,
                where: pc.Expression | None = None) -> pa.Table:
     """The index as one table: the quarters from ``since`` on, pending updates applied, rows
     matching ``where``.
@@ -152,7 +153,7 @@ def _and(a: pc.Expression | None, b: pc.Expression | None) -> pc.Expression:
     return a if b is None else b if a is None else a & b
 
 
-def load_records(cat: Catalog, client: Any = None, *, since: datetime | None = None) -> list[dict[str, Any]]:
+def load_records(cat: IndexLocation, client: Any = None, *, since: datetime | None = None) -> list[dict[str, Any]]:
     """Every run's index record (from ``since`` on), pending updates included."""
     return fmt.from_table(read_table(cat, client, since=since))
 
@@ -166,7 +167,7 @@ def _sort_indices(table: pa.Table, keys: list[tuple[str, str]]) -> pa.Array:
     return pc.sort_indices(table, sort_keys=keys, null_placement="at_end")
 
 
-def select(cat: Catalog, query: q.Query, client: Any = None) -> list[dict[str, Any]]:
+def select(cat: IndexLocation, query: q.Query, client: Any = None) -> list[dict[str, Any]]:
     """``runs list``: the records matching ``query``, sorted and limited, reading as little as it can."""
     where, _ = pushdown(query)
     return query_table(read_table(cat, client, since=query.since, where=where), query, filtered=True)

@@ -8,7 +8,7 @@ store).
     stage         the spool entry, written before the copy, then the safe snapshot
     decide        the end state from Slurm's evidence and the job's own record
     finish        the verdict into the record (and, as the user, into their folder)
-    ship          s5cmd to the store (spool.py); the claim is marked done
+    ship          s5cmd to the store (ship.py); the claim is marked done
 """
 
 from __future__ import annotations
@@ -16,22 +16,23 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import re
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from slurm_yolo import budget, runfolder
+from slurm_yolo.archive import manifest
 from slurm_yolo.archive.layout import RunLocation, index_record, is_under, user_prefix
 from slurm_yolo.commands import run_command
 from slurm_yolo.epilog import claim as claims
-from slurm_yolo.epilog import endstate, snapshot, spool, writeback
+from slurm_yolo.epilog import endstate, ship, slurm_parse, snapshot, spool, writeback
 from slurm_yolo.epilog.entry import EntryInfo
 from slurm_yolo.site import SiteConfig
 from slurm_yolo.errors import CommandError, Refused
 from slurm_yolo.names import MARKER_PREFIX, NAME_RE
-from slurm_yolo.record import read_metrics, utc_now
+from slurm_yolo.record import PLACEMENT_KEYS, read_metrics, utc_now
+from slurm_yolo.runfolder import AttemptKey
 from slurm_yolo.states import EndState
 
 log = logging.getLogger("slurm_yolo.epilog")
@@ -135,10 +136,10 @@ def scontrol_fields(site: SiteConfig, job_id: str, deadline: float, env: Mapping
         return {}
     conf = env.get("SLURM_CONF") or site.slurm_conf
     try:
-        proc = run_command(endstate.scontrol_argv(site.scontrol_path, job_id), "epilog",
-                           timeout=max(0.5, min(5.0, deadline - time.monotonic())),
+        proc = run_command(slurm_parse.scontrol_argv(site.scontrol_path, job_id), "epilog",
+                           timeout=budget.command_timeout(deadline),
                            env={"PATH": "/usr/bin:/bin", **({"SLURM_CONF": conf} if conf else {})})
-        return endstate.parse_scontrol(proc.stdout, job_id)
+        return slurm_parse.parse_scontrol(proc.stdout, job_id)
     except (CommandError, ValueError) as e:
         log.warning("job %s: scontrol unavailable (%s); deciding without it", job_id, e)
         return {}
@@ -146,25 +147,50 @@ def scontrol_fields(site: SiteConfig, job_id: str, deadline: float, env: Mapping
 
 def dead_nodes(site: SiteConfig, nodelist: str, deadline: float, env: Mapping[str, str]) -> list[str]:
     """The nodes of ``nodelist`` (Slurm's, e.g. ``n[1-2]``) that Slurm marks DOWN/not responding."""
-    if not nodelist or not re.fullmatch(r"[A-Za-z0-9_.,\[\]-]{1,4096}", nodelist):
+    argv = slurm_parse.scontrol_node_argv(site.scontrol_path, nodelist)
+    if argv is None:
         return []
     conf = env.get("SLURM_CONF") or site.slurm_conf
     try:
-        proc = run_command([site.scontrol_path, "show", "node", nodelist], "epilog",
-                           timeout=max(0.5, min(5.0, deadline - time.monotonic())),
+        proc = run_command(argv, "epilog", timeout=budget.command_timeout(deadline),
                            env={"PATH": "/usr/bin:/bin", **({"SLURM_CONF": conf} if conf else {})})
     except CommandError as e:
         log.warning("scontrol show node %s failed (%s)", nodelist, e)
         return []
-    return endstate.down_nodes(proc.stdout)
+    return slurm_parse.down_nodes(proc.stdout)
 
 
-def placeholder_record(run_id: str, job: Job, reason: str) -> dict[str, Any]:
-    """The record of a run whose run.json cannot be used: only what Slurm says is in it."""
-    return {"schema": 1, "run_id": run_id, "task": UNKNOWN, "project": UNKNOWN, "model_name": UNKNOWN,
+def placeholder_record(run_id: str, job: Job, reason: str,
+                       placement: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The record of a run whose run.json cannot be used: what Slurm says, and where the
+    launcher said the run goes (``placement``, already checked: :func:`read_placement`)."""
+    where = {"task": UNKNOWN, "project": UNKNOWN, "model_name": UNKNOWN}
+    if placement is not None:
+        where = {k: placement[k] for k in where}
+        where["archive_url"] = placement["archive_url"]
+        where["placement"] = runfolder.PLACEMENT
+    return {"schema": 1, "run_id": run_id, **where,
             "slurm": {"job_id": job.job_id}, "status": None, "record_damaged": reason,
             "attempts": [{"attempt": job.restart_count + 1, "slurm_job_id": job.job_id, "start": None,
                           "end": None, "status": None, "signals": []}]}
+
+
+def read_placement(fd: int, run_id: str, uid: int) -> dict[str, Any] | None:
+    """The run folder's ``.placement.json`` if it can be trusted as far as run.json would be:
+    a regular file of the job's user, of this run, with safe names; else ``None``.
+
+    Its ``archive_url`` is checked later, like run.json's (:func:`destination`).
+    """
+    try:
+        placement = snapshot.read_json_at(fd, runfolder.PLACEMENT, uid)
+    except (OSError, ValueError, Refused) as e:
+        log.info("run %s: no usable %s (%s)", run_id, runfolder.PLACEMENT, type(e).__name__)
+        return None
+    if not isinstance(placement, dict) or not snapshot.safe_names(placement) or placement["run_id"] != run_id \
+            or not isinstance(placement.get("archive_url"), str):
+        log.warning("run %s: %s ignored: not a placement of this run with safe names", run_id, runfolder.PLACEMENT)
+        return None
+    return {k: placement[k] for k in PLACEMENT_KEYS}
 
 
 def _read_record(fd: int, run_path: str, uid: int, job: Job) -> tuple[dict[str, Any], str | None]:
@@ -173,16 +199,16 @@ def _read_record(fd: int, run_path: str, uid: int, job: Job) -> tuple[dict[str, 
     if not NAME_RE.fullmatch(run_id):
         raise Refused(f"{run_path}: the folder name is not a run ID")
     try:
-        record = snapshot.read_json_at(fd, "run.json", uid)
+        record = snapshot.read_json_at(fd, runfolder.RUN_JSON, uid)
     except FileNotFoundError:
-        reason = "run.json is missing"
+        reason = f"{runfolder.RUN_JSON} is missing"
     except (OSError, ValueError, Refused) as e:
-        reason = f"run.json is unreadable: {type(e).__name__}: {str(e)[:200]}"
+        reason = f"{runfolder.RUN_JSON} is unreadable: {type(e).__name__}: {str(e)[:200]}"
     else:
         if isinstance(record, dict) and snapshot.safe_names(record) and record["run_id"] == run_id:
             return record, None
-        reason = "run.json is not a record of this folder (unsafe names or another run_id)"
-    return placeholder_record(run_id, job, reason), reason
+        reason = f"{runfolder.RUN_JSON} is not a record of this folder (unsafe names or another run_id)"
+    return placeholder_record(run_id, job, reason, read_placement(fd, run_id, uid)), reason
 
 
 def resolve_run(job: Job, site: SiteConfig, deadline: float) -> Run:
@@ -194,7 +220,7 @@ def resolve_run(job: Job, site: SiteConfig, deadline: float) -> Run:
     fd = snapshot.open_dir_nofollow(job.marker_path, job.uid)
     try:
         run_path, sweep_path, sc = job.marker_path, None, None
-        if snapshot.exists_at(fd, "array.json"):
+        if snapshot.exists_at(fd, runfolder.ARRAY_JSON):
             # A sweep: Slurm gives the epilog no SLURM_ARRAY_TASK_ID, so find the element
             # whose job recorded this SLURM_JOB_ID, else ask scontrol for ArrayTaskId.
             sweep_path = run_path
@@ -231,7 +257,7 @@ def _evidence(job: Job, run: Run, site: SiteConfig, files: Path, deadline: float
         job_status=current.get("status") if current else run.record.get("status"),
         job_signals=tuple(str(x.get("signal")) for x in current.get("signals") or [] if isinstance(x, dict)),
         scontrol=sc,
-        oom_in_log=endstate.oom_in_logs(files, run.attempt),
+        oom_in_log=slurm_parse.oom_in_logs(files, run.attempt),
         record_damaged=run.damaged is not None,
         node_down=node_down,
     )
@@ -246,19 +272,17 @@ def _stage(job: Job, run: Run, site: SiteConfig, entry: Path, dest: str, user: s
     provisional = {**run.record, "end_state": EndState.UNKNOWN, "archive_url": dest,
                    "user": user, "uid": job.uid, "epilog": {"interrupted": "the epilog ended while copying"}}
     spool.write_entry(entry, info.replace(complete=False, staging=True), provisional,
-                      {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "files": {}},
-                      index_record(provisional))
-    stage_deadline = time.monotonic() + max(1.0, (deadline - time.monotonic()) * 0.6)
-    snap = snapshot.copy_tree(run.fd, job.uid, entry / "files", deadline=stage_deadline, exclude=snapshot.EXCLUDE,
-                              direct_root=run.path)
+                      manifest.build(run.run_id, run.attempt, {}), index_record(provisional))
+    snap = snapshot.copy_tree(run.fd, job.uid, entry / spool.FILES, deadline=budget.stage_deadline(deadline),
+                              exclude=snapshot.EXCLUDE, direct_root=run.path)
     if run.damaged:  # kept as it was, next to the record the archiver writes
-        snapshot.copy_file_as(run.fd, "run.json", snapshot.DAMAGED_RECORD, job.uid, entry / "files", snap,
-                              direct_root=run.path)
+        snapshot.copy_file_as(run.fd, runfolder.RUN_JSON, runfolder.DAMAGED_RECORD, job.uid, entry / spool.FILES,
+                              snap, direct_root=run.path)
     if snap.spool_full:
         log.warning("job %s: spool %s is full: every file of run %s goes straight from the run folder",
                     job.job_id, site.spool_dir, run.run_id)
     if run.sweep_path:  # an array element's Slurm log lives in the sweep folder: archive it too
-        snapshot.copy_sweep_log(run.sweep_path, job.uid, run.record.get("slurm") or {}, entry / "files", snap)
+        snapshot.copy_sweep_log(run.sweep_path, job.uid, run.record.get("slurm") or {}, entry / spool.FILES, snap)
     return info, snap
 
 
@@ -266,20 +290,19 @@ def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: EntryInfo, 
             dest: str, deadline: float, node_down: bool) -> tuple[endstate.Verdict, str]:
     """Decide, record the verdict in the spool entry and (as the user) in the run folder."""
     user, gid = job.user()
-    verdict = endstate.decide(_evidence(job, run, site, entry / "files", deadline, node_down))
+    verdict = endstate.decide(_evidence(job, run, site, entry / spool.FILES, deadline, node_down))
     now = utc_now()
     # From the snapshot, not from the job: a job killed by SIGKILL/OOM never wrote them.
-    metrics = read_metrics(entry / "files" / "results.csv")
+    metrics = read_metrics(entry / spool.FILES / runfolder.RESULTS_CSV)
     fields = {"state": str(verdict.state), "exit_code": verdict.exit_code, "rule": verdict.rule, "dest": dest,
               "user": user, "uid": job.uid, "metrics": metrics, "node": job.by, "now": now}
     writeback.apply_verdict(run.record, fields)
     run.record["epilog"] = {"evidence": verdict.to_dict()["evidence"], "skipped": snap.skipped[:200],
                             "snapshot_complete": snap.complete, "by": job.by}
     wb = "skipped: damaged record kept as it was" if run.damaged else writeback.update_as_user(
-        run.path, job.uid, gid, fields, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
-    manifest = {"version": 1, "run_id": run.run_id, "attempt": run.attempt, "created": now,
-                "files": dict(sorted(snap.files.items()))}  # large files are hashed on threads: any order
-    spool.write_entry(entry, info.replace(complete=snap.complete), run.record, manifest, index_record(run.record),
+        run.path, job.uid, gid, fields, timeout=budget.command_timeout(deadline))
+    spool.write_entry(entry, info.replace(complete=snap.complete), run.record,
+                      manifest.build(run.run_id, run.attempt, snap.files, created=now), index_record(run.record),
                       snap.direct)
     return verdict, wb
 
@@ -288,11 +311,11 @@ def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: EntryInfo, 
 NO_CLAIM = claims.Claim(Path("/nonexistent"), {})
 
 
-def _claim(site: SiteConfig, name: str, env: Mapping[str, str], by: str) -> claims.Claim | None:
+def _claim(site: SiteConfig, key: AttemptKey, env: Mapping[str, str], by: str) -> claims.Claim | None:
     try:
-        return claims.try_claim(site.claim_dir, name, env, by=by, stale_after_s=site.time_budget_s + 60.0)
+        return claims.try_claim(site.claim_dir, key, env, by=by, stale_after_s=budget.stale_after_s(site.time_budget_s))
     except OSError as e:
-        log.warning("claims folder %s unusable (%s): archiving %s without a claim", site.claim_dir, e, name)
+        log.warning("claims folder %s unusable (%s): archiving %s without a claim", site.claim_dir, e, key)
         return NO_CLAIM
 
 
@@ -310,32 +333,31 @@ def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by
     run = resolve_run(job, site, deadline)
     try:
         user, _ = job.user()
-        key = spool.run_key(job.uid, job.job_id, run.run_id)
-        name = spool.entry_name(key, run.attempt)
-        held = _claim(site, name, env, by)
+        key = AttemptKey.of(job.uid, job.job_id, run.run_id, run.attempt)
+        held = _claim(site, key, env, by)
         if held is None:
             return ArchiveResult(job.job_id, run.run_id, by, claimed=False,
-                                 detail=f"claimed by another archiver: {claims.claim_path(site.claim_dir, name)}")
+                                 detail=f"claimed by another archiver: {claims.claim_path(site.claim_dir, key)}")
         spool_root = Path(site.spool_dir)
         spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock = spool.RunLock(spool_root, key)
+        lock = spool.RunLock(spool_root, key.run_key)
         try:
             # A drain shipping an older attempt of this run holds the lock: then stage only, and
             # leave shipping (in attempt order) to the drain, so old never lands after new.
-            locked = lock.acquire(timeout=max(0.0, min(10.0, deadline - time.monotonic())))
-            entry = spool_root / name
+            locked = lock.acquire(timeout=budget.lock_wait(deadline))
+            entry = spool.entry_path(spool_root, key)
             shutil.rmtree(entry, ignore_errors=True)  # an interrupted archiver's copy of this very attempt
-            superseded = spool.supersede_older(spool_root, key, run.attempt) if locked else []
+            superseded = spool.supersede_older(spool_root, key) if locked else []
             dest, note = destination(run.record, site, user)
             info, snap = _stage(job, run, site, entry, dest, user, deadline)
             verdict, wb = _finish(job, run, site, entry, info, snap, dest, deadline, node_down)
-            shipped = spool.ship(entry, site, deadline=deadline - 1.0) if locked else \
-                spool.ShipResult(entry.name, False, "another drain holds this run: left to the drain", 0.0)
+            shipped = ship.ship(entry, site, deadline=deadline - 1.0) if locked else \
+                ship.ShipResult(entry.name, False, "another drain holds this run: left to the drain", 0.0)
         finally:
             lock.close()
         # Shipped, or durably in the spool for the drain: either way nobody archives it again.
         if held is not NO_CLAIM:
-            claims.mark_done(held, {"state": verdict.state, "shipped": shipped.ok, "entry": name})
+            claims.mark_done(held, {"state": verdict.state, "shipped": shipped.ok, "entry": str(key)})
     finally:
         os.close(run.fd)
     return ArchiveResult(job.job_id, run.run_id, by, str(verdict.state), verdict.rule, dest, len(snap.files),

@@ -14,6 +14,10 @@ identity (the values slurmd/slurmctld gave, not the user's), so that if its hold
 while archiving (the node crashes during its epilog), the reconciler can take it over once
 it is older than the holder's time budget: the one taker that creates that stale claim's
 takeover marker (``O_EXCL`` again) replaces it.
+
+Only files named by an :class:`~slurm_yolo.runfolder.AttemptKey` are claims. Refused
+markers are remembered apart, in ``<claim_dir>/refused/`` (:mod:`slurm_yolo.epilog.refusals`):
+a refusal is never stale and never taken over.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from slurm_yolo.record import utc_now, write_json_atomic
+from slurm_yolo.runfolder import AttemptKey
 
 # The job's identity, as Slurm gave it to whoever claimed: enough to archive it again.
 JOB_KEYS = ("SLURM_JOB_ID", "SLURM_JOB_UID", "SLURM_JOB_GID", "SLURM_JOB_COMMENT", "SLURM_JOB_EXIT_CODE2",
@@ -45,9 +50,9 @@ class Claim:
     data: Mapping[str, Any]
 
 
-def claim_path(claim_dir: str | os.PathLike[str], key: str) -> Path:
-    """The claim file of one attempt (``key`` is the spool entry name of that attempt)."""
-    return Path(claim_dir) / key
+def claim_path(claim_dir: str | os.PathLike[str], key: AttemptKey | str) -> Path:
+    """The claim file of one attempt (named by its :class:`AttemptKey`, as its spool entry is)."""
+    return Path(claim_dir) / str(key)
 
 
 def read_claim(path: Path) -> dict[str, Any] | None:
@@ -81,13 +86,13 @@ def _generation(data: Mapping[str, Any]) -> str:
     return f"{data.get('epoch_s')}-{data.get('host')}-{data.get('pid')}"
 
 
-def try_claim(claim_dir: str | os.PathLike[str], key: str, env: Mapping[str, str], *, by: str,
+def try_claim(claim_dir: str | os.PathLike[str], key: AttemptKey | str, env: Mapping[str, str], *, by: str,
               stale_after_s: float, now: float | None = None) -> Claim | None:
     """Claim the attempt ``key``; ``None`` if someone else has it (or has archived it).
 
     Args:
         claim_dir: the shared claims folder (created 0700 if missing).
-        key: the attempt's spool entry name (``<uid>.<job>.<run_id>.a<n>``).
+        key: the attempt's key (``<uid>.<job>.<run_id>.a<n>``, its spool entry's name too).
         env: the job's Slurm environment; :data:`JOB_KEYS` are kept in the claim.
         by: who claims (``"epilog_slurmd@n1"``), for people reading the claim.
         stale_after_s: a ``claimed`` (not ``done``) claim older than this belongs to a holder
@@ -141,7 +146,7 @@ def stale_claims(claim_dir: str | os.PathLike[str], *, stale_after_s: float, now
         return []
     out = []
     for path in sorted(root.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if AttemptKey.parse(path.name) is None or not path.is_file():
             continue
         data = read_claim(path)
         if data is not None and data.get("state") != DONE and _age_s(data, now) >= stale_after_s:
@@ -153,6 +158,7 @@ def prune(claim_dir: str | os.PathLike[str], *, older_than_s: float = KEEP_S, no
     """Delete done claims (and takeover markers) older than ``older_than_s``; returns how many.
 
     A claim still ``claimed`` is never deleted: it waits for the reconciler to take it over.
+    Anything else in the folder (the refusals' folder, files no version wrote) is left alone.
     """
     now = time.time() if now is None else now
     root = Path(claim_dir)
@@ -161,9 +167,12 @@ def prune(claim_dir: str | os.PathLike[str], *, older_than_s: float = KEEP_S, no
         return 0
     for path in root.iterdir():
         try:
+            marker = path.name.startswith(".")  # takeover markers, temp files of a killed write
+            if not marker and AttemptKey.parse(path.name) is None:
+                continue
             if now - path.stat(follow_symlinks=False).st_mtime < older_than_s:
                 continue
-            if not path.name.startswith(".") and (read_claim(path) or {}).get("state") != DONE:
+            if not marker and (read_claim(path) or {}).get("state") != DONE:
                 continue
             path.unlink()
             removed += 1

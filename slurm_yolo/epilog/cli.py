@@ -8,14 +8,16 @@ import os
 import sys
 from typing import Any
 
+from slurm_yolo import budget
 from slurm_yolo.archive.index_compact import compact
-from slurm_yolo.archive.index_store import Catalog
-from slurm_yolo.epilog import spool
+from slurm_yolo.archive.index_location import IndexLocation
+from slurm_yolo.epilog import refusals, ship, spool
 from slurm_yolo.epilog.entry import EntryInfo
 from slurm_yolo.epilog.main import setup_logging
 from slurm_yolo.epilog.reconcile import reconcile
 from slurm_yolo.errors import SiteConfigError, SlurmYoloError
 from slurm_yolo.site import SiteConfig, load_site_config, site_config_path
+
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("spool", help="admin: list or drain the epilog's spool of pending uploads",
@@ -43,17 +45,17 @@ def add_commands(sub: Any) -> None:
                                    "claims whose holder died mid-archive. Run it as root every minute on a host "
                                    "that mounts the users' filesystem and reaches slurmctld (docs/admin.md).")
     r.add_argument("--site-config", default=None, help="default: $SLURM_YOLO_SITE_CONFIG or /etc/slurm-yolo/site.yaml")
-    r.add_argument("--dry-run", action="store_true", help="say what would be archived; archive nothing")
+    r.add_argument("--dry-run", action="store_true",
+                   help="say what would be archived, and list the refused markers remembered (never retried, "
+                        f"forgotten after {refusals.KEEP_S / 86400:g} days); archive nothing")
     r.add_argument("--settle", type=float, default=None, metavar="SECONDS",
                    help="how long after a job ended its node epilogs have before the reconciler steps in "
-                        "(default: the site's time_budget_s + 60; NODE_FAIL jobs are due at once)")
+                        f"(default: the site's time_budget_s + {budget.MARGIN_S:g}; NODE_FAIL jobs are due at once)")
     r.add_argument("--json", action="store_true", help="print one JSON list")
     r.set_defaults(func=cmd_reconcile)
 
 
 def _site(args: argparse.Namespace) -> SiteConfig:
-
-
     if os.geteuid() != 0:
         raise SiteConfigError("the spool is root-only: run `slurm-yolo spool ...` as root (the drain timer does)")
     return load_site_config(args.site_config or site_config_path())
@@ -61,7 +63,7 @@ def _site(args: argparse.Namespace) -> SiteConfig:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     site = _site(args)
-    results = spool.drain(site, budget_s=args.budget, log=lambda m: None if args.json else print(m),
+    results = ship.drain(site, budget_s=args.budget, log=lambda m: None if args.json else print(m),
                           everything=args.everything)
     left = [e.name for e in spool.iter_entries(site.spool_dir)]
     index = _compact_index(site) if args.compact else None
@@ -82,7 +84,7 @@ def _compact_index(site: SiteConfig) -> str:
     Never fails the drain: the updates stay pending (and visible) until a later tick or
     `slurm-yolo index compact` manages."""
     try:
-        result = compact(Catalog.at(site.store, site.index_url))
+        result = compact(IndexLocation.at(site.store, site.index_url))
     except SlurmYoloError as e:
         return f"not compacted: {e}"
     return f"{result.updates} pending updates folded into {len(result.quarters)} quarters, {result.left} kept pending"
@@ -103,10 +105,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(entries))
     else:
-        for line in entries:
-            state = "NEEDS A PERSON" if line.get("permanent") else f"tries={line.get('tries') or 0}"
-            print(f"{line['entry']}  {line.get('user')}  {line.get('dest')}  {state}  {line.get('last_error') or ''}")
-        stuck = sum(1 for line in entries if line.get("permanent"))
+        for entry in entries:
+            state = "NEEDS A PERSON" if entry.get("permanent") else f"tries={entry.get('tries') or 0}"
+            print(f"{entry['entry']}  {entry.get('user')}  {entry.get('dest')}  {state}  {entry.get('last_error') or ''}")
+        stuck = sum(1 for entry in entries if entry.get("permanent"))
         print(f"{len(entries)} pending" + (f", {stuck} need a person (fix the cause, then "
                                            "`slurm-yolo spool drain --all`)" if stuck else ""),
               file=sys.stderr)

@@ -8,14 +8,14 @@ show ``SLURM_JOB_EXIT_CODE2=0:0``), so the verdict combines three sources:
 - one ``scontrol show job`` where the site allows it (Reason=TimeLimit/OutOfMemory, JobState).
 
 The rules are an ordered table: the first that matches wins, and the evidence is kept with
-the verdict so a person can check it.
+the verdict so a person can check it. Reading Slurm's own output (``scontrol``, ``squeue``,
+slurmstepd's log lines) is :mod:`slurm_yolo.epilog.slurm_parse`'s; this module only judges.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from slurm_yolo.states import EndState, JobStatus
@@ -126,17 +126,6 @@ def _node_failed(e: Evidence) -> bool:
     return e.node_down or node_failed(e.scontrol)
 
 
-def down_nodes(text: str) -> list[str]:
-    """``scontrol show node`` output → the nodes whose State is DOWN or NOT_RESPONDING."""
-    out = []
-    for block in re.split(r"\n(?=NodeName=)", text.strip()):
-        name = re.match(r"NodeName=(\S+)", block)
-        state = re.search(r"\bState=(\S+)", block)
-        if name and state and re.search(r"DOWN|NOT_RESPONDING|FAIL", state.group(1)):
-            out.append(name.group(1))
-    return out
-
-
 def _slurm_says_completed(e: Evidence) -> bool:
     """No record to ask (damaged): exit 0:0 in the environment and in scontrol, no reason.
     A time-out or a cancel also shows 0:0 in the environment, but not in scontrol."""
@@ -173,69 +162,3 @@ def decide(e: Evidence) -> Verdict:
         if predicate(e):
             return Verdict(state, rule, code, e)
     return Verdict(EndState.UNKNOWN, "no rule matched; see evidence", code, e)
-
-
-OOM_REPORT = re.compile(r"Detected \d+ oom.kill event")
-ATTEMPT_BANNER = "[slurm-yolo] run "
-LOG_TAIL_BYTES = 256 << 10
-
-
-def oom_in_log_text(text: str, attempt: int) -> bool:
-    """Whether slurmstepd reported an oom-kill after the banner of ``attempt`` in a job log.
-
-    The log is appended to across requeues; the job prints ``[slurm-yolo] run X attempt N``
-    when it starts, so only what follows this attempt's banner counts.
-    """
-    banner = text.rfind(f" attempt {attempt} on ")
-    return bool(OOM_REPORT.search(text[banner if banner >= 0 else 0:]))
-
-
-def oom_in_logs(snapshot_dir: str | Path, attempt: int) -> bool:
-    """Scan this job's Slurm logs in the epilog's (already safely copied) snapshot."""
-    # Only this job's logs are in the snapshot: a run's own slurm/ folder (one job ID across
-    # requeues), or the one log the epilog copied from a sweep's folder.
-    for log in sorted(Path(snapshot_dir).glob("slurm/*_log.*")):
-        with open(log, "rb") as f:
-            f.seek(max(0, log.stat().st_size - LOG_TAIL_BYTES))
-            if oom_in_log_text(f.read().decode("utf-8", "replace"), attempt):
-                return True
-    return False
-
-
-def parse_scontrol(text: str, job_id: str | None = None) -> dict[str, str]:
-    """``scontrol show job`` output → ``{"JobState": "COMPLETING", "Reason": "None", ...}``.
-
-    For an array element scontrol may print several records (the array's and the
-    element's); with ``job_id`` the record whose ``JobId`` matches is returned. Values never
-    contain spaces except in line-long keys (Command=, WorkDir=, Comment=, ...) kept whole.
-    """
-    records: list[dict[str, str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("JobId="):
-            records.append({})
-        if not records:
-            continue
-        fields = records[-1]
-        m = re.match(r"(Command|WorkDir|StdErr|StdIn|StdOut|Comment|AdminComment)=(.*)$", line)
-        if m:
-            fields[m.group(1)] = m.group(2).rstrip()
-            continue
-        for token in line.split(" "):
-            key, sep, value = token.partition("=")
-            if sep and key and key not in fields:
-                fields[key] = value
-    array_job, _, task = str(job_id or "").partition("_")
-    for fields in records:
-        if job_id is None or fields.get("JobId") == str(job_id) \
-                or (task and fields.get("ArrayJobId") == array_job and fields.get("ArrayTaskId") == task):
-            return fields
-    return {}
-
-
-def scontrol_argv(scontrol: str, job_id: str) -> list[str]:
-    """``scontrol show job <id>`` — one query per job, by absolute path (the epilog has no PATH)."""
-    if not re.fullmatch(r"\d+(_\d+)?", job_id):
-        raise ValueError(f"job id {job_id!r} is not a Slurm job ID (123 or 123_4)")
-    return [scontrol, "show", "job", job_id]
-

@@ -91,9 +91,9 @@ def _controller_sees_dead_node(env: Mapping[str, str], site: SiteConfig, deadlin
 
 def run(env: Mapping[str, str]) -> int:
     """The epilog proper (after the no-op test). Always returns 0."""
+    from slurm_yolo.budget import epilog_deadline
+    from slurm_yolo.errors import Refused, SlurmYoloError
     from slurm_yolo.site import load_site_config, site_config_path
-    from slurm_yolo.errors import SlurmYoloError
-    from slurm_yolo.errors import Refused
 
     started = time.monotonic()
     job_id = env.get("SLURM_JOB_ID", "?")
@@ -108,7 +108,7 @@ def run(env: Mapping[str, str]) -> int:
     watchdog = threading.Timer(site.time_budget_s, _give_up, args=(job_id,))
     watchdog.daemon = True
     watchdog.start()
-    deadline = started + site.time_budget_s - 2.0
+    deadline = epilog_deadline(started, site.time_budget_s)
     try:
         context = env.get("SLURM_SCRIPT_CONTEXT") or NODE_CONTEXT
         if context == CONTROLLER_CONTEXT and not _controller_sees_dead_node(env, site, deadline):

@@ -8,7 +8,9 @@ filesystem and can talk to slurmctld, it:
    ``MinJobAge`` seconds, 300 by default, so run it more often than that), keeps ours that
    have ended, and archives those that no epilog claimed: at once for ``NODE_FAIL`` (no
    node epilog will come), otherwise once the node epilogs had their time budget;
-2. takes over claims whose holder died mid-archive (a node that crashed during its epilog).
+2. takes over claims whose holder died mid-archive (a node that crashed during its epilog);
+3. remembers the jobs whose marker or folder it refused (:mod:`slurm_yolo.epilog.refusals`),
+   so that a hostile marker is opened once, not every minute.
 
 The claim (:mod:`slurm_yolo.epilog.claim`) makes it safe to run next to the epilogs, the
 controller path and another reconciler: each attempt is archived once.
@@ -20,51 +22,22 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
+from slurm_yolo import budget
 from slurm_yolo.commands import run_command
 from slurm_yolo.epilog import claim as claims
-from slurm_yolo.epilog import spool
+from slurm_yolo.epilog import refusals
 from slurm_yolo.epilog.archiver import Job, archive_job, resolve_run, scontrol_fields
+from slurm_yolo.epilog.slurm_parse import QueuedJob, parse_squeue, squeue_argv
 from slurm_yolo.site import SiteConfig
 from slurm_yolo.errors import CommandError, Refused
 from slurm_yolo.names import MARKER_PREFIX
+from slurm_yolo.runfolder import AttemptKey
 from slurm_yolo.states import SLURM_ENDED
 
 log = logging.getLogger("slurm_yolo.epilog")
-# The comment is last: it is the user's text and may contain the separator.
-SQUEUE_FORMAT = "%i|%T|%U|%e|%k"
-
-
-@dataclass(frozen=True)
-class QueuedJob:
-    """One line of ``squeue``: a job slurmctld still knows."""
-
-    job_id: str
-    state: str
-    uid: int
-    end: str
-    comment: str
-
-
-def squeue_argv(squeue: str) -> list[str]:
-    """Every job slurmctld knows, finished ones included, in :data:`SQUEUE_FORMAT`."""
-    return [squeue, "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT]
-
-
-def parse_squeue(text: str) -> list[QueuedJob]:
-    """``squeue -o SQUEUE_FORMAT`` output → jobs (lines that do not parse are skipped)."""
-    jobs = []
-    for line in text.splitlines():
-        parts = line.split("|", 4)
-        if len(parts) != 5 or not parts[2].strip().isdigit():
-            continue
-        job_id, state, uid, end, comment = parts
-        jobs.append(QueuedJob(job_id.strip(), state.strip().split()[0] if state.strip() else "", int(uid),
-                              end.strip(), comment))
-    return jobs
 
 
 def _ended_long_enough(job: QueuedJob, wait_s: float, now: datetime) -> bool:
@@ -103,76 +76,87 @@ def list_jobs(site: SiteConfig) -> list[QueuedJob]:
 
 
 def reconcile(site: SiteConfig, *, dry_run: bool = False, settle_s: float | None = None,
-              now: datetime | None = None, say: Callable[[str], None] = lambda m: None) -> list[dict[str, Any]]:
+              now: datetime | None = None, say: Callable[[str], None] = lambda m: None,
+              jobs: Callable[[SiteConfig], list[QueuedJob]] = list_jobs) -> list[dict[str, Any]]:
     """One round: archive ended jobs nobody claimed, and take over dead holders' claims.
+
+    A job whose marker or folder was refused once is remembered (:mod:`.refusals`) and never
+    opened again by a later round; refusals older than a week are pruned.
 
     Args:
         site: the site config.
-        dry_run: only say what would be archived.
+        dry_run: only say what would be archived, and list the remembered refusals.
         settle_s: how long after a job ended its node epilogs have before the reconciler steps
-            in (default: the site's time budget + 60 s). NODE_FAIL jobs are due at once.
-        now: the current time (tests).
+            in (default: :func:`slurm_yolo.budget.stale_after_s` of the site's time budget).
+            NODE_FAIL jobs are due at once.
+        now: the current time (tests): the jobs' end times, the claims' and refusals' ages.
         say: receives one line per run acted on.
+        jobs: lists the jobs slurmctld knows (:func:`list_jobs`; tests pass their own).
 
     Returns:
-        One dict per run archived (or that would be, or that failed): nothing for runs that
-        an epilog already archived.
+        One dict per run archived (or that would be, or that failed, or was refused): nothing
+        for runs that an epilog already archived.
     """
     now = now or datetime.now(timezone.utc).astimezone()
+    clock = now.timestamp()
     by = f"reconciler@{socket.gethostname()}"
-    stale_after = site.time_budget_s + 60.0
+    stale_after = budget.stale_after_s(site.time_budget_s)
     envs: list[dict[str, str]] = []
-    for job in due(list_jobs(site), stale_after if settle_s is None else settle_s, now):
-        env = job_env(job, scontrol_fields(site, job.job_id, time.monotonic() + 10, {}))
-        if not claims.claim_path(site.claim_dir, refused_key(env)).exists():
+    for job in due(jobs(site), stale_after if settle_s is None else settle_s, now):
+        env = job_env(job, scontrol_fields(site, job.job_id, budget.lookup_deadline(), {}))
+        if not refusals.is_refused(site.claim_dir, env):
             envs.append(env)
-    for path in claims.stale_claims(site.claim_dir, stale_after_s=stale_after):
+    for path in claims.stale_claims(site.claim_dir, stale_after_s=stale_after, now=clock):
         held = claims.read_claim(path) or {}
         env = dict(held.get("job") or {})
-        if env.get("SLURM_JOB_COMMENT", "").startswith(MARKER_PREFIX) and "SLURM_JOB_UID" in env:
+        if env.get("SLURM_JOB_COMMENT", "").startswith(MARKER_PREFIX) and "SLURM_JOB_UID" in env \
+                and not refusals.is_refused(site.claim_dir, env):
             envs.append({**env, "SLURM_SCRIPT_CONTEXT": "reconciler"})
-    results = [_one(env, site, by, dry_run, stale_after, say) for env in envs]
-    if not dry_run:
-        claims.prune(site.claim_dir)
+    results = [_one(env, site, by, dry_run, stale_after, clock, say) for env in envs]
+    if dry_run:
+        results += [_remembered(r, say) for r in refusals.listing(site.claim_dir)]
+    else:
+        claims.prune(site.claim_dir, now=clock)
+        refusals.prune(site.claim_dir, now=clock)
     return [r for r in results if r]
 
 
-def refused_key(env: Mapping[str, str]) -> str:
-    """The claim that remembers a job whose folder was refused (so it is not retried each round).
-    Keyed by the raw job ID, which an array element's squeue ID (``123_4``) is not."""
-    return f"{env.get('SLURM_JOB_UID')}.{env.get('SLURM_JOB_ID')}.refused"
+def _remembered(refusal: refusals.Refusal, say: Callable[[str], None]) -> dict[str, Any]:
+    say(f"job {refusal.job_id}: refused since {refusal.time}, not retried "
+        f"(pruned {refusals.KEEP_S / 86400:g} days after): {refusal.reason}")
+    return {"job": refusal.job_id, "uid": refusal.uid, "refused": refusal.reason, "since": refusal.time,
+            "remembered": True}
 
 
-def _pending(env: dict[str, str], site: SiteConfig, stale_after: float) -> str | None:
-    """The attempt's claim name if nobody archived (or is archiving) it; ``None`` otherwise."""
+def _pending(env: dict[str, str], site: SiteConfig, stale_after: float, clock: float) -> AttemptKey | None:
+    """The attempt's key if nobody archived (or is archiving) it; ``None`` otherwise."""
     job = Job(env, "reconciler")
-    run = resolve_run(job, site, time.monotonic() + 10)
+    run = resolve_run(job, site, budget.lookup_deadline())
     try:
-        name = spool.entry_name(spool.run_key(job.uid, job.job_id, run.run_id), run.attempt)
+        key = AttemptKey.of(job.uid, job.job_id, run.run_id, run.attempt)
     finally:
         os.close(run.fd)
-    held = claims.read_claim(claims.claim_path(site.claim_dir, name))
-    if held is not None and (held.get("state") == claims.DONE or time.time() - held["epoch_s"] < stale_after):
+    held = claims.read_claim(claims.claim_path(site.claim_dir, key))
+    if held is not None and (held.get("state") == claims.DONE or clock - held["epoch_s"] < stale_after):
         return None
-    return name
+    return key
 
 
-def _one(env: dict[str, str], site: SiteConfig, by: str, dry_run: bool, stale_after: float,
+def _one(env: dict[str, str], site: SiteConfig, by: str, dry_run: bool, stale_after: float, clock: float,
          say: Callable[[str], None]) -> dict[str, Any] | None:
     job_id = env.get("SLURM_JOB_ID", "?")
     try:
-        name = _pending(env, site, stale_after)
-        if name is None:
+        key = _pending(env, site, stale_after, clock)
+        if key is None:
             return None  # an epilog (or another reconciler) has it
         if dry_run:
-            say(f"job {job_id}: would archive {name}")
-            return {"job": job_id, "entry": name, "dry_run": True}
+            say(f"job {job_id}: would archive {key}")
+            return {"job": job_id, "entry": str(key), "dry_run": True}
         result = archive_job(env, site, deadline=time.monotonic() + site.time_budget_s, by=by).to_dict()
     except Refused as e:
         say(f"job {job_id}: refused: {e}")
         if not dry_run:
-            claims.try_claim(site.claim_dir, refused_key(env), env, by=by,
-                             stale_after_s=float("inf"))
+            refusals.remember(site.claim_dir, env, str(e), by=by, now=clock)
         return {"job": job_id, "refused": str(e)}
     except (OSError, CommandError) as e:
         say(f"job {job_id}: not archived this round: {e}")

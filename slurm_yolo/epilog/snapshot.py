@@ -26,7 +26,6 @@ belong to a user. Past Slurm CVEs were exactly root following user-controlled pa
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -37,18 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slurm_yolo import runfolder
+from slurm_yolo.archive import manifest
 from slurm_yolo.errors import Refused
 from slurm_yolo.names import NAME_RE
 
 # Never archived from the run folder: the epilog writes run.json/MANIFEST.json itself; the
-# lock file is bookkeeping; last.good.pt is the job's local crash-safety copy of last.pt.
-EXCLUDE = frozenset({"run.json", "MANIFEST.json", ".run.lock", "weights/last.good.pt"})
-# A run.json the archiver could not use is archived as it was, under this name.
-DAMAGED_RECORD = "run.json.damaged"
+# lock file is bookkeeping; last.good.pt is the job's local crash-safety copy of last.pt; the
+# placement says what run.json says (task, project, model, archive URL), read only when
+# run.json is damaged.
+EXCLUDE = frozenset({runfolder.RUN_JSON, manifest.MANIFEST, runfolder.RUN_LOCK, runfolder.PLACEMENT,
+                     f"{runfolder.WEIGHTS}/{runfolder.GOOD_CHECKPOINT}"})
 MAX_DEPTH = 32
 MAX_ENTRIES = 200_000
 MAX_JSON_BYTES = 16 << 20
-CHUNK = 1 << 20
 # Large files hashed at once (see _Hasher).
 HASH_THREADS = 2
 # Files at least this large go to the store straight from the run folder (see the module doc).
@@ -162,10 +163,10 @@ def resolve_array_element(sweep_fd: int, job_id: str, uid: int, task_id: str | N
     first thing). ``task_id`` (from scontrol's ArrayTaskId) is used when no element has
     recorded it, e.g. a job killed before it started Python.
     """
-    data = read_json_at(sweep_fd, "array.json", uid)
+    data = read_json_at(sweep_fd, runfolder.ARRAY_JSON, uid)
     runs = data.get("runs") if isinstance(data, dict) else None
     if not isinstance(runs, dict):
-        raise Refused("array.json has no 'runs' mapping")
+        raise Refused(f"{runfolder.ARRAY_JSON} has no 'runs' mapping")
     for path in runs.values():
         if not isinstance(path, str) or not valid_marker_path(path):
             continue
@@ -174,7 +175,7 @@ def resolve_array_element(sweep_fd: int, job_id: str, uid: int, task_id: str | N
         except Refused:
             continue
         try:
-            record = read_json_at(fd, "run.json", uid)
+            record = read_json_at(fd, runfolder.RUN_JSON, uid)
         except (OSError, ValueError, Refused):
             continue
         finally:
@@ -319,7 +320,7 @@ def copy_sweep_log(sweep_path: str, uid: int, slurm: dict[str, Any], dest: Path,
         return
     sweep_fd = open_dir_nofollow(sweep_path, uid)
     try:
-        logs_fd = os.open("slurm", DIR_FLAGS, dir_fd=sweep_fd)
+        logs_fd = os.open(runfolder.SLURM_LOGS, DIR_FLAGS, dir_fd=sweep_fd)
     except OSError:
         os.close(sweep_fd)
         return
@@ -327,7 +328,7 @@ def copy_sweep_log(sweep_path: str, uid: int, slurm: dict[str, Any], dest: Path,
         with os.scandir(logs_fd) as it:
             names = sorted(e.name for e in it if e.name.startswith(f"{array_job}_{task}_") and "_log." in e.name)
         for name in names:
-            _copy_file(logs_fd, name, f"slurm/{name}", uid, dest, snap)
+            _copy_file(logs_fd, name, f"{runfolder.SLURM_LOGS}/{name}", uid, dest, snap)
     finally:
         os.close(logs_fd)
         os.close(sweep_fd)
@@ -384,26 +385,16 @@ def can_upload_direct(relpath: str) -> bool:
 
 def _copy_hashed(fd: int, target: Path) -> dict[str, Any]:
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    size = 0
     out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(out, "wb") as f:
-        while chunk := os.read(fd, CHUNK):
-            h.update(chunk)
-            f.write(chunk)
-            size += len(chunk)
-    return {"size": size, "sha256": h.hexdigest()}
+    try:
+        return manifest.hash_fd(fd, copy_to=out)
+    finally:
+        os.close(out)
 
 
 def hash_fd(fd: int) -> dict[str, Any]:
-    """Size and sha256 of an open file, read from its start."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    h = hashlib.sha256()
-    size = 0
-    while chunk := os.read(fd, CHUNK):
-        h.update(chunk)
-        size += len(chunk)
-    return {"size": size, "sha256": h.hexdigest()}
+    """Size and sha256 of an open file, read from its start (:func:`slurm_yolo.archive.manifest.hash_fd`)."""
+    return manifest.hash_fd(fd)
 
 
 def _hash_in_place(fd: int, st: os.stat_result, relpath: str, root: str, src_rel: str, snap: Snapshot) -> None:

@@ -38,7 +38,7 @@ import yaml
 
 from slurm_yolo.archive import layout
 from slurm_yolo.store import split_url
-from slurm_yolo.catalog.index import Catalog, get_object, list_keys, load_records, store_error
+from slurm_yolo.catalog.index import IndexLocation, get_object, list_keys, load_records, store_error
 from slurm_yolo.catalog.runs import ARGS_YAML, PER_RUN_ARGS, RESULTS_CSV
 from slurm_yolo.errors import ConfigError, StoreError
 from slurm_yolo.record import RUN_JSON
@@ -166,7 +166,7 @@ class _Writer:
             del self.state.files[known]
 
 
-def build_site(cat: Catalog, out: str | Path, *, allowed_prefix: str | None = None, force: bool = False,
+def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | None = None, force: bool = False,
                client=None, workers: int = WORKERS) -> BuildResult:
     """Build (or update) the static portal in ``out`` from the index and the archives.
 
@@ -271,7 +271,7 @@ def _load_json(data: bytes | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _run_files(cat: Catalog, client, env, line: Mapping[str, Any]) -> dict[str, bytes]:
+def _run_files(cat: IndexLocation, client, env, line: Mapping[str, Any]) -> dict[str, bytes]:
     """Every site file of one run: its page, its data.js, and the copied images/text files."""
     run_id, url = line["run_id"], line["archive_url"]
     fetched = {name: _get(client, url + name) for name in (layout.MANIFEST, RUN_JSON)}
@@ -328,12 +328,12 @@ def yaml_mapping(data: bytes | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def default_publish_url(cat: Catalog) -> str:
+def default_publish_url(cat: IndexLocation) -> str:
     """``s3://<index bucket>/portal/``: next to the index, outside every run prefix."""
     return f"s3://{cat.bucket}/portal/"
 
 
-def publish(cat: Catalog, out: str | Path, url: str, *, client=None) -> tuple[int, int]:
+def publish(cat: IndexLocation, out: str | Path, url: str, *, client=None) -> tuple[int, int]:
     """Upload the files of ``out`` that changed since the last publish to ``url``; delete
     the ones the site no longer has. Return ``(uploaded, deleted)``.
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from slurm_yolo.store import split_url
-from slurm_yolo.catalog.index import Catalog, get_object, load_records
+from slurm_yolo.catalog.index import IndexLocation, get_object, load_records
 from slurm_yolo.timeparse import parse_time
 from slurm_yolo.catalog.runs import ARGS_YAML, PER_RUN_ARGS, RESULTS_CSV
 from slurm_yolo.errors import ConfigError, SlurmYoloError
@@ -110,7 +110,7 @@ def _millis(text: Any) -> int | None:
     return int(when.timestamp() * 1000) if when else None
 
 
-def sync(cat: Catalog, *, tracking_uri: str | None = None, experiment_prefix: str = "",
+def sync(cat: IndexLocation, *, tracking_uri: str | None = None, experiment_prefix: str = "",
          allowed_prefix: str | None = None, client=None, s3=None) -> SyncResult:
     """Register or update every archived run in the MLflow tracking server.
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from slurm_yolo.archive.layout import user_prefix
-from slurm_yolo.epilog import archiver, snapshot, spool
+from slurm_yolo import runfolder
+from slurm_yolo.epilog import archiver, ship, snapshot, spool
 from slurm_yolo.site import SiteConfig
 from slurm_yolo.names import MARKER_PREFIX
 
@@ -97,7 +98,7 @@ def test_damaged_record_still_archives_the_folder(store, bucket, tmp_path, conte
     assert {"weights/last.pt", "results.csv", "train.log"} <= set(manifest["files"])
     assert files["weights/last.pt"] == (run / "weights" / "last.pt").read_bytes()
     if content is not None:
-        assert files[snapshot.DAMAGED_RECORD] == content  # kept as it was...
+        assert files[runfolder.DAMAGED_RECORD] == content  # kept as it was...
         assert (run / "run.json").read_bytes() == content  # ...and never rewritten in the folder
     assert record["metrics"]["map50"] == 0.5  # from the snapshot's results.csv
 
@@ -120,7 +121,7 @@ def test_record_that_is_not_a_regular_file_never_blocks_nor_leaks(store, bucket,
     result = archive(env_for(run), site_for(store, bucket, tmp_path))
     assert result.shipped and result.damaged
     _, manifest, files = read_back(store, result.dest)
-    assert snapshot.DAMAGED_RECORD not in manifest["files"]
+    assert runfolder.DAMAGED_RECORD not in manifest["files"]
     assert all(b"root's secret" not in body for body in files.values())
 
 
@@ -178,7 +179,7 @@ def test_large_files_stay_in_the_run_folder_until_they_land(store, bucket, tmp_p
     assert not (entry / "files" / "weights" / "best.pt").exists()  # the spool holds small files only
     assert (entry / "files" / "results.csv").exists()
     assert json.loads((entry / spool.DIRECT_JSON).read_text())["weights/best.pt"]["size"] == len(big)
-    [shipped] = spool.drain(site)
+    [shipped] = ship.drain(site)
     assert shipped.ok, shipped.detail
     _, manifest, files = read_back(store, f"{user_prefix(site.allowed_prefix, pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
     assert files["weights/best.pt"] == big and manifest["files"]["weights/best.pt"]["size"] == len(big)
@@ -190,7 +191,7 @@ def test_a_large_file_changed_before_upload_is_hashed_again(store, bucket, tmp_p
     site, _ = stage_with_store_down(store, bucket, tmp_path, run)
     newer = os.urandom(snapshot.DIRECT_MIN_BYTES + 7)
     (run / "weights" / "best.pt").write_bytes(newer)  # e.g. the next attempt rewrote it meanwhile
-    assert [r.ok for r in spool.drain(site)] == [True]
+    assert [r.ok for r in ship.drain(site)] == [True]
     _, manifest, files = read_back(store, f"{user_prefix(site.allowed_prefix, pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
     assert files["weights/best.pt"] == newer  # read_back checked its sha256 against the manifest
 
@@ -203,7 +204,7 @@ def test_a_large_file_swapped_for_a_link_is_not_followed(store, bucket, tmp_path
     secret.write_bytes(b"root's secret" * 400_000)
     (run / "weights" / "best.pt").unlink()
     (run / "weights" / "best.pt").symlink_to(secret)
-    assert [r.ok for r in spool.drain(site)] == [True]  # the rest of the run still arrives
+    assert [r.ok for r in ship.drain(site)] == [True]  # the rest of the run still arrives
     record, manifest, files = read_back(store, f"{user_prefix(site.allowed_prefix, pwd.getpwuid(os.getuid()).pw_name)}detect/p/m/{RUN_ID}/")
     assert "weights/best.pt" not in manifest["files"] and "weights/last.pt" in files
     assert any(s.startswith("weights/best.pt: not uploaded") for s in record["epilog"]["skipped"])

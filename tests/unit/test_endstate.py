@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_yolo.epilog.endstate import Evidence, decide, parse_scontrol
+from slurm_yolo.epilog.endstate import Evidence, decide
+from slurm_yolo.epilog.slurm_parse import parse_scontrol
 
 # Real captures (tests/data/slurm/README.md): an OOM-killed job seen during its epilog, with
 # spaces in its comment and work dir; an array of two, by its array ID (both elements).
@@ -70,7 +71,7 @@ def test_step_oom_seen_only_in_the_log_is_out_of_memory():
 
 
 def test_oom_report_counts_only_for_this_attempt():
-    from slurm_yolo.epilog.endstate import oom_in_log_text
+    from slurm_yolo.epilog.slurm_parse import oom_in_log_text
 
     log = ("[slurm-yolo] run r attempt 1 on vm\nslurmstepd-vm: error: Detected 1 oom-kill event(s) in StepId=5.0.\n"
            "[slurm-yolo] run r attempt 2 on vm\nepoch 1\n")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_yolo.epilog.endstate import Evidence, decide, oom_in_log_text, parse_scontrol
+from slurm_yolo.epilog.endstate import Evidence, decide
+from slurm_yolo.epilog.slurm_parse import oom_in_log_text, parse_scontrol
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "slurm-24.11"
 

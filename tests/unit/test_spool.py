@@ -11,8 +11,9 @@ import uuid
 from pathlib import Path
 
 from slurm_yolo.store import Store
-from slurm_yolo.epilog import spool
+from slurm_yolo.epilog import ship, spool
 from slurm_yolo.epilog.entry import EntryInfo
+from slurm_yolo.runfolder import AttemptKey
 from slurm_yolo.site import SiteConfig
 
 
@@ -23,7 +24,7 @@ def site_for(store: Store, bucket: str, tmp_path: Path) -> SiteConfig:
 
 def stage(site: SiteConfig, run_id: str, files: dict[str, bytes], attempt: int = 1, *, uid: int = 1000,
           job_id: str = "77", **info) -> Path:
-    entry = Path(site.spool_dir) / spool.entry_name(spool.run_key(uid, job_id, run_id), attempt)
+    entry = spool.entry_path(site.spool_dir, AttemptKey.of(uid, job_id, run_id, attempt))
     for rel, data in files.items():
         (entry / "files" / rel).parent.mkdir(parents=True, exist_ok=True)
         (entry / "files" / rel).write_bytes(data)
@@ -51,7 +52,7 @@ def keys(client, bucket, prefix=""):
 def test_ship_uploads_files_then_commit_marker_then_index(store, bucket, tmp_path):
     site = site_for(store, bucket, tmp_path)
     entry = stage(site, "r1", {"weights/best.pt": b"w" * 5000, "results.csv": b"epoch\n1\n"})
-    result = spool.ship(entry, site, deadline=time.monotonic() + 60)
+    result = ship.ship(entry, site, deadline=time.monotonic() + 60)
     assert result.ok, result.detail
     assert not entry.exists()
     c = store.boto3_client()
@@ -69,17 +70,17 @@ def test_unreachable_store_keeps_entry_with_error(tmp_path):
     site = site_for(Store(endpoint_url="http://127.0.0.1:9", keys=(("AWS_ACCESS_KEY_ID", "k"),
                                                                     ("AWS_SECRET_ACCESS_KEY", "s"))), "b1x", tmp_path)
     entry = stage(site, "r2", {"a.txt": b"a"})
-    result = spool.ship(entry, site, deadline=time.monotonic() + 30)
+    result = ship.ship(entry, site, deadline=time.monotonic() + 30)
     assert not result.ok and "unreachable" in result.detail
     info = EntryInfo.load(entry)
     assert info.tries == 1 and "unreachable" in info.last_error and info.error_class == "unreachable"
     assert not info.permanent and info.due()  # the epilog's failed try: the next drain tries at once
-    [again] = spool.drain(site)
+    [again] = ship.drain(site)
     assert not again.ok
     info = EntryInfo.load(entry)
     assert info.tries == 2 and not info.due() and info.due(time.time() + 61)  # then it backs off
-    assert spool.drain(site) == []
-    assert [r.ok for r in spool.drain(site, everything=True)] == [False]  # `spool drain --all` tries now
+    assert ship.drain(site) == []
+    assert [r.ok for r in ship.drain(site, everything=True)] == [False]  # `spool drain --all` tries now
 
 
 def test_wrong_credentials_need_a_person_and_are_not_retried_forever(seaweedfs_server, tmp_path):
@@ -91,12 +92,12 @@ def test_wrong_credentials_need_a_person_and_are_not_retried_forever(seaweedfs_s
     good.boto3_client().create_bucket(Bucket=name)
     site = site_for(bad, name, tmp_path)
     entry = stage(site, "r9", {"a.txt": b"a"})
-    assert not spool.ship(entry, site, deadline=time.monotonic() + 30).ok
+    assert not ship.ship(entry, site, deadline=time.monotonic() + 30).ok
     info = EntryInfo.load(entry)
     assert info.permanent and info.error_class == "credentials" and not info.due(time.time() + 86400)
-    assert spool.drain(site) == []  # skipped: it needs a person
+    assert ship.drain(site) == []  # skipped: it needs a person
     fixed = site_for(good, name, tmp_path)  # the admin fixed credentials_file
-    assert [r.ok for r in spool.drain(fixed, everything=True)] == [True]
+    assert [r.ok for r in ship.drain(fixed, everything=True)] == [True]
 
 
 def test_two_drains_at_once_ship_each_run_once(store, bucket, tmp_path):
@@ -104,7 +105,7 @@ def test_two_drains_at_once_ship_each_run_once(store, bucket, tmp_path):
     for i in range(6):
         stage(site, f"run{i}", {f"f{j}.bin": bytes([i]) * 20000 for j in range(5)})
     results: list = []
-    threads = [threading.Thread(target=lambda: results.extend(spool.drain(site, lock_timeout=0.0))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.extend(ship.drain(site, lock_timeout=0.0))) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -114,14 +115,14 @@ def test_two_drains_at_once_ship_each_run_once(store, bucket, tmp_path):
     assert not [r for r in results if not r.ok]
     assert list(spool.iter_entries(site.spool_dir)) == []
     assert len(keys(store.boto3_client(), bucket, "runs/")) == 6 * (5 + 3)
-    assert spool.drain(site) == []  # idempotent: nothing left to do
+    assert ship.drain(site) == []  # idempotent: nothing left to do
 
 
 def test_newer_attempt_supersedes_older_entry(store, bucket, tmp_path):
     site = site_for(store, bucket, tmp_path)
     stage(site, "r3", {"a": b"1"}, attempt=1)
     stage(site, "r3", {"a": b"2"}, attempt=2)
-    assert spool.supersede_older(site.spool_dir, spool.run_key(1000, "77", "r3"), 2) == ["1000.77.r3.a1"]
+    assert spool.supersede_older(site.spool_dir, AttemptKey.of(1000, "77", "r3", 2)) == ["1000.77.r3.a1"]
     assert [p.name for p in spool.iter_entries(site.spool_dir)] == ["1000.77.r3.a2"]
     # attempt 1's record was never shipped: it travels with attempt 2's entry
     kept = Path(site.spool_dir) / "1000.77.r3.a2" / "meta" / "attempts"
@@ -134,7 +135,7 @@ def test_same_run_id_of_two_users_never_shares_an_entry(store, bucket, tmp_path)
     alice = stage(site, "ci-7", {"private.txt": b"alice"}, uid=1001, job_id="10")
     bob = stage(site, "ci-7", {"mine.txt": b"bob"}, uid=1002, job_id="11", attempt=5)
     assert alice != bob
-    assert spool.supersede_older(site.spool_dir, spool.run_key(1002, "11", "ci-7"), 5) == []
+    assert spool.supersede_older(site.spool_dir, AttemptKey.of(1002, "11", "ci-7", 5)) == []
     assert sorted(p.name for p in (alice / "files").iterdir()) == ["private.txt"]
     assert sorted(p.name for p in (bob / "files").iterdir()) == ["mine.txt"]
 
@@ -148,7 +149,7 @@ def test_epilog_ships_a_stale_same_size_object_over(store, bucket, tmp_path):
     os.utime(entry / "files" / "weights" / "last.pt", (hour_ago, hour_ago))
     c = store.boto3_client()
     c.put_object(Bucket=bucket, Key="runs/u/detect/p/m/r4/weights/last.pt", Body=b"torn" * 1000)
-    assert spool.ship(entry, site, deadline=time.monotonic() + 60).ok
+    assert ship.ship(entry, site, deadline=time.monotonic() + 60).ok
     assert get(c, bucket, "runs/u/detect/p/m/r4/weights/last.pt") == b"good" * 1000
 
 
@@ -162,12 +163,12 @@ def test_cut_short_snapshot_ships_now_and_the_drain_copies_the_rest(store, bucke
     # before its budget ran out.
     entry = stage(site, "r5", {"results.csv": b"epoch\n1\n2\n", "slurm/9_0_log.out": b"log"},
                   uid=os.getuid(), source=str(source), complete=False)
-    first = spool.ship(entry, site, deadline=time.monotonic() + 60)
+    first = ship.ship(entry, site, deadline=time.monotonic() + 60)
     assert first.ok and "drain ships the rest" in first.detail
     assert [p.name for p in spool.iter_entries(site.spool_dir)] == [entry.name]
 
     lines: list[str] = []
-    assert [r.ok for r in spool.drain(site, log=lines.append)] == [True]
+    assert [r.ok for r in ship.drain(site, log=lines.append)] == [True]
     assert any("copied again (3 files)" in m for m in lines), lines
     assert list(spool.iter_entries(site.spool_dir)) == []
     c = store.boto3_client()
@@ -183,7 +184,7 @@ def test_cut_short_snapshot_whose_folder_is_gone_still_leaves_the_spool(store, b
     site = site_for(store, bucket, tmp_path)
     stage(site, "r6", {"results.csv": b"x"}, uid=os.getuid(), source=str(tmp_path / "deleted"), complete=False)
     lines: list[str] = []
-    assert [r.ok for r in spool.drain(site, log=lines.append)] == [True]
+    assert [r.ok for r in ship.drain(site, log=lines.append)] == [True]
     assert any("not copied again" in m for m in lines), lines
     assert list(spool.iter_entries(site.spool_dir)) == []
 
@@ -191,10 +192,10 @@ def test_cut_short_snapshot_whose_folder_is_gone_still_leaves_the_spool(store, b
 def test_a_run_id_indexed_by_another_user_is_archived_but_not_taken_over(store, bucket, tmp_path):
     site = site_for(store, bucket, tmp_path)
     alice = stage(site, "ci-8", {"a.txt": b"alice"}, uid=1001, job_id="20", user="alice")
-    assert spool.ship(alice, site, deadline=time.monotonic() + 60).ok
+    assert ship.ship(alice, site, deadline=time.monotonic() + 60).ok
     bob = stage(site, "ci-8", {"b.txt": b"bob"}, uid=1002, job_id="21", user="bob")
     (bob / "index.json").write_text(json.dumps({"run_id": "ci-8", "user": "bob", "archive_url": "s3://elsewhere/"}))
-    result = spool.ship(bob, site, deadline=time.monotonic() + 60)
+    result = ship.ship(bob, site, deadline=time.monotonic() + 60)
     assert result.ok and "NOT indexed: run ID ci-8 belongs to alice" in result.detail
     c = store.boto3_client()
     assert json.loads(get(c, bucket, "index/runs/ci-8.json"))["user"] == "alice"
@@ -211,13 +212,13 @@ def test_an_epilog_killed_while_copying_leaves_an_entry_the_drain_finishes(store
     entry = stage(site, "r9", {}, uid=os.getuid(), source=str(source), complete=False, staging=True,
                   created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     lines: list[str] = []
-    assert spool.drain(site, log=lines.append) == []  # it may still be copying: hands off
+    assert ship.drain(site, log=lines.append) == []  # it may still be copying: hands off
     assert any("may still be copying" in m for m in lines) and entry.is_dir()
 
     info = json.loads((entry / spool.ENTRY_JSON).read_text())
     info["created"] = "2026-01-01T00:00:00Z"  # long past any epilog's time budget: it was killed
     (entry / spool.ENTRY_JSON).write_text(json.dumps(info))
-    assert [r.ok for r in spool.drain(site, log=lines.append)] == [True]
+    assert [r.ok for r in ship.drain(site, log=lines.append)] == [True]
     assert list(spool.iter_entries(site.spool_dir)) == []
     c = store.boto3_client()
     run = "runs/u/detect/p/m/r9/"
@@ -231,10 +232,10 @@ def test_a_corrupt_entry_is_reported_and_never_blocks_the_others(store, bucket, 
     bad = stage(site, "b-corrupt", {"y.bin": b"y"})
     (bad / spool.ENTRY_JSON).write_text('{"run_id": "b-corr')  # torn by a disk full, say
     last = stage(site, "c-last", {"z.bin": b"z" * 100})       # sorts after it
-    results = {r.entry: r for r in spool.drain(site)}
+    results = {r.entry: r for r in ship.drain(site)}
     assert not results[bad.name].ok and "unreadable entry" in results[bad.name].detail
     assert not first.exists() and not last.exists() and bad.exists()  # both good ones shipped
     later = stage(site, "d-later", {"w.bin": b"w"})  # the next timer run: still blocks nothing
-    assert {r.entry: r.ok for r in spool.drain(site)} == {bad.name: False, later.name: True}
+    assert {r.entry: r.ok for r in ship.drain(site)} == {bad.name: False, later.name: True}
     c = store.boto3_client()
     assert get(c, bucket, "runs/u/detect/p/m/c-last/z.bin") == b"z" * 100

@@ -1,0 +1,131 @@
+"""What Slurm says, as data: the commands the archivers ask Slurm, and parsers of their text.
+
+Builders return argv (run by :mod:`slurm_yolo.commands`, absolute paths: the epilog has no
+PATH); parsers take the text and are table-tested with captured output
+(tests/data/slurm*, tests/unit/test_captured_outputs.py). The verdict they feed is
+:mod:`slurm_yolo.epilog.endstate`'s.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from slurm_yolo import runfolder
+
+# The comment is last: it is the user's text and may contain the separator.
+SQUEUE_FORMAT = "%i|%T|%U|%e|%k"
+# What a Slurm node list may look like before it is handed to scontrol (``n[1-2],gpu3``).
+NODELIST_RE = re.compile(r"[A-Za-z0-9_.,\[\]-]{1,4096}")
+
+
+def parse_scontrol(text: str, job_id: str | None = None) -> dict[str, str]:
+    """``scontrol show job`` output → ``{"JobState": "COMPLETING", "Reason": "None", ...}``.
+
+    For an array element scontrol may print several records (the array's and the
+    element's); with ``job_id`` the record whose ``JobId`` matches is returned. Values never
+    contain spaces except in line-long keys (Command=, WorkDir=, Comment=, ...) kept whole.
+    """
+    records: list[dict[str, str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("JobId="):
+            records.append({})
+        if not records:
+            continue
+        fields = records[-1]
+        m = re.match(r"(Command|WorkDir|StdErr|StdIn|StdOut|Comment|AdminComment)=(.*)$", line)
+        if m:
+            fields[m.group(1)] = m.group(2).rstrip()
+            continue
+        for token in line.split(" "):
+            key, sep, value = token.partition("=")
+            if sep and key and key not in fields:
+                fields[key] = value
+    array_job, _, task = str(job_id or "").partition("_")
+    for fields in records:
+        if job_id is None or fields.get("JobId") == str(job_id) \
+                or (task and fields.get("ArrayJobId") == array_job and fields.get("ArrayTaskId") == task):
+            return fields
+    return {}
+
+
+def scontrol_argv(scontrol: str, job_id: str) -> list[str]:
+    """``scontrol show job <id>`` — one query per job, by absolute path (the epilog has no PATH)."""
+    if not re.fullmatch(r"\d+(_\d+)?", job_id):
+        raise ValueError(f"job id {job_id!r} is not a Slurm job ID (123 or 123_4)")
+    return [scontrol, "show", "job", job_id]
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """One line of ``squeue``: a job slurmctld still knows."""
+
+    job_id: str
+    state: str
+    uid: int
+    end: str
+    comment: str
+
+
+def squeue_argv(squeue: str) -> list[str]:
+    """Every job slurmctld knows, finished ones included, in :data:`SQUEUE_FORMAT`."""
+    return [squeue, "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT]
+
+
+def parse_squeue(text: str) -> list[QueuedJob]:
+    """``squeue -o SQUEUE_FORMAT`` output → jobs (lines that do not parse are skipped)."""
+    jobs = []
+    for line in text.splitlines():
+        parts = line.split("|", 4)
+        if len(parts) != 5 or not parts[2].strip().isdigit():
+            continue
+        job_id, state, uid, end, comment = parts
+        jobs.append(QueuedJob(job_id.strip(), state.strip().split()[0] if state.strip() else "", int(uid),
+                              end.strip(), comment))
+    return jobs
+
+
+def scontrol_node_argv(scontrol: str, nodelist: str) -> list[str] | None:
+    """``scontrol show node <list>``; ``None`` for a node list that does not look like Slurm's."""
+    if not nodelist or not NODELIST_RE.fullmatch(nodelist):
+        return None
+    return [scontrol, "show", "node", nodelist]
+
+
+def down_nodes(text: str) -> list[str]:
+    """``scontrol show node`` output → the nodes whose State is DOWN or NOT_RESPONDING."""
+    out = []
+    for block in re.split(r"\n(?=NodeName=)", text.strip()):
+        name = re.match(r"NodeName=(\S+)", block)
+        state = re.search(r"\bState=(\S+)", block)
+        if name and state and re.search(r"DOWN|NOT_RESPONDING|FAIL", state.group(1)):
+            out.append(name.group(1))
+    return out
+
+
+OOM_REPORT = re.compile(r"Detected \d+ oom.kill event")
+LOG_TAIL_BYTES = 256 << 10
+
+
+def oom_in_log_text(text: str, attempt: int) -> bool:
+    """Whether slurmstepd reported an oom-kill after the banner of ``attempt`` in a job log.
+
+    The log is appended to across requeues; the job prints its attempt banner
+    (:func:`slurm_yolo.runfolder.attempt_banner`) when it starts, so only what follows this
+    attempt's last banner counts.
+    """
+    return bool(OOM_REPORT.search(text[runfolder.attempt_start(text, attempt):]))
+
+
+def oom_in_logs(snapshot_dir: str | Path, attempt: int) -> bool:
+    """Scan this job's Slurm logs in the epilog's (already safely copied) snapshot."""
+    # Only this job's logs are in the snapshot: a run's own slurm/ folder (one job ID across
+    # requeues), or the one log the epilog copied from a sweep's folder.
+    for log in sorted(Path(snapshot_dir).glob(f"{runfolder.SLURM_LOGS}/*_log.*")):
+        with open(log, "rb") as f:
+            f.seek(max(0, log.stat().st_size - LOG_TAIL_BYTES))
+            if oom_in_log_text(f.read().decode("utf-8", "replace"), attempt):
+                return True
+    return False
