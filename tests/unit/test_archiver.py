@@ -103,6 +103,63 @@ def test_damaged_record_still_archives_the_folder(store, bucket, tmp_path, conte
     assert record["metrics"]["map50"] == 0.5  # from the snapshot's results.csv
 
 
+def placement(prefix: str, **over: str) -> dict[str, str]:
+    names = {"run_id": RUN_ID, "task": "detect", "project": "pcb", "model_name": "yolov8n", **over}
+    return {**names, "archive_url": f"{prefix}{names['task']}/{names['project']}/{names['model_name']}/{RUN_ID}/"}
+
+
+def test_damaged_record_lands_at_the_url_submit_printed(store, bucket, tmp_path):
+    """run.json overwritten with garbage mid-training: the placement the launcher wrote beside it
+    at submit time still puts the run where `submit` said, with the layout's names."""
+    from slurm_yolo.record import write_placement
+
+    site = site_for(store, bucket, tmp_path)
+    prefix = user_prefix(site.allowed_prefix, pwd.getpwuid(os.getuid()).pw_name)
+    run = make_run(tmp_path, b"\x00garbage written over the record")
+    printed = placement(prefix)
+    write_placement(run, {**printed, "config": {"ignored": True}})
+    assert json.loads((run / runfolder.PLACEMENT).read_text()) == printed
+    result = archive(env_for(run), site)
+    assert result.shipped and result.damaged.startswith("run.json is unreadable"), result
+    assert result.dest == printed["archive_url"] and not result.note
+    record, manifest, files = read_back(store, result.dest)
+    assert (record["task"], record["project"], record["model_name"]) == ("detect", "pcb", "yolov8n")
+    assert record["archive_url"] == printed["archive_url"] and record["record_damaged"]
+    assert {"weights/last.pt", "results.csv", runfolder.DAMAGED_RECORD} <= set(manifest["files"])
+    assert runfolder.PLACEMENT not in manifest["files"]  # what it says is in run.json
+
+
+@pytest.mark.parametrize("hostile, lands", [
+    # A URL outside the user's prefix is not followed: the checked names place it under the prefix.
+    ({"archive_url": "s3://{bucket}/runs/someone-else/detect/pcb/yolov8n/" + RUN_ID + "/"}, "detect/pcb/yolov8n"),
+    # Names that would leave the layout, or another run's placement: not used at all.
+    ({"project": "../../etc"}, "unknown/unknown/unknown"),
+    ({"run_id": "20261123_070000_zzzzzzzz"}, "unknown/unknown/unknown"),
+    ({"task": "a/b"}, "unknown/unknown/unknown"),
+])
+def test_a_hostile_placement_is_not_followed(store, bucket, tmp_path, hostile, lands):
+    site = site_for(store, bucket, tmp_path)
+    prefix = user_prefix(site.allowed_prefix, pwd.getpwuid(os.getuid()).pw_name)
+    run = make_run(tmp_path, b"not json")
+    bad = {**placement(prefix), **{k: v.replace("{bucket}", bucket) for k, v in hostile.items()}}
+    (run / runfolder.PLACEMENT).write_text(json.dumps(bad))
+    result = archive(env_for(run), site)
+    assert result.shipped, result
+    assert result.dest == f"{prefix}{lands}/{RUN_ID}/"
+    read_back(store, result.dest)
+
+
+def test_a_placement_that_is_a_link_is_not_read(store, bucket, tmp_path):
+    site = site_for(store, bucket, tmp_path)
+    prefix = user_prefix(site.allowed_prefix, pwd.getpwuid(os.getuid()).pw_name)
+    run = make_run(tmp_path, None)
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(placement(prefix)))
+    (run / runfolder.PLACEMENT).symlink_to(elsewhere)
+    result = archive(env_for(run), site)
+    assert result.shipped and result.dest == f"{prefix}unknown/unknown/unknown/{RUN_ID}/"
+
+
 def test_damaged_record_end_state_from_slurm_exit_code(store, bucket, tmp_path):
     run = make_run(tmp_path, b"not json")
     result = archive(env_for(run, exit_code2="3:0"), site_for(store, bucket, tmp_path))

@@ -100,3 +100,91 @@ def test_prune_deletes_old_done_claims_only(tmp_path):
     assert not old_done.path.exists()
     assert old_dead.path.exists()  # still waiting for the reconciler to take it over
     assert new_done.path.exists()
+
+
+# Refused markers (epilog/refusals.py): remembered apart from the claims, never retried.
+
+def _reconcile_site(tmp_path: Path):
+    from slurm_yolo.site import SiteConfig
+    from slurm_yolo.store import Store
+
+    return SiteConfig(path="(test)", store=Store(), allowed_prefix="s3://b/runs/{user}/", index_url="s3://b/index/",
+                      spool_dir=str(tmp_path / "spool"), claim_dir=str(tmp_path / "claims"), scontrol=False,
+                      time_budget_s=120)
+
+
+def test_a_refused_marker_is_opened_once_however_many_rounds(tmp_path):
+    """A hostile marker (a symlink on the way to the run folder) is refused by the first round
+    that opens it; no later round opens it again, not even past the claims' stale window, and
+    a week later its record is pruned."""
+    from datetime import datetime, timedelta
+
+    from slurm_yolo import budget
+    from slurm_yolo.epilog import refusals
+    from slurm_yolo.epilog.reconcile import reconcile
+    from slurm_yolo.epilog.slurm_parse import QueuedJob
+
+    (tmp_path / "elsewhere" / "20261123_070000_abcdefgh").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    marker = f"slurm-yolo:v1:{tmp_path}/link/20261123_070000_abcdefgh"
+    site = _reconcile_site(tmp_path)
+    start = datetime.now().astimezone()
+    ended = (start - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    queued = [QueuedJob("501", "COMPLETED", os.getuid(), ended, marker)]
+    said: list[str] = []
+    window = budget.stale_after_s(site.time_budget_s)
+    for offset in (0.0, 60.0, window + 1, 10 * window, 86400.0):
+        results = reconcile(site, now=start + timedelta(seconds=offset), say=said.append, jobs=lambda s: queued)
+        assert all("error" not in r for r in results), results
+    refused = [line for line in said if "refused" in line]
+    assert len(refused) == 1 and refused[0].startswith("job 501: refused: "), said
+    assert [r.job_id for r in refusals.listing(site.claim_dir)] == ["501"]
+    assert claim.stale_claims(site.claim_dir, stale_after_s=window, now=time.time() + 10 * window) == []
+
+    said.clear()
+    listed = reconcile(site, dry_run=True, now=start, say=said.append, jobs=lambda s: queued)
+    assert listed == [{"job": "501", "uid": os.getuid(), "refused": listed[0]["refused"],
+                       "since": listed[0]["since"], "remembered": True}]
+    assert len(said) == 1 and said[0].startswith("job 501: refused since ") and "not retried" in said[0]
+
+    # A week later slurmctld has long forgotten the job, and the record goes.
+    reconcile(site, now=start + timedelta(seconds=refusals.KEEP_S + 60), say=said.append, jobs=lambda s: [])
+    assert refusals.listing(site.claim_dir) == []
+
+
+def test_a_refusal_kept_as_a_claim_by_an_older_version_is_not_retried_either(tmp_path):
+    from datetime import datetime, timedelta
+
+    from slurm_yolo.epilog import refusals
+    from slurm_yolo.epilog.reconcile import reconcile
+    from slurm_yolo.epilog.slurm_parse import QueuedJob
+
+    site = _reconcile_site(tmp_path)
+    uid = os.getuid()
+    marker = f"slurm-yolo:v1:{tmp_path}/nowhere/r1"
+    env = {**ENV, "SLURM_JOB_ID": "502", "SLURM_JOB_UID": str(uid), "SLURM_JOB_COMMENT": marker}
+    old = claim.try_claim(site.claim_dir, f"{uid}.502.refused", env, by="reconciler", stale_after_s=float("inf"),
+                          now=time.time() - 3600)
+    assert old is not None
+    start = datetime.now().astimezone()
+    ended = (start - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    said: list[str] = []
+    assert reconcile(site, now=start, say=said.append,
+                     jobs=lambda s: [QueuedJob("502", "FAILED", uid, ended, marker)]) == []
+    assert said == []
+    week = time.time() - refusals.KEEP_S - 60
+    os.utime(old.path, (week, week))
+    assert refusals.prune(site.claim_dir) == 1 and not old.path.exists()
+
+
+def test_claims_prune_leaves_the_refusals_folder_alone(tmp_path):
+    from slurm_yolo.epilog import refusals
+
+    env = {**ENV, "SLURM_JOB_UID": "1000", "SLURM_JOB_ID": "42"}
+    assert refusals.remember(tmp_path, env, "marker is a symlink", by="reconciler@h")
+    assert not refusals.remember(tmp_path, env, "again", by="reconciler@h")  # the first one is kept
+    week_ago = time.time() - claim.KEEP_S - 60
+    os.utime(refusals.folder(tmp_path), (week_ago, week_ago))
+    assert claim.prune(tmp_path) == 0
+    assert refusals.is_refused(tmp_path, env)
+    assert [r.reason for r in refusals.listing(tmp_path)] == ["marker is a symlink"]
