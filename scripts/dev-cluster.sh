@@ -13,9 +13,13 @@
 #   up      install what is missing, start munged, the S3 server, slurmctld, slurmd; idempotent.
 #           --store seaweedfs|moto (remembered in the state folder; default seaweedfs): the S3
 #           server. SeaweedFS is a real S3 server with checked keys; moto a mock (any key).
-#           --nodes N (N >= 2; remembered in the state folder, `--nodes 1` goes back): N more
-#           nodes n1..nN, each a slurmd in its own network + UTS namespace on a bridge, in the
-#           partition `multi`. The host's own node (partitions debug, urgent) stays as it is.
+#           --nodes N (N >= 2; remembered in the state folder): N more nodes n1..nN, each a
+#           slurmd in its own network + UTS namespace on a bridge, in the partition `multi`.
+#           The host's own node (partitions debug, urgent) stays as it is. `--nodes 1` takes
+#           the namespace nodes down (slurmd, namespaces, forwarders, bridge) and forgets them;
+#           `up` without --nodes keeps the remembered number (and restarts what of it died).
+#           Whatever else runs, `up` restarts a store that died (the nodes' forwarder steps
+#           aside while it starts: SeaweedFS refuses a port any address of this host holds).
 #   crash NODE   kill a namespace node the hard way (slurmd, slurmstepd, the job's processes,
 #           by PID): what a kernel panic or a power cut looks like to Slurm
 #   revive NODE  start that node's slurmd again (it returns to service by itself)
@@ -410,16 +414,27 @@ EOF
 }
 
 start_store() {  # the S3 server of store_kind on $s3_port with the bucket; switches kinds if asked
-  local kind running=""
+  local kind running="" host_fwd="$state2205/run/s3fwd-host.pid" fwd_was_up=0
   kind=$(store_kind)
   [ -s "$store_dir/kind" ] && running=$(cat "$store_dir/kind")
   if [ -n "$running" ] && [ "$running" != "$kind" ] && store_pid_alive "$store_dir"; then
     log "s3: switching from $running to $kind (what the $running server holds stays there)"
     store_stop "$store_dir"
   fi
+  # The namespace nodes' forwarder listens on the same port on the bridge address ($net.1),
+  # and `weed mini` refuses an S3 port that any address of this host holds ("port ... is not
+  # available"): while the server starts, the forwarder steps aside, then comes back.
+  if ! store_pid_alive "$store_dir" && pid_alive "$host_fwd" socat; then
+    stop_pidfile "s3 forwarder ($net.1:$s3_port)" "$host_fwd" socat
+    fwd_was_up=1
+  fi
   store_start "$kind" "$store_dir" "$s3_port" "$bucket" \
     || die "s3: $kind does not answer on $endpoint (log: $store_dir/server.log; port taken? set SLURM_YOLO_S3_PORT)"
   log "s3: $kind on $endpoint, bucket s3://$bucket"
+  if [ "$fwd_was_up" = 1 ]; then
+    STATE=$state2205 start_forwarder host
+    log "s3 forwarder ($net.1:$s3_port): back"
+  fi
 }
 
 slurm_logs_tail() { cmd_logs 25 >&2 || true; }   # before a die: never the exit itself
@@ -576,7 +591,13 @@ start_nodes() {
   local n i
   n=$(extra_nodes)
   if [ "$n" -eq 0 ]; then
-    ls "$STATE"/run/slurmd-n*.pid >/dev/null 2>&1 && stop_nodes
+    # `up --nodes 1`: whatever is left of earlier namespace nodes goes, a crashed one (no pid
+    # file) included: its namespace, the forwarders and the bridge.
+    if ls "$STATE"/run/slurmd-n*.pid "$STATE"/run/s3fwd-*.pid /run/netns/syn* >/dev/null 2>&1 \
+       || ip link show "$bridge" >/dev/null 2>&1; then
+      log "namespace nodes: taking them down (up --nodes 1)"
+      stop_nodes
+    fi
     return 0
   fi
   setup_network "$n"
@@ -603,14 +624,20 @@ wait_nodes_up() {  # wait_nodes_up n1,n2,...: every node idle (resume it once if
 }
 
 stop_nodes() {
-  local f name
+  local f name pids
   for f in "$STATE"/run/slurmd-n*.pid; do
     [ -e "$f" ] || continue
     name=$(basename "$f" .pid); name=${name#slurmd-}
     stop_pidfile "slurmd $name" "$f" slurmd
   done
   for f in "$STATE"/run/s3fwd-*.pid; do [ -e "$f" ] && stop_pidfile "forwarder" "$f" socat; done
-  for f in /run/netns/syn*; do [ -e "$f" ] && ip netns del "$(basename "$f")"; done
+  for f in /run/netns/syn*; do
+    [ -e "$f" ] || continue
+    # A node started by hand, or a pid file lost: what still runs in its namespace is ours.
+    pids=$(ip netns pids "$(basename "$f")" 2>/dev/null | tr '\n' ' ')
+    [ -z "${pids// /}" ] || kill -TERM $pids 2>/dev/null || true
+    ip netns del "$(basename "$f")"
+  done
   ip link show "$bridge" >/dev/null 2>&1 && ip link del "$bridge"
   return 0
 }
