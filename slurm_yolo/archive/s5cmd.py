@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -108,6 +109,7 @@ class Outcome:
     size: int | None = None
     error: str | None = None
     error_class: ErrorClass | None = None
+    command: str | None = None  # of a failure: the command s5cmd says failed
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,11 @@ class Result:
     @property
     def failures(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def failed_destinations(self) -> list[str]:
+        """Where each failed copy was going (what it names), in output order."""
+        return [o.destination for o in self.failures if o.destination]
 
     @property
     def ok(self) -> bool:
@@ -169,12 +176,31 @@ def parse_line(line: str) -> Outcome | None:
         return Outcome(ok=False, operation="?", error=line[:300], error_class=ErrorClass.UNKNOWN)
     if "error" in obj:
         err = str(obj["error"])
+        source, destination = command_paths(str(obj.get("command") or ""))
         return Outcome(ok=False, operation=obj.get("operation", "?"), error=err[:300],
-                       error_class=classify_error(err), source=obj.get("command"))
+                       error_class=classify_error(err), source=source, destination=destination,
+                       command=obj.get("command"))
     if obj.get("success") or "key" in obj:
         return Outcome(ok=True, operation=obj.get("operation", "ls"), source=obj.get("source") or obj.get("key"),
                        destination=obj.get("destination"), size=(obj.get("object") or {}).get("size", obj.get("size")))
     return Outcome(ok=False, operation=obj.get("operation", "?"), error=line[:300], error_class=ErrorClass.UNKNOWN)
+
+
+def command_paths(command: str) -> tuple[str | None, str | None]:
+    """``(source, destination)`` of the command an s5cmd error line names.
+
+    s5cmd prints it as it ran it, quoted as a ``run`` file quotes (``cp "/proc/self/fd/5"
+    "s3://b/k"``, or bare words); the last two words of a copy are its source and destination,
+    the one word of ``ls``/``rm`` its source. ``(None, None)`` when it does not split.
+    """
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None, None
+    paths = [w for w in words[1:] if not w.startswith("-")]
+    if len(paths) >= 2:
+        return paths[-2], paths[-1]
+    return (paths[0], None) if paths else (None, None)
 
 
 def parse_output(stdout: str, stderr: str) -> tuple[Outcome, ...]:

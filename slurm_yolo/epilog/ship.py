@@ -180,7 +180,7 @@ def ship_direct(entry: Path, info: EntryInfo, site: SiteConfig, base: list[str],
             result = s5cmd.run(base + ["run"], site.store, deadline=deadline, stdin_text="\n".join(lines) + "\n",
                                pass_fds=tuple(fd for _, fd in batch))
             if not result.ok:
-                failed = sorted(_archive_path(info.dest, o.destination) for o in result.failures if o.destination)
+                failed = sorted(_archive_path(info.dest, url) for url in result.failed_destinations)
                 return Problem.of("large files" + (f" ({', '.join(failed[:3])}{' …' if len(failed) > 3 else ''})"
                                                    if failed else ""), result)
             moved = [rel for rel, fd in batch if _identity_changed(fd, direct[rel])]

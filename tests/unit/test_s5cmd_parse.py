@@ -90,3 +90,14 @@ def test_deadline_holds_against_a_store_that_never_answers():
     silent.close()
     assert r.timed_out and not r.ok and r.transient
     assert elapsed < 10, elapsed  # killed at the deadline (2 s), not left to s5cmd's own timeouts and retries
+
+
+def test_a_failed_line_names_its_source_and_destination():
+    # As s5cmd prints a `run` line it could not copy (quoted) and a plain `cp` (tests/data/s5cmd).
+    quoted = s5cmd.parse_line('{"operation":"cp","command":"cp \\"/proc/self/fd/7\\" \\"s3://b/runs/u/x/weights/last.pt\\"",'
+                              '"error":"RequestError: send request failed"}')
+    assert (quoted.source, quoted.destination) == ("/proc/self/fd/7", "s3://b/runs/u/x/weights/last.pt")
+    result = s5cmd.Result(1, s5cmd.parse_output(*captured("run_partial")))
+    assert sorted(result.failed_destinations) == ["s3://bk1/x/m.txt", "s3://nobucket/x/a.txt"]
+    listing = s5cmd.parse_line('{"operation":"ls","command":"ls s3://b/k","error":"no object found"}')
+    assert (listing.source, listing.destination) == ("s3://b/k", None)
