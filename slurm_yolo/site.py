@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import yaml
 
@@ -73,6 +74,14 @@ class SiteConfig:
         if not self.claim_dir:
             object.__setattr__(self, "claim_dir", os.path.join(self.spool_dir, ".claims"))
 
+
+# The settings an admin may leave out, and what they are then: SiteConfig's own defaults, the
+# one place they are written (docs/admin.md shows the same table).
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {f.name: f.default for f in fields(SiteConfig) if f.default is not MISSING})
+# The ranges the numbers must lie in.
+BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType({"time_budget_s": (5.0, 3600.0),
+                                                              "s5cmd_workers": (1.0, 1024.0)})
 
 
 def site_config_path(env: dict[str, str] | None = None) -> str:
@@ -155,12 +164,14 @@ def _check_urls(raw: dict[str, Any], path: str) -> None:
 
 def _numbers(raw: dict[str, Any], path: str) -> tuple[float, int]:
     try:
-        budget = float(raw.get("time_budget_s", 120))
-        workers = int(raw.get("s5cmd_workers", 64))
+        budget = float(raw.get("time_budget_s", DEFAULTS["time_budget_s"]))
+        workers = int(raw.get("s5cmd_workers", DEFAULTS["s5cmd_workers"]))
     except (TypeError, ValueError) as e:
         raise SiteConfigError(f"site config {path}: time_budget_s and s5cmd_workers must be numbers") from e
-    if not 5 <= budget <= 3600 or not 1 <= workers <= 1024:
-        raise SiteConfigError(f"site config {path}: time_budget_s must be 5..3600 and s5cmd_workers 1..1024")
+    (low_b, high_b), (low_w, high_w) = BOUNDS["time_budget_s"], BOUNDS["s5cmd_workers"]
+    if not low_b <= budget <= high_b or not low_w <= workers <= high_w:
+        raise SiteConfigError(f"site config {path}: time_budget_s must be {low_b:g}..{high_b:g} and "
+                              f"s5cmd_workers {low_w:g}..{high_w:g}")
     for key in ("spool_dir", "log_file", "claim_dir", "slurm_conf"):
         if key in raw and not os.path.isabs(str(raw[key])):
             raise SiteConfigError(f"site config {path}: {key} must be an absolute path")
@@ -182,13 +193,11 @@ def _parse(raw: dict[str, Any], path: str) -> SiteConfig:
                     atomic_conditional_writes=store_raw.get("atomic_conditional_writes") is True),
         allowed_prefix=raw["allowed_prefix"],
         index_url=raw["index_url"].rstrip("/") + "/",
-        spool_dir=str(raw.get("spool_dir", "/var/spool/slurm-yolo")),
-        log_file=str(raw.get("log_file", "/var/log/slurm-yolo/epilog.log")),
         time_budget_s=budget,
         s5cmd_workers=workers,
-        scontrol=bool(raw.get("scontrol", True)),
-        scontrol_path=str(raw.get("scontrol_path", "/usr/bin/scontrol")),
-        claim_dir=str(raw.get("claim_dir") or ""),
-        slurm_conf=str(raw["slurm_conf"]) if raw.get("slurm_conf") else None,
-        squeue_path=str(raw.get("squeue_path", "/usr/bin/squeue")),
+        # What the admin left out takes the dataclass's default (DEFAULTS): written once.
+        **{k: str(raw[k]) for k in ("spool_dir", "log_file", "scontrol_path", "squeue_path") if k in raw},
+        **({"scontrol": bool(raw["scontrol"])} if "scontrol" in raw else {}),
+        **({"claim_dir": str(raw["claim_dir"])} if raw.get("claim_dir") else {}),
+        **({"slurm_conf": str(raw["slurm_conf"])} if raw.get("slurm_conf") else {}),
     )

@@ -159,3 +159,23 @@ def test_shim_and_python_agree_on_the_marker():
     from slurm_yolo.names import MARKER_PREFIX
 
     assert f"  {MARKER_PREFIX}*) ;;" in SHIM.read_text()
+
+
+def test_the_admin_guide_shows_the_site_defaults():
+    """The defaults are written once (site.DEFAULTS, SiteConfig's own); docs/admin.md's table of
+    site settings says the same."""
+    import re
+
+    from slurm_yolo.site import BOUNDS, DEFAULTS
+
+    rows = dict(re.findall(r"^\| `([a-z_0-9.]+)` \| ([^|]+) \|", (REPO / "docs" / "admin.md").read_text(), re.M))
+    shown = {
+        "claim_dir": "`<spool_dir>/.claims`",  # "" means: inside the spool (SiteConfig.__post_init__)
+        "slurm_conf": "—",
+    }
+    for key, value in DEFAULTS.items():
+        want = shown.get(key) or (f"`{str(value).lower()}`" if isinstance(value, bool) else
+                                  f"{value:g}" if isinstance(value, (int, float)) else f"`{value}`")
+        assert rows[key].strip() == want, key
+    low, high = BOUNDS["time_budget_s"]
+    assert f"({low:g}–{high:g})" in (REPO / "docs" / "admin.md").read_text()
