@@ -45,6 +45,13 @@ class SubmitError(SlurmYoloError):
     """Slurm refused the job (or could not be reached). Nothing was left half-submitted."""
 
 
+class SubmitRefused(SubmitError):
+    """sbatch refused the job as asked (partition, account, resources, an option): the fix is
+    in the config, like a :class:`ConfigError`. Nothing was left half-submitted."""
+
+    exit_code = 2
+
+
 class StoreError(SlurmYoloError):
     """The object store is unreachable, refused the credentials, or an object is missing."""
 

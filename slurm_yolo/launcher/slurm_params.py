@@ -1,7 +1,9 @@
-"""Pure builders: config -> submitit/sbatch parameters, the epilog marker, the batch script.
+"""Pure builders and parsers: config -> submitit/sbatch parameters, the epilog marker, the
+batch script; sbatch's refusal -> one error line.
 
 Nothing here runs a command or touches the filesystem, so the exact sbatch parameters a
-config produces are checked against a golden file in the tests.
+config produces are checked against a golden file in the tests, and the refusals against
+sbatch's real messages.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import shlex
 from typing import Any
 
 from slurm_yolo.config import Config
-from slurm_yolo.timeparse import time_minutes
+from slurm_yolo.errors import SubmitError, SubmitRefused
 from slurm_yolo.names import MARKER_PREFIX
-
+from slurm_yolo.timeparse import time_minutes
 
 
 def make_marker(path: str) -> str:
@@ -71,3 +73,71 @@ def batch_script(params: dict[str, Any], *, python: str, folder: str, array_size
 
     extra = {"map_count": array_size} if array_size else {}
     return _make_sbatch_string(command=submit_command(python, folder), folder=folder, **params, **extra)
+
+
+def local_command(python: str, folder: str) -> str:
+    """What ``--executor local`` runs on this machine (it has no batch script), for ``--dry-run``."""
+    return f"# --executor local: no sbatch; this machine runs\n{submit_command(python, folder)}\n"
+
+
+# What sbatch says (lower-cased fragment) -> where the fix is. First match wins.
+REFUSAL_FIXES: tuple[tuple[str, str], ...] = (
+    ("accounting/qos policy", "a limit of your account or QOS (jobs, size or time; `sacctmgr show qos`): "
+                              "wait for your jobs or ask for less"),
+    ("account", "check slurm.account and slurm.partition (`sacctmgr show assoc user=$USER` lists yours)"),
+    ("partition", "check slurm.partition (`sinfo -s` lists this cluster's partitions)"),
+    ("gres", "slurm.gpus asks for GPUs these nodes do not have: set slurm.gpus=0 or a GPU slurm.partition"),
+    ("memory specification", "slurm.mem is more than a node has (`sinfo -N -l` lists nodes)"),
+    ("node configuration is not available",
+     "ask for what a node has: slurm.cpus_per_task, slurm.mem, slurm.gpus, slurm.nodes (`sinfo -N -l` lists nodes)"),
+    ("feature", "check slurm.extra.constraint (`sinfo -o '%P %f'` lists node features)"),
+    ("time limit", "slurm.time is over the partition's limit (`sinfo -o '%P %l'`)"),
+    ("qos", "check slurm.qos (`sacctmgr show qos` lists them)"),
+    ("unrecognized option", "check slurm.extra: its keys are sbatch option names (`sbatch --help`)"),
+    ("invalid --", "check slurm.extra: its values must be what `sbatch --help` says"),
+)
+# sbatch failing to reach Slurm: not the config's fault, so not exit 2.
+UNREACHABLE = ("unable to contact slurm controller", "socket timed out", "resource temporarily unavailable",
+               "connection refused", "slurm_persist_conn")
+_SBATCH_PREFIXES = ("sbatch: error: ", "sbatch: fatal: ", "sbatch: ")
+_FAILED = "batch job submission failed: "
+
+
+def sbatch_reason(stderr: str) -> str:
+    """Slurm's reason, one line, from a refused sbatch's stderr.
+
+    ``sbatch: error: invalid partition specified: nope`` + ``sbatch: error: Batch job submission
+    failed: Invalid partition name specified`` → ``invalid partition specified: nope (Invalid
+    partition name specified)``. Prefixes, repeats and sbatch's ``Try "sbatch --help"`` go.
+    """
+    details: list[str] = []
+    failed = None
+    for line in stderr.splitlines():
+        line = " ".join(line.split())
+        for prefix in _SBATCH_PREFIXES:
+            if line.lower().startswith(prefix):
+                line = line[len(prefix):]
+                break
+        if not line or line.lower().startswith('try "sbatch --help"'):
+            continue
+        if line.lower().startswith(_FAILED):
+            failed = line[len(_FAILED):]
+        elif line not in details:
+            details.append(line)
+    if failed and details:
+        return f"{'; '.join(details)} ({failed})"
+    return failed or "; ".join(details) or "no reason given"
+
+
+def sbatch_refusal(stderr: str, returncode: int | None = None) -> SubmitError:
+    """The one-line error for a failed sbatch: :class:`SubmitRefused` (exit 2) with Slurm's
+    reason and where to fix it, or :class:`SubmitError` when Slurm could not be reached."""
+    reason = sbatch_reason(stderr)
+    if reason == "no reason given" and returncode is not None:
+        reason = f"exit code {returncode}, no reason given"
+    low = reason.lower()
+    if any(u in low for u in UNREACHABLE):
+        return SubmitError(f"sbatch could not reach Slurm: {reason}; try again, or ask your admin if it "
+                           "persists; nothing was submitted")
+    fix = next((f for fragment, f in REFUSAL_FIXES if fragment in low), "fix the slurm.* setting it names")
+    return SubmitRefused(f"sbatch refused the job: {reason}; {fix}; nothing was submitted")
