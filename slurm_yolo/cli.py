@@ -3,29 +3,23 @@
 Every user-fixable problem is a :class:`~slurm_yolo.errors.SlurmYoloError`: one line on
 stderr (``slurm-yolo: error: ...``) and its exit code (2 for bad input, 3 for a run that
 did not complete, 1 otherwise).
+
+Each command lives in its room's ``cli`` module (launcher, epilog, catalog, report); the
+table :data:`COMMANDS` names it and its help line, and a room is imported only when one of
+its commands runs (or its ``--help`` is asked for). So ``slurm-yolo --help`` imports no
+room at all, and ``slurm-yolo submit`` none of the catalog, the epilog or the portal: on a
+busy login node the start-up time is the first thing a user feels.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
 import sys
-from pathlib import Path
-from typing import Any
+# Not typing: the only module it would load at start-up.
+from collections.abc import Sequence
 
-import yaml
-
-from slurm_yolo import record as rec
-from slurm_yolo.catalog import cli as catalog_cli
-from slurm_yolo.config import load_config
-from slurm_yolo.epilog import cli as epilog_cli
-from slurm_yolo.errors import ConfigError, RunFailed, RunNotFound, SlurmYoloError
-# TrainJob, not torch: the job imports torch and ultralytics only when it runs on the node.
-from slurm_yolo.job.train import TrainJob
-from slurm_yolo.launcher import submit as launcher
-from slurm_yolo.launcher.watch import wait_for
-from slurm_yolo.output import console, emit_json, print_record
-from slurm_yolo.report import cli as report_cli
+from slurm_yolo.errors import SlurmYoloError
 
 DESCRIPTION = """\
 Launch Ultralytics YOLO training on Slurm with run IDs; every run is archived to S3 by the
@@ -36,24 +30,35 @@ node epilog however it ends. Typical use:
   slurm-yolo status 20261122_120000_ab12cd34
 """
 
+LAUNCHER, EPILOG, CATALOG, REPORT = (f"slurm_yolo.{room}.cli" for room in ("launcher", "epilog", "catalog", "report"))
+# The job the launcher submits: imported only by a real submission (it is the node's code).
+JOB = "slurm_yolo.job.train"
 
-def _add_common_submit(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="experiment YAML (sections run/train/slurm/archive)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=50 (repeatable; values are YAML)")
-    p.add_argument("--executor", choices=["slurm", "local"], default="slurm",
-                   help="slurm: sbatch through submitit (default); local: run here without Slurm")
-    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
-    p.add_argument("--dry-run", action="store_true", help="print the batch script; create and submit nothing")
+# command -> (the module whose add_commands registers it, its line in `slurm-yolo --help`).
+# A room's commands are contiguous here, in the order its add_commands registers them;
+# tests/unit/test_cli.py checks both against the rooms.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "submit": (LAUNCHER, "submit one training run"),
+    "sweep": (LAUNCHER, "submit a grid of runs as one Slurm job array"),
+    "status": (LAUNCHER, "show a run's record"),
+    "spool": (EPILOG, "admin: list or drain the epilog's spool of pending uploads"),
+    "reconcile": (EPILOG, "admin: archive ended runs no epilog archived (dead nodes); for a timer"),
+    "runs": (CATALOG, "find, show, compare and fetch archived runs"),
+    "reproduce": (CATALOG, "resubmit an archived run's config as a new run"),
+    "index": (CATALOG, "maintain the store's run index (quarterly Parquet files + pending updates)"),
+    "store": (CATALOG, "keep the store affordable: lifecycle rules, pruning"),
+    "report": (REPORT, "the web portal: a static site built from the index and the archives"),
+    "mlflow": (REPORT, "register archived runs in an MLflow tracking server (extra [mlflow])"),
+}
 
 
 class _Version(argparse.Action):
     """``--version``: the installed package's version, looked up only when asked (start-up time)."""
 
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
         super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
                  option_string: str | None = None) -> None:
         from importlib import metadata  # stdlib
 
@@ -65,155 +70,61 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``slurm-yolo`` argument parser, with the epilog's and the catalog's commands."""
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (the first word that is not an option; the top level has
+    only ``-h`` and ``--version``, which take no value), or ``None``."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``slurm-yolo`` argument parser.
+
+    Args:
+        argv: the arguments it will parse: only the room of their command is imported, every
+            other command gets its help line alone. ``None``: every room (the whole parser).
+    """
     parser = argparse.ArgumentParser(prog="slurm-yolo", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_Version, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("submit", help="submit one training run",
-                       description="Create a run folder with run.json and submit one training job.")
-    _add_common_submit(p)
-    p.add_argument("--run-id", help="use this run ID (letters, digits, . _ -) instead of a generated one")
-    p.add_argument("--wait", action="store_true",
-                   help="follow the job (state, epoch, mAP) until it ends; exit 3 if it did not complete")
-    p.set_defaults(func=cmd_submit)
-
-    p = sub.add_parser("sweep", help="submit a grid of runs as one Slurm job array",
-                       description="Submit one job array: one run (own run ID and run.json) per grid point.")
-    _add_common_submit(p)
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
-                   help="a swept key and its values, e.g. --grid train.lr0=0.01,0.001 (repeatable: cartesian product)")
-    p.set_defaults(func=cmd_sweep)
-
-    p = sub.add_parser("status", help="show a run's record",
-                       description="Show run.json of a run, by run folder or by run ID under --runs-root.")
-    p.add_argument("run", metavar="RUN_ID_OR_DIR")
-    p.add_argument("--runs-root", default=None,
-                   help="where run folders are (default: look in $SLURM_YOLO_RUNS, then ./runs)")
-    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
-    p.set_defaults(func=cmd_status)
-
-    _add_extension_commands(sub)
+    wanted = None if argv is None else COMMANDS.get(command_of(argv) or "", (None,))[0]
+    loaded: set[str] = set()
+    for name, (room, line) in COMMANDS.items():
+        if room in loaded:
+            continue
+        if argv is None or room == wanted:
+            importlib.import_module(room).add_commands(sub)
+            _join(room, sub)
+            loaded.add(room)
+        else:
+            sub.add_parser(name, help=line, add_help=False)
     return parser
 
 
-def _add_extension_commands(sub) -> None:
-    """Commands implemented in the epilog, catalog and report packages register themselves here."""
-    epilog_cli.add_commands(sub)
-    catalog_cli.add_commands(sub)
-    # The catalog finds the run, the launcher submits it: joined here, the layer above both.
-    sub.choices["reproduce"].set_defaults(submit=submit_training)
-    report_cli.add_commands(sub)
+def _join(room: str, sub: argparse._SubParsersAction) -> None:
+    """What the CLI, the layer above the rooms, joins: the launcher with the job it submits,
+    and the catalog's ``reproduce`` (it finds the run) with the launcher (it submits it)."""
+    if room == LAUNCHER:
+        for name in ("submit", "sweep"):
+            sub.choices[name].set_defaults(job=training_job)
+    elif room == CATALOG:
+        sub.choices["reproduce"].set_defaults(submit=submit_training)
 
 
 def training_job():
     """The job the launcher submits: the CLI (the top layer) joins the launcher and the job."""
-    return TrainJob()
+    return importlib.import_module(JOB).TrainJob()
 
 
 def submit_training(config, **kwargs):
     """The launcher's submit with the training job (what ``reproduce`` resubmits with)."""
-    return launcher.submit(config, job=training_job(), **kwargs)
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    if args.dry_run:
-        result = launcher.dry_run(config, run_id=args.run_id)
-        return _show_dry_run(result, args.json, f"would create {result['run_dir']}")
-    handle = launcher.submit(config, job=training_job(), run_id=args.run_id, executor=args.executor)
-    if not args.json:
-        print(f"run       {handle.run_id}\njob       {handle.job_id} ({handle.executor})\n"
-              f"folder    {handle.run_dir}\narchive   {handle.archive_url}", flush=True)
-    if not args.wait:
-        if args.json:
-            emit_json(handle.to_dict())
-        return 0
-    state = _wait(handle.run_dir, handle.job_id, handle.executor, quiet=args.json)
-    if args.json:
-        emit_json({**handle.to_dict(), "end_state": state})
-    if state != "COMPLETED":
-        raise RunFailed(f"run {handle.run_id} ended {state}; see {handle.run_dir}/train.log")
-    return 0
-
-
-def _show_dry_run(result: dict[str, Any], as_json: bool, what: str) -> int:
-    if as_json:
-        emit_json(result)
-    else:
-        print(result["script"])
-        print(f"# dry run: {what}; nothing was submitted", file=sys.stderr)
-    return 0
-
-
-def _wait(run_dir: str, job_id: str, executor: str, quiet: bool) -> str:
-    if quiet:
-        return wait_for(run_dir, job_id, executor=executor)
-    err = console(stderr=True)
-    with err.status("submitted") as status:
-        def show(p) -> None:
-            status.update(f"job {job_id}: {p.line()}")
-
-        state = wait_for(run_dir, job_id, executor=executor, on_progress=show)
-    err.print(f"job {job_id}: {state}")
-    return state
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-
-
-    grid: dict[str, list[Any]] = {}
-    for item in args.grid:
-        key, sep, values = item.partition("=")
-        if not sep or not values:
-            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. --grid train.lr0=0.01,0.001")
-        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
-    if args.dry_run:
-        combos = launcher.expand_grid(grid)
-        for combo in combos:  # validate every element, exactly as a real sweep would
-            load_config(args.config, args.overrides + launcher.override_strings(combo))
-        result = launcher.dry_run(load_config(args.config, args.overrides), array_size=len(combos))
-        result["elements"] = combos
-        return _show_dry_run(result, args.json, f"{len(combos)} runs in one array")
-    handles = launcher.sweep(args.config, grid, base_overrides=args.overrides, executor=args.executor,
-                             job=training_job())
-    if args.json:
-        emit_json({"sweep_id": handles[0].sweep_id, "runs": [h.to_dict() for h in handles]})
-    else:
-        print(f"sweep {handles[0].sweep_id}: {len(handles)} runs in job array {handles[0].job_id.split('_')[0]}")
-        for h in handles:
-            print(f"  [{h.array_index}] {h.run_id}  job {h.job_id}  {h.run_dir}")
-    return 0
-
-
-def find_run_dir(run: str, runs_root: str | None) -> Path:
-    """A run folder from a path, or a run ID under ``runs_root`` (else $SLURM_YOLO_RUNS, then ./runs)."""
-    roots = [runs_root] if runs_root else [r for r in (os.environ.get("SLURM_YOLO_RUNS"), "./runs") if r]
-    for candidate in [Path(run)] + [Path(root) / run for root in roots]:
-        if (candidate / "run.json").is_file():
-            return candidate
-    raise RunNotFound(f"no run folder for {run!r} (looked in {', '.join(roots)}); pass the run folder or --runs-root")
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    run_dir = find_run_dir(args.run, args.runs_root)
-    try:
-        record = rec.read_record(run_dir)
-    except (OSError, ValueError) as e:  # ValueError: not JSON, or not an object
-        raise SlurmYoloError(f"{run_dir}/run.json cannot be read ({' '.join(str(e).split())[:200]}); "
-                             "the archived copy may be intact: try `slurm-yolo runs show`") from e
-    if args.json:
-        emit_json(record)
-        return 0
-    print_record(record, run_dir)
-    return 0
+    return importlib.import_module("slurm_yolo.launcher.submit").submit(config, job=training_job(), **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``slurm-yolo`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except SlurmYoloError as e:

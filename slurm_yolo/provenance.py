@@ -52,6 +52,8 @@ def dataset_identity(data_yaml: str | os.PathLike, declared_version: str | None 
     for split in ("train", "val", "test"):
         entry = spec.get(split)
         for item in entry if isinstance(entry, list) else [entry] if entry else []:
+            if not isinstance(item, str):  # not a YOLO split: Ultralytics will say so, on the node
+                continue
             p = Path(item) if Path(item).is_absolute() else root / item
             dirs.append(p.parent if p.suffix == ".txt" else p)
     # Labels live in a sibling "labels" tree in YOLO layout; include them too.

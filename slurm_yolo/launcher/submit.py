@@ -1,39 +1,52 @@
-"""Submit runs and sweeps: run IDs, run folders with ``run.json``, submitit executors.
+"""Submit runs and sweeps: one planning step, then folders, then submitit.
 
-Order of operations, so that a failure never leaves a half-submitted job:
-validate every config → create the run folder(s) + ``run.json`` → submit (one sbatch,
-an array for a sweep) → record the job ID. If submission fails, the folders just created
-are removed again and :class:`~slurm_yolo.errors.SubmitError` is raised.
+Every submission, real or ``--dry-run``, single run or sweep, from the CLI or from Python,
+goes through :func:`plan`: it runs every check, draws the run IDs and computes the folders,
+the archive URLs, the sbatch parameters and the exact batch script, creating nothing. A
+dry run shows the plan; a real submission hands it to :func:`execute`, which creates the
+folders (``run.json`` + ``.placement.json``), submits (one sbatch, an array for a sweep) and
+records the job IDs. So a preview cannot disagree with the real command: they share every
+check, and a rejected plan has created nothing. If submission fails, :func:`execute` removes
+what it created (one rollback for runs and sweeps) and raises
+:class:`~slurm_yolo.errors.SubmitError`.
 
-Never imports torch or ultralytics (the job module imports them lazily, on the node).
+Never imports torch or ultralytics (the job module imports them lazily, on the node), and
+imports submitit only to render or submit a batch script.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import getpass
+import io
 import itertools
 import os
 import shutil
 import socket
+import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import yaml
+
 from slurm_yolo import record as rec
 from slurm_yolo.archive.layout import RunLocation, is_under, user_prefix
 from slurm_yolo.config import Config, load_config
 from slurm_yolo.errors import ConfigError, SiteConfigError, SubmitError
-from slurm_yolo.provenance import code_version, dataset_identity
-from slurm_yolo.launcher.slurm_params import batch_script, make_marker, slurm_parameters
+from slurm_yolo.launcher.slurm_params import (
+    batch_script, local_command, make_marker, sbatch_refusal, slurm_parameters,
+)
 from slurm_yolo.names import new_run_id, new_sweep_id, validate_name
+from slurm_yolo.provenance import code_version, dataset_identity
+from slurm_yolo.runfolder import ARRAY_JSON, SLURM_LOGS, SWEEPS_DIR
 from slurm_yolo.site import read_site_config, site_config_path
 from slurm_yolo.states import Executor, JobStatus
 from slurm_yolo.store import Store
 
 EXECUTORS = tuple(e.value for e in Executor)
-SWEEPS_DIR = "_sweeps"
-ARRAY_JSON = "array.json"
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,79 @@ class RunHandle:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a :class:`SubmitPlan`.
+
+    Attributes:
+        config: its validated config.
+        run_id: its run ID (given, or drawn by the plan).
+        run_dir: the run folder the plan will create.
+        archive_url: where the epilog archives it.
+        record: the ``run.json`` it starts with (code version and dataset identity included,
+            so that what could fail there fails in the plan, not after a folder was made).
+        array_index: its index in the sweep's job array (``None`` for a single run).
+        element: the sweep element it came from (a grid combination or an override list).
+    """
+
+    config: Config
+    run_id: str
+    run_dir: Path
+    archive_url: str
+    record: Mapping[str, Any]
+    array_index: int | None = None
+    element: Any = None
+
+
+@dataclass(frozen=True)
+class SubmitPlan:
+    """Everything a submission will do, computed and checked, nothing created yet.
+
+    Attributes:
+        executor: ``slurm`` or ``local``.
+        user: whose run it is (``{user}`` in the archive URL).
+        runs: the runs, in array-index order (one for a single run).
+        params: the submitit/sbatch parameters.
+        script: the exact batch script sbatch gets (for ``local``: the command that runs).
+        sweep_id: the sweep's ID (``None`` for a single run).
+        sweep_dir: the sweep's folder (``None`` for a single run).
+        given_run_id: the caller's own run ID, if any (an existing folder is then an error;
+            a drawn ID that turns out taken is drawn again).
+        reproduces: the run ID this run reproduces, recorded in ``run.json``.
+    """
+
+    executor: str
+    user: str
+    runs: tuple[PlannedRun, ...]
+    params: Mapping[str, Any]
+    script: str
+    sweep_id: str | None = None
+    sweep_dir: Path | None = None
+    given_run_id: str | None = None
+    reproduces: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The folder the epilog marker names: the sweep folder, else the run folder."""
+        return self.sweep_dir if self.sweep_dir is not None else self.runs[0].run_dir
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dry run's JSON: the handles the real command would return (no job IDs) + the script."""
+        runs = [RunHandle(r.run_id, None, str(r.run_dir), r.archive_url, self.executor,  # type: ignore[arg-type]
+                          self.sweep_id, r.array_index).to_dict() for r in self.runs]
+        common = {"dry_run": True, "executor": self.executor, "script": self.script}
+        if self.sweep_id is None:
+            return {**runs[0], **common}
+        return {"sweep_id": self.sweep_id, "sweep_dir": str(self.sweep_dir), "runs": runs,
+                "elements": [r.element for r in self.runs], **common}
+
+    def describe(self) -> str:
+        """One line for people: what the real command would create."""
+        if self.sweep_id is None:
+            return f"would create {self.runs[0].run_dir}"
+        return f"{len(self.runs)} runs in one array under {self.sweep_dir}"
 
 
 def archive_url_for(config: Config, run_id: str, user: str) -> str:
@@ -100,6 +186,17 @@ def new_record(
         "end_state": None,
         "metrics": None,
     }
+
+
+# ---------------------------------------------------------------------------------------
+# The checks. Each raises ConfigError naming the input and the fix; plan() runs all of them.
+
+
+def check_executor(executor: str) -> str:
+    """Refuse an executor name that is neither ``slurm`` nor ``local``."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    return executor
 
 
 def check_destination(config: Config, user: str, site_path: str | None = None) -> None:
@@ -144,9 +241,169 @@ def check_sync_credentials(config: Config, env: Mapping[str, str] | None = None)
                           "--set archive.sync_every=null (the epilog still archives the run)")
 
 
+def check_one_shape(configs: Sequence[Config]) -> None:
+    """A sweep is one job array, and one array has one shape: every element's ``slurm.*`` alike."""
+    if any(c.slurm != configs[0].slurm for c in configs):
+        raise ConfigError("sweep: slurm.* must be the same for every element (one job array has one shape)")
+
+
+def _cannot_create(path: Path, strerror: str, what: str = "") -> ConfigError:
+    return ConfigError(f"cannot create {what + ' folder ' if what else ''}{path}: {strerror}; check runs_root")
+
+
+def check_creatable(parent: Path) -> None:
+    """Refuse a ``runs_root`` (or sweeps folder) that ``mkdir -p`` would fail on, with its message."""
+    for ancestor in (parent, *parent.parents):
+        if not ancestor.exists():
+            continue
+        if not ancestor.is_dir():
+            code = errno.EEXIST if ancestor == parent else errno.ENOTDIR
+            raise _cannot_create(parent, os.strerror(code))
+        if ancestor != parent and not os.access(ancestor, os.W_OK | os.X_OK):
+            raise _cannot_create(parent, os.strerror(errno.EACCES))
+        return
+
+
+def _taken(path: Path, what: str = "run") -> ConfigError:
+    return ConfigError(f"{what} folder {path} already exists; choose another --run-id")
+
+
+# ---------------------------------------------------------------------------------------
+# Planning.
+
+
+def plan(
+    configs: Config | Sequence[Config], executor: str = "slurm", run_id: str | None = None, *,
+    sweep: bool = False, elements: Sequence[Any] | None = None, reproduces: str | None = None,
+    user: str | None = None, env: Mapping[str, str] | None = None,
+) -> SubmitPlan:
+    """Check a submission and compute everything it will do, creating nothing.
+
+    Args:
+        configs: the run's config, or one config per sweep element.
+        executor: ``slurm`` or ``local``.
+        run_id: the caller's own run ID (single runs only); default: drawn here.
+        sweep: one job array with a sweep folder (also for a single element).
+        elements: what each sweep element was made from (shown by the dry run).
+        reproduces: the run ID this run reproduces.
+        user: whose run (default: this login).
+        env: the environment the credentials check reads (default: ``os.environ``).
+
+    Raises:
+        ConfigError: anything the real submission would refuse before calling Slurm.
+    """
+    configs = [configs] if isinstance(configs, Config) else list(configs)
+    check_executor(executor)
+    if not configs:
+        raise ConfigError("sweep: no runs to submit")
+    if sweep and run_id:
+        raise ConfigError("sweep: --run-id names one run; a sweep draws one ID per element")
+    if not sweep and len(configs) != 1:
+        raise ConfigError("submit: one config per run; submit several as a sweep")
+    if run_id:
+        validate_name(run_id, "--run-id")
+    user = user or getpass.getuser()
+    if sweep:
+        check_one_shape(configs)
+    for c in configs:
+        check_executor_fits(c, executor)
+        if executor == Executor.SLURM:
+            check_destination(c, user)
+        check_sync_credentials(c, env)
+    parent = configs[0].runs_root / SWEEPS_DIR if sweep else configs[0].runs_root
+    check_creatable(parent)
+    if sweep:
+        for root in {c.runs_root for c in configs[1:]} - {configs[0].runs_root}:
+            check_creatable(root)
+    if run_id and (configs[0].runs_root / run_id).exists():
+        raise _taken(configs[0].runs_root / run_id)
+    elements = list(elements) if elements is not None else [None] * len(configs)
+    if len(elements) != len(configs):
+        raise ConfigError("sweep: one element per config")
+    p = _draw(configs, elements, executor=executor, user=user, run_id=run_id, sweep=sweep, reproduces=reproduces)
+    for path, what in _folders(p):
+        if path.parent.is_dir() and not os.access(path.parent, os.W_OK | os.X_OK):
+            raise _cannot_create(path, os.strerror(errno.EACCES), what)
+    return p
+
+
+def _folders(p: SubmitPlan) -> list[tuple[Path, str]]:
+    """The folders a plan creates, in creation order, each with what it is."""
+    sweep = [(p.sweep_dir, "sweep")] if p.sweep_dir is not None else []
+    return sweep + [(r.run_dir, "run") for r in p.runs]
+
+
+def _fresh(parent: Path, draw: Callable[[], str], what: str) -> str:
+    """A drawn name whose folder does not exist yet (the exclusive mkdir referees later)."""
+    for _ in range(FRESH_ID_TRIES):
+        name = validate_name(draw(), f"{what} ID")
+        if not (parent / name).exists():
+            return name
+    raise SubmitError(f"no fresh {what} ID in {parent} after {FRESH_ID_TRIES} draws; check runs_root")
+
+
+def _draw(configs: list[Config], elements: list[Any], *, executor: str, user: str, run_id: str | None,
+          sweep: bool, reproduces: str | None) -> SubmitPlan:
+    """The plan's names and script: run IDs (given or drawn), folders, marker, parameters."""
+    sweep_id = sweep_dir = None
+    if sweep:
+        sweeps = configs[0].runs_root / SWEEPS_DIR
+        sweep_id = _fresh(sweeps, new_sweep_id, "sweep")
+        sweep_dir = sweeps / sweep_id
+    runs = []
+    for i, (c, element) in enumerate(zip(configs, elements)):
+        rid = run_id or _fresh(c.runs_root, new_run_id, "run")
+        index = i if sweep else None
+        record = new_record(c, rid, c.runs_root / rid, sweep_id=sweep_id, array_index=index, reproduces=reproduces,
+                            user=user)
+        runs.append(PlannedRun(c, rid, c.runs_root / rid, record["archive_url"], record, index, element))
+    folder = sweep_dir if sweep_dir is not None else runs[0].run_dir
+    params = slurm_parameters(configs[0], job_name=f"yolo-{sweep_id or runs[0].run_id}",
+                              marker=make_marker(str(folder)))
+    logs = str(folder / SLURM_LOGS)
+    if executor == Executor.LOCAL:
+        script = local_command(_python(), logs)
+    else:
+        # submitit submits a single job, not a one-element array: render what it will send.
+        script = batch_script(params, python=_python(), folder=logs,
+                              array_size=len(runs) if len(runs) > 1 else None)
+    return SubmitPlan(executor, user, tuple(runs), params, script, sweep_id, sweep_dir, run_id, reproduces)
+
+
+def _redrawn(p: SubmitPlan) -> SubmitPlan:
+    """The same plan with fresh drawn IDs (one was taken between planning and creating)."""
+    return _draw([r.config for r in p.runs], [r.element for r in p.runs], executor=p.executor, user=p.user,
+                 run_id=p.given_run_id, sweep=p.sweep_id is not None, reproduces=p.reproduces)
+
+
+# ---------------------------------------------------------------------------------------
+# Creating folders.
+
 # Draws of a fresh generated ID before giving up. One retry is already a ~1e-12 event with
 # 8-character suffixes; more than one means runs_root is not what we think it is.
 FRESH_ID_TRIES = 5
+
+
+class _Taken(Exception):
+    """A drawn name's folder appeared between planning and creating: draw again."""
+
+
+def _make_dir(parent: Path, name: str, what: str, given: bool) -> Path:
+    """``mkdir parent/name``, exclusive: the referee between concurrent submits on a shared filesystem."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cannot_create(parent, e.strerror or str(e)) from e
+    path = parent / name
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if given:
+            raise _taken(path, what) from None
+        raise _Taken(str(path)) from None
+    except OSError as e:
+        raise _cannot_create(path, e.strerror or str(e), what) from e
+    return path
 
 
 def make_fresh_dir(parent: Path, name: str | None, draw: Callable[[], str], what: str = "run") -> Path:
@@ -155,25 +412,22 @@ def make_fresh_dir(parent: Path, name: str | None, draw: Callable[[], str], what
     ``mkdir`` is atomic on a shared filesystem, so it is the referee between concurrent
     submits: a generated name that already exists is drawn again, a given one is an error.
     """
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create {parent}: {e.strerror}; check runs_root") from e
     for _ in range(1 if name else FRESH_ID_TRIES):
-        path = parent / validate_name(name or draw(), f"{what} ID")
         try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            if name:
-                raise ConfigError(f"{what} folder {path} already exists; choose another --run-id") from None
-        except OSError as e:
-            raise ConfigError(f"cannot create {what} folder {path}: {e.strerror}; check runs_root") from e
+            return _make_dir(parent, validate_name(name or draw(), f"{what} ID"), what, given=bool(name))
+        except _Taken:
+            continue
     raise SubmitError(f"no fresh {what} ID in {parent} after {FRESH_ID_TRIES} draws; check runs_root")
 
 
+def _write_run(run_dir: Path, record: dict[str, Any]) -> None:
+    rec.write_record(run_dir, record)
+    # Kept apart from run.json, which the job rewrites: a damaged record does not move the run.
+    rec.write_placement(run_dir, record)
+
+
 def prepare_run(config: Config, run_id: str | None = None, **record_fields: Any) -> Path:
-    """Create the run folder and its ``run.json``; return the folder (its name is the run ID).
+    """Create the run folder, its ``run.json`` and ``.placement.json``; return the folder.
 
     Args:
         config: the run's validated config.
@@ -181,8 +435,30 @@ def prepare_run(config: Config, run_id: str | None = None, **record_fields: Any)
         record_fields: extra :func:`new_record` fields (sweep ID, array index, ...).
     """
     run_dir = make_fresh_dir(config.runs_root, run_id, new_run_id)
-    rec.write_record(run_dir, new_record(config, run_dir.name, run_dir, **record_fields))
+    _write_run(run_dir, new_record(config, run_dir.name, run_dir, **record_fields))
     return run_dir
+
+
+def _create(p: SubmitPlan, created: list[Path]) -> None:
+    """The plan's folders, in order (sweep folder first), each appended to ``created`` once made."""
+    for path, what in _folders(p):
+        created.append(_make_dir(path.parent, path.name, what, given=what == "run" and p.given_run_id is not None))
+    for r in p.runs:
+        _write_run(r.run_dir, dict(r.record))
+    if p.sweep_dir is not None:
+        rec.write_json_atomic(p.sweep_dir / ARRAY_JSON, {
+            "sweep_id": p.sweep_id, "runs": {str(r.array_index): str(r.run_dir) for r in p.runs},
+        })
+
+
+def _roll_back(created: Iterable[Path]) -> None:
+    """Remove what a failed submission created, so that nothing is left half-submitted."""
+    for path in created:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Submitting.
 
 
 def _python() -> str:
@@ -203,11 +479,90 @@ def make_executor(kind: str, folder: Path, config: Config, params: Mapping[str, 
         executor.update_parameters(**params)
         return executor
     if kind == Executor.LOCAL:
-        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=config.slurm["max_requeues"])
-        executor.update_parameters(timeout_min=params["time"], gpus_per_node=params.get("gpus_per_node", 0),
-                                   cpus_per_task=params["cpus_per_task"], signal_delay_s=params["signal_delay_s"])
-        return executor
+        local = submitit.LocalExecutor(folder=folder, max_num_timeout=config.slurm["max_requeues"])
+        local.update_parameters(timeout_min=params["time"], gpus_per_node=params.get("gpus_per_node", 0),
+                                cpus_per_task=params["cpus_per_task"], signal_delay_s=params["signal_delay_s"])
+        return local
     raise ConfigError(f"--executor {kind!r}: choose one of {', '.join(EXECUTORS)}")
+
+
+def _submit_jobs(p: SubmitPlan, job: Callable[[str], Any]) -> list[Any]:
+    """Submit the plan's runs (one array for a sweep) with submitit; its jobs, in run order."""
+    ex = make_executor(p.executor, p.folder / SLURM_LOGS, p.runs[0].config, p.params)
+    # submitit prints a refused sbatch's stderr itself before raising it: held back here so
+    # that the user reads Slurm's reason once, in our error line.
+    held = io.StringIO()
+    with contextlib.redirect_stderr(held):
+        if p.sweep_id is None:
+            jobs = [ex.submit(job, str(p.runs[0].run_dir))]
+        else:
+            with ex.batch():
+                jobs = [ex.submit(job, str(r.run_dir)) for r in p.runs]
+    sys.stderr.write(held.getvalue())  # a successful submission's warnings, if any
+    return jobs
+
+
+def submission_error(e: BaseException, what: str) -> SubmitError:
+    """The one-line error for a failed submission of ``what`` (a run or sweep ID)."""
+    cause = e.__cause__ if isinstance(e.__cause__, subprocess.CalledProcessError) else e
+    if isinstance(cause, subprocess.CalledProcessError) and Path(str(cause.cmd[0])).name == "sbatch":
+        stderr = cause.stderr.decode(errors="replace") if isinstance(cause.stderr, bytes) else cause.stderr or ""
+        return sbatch_refusal(stderr, cause.returncode)
+    if isinstance(e, FileNotFoundError) and Path(str(e.filename or "")).name == "sbatch":
+        return SubmitError("sbatch is not installed or not on PATH; use --executor local or run on a login node; "
+                           "nothing was submitted")
+    return SubmitError(f"submission of {what} failed: {_one_line(e)}; nothing was submitted")
+
+
+def execute(p: SubmitPlan, job: Callable[[str], Any]) -> list[RunHandle]:
+    """Carry out a plan: create its folders, submit, record the job IDs.
+
+    Args:
+        p: a plan from :func:`plan`.
+        job: what runs on the node for each run, called with the run folder.
+
+    Returns:
+        One :class:`RunHandle` per run, in array-index order.
+
+    Raises:
+        ConfigError: a given run ID's folder appeared since planning, or a folder cannot be made.
+        SubmitError: Slurm refused the job or could not be reached; everything created is removed.
+    """
+    created: list[Path] = []
+    try:
+        for _ in range(FRESH_ID_TRIES):
+            try:
+                _create(p, created)
+                break
+            except _Taken:
+                _roll_back(created)
+                created.clear()
+                p = _redrawn(p)
+        else:
+            raise SubmitError(f"no fresh run ID in {p.runs[0].config.runs_root} after {FRESH_ID_TRIES} draws; "
+                              "check runs_root")
+        jobs = _submit_jobs(p, job)
+    except BaseException as e:
+        _roll_back(created)
+        if isinstance(e, (SubmitError, ConfigError, KeyboardInterrupt)):
+            raise
+        raise submission_error(e, p.sweep_id or p.runs[0].run_id) from e
+    handles = []
+    for r, j in zip(p.runs, jobs):
+        job_id = str(j.job_id)
+        ids = {"job_id": job_id, "executor": p.executor}
+        if p.sweep_id is not None:
+            ids["array_job_id"] = job_id.split("_")[0]
+        rec.update_record(r.run_dir, _set_slurm_ids(ids))
+        handles.append(RunHandle(r.run_id, job_id, str(r.run_dir), r.archive_url, p.executor, p.sweep_id,
+                                 r.array_index))
+    return handles
+
+
+def _set_slurm_ids(ids: Mapping[str, str]) -> Callable[[dict[str, Any]], None]:
+    def change(record: dict[str, Any]) -> None:
+        record["slurm"].update(ids)
+    return change
 
 
 def submit(
@@ -225,43 +580,33 @@ def submit(
         reproduces: the run ID this run reproduces, recorded in ``run.json``.
 
     Raises:
-        ConfigError: invalid run ID or run folder already exists.
+        ConfigError: any check of :func:`plan` failed; nothing was created.
         SubmitError: Slurm refused the job; the run folder has been removed again.
     """
-    if executor not in EXECUTORS:
-        raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
-    check_executor_fits(config, executor)
-    if run_id:
-        validate_name(run_id, "--run-id")
-    if executor == Executor.SLURM:
-        check_destination(config, getpass.getuser())
-    check_sync_credentials(config)
-    run_dir = prepare_run(config, run_id, reproduces=reproduces)
-    run_id = run_dir.name
-    try:
-        params = slurm_parameters(config, job_name=f"yolo-{run_id}", marker=make_marker(str(run_dir)))
-        ex = make_executor(executor, run_dir / "slurm", config, params)
-        submitted = ex.submit(job, str(run_dir))
-    except BaseException as e:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if isinstance(e, (SubmitError, ConfigError)):
-            raise
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        raise SubmitError(f"submission of {run_id} failed: {_one_line(e)}; nothing was submitted") from e
-    rec.update_record(run_dir, lambda r: r["slurm"].update(job_id=str(submitted.job_id), executor=executor))
-    record = rec.read_record(run_dir)
-    return RunHandle(run_id, str(submitted.job_id), str(run_dir), record["archive_url"], executor)
+    return execute(plan(config, executor, run_id, reproduces=reproduces), job)[0]
 
 
-def dry_run(config: Config, *, run_id: str | None = None, array_size: int | None = None) -> dict[str, Any]:
-    """What :func:`submit` would do, without creating or submitting anything."""
-    run_id = validate_name(run_id, "--run-id") if run_id else new_run_id()
-    run_dir = config.runs_root / run_id
-    params = slurm_parameters(config, job_name=f"yolo-{run_id}", marker=make_marker(str(run_dir)))
-    script = batch_script(params, python=_python(), folder=str(run_dir / "slurm"), array_size=array_size)
-    return {"run_id": run_id, "run_dir": str(run_dir), "job_id": None, "dry_run": True,
-            "archive_url": archive_url_for(config, run_id, getpass.getuser()), "script": script}
+def dry_run(config: Config, *, run_id: str | None = None, executor: str = "slurm") -> dict[str, Any]:
+    """What :func:`submit` would do (its plan, as JSON), without creating or submitting anything."""
+    return plan(config, executor, run_id).to_dict()
+
+
+# ---------------------------------------------------------------------------------------
+# Sweeps.
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``["train.lr0=0.01,0.001"]`` (the CLI's ``--grid``) → ``{"train.lr0": [0.01, 0.001]}``."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values or not key.strip():
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. --grid train.lr0=0.01,0.001")
+        try:
+            grid[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--grid {item!r}: a value is not valid YAML") from e
+    return grid
 
 
 def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -276,11 +621,38 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 def override_strings(element: Mapping[str, Any] | Sequence[str]) -> list[str]:
     """``{"train.lr0": 0.01}`` → ``["train.lr0=0.01"]`` (values as YAML); lists pass through."""
     if isinstance(element, Mapping):
-        import yaml
-
         return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                 for k, v in element.items()]
     return [str(x) for x in element]
+
+
+def sweep_configs(
+    config: str | os.PathLike, grid: Mapping[str, Sequence[Any]] | None = None, *,
+    overrides: Sequence[Mapping[str, Any] | Sequence[str]] | None = None, base_overrides: Sequence[str] = (),
+) -> tuple[list[Config], list[Any]]:
+    """Load every element of a sweep: ``(configs, elements)``, one each per run, in order.
+
+    Raises:
+        ConfigError: neither or both of ``grid`` and ``overrides``, no element, or any
+            element's config is invalid.
+    """
+    if (grid is None) == (overrides is None):
+        raise ConfigError("sweep: give exactly one of grid= or overrides=")
+    elements = expand_grid(grid) if grid is not None else list(overrides or ())
+    if not elements:
+        raise ConfigError("sweep: no runs to submit")
+    return [load_config(config, list(base_overrides) + override_strings(e)) for e in elements], elements
+
+
+def plan_sweep(
+    config: str | os.PathLike, grid: Mapping[str, Sequence[Any]] | None = None, *,
+    overrides: Sequence[Mapping[str, Any] | Sequence[str]] | None = None, base_overrides: Sequence[str] = (),
+    executor: str = "slurm", env: Mapping[str, str] | None = None,
+) -> SubmitPlan:
+    """The plan of a sweep (see :func:`sweep` for the arguments): every element loaded and checked."""
+    check_executor(executor)
+    configs, elements = sweep_configs(config, grid, overrides=overrides, base_overrides=base_overrides)
+    return plan(configs, executor, sweep=True, elements=elements, env=env)
 
 
 def sweep(
@@ -311,46 +683,8 @@ def sweep(
             or the elements ask for different Slurm resources (one array has one shape).
         SubmitError: Slurm refused the array; every folder created has been removed again.
     """
-    if (grid is None) == (overrides is None):
-        raise ConfigError("sweep: give exactly one of grid= or overrides=")
-    elements = expand_grid(grid) if grid is not None else list(overrides)
-    if not elements:
-        raise ConfigError("sweep: no runs to submit")
-    configs = [load_config(config, list(base_overrides) + override_strings(e)) for e in elements]
-    if any(c.slurm != configs[0].slurm for c in configs):
-        raise ConfigError("sweep: slurm.* must be the same for every element (one job array has one shape)")
-    for c in configs:
-        check_executor_fits(c, executor)
-        if executor == Executor.SLURM:
-            check_destination(c, getpass.getuser())
-        check_sync_credentials(c)
-    created: list[Path] = []
-    try:
-        sweep_dir = make_fresh_dir(configs[0].runs_root / SWEEPS_DIR, None, new_sweep_id, "sweep")
-        sweep_id = sweep_dir.name
-        created.append(sweep_dir)
-        for i, c in enumerate(configs):
-            created.append(prepare_run(c, sweep_id=sweep_id, array_index=i))
-        rec.write_json_atomic(sweep_dir / ARRAY_JSON, {
-            "sweep_id": sweep_id, "runs": {str(i): str(d) for i, d in enumerate(created[1:])},
-        })
-        params = slurm_parameters(configs[0], job_name=f"yolo-{sweep_id}", marker=make_marker(str(sweep_dir)))
-        ex = make_executor(executor, sweep_dir / "slurm", configs[0], params)
-        with ex.batch():
-            jobs = [ex.submit(job, str(d)) for d in created[1:]]
-    except BaseException as e:
-        for d in created:
-            shutil.rmtree(d, ignore_errors=True)
-        if isinstance(e, (SubmitError, ConfigError, KeyboardInterrupt)):
-            raise
-        raise SubmitError(f"sweep submission failed: {_one_line(e)}; nothing was submitted") from e
-    handles = []
-    for i, (job, run_dir) in enumerate(zip(jobs, created[1:])):
-        rec.update_record(run_dir, lambda r, j=job: r["slurm"].update(
-            job_id=str(j.job_id), array_job_id=str(j.job_id).split("_")[0], executor=executor))
-        handles.append(RunHandle(run_dir.name, str(job.job_id), str(run_dir),
-                                 rec.read_record(run_dir)["archive_url"], executor, sweep_id, i))
-    return handles
+    p = plan_sweep(config, grid, overrides=overrides, base_overrides=base_overrides, executor=executor)
+    return execute(p, job)
 
 
 def _one_line(e: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurm_yolo.cli import main
+from slurm_yolo.cli import COMMANDS, build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,6 +40,47 @@ def test_help_lists_commands():
     assert out.returncode == 0
     for cmd in ("submit", "sweep", "status", "spool", "runs", "reproduce", "index", "store"):
         assert cmd in out.stdout
+    listed = " ".join(out.stdout.split())  # argparse wraps long help lines
+    for name, (_, line) in COMMANDS.items():
+        assert f"{name} {line}" in listed
+
+
+def test_command_table_is_what_the_rooms_register():
+    """`--help` shows the table's lines without importing the rooms: they must say the same."""
+    registered = [(a.dest, a.help) for a in _subparsers(build_parser())._choices_actions]  # every room
+    assert registered == [(name, line) for name, (_, line) in COMMANDS.items()]
+    for name, (room, _) in COMMANDS.items():
+        # `slurm-yolo NAME ...` builds NAME's room for real (the others are help lines only)
+        real = {n for n, p in _subparsers(build_parser([name, "--help"])).choices.items() if p.add_help}
+        assert real == {n for n, (r, _) in COMMANDS.items() if r == room}, name
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _modules_after(argv: list[str]) -> set[str]:
+    code = (f"import sys; from slurm_yolo.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print(' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+ROOMS_AND_HEAVY = ("slurm_yolo.launcher", "slurm_yolo.catalog", "slurm_yolo.epilog", "slurm_yolo.report",
+                   "slurm_yolo.job", "slurm_yolo.archive", "yaml", "rich", "boto3", "submitit", "typing")
+
+
+def test_help_imports_no_room():
+    loaded = _modules_after(["--help"])
+    assert not [m for m in loaded if m.startswith(ROOMS_AND_HEAVY)]
+
+
+def test_a_commands_help_imports_only_its_room():
+    loaded = _modules_after(["runs", "list", "--help"])
+    assert "slurm_yolo.catalog.cli" in loaded
+    assert not [m for m in loaded if m.startswith(("slurm_yolo.launcher", "slurm_yolo.epilog", "slurm_yolo.report",
+                                                   "slurm_yolo.job", "submitit"))]
 
 
 def test_dry_run_json_submits_and_creates_nothing(cfg, tmp_path):
@@ -66,6 +108,15 @@ def test_launcher_never_imports_torch_ultralytics_or_pyarrow(cfg):
             "assert not bad, bad")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_dry_run_imports_only_the_launcher(cfg):
+    """No other room, no job code, no rich or boto3: only what checking and rendering need
+    (submitit's renderer is the batch script that would be submitted)."""
+    loaded = _modules_after(["submit", str(cfg), "--dry-run", "--json"])
+    assert "slurm_yolo.launcher.submit" in loaded and "submitit" in loaded
+    assert not [m for m in loaded if m.startswith(("slurm_yolo.catalog", "slurm_yolo.epilog", "slurm_yolo.report",
+                                                   "slurm_yolo.job", "rich", "boto3", "botocore"))]
 
 
 def test_sweep_dry_run_validates_every_element(cfg):
@@ -102,8 +153,11 @@ def test_failed_sbatch_leaves_no_half_submitted_run(cfg, tmp_path):
         f.chmod(0o755)
     env = {**os.environ, "PATH": f"{fake}:/usr/bin:/bin"}
     out = run_cli("submit", cfg, "--json", env=env)
-    assert out.returncode == 1 and out.stdout == ""
-    assert "invalid partition" in out.stderr and "nothing was submitted" in out.stderr
+    assert out.returncode == 2 and out.stdout == ""  # the fix is in the config: bad input
+    # Slurm's reason once, on one line (submitit's own print of sbatch's stderr is held back)
+    assert out.stderr.splitlines() == [
+        "slurm-yolo: error: sbatch refused the job: invalid partition specified: debug; check slurm.partition "
+        "(`sinfo -s` lists this cluster's partitions); nothing was submitted"]
     assert list((tmp_path / "runs").iterdir()) == []  # the run folder was removed again
 
 

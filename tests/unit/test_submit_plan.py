@@ -1,0 +1,207 @@
+"""One plan for every submission: ``--dry-run`` and the real command agree on every input.
+
+The real command runs with a PATH that has no Slurm, so an input the checks accept fails
+only at the submission step (after every check, with its folders removed again), and an
+input they refuse fails the same way, with the same line, as its dry run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slurm_yolo.config import load_config
+from slurm_yolo.errors import ConfigError
+from slurm_yolo.launcher import submit as launcher
+from slurm_yolo.runfolder import ARRAY_JSON, PLACEMENT, RUN_JSON, SWEEPS_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+PLACEMENT_KEYS = {"run_id", "task", "project", "model_name", "archive_url"}
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    data = tmp_path / "data.yaml"
+    data.write_text("path: .\ntrain: images\nval: images\nnames: {0: a}\n")
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["train"]["data"] = str(data)
+    raw["runs_root"] = str(tmp_path / "runs")
+    raw["archive"]["sync_every"] = None
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def no_slurm_env(tmp_path):
+    """A user's shell without Slurm on PATH, without S3 credentials, without a site config."""
+    empty = tmp_path / "no-slurm-bin"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "SLURM_"))}
+    env.update(PATH=str(empty), HOME=str(tmp_path / "home"), SLURM_YOLO_SITE_CONFIG=str(tmp_path / "no-site.yaml"))
+    return env
+
+
+def run_cli(args, env):
+    return subprocess.run([sys.executable, "-m", "slurm_yolo.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def _site(tmp_path, env):
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"allowed_prefix": "s3://elsewhere/runs/{user}/", "index_url": "s3://elsewhere/index/"}))
+    env["SLURM_YOLO_SITE_CONFIG"] = str(site)
+
+
+def _run_folder_taken(tmp_path, env):  # noqa: ARG001 - one signature for every setup
+    (tmp_path / "runs" / "ci-1").mkdir(parents=True)
+
+
+def _runs_root_is_a_file(tmp_path, env):  # noqa: ARG001
+    (tmp_path / "runs").write_text("not a folder")
+
+
+# (id, command words, setup, exit code of both, a fragment of the one error line)
+REFUSED = [
+    ("local-two-nodes", ["submit", "--executor", "local", "--set", "slurm.nodes=2"], None, 2, "needs Slurm"),
+    ("sync-without-credentials", ["submit", "--set", "archive.sync_every=1m"], None, 2,
+     "in-training sync needs your S3 credentials"),
+    ("bad-run-id", ["submit", "--run-id", "../evil"], None, 2, "is not a valid name"),
+    ("given-run-folder-exists", ["submit", "--run-id", "ci-1"], _run_folder_taken, 2, "already exists"),
+    ("outside-allowed-prefix", ["submit"], _site, 2, "outside this site's allowed prefix"),
+    ("runs-root-is-a-file", ["submit"], _runs_root_is_a_file, 2, "check runs_root"),
+    ("bad-set", ["submit", "--set", "slurm.gpu=1"], None, 2, "did you mean 'gpus'"),
+    ("unknown-executor", ["submit", "--executor", "k8s"], None, 2, "invalid choice: 'k8s'"),
+    ("sweep-over-slurm", ["sweep", "--grid", "slurm.gpus=0,1"], None, 2, "slurm.* must be the same"),
+    ("sweep-bad-grid-item", ["sweep", "--grid", "train.lr0"], None, 2, "expected KEY=V1,V2"),
+    ("sweep-bad-element", ["sweep", "--grid", "train.lr0=0.01,0.001", "--grid", "slurm.gpus=1,x"], None, 2,
+     "slurm.gpus must be int"),
+    ("sweep-local-two-nodes", ["sweep", "--grid", "train.lr0=0.01,0.001", "--executor", "local",
+                               "--set", "slurm.nodes=2"], None, 2, "needs Slurm"),
+    ("sweep-sync-without-credentials", ["sweep", "--grid", "train.lr0=0.01,0.001", "--set",
+                                        "archive.sync_every=1m"], None, 2, "needs your S3 credentials"),
+    ("sweep-outside-allowed-prefix", ["sweep", "--grid", "train.lr0=0.01,0.001"], _site, 2, "allowed prefix"),
+]
+
+
+def _left_behind(tmp_path) -> list[str]:
+    runs = tmp_path / "runs"
+    if not runs.is_dir():
+        return []
+    return sorted(str(p.relative_to(runs)) for p in runs.rglob("*") if p.name != "ci-1")
+
+
+@pytest.mark.parametrize("words, setup, code, fragment", [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
+def test_refused_alike_with_and_without_dry_run(cfg, tmp_path, no_slurm_env, words, setup, code, fragment):
+    if setup:
+        setup(tmp_path, no_slurm_env)
+    args = [words[0], cfg, *words[1:]]
+    dry = run_cli([*args, "--dry-run"], no_slurm_env)
+    real = run_cli(args, no_slurm_env)
+    assert (dry.returncode, real.returncode) == (code, code), (dry.stderr, real.stderr)
+    assert dry.stderr.splitlines()[-1] == real.stderr.splitlines()[-1]
+    assert fragment in real.stderr and dry.stdout == real.stdout == ""
+    assert _left_behind(tmp_path) == []
+
+
+ACCEPTED = [
+    ("submit", ["submit", "--run-id", "ci-7"]),
+    ("submit-generated-id", ["submit"]),
+    ("sweep", ["sweep", "--grid", "train.lr0=0.01,0.001"]),
+    ("sweep-of-one", ["sweep", "--grid", "train.lr0=0.01"]),
+]
+
+
+@pytest.mark.parametrize("words", [c[1] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
+def test_accepted_by_the_dry_run_fails_only_at_submission(cfg, tmp_path, no_slurm_env, words):
+    args = [words[0], cfg, *words[1:]]
+    dry = run_cli([*args, "--dry-run", "--json"], no_slurm_env)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["dry_run"] is True
+    real = run_cli(args, no_slurm_env)
+    assert real.returncode == 1 and real.stdout == ""
+    assert real.stderr.splitlines() == [real.stderr.strip()] and "Slurm is not available here" in real.stderr
+    assert _left_behind(tmp_path) in ([], [SWEEPS_DIR])  # every run folder it made was removed again
+
+
+def _fake_slurm(tmp_path) -> dict[str, str]:
+    """sbatch that accepts the job and keeps the script it was given (nothing ever runs)."""
+    fake = tmp_path / "fake-slurm"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho 'Submitted batch job 4242'\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    return {**os.environ, "PATH": f"{fake}:/usr/bin:/bin"}
+
+
+def test_the_dry_run_script_is_what_sbatch_gets(cfg, tmp_path):
+    env = _fake_slurm(tmp_path)
+    dry = run_cli(["submit", cfg, "--run-id", "ci-9", "--dry-run", "--json"], env)
+    assert dry.returncode == 0, dry.stderr
+    shown = json.loads(dry.stdout)
+    real = run_cli(["submit", cfg, "--run-id", "ci-9", "--json"], env)
+    assert real.returncode == 0, real.stderr
+    handle = json.loads(real.stdout)
+    assert (tmp_path / "submitted.sh").read_text() == shown["script"]
+    assert handle["job_id"] == "4242"
+    assert {k: shown[k] for k in ("run_id", "run_dir", "archive_url")} == \
+        {k: handle[k] for k in ("run_id", "run_dir", "archive_url")}
+    run_dir = Path(handle["run_dir"])
+    record = json.loads((run_dir / RUN_JSON).read_text())
+    placement = json.loads((run_dir / PLACEMENT).read_text())
+    assert placement == {k: record[k] for k in PLACEMENT_KEYS}
+    assert record["slurm"]["job_id"] == "4242"
+
+
+def test_the_sweep_dry_run_script_is_what_sbatch_gets(cfg, tmp_path, monkeypatch):
+    env = _fake_slurm(tmp_path)
+    config = load_config(cfg, cwd=tmp_path)
+    configs, elements = launcher.sweep_configs(cfg, {"train.lr0": [0.01, 0.001, 0.0001]})
+    p = launcher.plan(configs, "slurm", sweep=True, elements=elements)
+    assert not config.runs_root.exists()  # planning created nothing
+    monkeypatch.setenv("PATH", env["PATH"])
+    handles = launcher.execute(p, job=print)
+    assert (tmp_path / "submitted.sh").read_text() == p.script and "#SBATCH --array=0-2%3" in p.script
+    assert [h.job_id for h in handles] == ["4242_0", "4242_1", "4242_2"]
+    assert [h.run_dir for h in handles] == [str(r.run_dir) for r in p.runs]
+    array = json.loads((p.sweep_dir / ARRAY_JSON).read_text())
+    assert array == {"sweep_id": p.sweep_id, "runs": {str(i): h.run_dir for i, h in enumerate(handles)}}
+    for h in handles:
+        assert set(json.loads((Path(h.run_dir) / PLACEMENT).read_text())) == PLACEMENT_KEYS
+
+
+def test_a_sweep_of_one_is_a_single_job_as_submitit_sends_it(cfg):
+    configs, elements = launcher.sweep_configs(cfg, {"train.lr0": [0.01]})
+    p = launcher.plan(configs, "slurm", sweep=True, elements=elements)
+    assert "--array" not in p.script and f"slurm-yolo:v1:{p.sweep_dir}" in p.script
+
+
+def test_python_api_and_plan_refuse_alike(cfg):
+    config = load_config(cfg)
+    for call in (lambda: launcher.plan(config, "k8s"), lambda: launcher.submit(config, job=print, executor="k8s")):
+        with pytest.raises(ConfigError, match="--executor 'k8s': choose one of slurm, local"):
+            call()
+    for call in (lambda: launcher.plan_sweep(cfg, {"slurm.gpus": [0, 1]}),
+                 lambda: launcher.sweep(cfg, {"slurm.gpus": [0, 1]}, job=print)):
+        with pytest.raises(ConfigError, match="one job array has one shape"):
+            call()
+    assert not config.runs_root.exists()
+
+
+def test_a_drawn_id_taken_after_planning_is_drawn_again(cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", _fake_slurm(tmp_path)["PATH"])
+    config = load_config(cfg)
+    p = launcher.plan(config, "slurm")
+    taken = config.runs_root / p.runs[0].run_id
+    taken.mkdir(parents=True)  # another submit got there first
+    (handle,) = launcher.execute(p, job=print)
+    assert handle.run_id != p.runs[0].run_id and not any(taken.iterdir())
+    # what was submitted names the folder that was made, not the planned one
+    assert f"slurm-yolo:v1:{handle.run_dir}" in (tmp_path / "submitted.sh").read_text()
