@@ -1,7 +1,8 @@
 """``slurm-yolo submit|sweep|status``: the launcher's commands (thin: parse, plan, submit, print).
 
 ``submit`` and ``sweep`` make one :func:`~slurm_yolo.launcher.submit.plan` and either show it
-(``--dry-run``) or carry it out: the same checks either way. What runs on the node comes
+(``--dry-run``, once ``sbatch --test-only`` accepted its script) or carry it out: the same
+checks either way. What runs on the node comes
 from the caller (``args.job``, set by ``slurm_yolo.cli``, which joins the launcher and the job).
 """
 
@@ -30,7 +31,8 @@ def _add_common_submit(p: argparse.ArgumentParser) -> None:
                    help="slurm: sbatch through submitit (default); local: run here without Slurm")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--dry-run", action="store_true",
-                   help="run every check and print the batch script; create and submit nothing")
+                   help="run every check, ask Slurm (sbatch --test-only) and print the batch script; "
+                        "create and submit nothing")
 
 
 def add_commands(sub: Any) -> None:
@@ -60,11 +62,15 @@ def add_commands(sub: Any) -> None:
 
 
 def _show_dry_run(p: launcher.SubmitPlan, as_json: bool) -> int:
+    says = launcher.ask_slurm(p)  # refuses what sbatch would refuse, with the same error line
     if as_json:
-        emit_json(p.to_dict())
-    else:
-        print(p.script)
-        print(f"# dry run: {p.describe()}; nothing was submitted", file=sys.stderr)
+        emit_json({**p.to_dict(), "slurm_says": says})
+        return 0
+    print(p.script)
+    if p.executor == "slurm":
+        print(f"# sbatch --test-only: {says}" if says else "# Slurm not asked (no sbatch or Slurm config here)",
+              file=sys.stderr)
+    print(f"# dry run: {p.describe()}; nothing was submitted", file=sys.stderr)
     return 0
 
 

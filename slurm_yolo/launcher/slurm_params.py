@@ -100,7 +100,8 @@ REFUSAL_FIXES: tuple[tuple[str, str], ...] = (
 UNREACHABLE = ("unable to contact slurm controller", "socket timed out", "resource temporarily unavailable",
                "connection refused", "slurm_persist_conn")
 _SBATCH_PREFIXES = ("sbatch: error: ", "sbatch: fatal: ", "sbatch: ")
-_FAILED = "batch job submission failed: "
+# How sbatch introduces Slurm's verdict: when submitting, and with --test-only (the dry run).
+_FAILED = ("batch job submission failed: ", "allocation failure: ")
 
 
 def sbatch_reason(stderr: str) -> str:
@@ -120,8 +121,9 @@ def sbatch_reason(stderr: str) -> str:
                 break
         if not line or line.lower().startswith('try "sbatch --help"'):
             continue
-        if line.lower().startswith(_FAILED):
-            failed = line[len(_FAILED):]
+        verdict = next((f for f in _FAILED if line.lower().startswith(f)), None)
+        if verdict:
+            failed = line[len(verdict):]
         elif line not in details:
             details.append(line)
     if failed and details:

@@ -2,13 +2,14 @@
 
 Every submission, real or ``--dry-run``, single run or sweep, from the CLI or from Python,
 goes through :func:`plan`: it runs every check, draws the run IDs and computes the folders,
-the archive URLs, the sbatch parameters and the exact batch script, creating nothing. A
-dry run shows the plan; a real submission hands it to :func:`execute`, which creates the
-folders (``run.json`` + ``.placement.json``), submits (one sbatch, an array for a sweep) and
-records the job IDs. So a preview cannot disagree with the real command: they share every
-check, and a rejected plan has created nothing. If submission fails, :func:`execute` removes
-what it created (one rollback for runs and sweeps) and raises
-:class:`~slurm_yolo.errors.SubmitError`.
+the archive URLs, the sbatch parameters and the exact batch script, creating nothing. A dry
+run shows the plan once :func:`ask_slurm` has put its script to ``sbatch --test-only`` (what
+only Slurm can judge: partitions, resources, options); a real submission hands it to
+:func:`execute`, which creates the folders (``run.json`` + ``.placement.json``), submits
+(one sbatch, an array for a sweep) and records the job IDs. So a preview cannot disagree
+with the real command: they share every check, and a rejected plan has created nothing. If
+submission fails, :func:`execute` removes what it created (one rollback for runs and
+sweeps) and raises :class:`~slurm_yolo.errors.SubmitError`.
 
 Never imports torch or ultralytics (the job module imports them lazily, on the node), and
 imports submitit only to render or submit a batch script.
@@ -26,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -34,10 +36,11 @@ import yaml
 
 from slurm_yolo import record as rec
 from slurm_yolo.archive.layout import RunLocation, is_under, user_prefix
+from slurm_yolo.commands import run_command
 from slurm_yolo.config import Config, load_config
-from slurm_yolo.errors import ConfigError, SiteConfigError, SubmitError
+from slurm_yolo.errors import CommandError, ConfigError, SiteConfigError, SubmitError
 from slurm_yolo.launcher.slurm_params import (
-    batch_script, local_command, make_marker, sbatch_refusal, slurm_parameters,
+    batch_script, local_command, make_marker, sbatch_reason, sbatch_refusal, slurm_parameters,
 )
 from slurm_yolo.names import new_run_id, new_sweep_id, validate_name
 from slurm_yolo.provenance import code_version, dataset_identity
@@ -586,9 +589,50 @@ def submit(
     return execute(plan(config, executor, run_id, reproduces=reproduces), job)[0]
 
 
+# Where Slurm's clients look for its config when SLURM_CONF is not set (Debian's and Slurm's default).
+SLURM_CONF_DEFAULTS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/usr/local/etc/slurm.conf")
+# sbatch --test-only is one round trip to slurmctld; a controller that takes longer is down.
+ASK_SLURM_TIMEOUT_S = 20
+
+
+def ask_slurm(p: SubmitPlan, env: Mapping[str, str] | None = None) -> str | None:
+    """What Slurm says of the plan's batch script without queuing it (``sbatch --test-only``),
+    for the dry run: a script sbatch would refuse is refused here, with the same error.
+
+    Returns:
+        Slurm's estimate (``Job 75 to start at ... in partition debug``), or ``None`` where
+        Slurm cannot be asked from here (``--executor local``, no sbatch on PATH, no Slurm
+        config: e.g. a laptop), which the dry run says.
+
+    Raises:
+        SubmitRefused: sbatch refused the script (partition, resources, an option).
+        SubmitError: Slurm could not be reached.
+    """
+    env = os.environ if env is None else env
+    sbatch = shutil.which("sbatch", path=env.get("PATH", os.defpath))
+    conf = env.get("SLURM_CONF") or next((c for c in SLURM_CONF_DEFAULTS if os.path.isfile(c)), None)
+    # Without a config file sbatch retries for a minute before it gives up: do not ask it then.
+    if p.executor != Executor.SLURM or sbatch is None or conf is None:
+        return None
+    with tempfile.NamedTemporaryFile("w", prefix="slurm-yolo-dry-run-", suffix=".sh") as script:
+        script.write(p.script)
+        script.flush()
+        try:
+            proc = run_command([sbatch, "--test-only", script.name], "dry run", timeout=ASK_SLURM_TIMEOUT_S,
+                               env=env, check=False)
+        except CommandError as e:
+            raise SubmitError(f"sbatch could not reach Slurm: {e.detail}; try again, or ask your admin if it "
+                              "persists; nothing was submitted") from e
+    if proc.returncode != 0:
+        raise sbatch_refusal(proc.stderr, proc.returncode)
+    return sbatch_reason(proc.stderr or proc.stdout)
+
+
 def dry_run(config: Config, *, run_id: str | None = None, executor: str = "slurm") -> dict[str, Any]:
-    """What :func:`submit` would do (its plan, as JSON), without creating or submitting anything."""
-    return plan(config, executor, run_id).to_dict()
+    """What :func:`submit` would do (its plan, as JSON, with Slurm's answer to its script in
+    ``slurm_says``), without creating or submitting anything."""
+    p = plan(config, executor, run_id)
+    return {**p.to_dict(), "slurm_says": ask_slurm(p)}
 
 
 # ---------------------------------------------------------------------------------------

@@ -57,6 +57,9 @@ def test_refused_submit_is_one_line_exit_2_and_leaves_nothing(cluster, config, r
     assert line.startswith(f"slurm-yolo: error: sbatch refused the job: {reason}; {fix}")
     assert line.endswith("; nothing was submitted")
     assert folders_left(runs_root) == []
+    # the dry run asks sbatch --test-only, and refuses alike
+    dry = slurm_yolo(cluster, "submit", config, "--set", setting, "--set", f"runs_root={runs_root}", "--dry-run")
+    assert (dry.returncode, dry.stderr.splitlines()) == (2, [line])
 
 
 def test_refused_sweep_removes_every_folder(cluster, config, runs_root):
@@ -71,6 +74,9 @@ def test_refused_sweep_removes_every_folder(cluster, config, runs_root):
 
 def test_accepted_submit_has_its_placement(cluster, config, runs_root):
     """The same config with a real partition goes through (the test above is not a broken setup)."""
+    dry = slurm_yolo(cluster, "submit", config, "--set", f"runs_root={runs_root}", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["slurm_says"].startswith("Job ")  # sbatch --test-only's estimate
     out = slurm_yolo(cluster, "submit", config, "--set", f"runs_root={runs_root}", "--json", "--set",
                      "slurm.extra.hold=true")  # held: it never runs, it is cancelled below
     assert out.returncode == 0, out.stderr

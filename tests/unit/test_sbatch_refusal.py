@@ -34,6 +34,14 @@ CAPTURED = [
      "unrecognized option '--bogus-opt=1'", "check slurm.extra"),
     ("--mail-type=WRONG", "sbatch: error: Invalid --mail-type specification\n",
      "Invalid --mail-type specification", "check slurm.extra"),
+    # the dry run's sbatch --test-only words Slurm's verdict as "allocation failure"
+    ("--test-only --partition=nope",
+     "sbatch: error: invalid partition specified: nope\nallocation failure: Invalid partition name specified\n",
+     "invalid partition specified: nope (Invalid partition name specified)", "check slurm.partition"),
+    ("--test-only --constraint=a100", "allocation failure: Invalid feature specification\n",
+     "Invalid feature specification", "check slurm.extra.constraint"),
+    ("--test-only --mem=999999G", "allocation failure: Requested node configuration is not available\n",
+     "Requested node configuration is not available", "ask for what a node has"),
     ("--account=x (with accounting)",
      "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified\n",
      "Invalid account or account/partition combination specified", "check slurm.account"),
@@ -73,3 +81,8 @@ def test_submitits_error_is_read_through_to_sbatchs_stderr():
     assert isinstance(err, SubmitRefused) and "invalid partition specified: nope" in str(err)
     other = submission_error(OSError("disk full"), "run-1")
     assert type(other) is SubmitError and str(other) == "submission of run-1 failed: disk full; nothing was submitted"
+
+
+def test_test_only_estimate_is_slurms_line():
+    line = "sbatch: Job 75 to start at 2026-12-03T13:31:49 using 1 processors on nodes vm in partition debug\n"
+    assert sbatch_reason(line) == line.strip().removeprefix("sbatch: ")

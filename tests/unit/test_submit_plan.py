@@ -130,15 +130,27 @@ def test_accepted_by_the_dry_run_fails_only_at_submission(cfg, tmp_path, no_slur
     assert _left_behind(tmp_path) in ([], [SWEEPS_DIR])  # every run folder it made was removed again
 
 
-def _fake_slurm(tmp_path) -> dict[str, str]:
-    """sbatch that accepts the job and keeps the script it was given (nothing ever runs)."""
+def _fake_slurm(tmp_path, refuse: str | None = None) -> dict[str, str]:
+    """sbatch that keeps the script it was given and accepts it (or refuses it with ``refuse``
+    as its stderr), for --test-only as for a submission; nothing ever runs."""
     fake = tmp_path / "fake-slurm"
     fake.mkdir()
     (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (fake / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho 'Submitted batch job 4242'\n")
+    if refuse:
+        sbatch = f"#!/bin/sh\nprintf '%s\\n' {refuse!r} >&2\nexit 1\n"
+    else:
+        sbatch = (f'#!/bin/sh\nif [ "$1" = --test-only ]; then cp "$2" {tmp_path}/tested.sh; '
+                  f'echo "sbatch: {ESTIMATE}" >&2; exit 0; fi\n'
+                  f'cp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    (fake / "sbatch").write_text(sbatch)
     for f in fake.iterdir():
         f.chmod(0o755)
-    return {**os.environ, "PATH": f"{fake}:/usr/bin:/bin"}
+    conf = tmp_path / "slurm.conf"  # a client config exists: the dry run asks sbatch
+    conf.write_text("ClusterName=fake\n")
+    return {**os.environ, "PATH": f"{fake}:/usr/bin:/bin", "SLURM_CONF": str(conf)}
+
+
+ESTIMATE = "Job 4243 to start at 2026-12-03T13:31:49 using 1 processors on nodes vm in partition debug"
 
 
 def test_the_dry_run_script_is_what_sbatch_gets(cfg, tmp_path):
@@ -149,7 +161,8 @@ def test_the_dry_run_script_is_what_sbatch_gets(cfg, tmp_path):
     real = run_cli(["submit", cfg, "--run-id", "ci-9", "--json"], env)
     assert real.returncode == 0, real.stderr
     handle = json.loads(real.stdout)
-    assert (tmp_path / "submitted.sh").read_text() == shown["script"]
+    assert (tmp_path / "submitted.sh").read_text() == shown["script"] == (tmp_path / "tested.sh").read_text()
+    assert shown["slurm_says"] == ESTIMATE  # what sbatch --test-only answered, its prefix dropped
     assert handle["job_id"] == "4242"
     assert {k: shown[k] for k in ("run_id", "run_dir", "archive_url")} == \
         {k: handle[k] for k in ("run_id", "run_dir", "archive_url")}
@@ -205,3 +218,24 @@ def test_a_drawn_id_taken_after_planning_is_drawn_again(cfg, tmp_path, monkeypat
     assert handle.run_id != p.runs[0].run_id and not any(taken.iterdir())
     # what was submitted names the folder that was made, not the planned one
     assert f"slurm-yolo:v1:{handle.run_dir}" in (tmp_path / "submitted.sh").read_text()
+
+
+def test_what_sbatch_refuses_the_dry_run_refuses_alike(cfg, tmp_path):
+    env = _fake_slurm(tmp_path, refuse="sbatch: error: invalid partition specified: debug")
+    dry = run_cli(["submit", cfg, "--dry-run"], env)
+    real = run_cli(["submit", cfg], env)
+    assert dry.returncode == real.returncode == 2
+    assert dry.stderr.splitlines() == real.stderr.splitlines() == [
+        "slurm-yolo: error: sbatch refused the job: invalid partition specified: debug; check slurm.partition "
+        "(`sinfo -s` lists this cluster's partitions); nothing was submitted"]
+    assert _left_behind(tmp_path) == []
+
+
+def test_without_a_slurm_config_the_dry_run_does_not_ask(cfg, tmp_path):
+    env = _fake_slurm(tmp_path)
+    del env["SLURM_CONF"]
+    if any(os.path.isfile(c) for c in launcher.SLURM_CONF_DEFAULTS):
+        pytest.skip("this machine has a Slurm client config in a default place")
+    dry = run_cli(["submit", cfg, "--dry-run"], env)
+    assert dry.returncode == 0 and "Slurm not asked" in dry.stderr
+    assert not (tmp_path / "tested.sh").exists()
