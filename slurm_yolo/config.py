@@ -315,7 +315,8 @@ def ultralytics_train_defaults() -> dict[str, Any] | None:
         return None
     default = Path(list(spec.submodule_search_locations)[0]) / "cfg" / "default.yaml"
     try:
-        data = yaml.safe_load(default.read_text())
+        # libyaml's loader where PyYAML has it: ~10x faster on this 100-key file, read by every submit.
+        data = yaml.load(default.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
