@@ -1,9 +1,9 @@
 """The epilog's time budget and what follows from it, decided once.
 
 The site's ``time_budget_s`` bounds one archiver: the epilog's watchdog ends it then, exit
-0, whatever still hangs (an epilog that fails or runs on drains the node). Everyone who waits for an archiver waits the same window, :func:`stale_after_s`: the
-reconciler before it steps in for a job whose node epilogs may still run, a taker before it
-takes over a claim whose holder may still be alive, the drain before it touches an entry
+0, whatever still hangs (an epilog that fails or runs on drains the node). Everyone who waits
+for an archiver waits the same window, :func:`stale_after_s`: the reconciler before it steps
+in for a job whose node epilogs may still run, a taker before it takes over a claim whose holder may still be alive, the drain before it touches an entry
 that an epilog may still be copying. The deadlines of the small steps inside one archiver
 (one ``scontrol``, the write-back child, the spool lock) are clamped here too, so a step
 never gets more than its share nor less than the time it needs to answer at all.

@@ -192,7 +192,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         _print_json(found)
         return 0
     _table(None, [c.replace("hparams.", "") for c in LIST_COLUMNS],
-           [[query.field_value(x, c) for c in LIST_COLUMNS] for x in found])
+           [[query.field_value(record, c) for c in LIST_COLUMNS] for record in found])
     print(f"{len(found)} runs", file=sys.stderr)
     return 0
 
@@ -329,7 +329,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         verb = "would delete" if args.dry_run else "deleting"
         _table(f"{verb} {len(plan.delete)} runs, keeping {len(plan.keep)} (older than {cutoff:%Y-%m-%d})",
                ["run_id", "project", "model_name", args.metric, "archive_url"],
-               [[x["run_id"], x["project"], x["model_name"], x[args.metric], x["archive_url"]] for x in out["delete"]])
+               [[record["run_id"], record["project"], record["model_name"], record[args.metric], record["archive_url"]]
+                for record in out["delete"]])
     if not args.dry_run:
         out["deleted"] = retention.execute_prune(cat, plan)
     out["dry_run"] = args.dry_run

@@ -1,6 +1,6 @@
-"""Filter and sort index lines: the pure core of ``runs list`` (no I/O, no store).
+"""Filter and sort index records: the pure core of ``runs list`` (no I/O, no store).
 
-An index line is the flat dict of :func:`slurm_yolo.archive.layout.index_record`. Field
+An index record is the flat dict of :func:`slurm_yolo.archive.layout.index_record`. Field
 names are its keys plus ``hparams.<name>`` for the recorded training arguments. A missing
 or ``null`` field never satisfies a ``--where`` condition (as SQL's NULL), and sorts last
 in both directions.
@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 from slurm_yolo.errors import ConfigError
 from slurm_yolo.timeparse import parse_days, parse_since, parse_time  # noqa: F401 - callers use query.*
 
-# Top-level fields of an index line (layout.index_record); ``hparams.*`` is open-ended.
+# Top-level fields of an index record (layout.index_record); ``hparams.*`` is open-ended.
 FIELDS = (
     "run_id", "sweep_id", "task", "project", "model_name", "dataset_version", "dataset_fingerprint", "user",
     "gpu", "submitted_at", "start", "end", "attempts", "end_state", "job_id", "map50", "map50_95",
@@ -42,8 +42,8 @@ class Condition:
     op: str
     value: float | str
 
-    def matches(self, line: dict[str, Any]) -> bool:
-        got = field_value(line, self.field)
+    def matches(self, record: dict[str, Any]) -> bool:
+        got = field_value(record, self.field)
         if got is None:
             return False
         compare = OPERATORS[self.op]
@@ -59,11 +59,11 @@ class Query:
     """What ``runs list`` asks for. Empty/None fields do not filter.
 
     Attributes:
-        project, task, sweep, state, user: exact matches on the index line.
+        project, task, sweep, state, user: exact matches on the index record.
         since: keep runs submitted at or after this time (UTC).
         where: conditions, all of which must hold.
         sort: field names, ``-`` prefix for descending; applied left to right as priorities.
-        limit: at most this many lines after sorting.
+        limit: at most this many records after sorting.
     """
 
     project: str | None = None
@@ -87,21 +87,21 @@ class Query:
         """The exact-match filters as ``(index field, value)`` pairs."""
         return self._exact
 
-    def matches(self, line: dict[str, Any]) -> bool:
-        if any(line.get(k) != v for k, v in self._exact):
+    def matches(self, record: dict[str, Any]) -> bool:
+        if any(record.get(k) != v for k, v in self._exact):
             return False
         if self.since is not None:
-            when = parse_time(line.get("submitted_at") or line.get("start"))
+            when = parse_time(record.get("submitted_at") or record.get("start"))
             if when is None or when < self.since:
                 return False
-        return all(c.matches(line) for c in self.where)
+        return all(c.matches(record) for c in self.where)
 
 
-def field_value(line: dict[str, Any], name: str) -> Any:
-    """``line[name]``, following dots into nested dicts (``hparams.lr0``); ``None`` if absent."""
+def field_value(record: dict[str, Any], name: str) -> Any:
+    """``record[name]``, following dots into nested dicts (``hparams.lr0``); ``None`` if absent."""
     if "." not in name:
-        return line.get(name)
-    value: Any = line
+        return record.get(name)
+    value: Any = record
     for part in name.split("."):
         if not isinstance(value, dict):
             return None
@@ -159,15 +159,15 @@ def parse_sort(text: str | None) -> tuple[str, ...]:
     return keys
 
 
-def sort_lines(lines: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+def sort_records(records: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
     """Sort by several keys (``-`` for descending); ``None`` and mixed types last, stably."""
-    out = list(lines)
+    out = list(records)
     for key in reversed(keys):  # stable sorts from the least significant key
         name, descending = key.lstrip("-"), key.startswith("-")
-        present = [x for x in out if _sortable(field_value(x, name))]
-        absent = [x for x in out if not _sortable(field_value(x, name))]
-        numeric = all(isinstance(field_value(x, name), (int, float)) for x in present)
-        value = (lambda x: field_value(x, name)) if numeric else (lambda x: str(field_value(x, name)))
+        present = [record for record in out if _sortable(field_value(record, name))]
+        absent = [record for record in out if not _sortable(field_value(record, name))]
+        numeric = all(isinstance(field_value(record, name), (int, float)) for record in present)
+        value = (lambda record: field_value(record, name)) if numeric else (lambda record: str(field_value(record, name)))
         out = sorted(present, key=value, reverse=descending) + absent
     return out
 
@@ -176,7 +176,7 @@ def _sortable(value: Any) -> bool:
     return value is not None and not isinstance(value, (dict, list))
 
 
-def select(lines: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
-    """The lines matching ``query``, sorted and limited."""
-    out = sort_lines([x for x in lines if query.matches(x)], query.sort)
+def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
+    """The records matching ``query``, sorted and limited."""
+    out = sort_records([record for record in records if query.matches(record)], query.sort)
     return out if query.limit is None else out[: query.limit]

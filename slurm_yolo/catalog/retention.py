@@ -95,9 +95,9 @@ def parse_keep(text: str) -> tuple[float, bool]:
     return float(m.group(1)), bool(m.group(2))
 
 
-def run_time(line: Mapping[str, Any]) -> datetime | None:
+def run_time(record: Mapping[str, Any]) -> datetime | None:
     """When a run last did something: its end, else start, else submission."""
-    return parse_time(line.get("end")) or parse_time(line.get("start")) or parse_time(line.get("submitted_at"))
+    return parse_time(record.get("end")) or parse_time(record.get("start")) or parse_time(record.get("submitted_at"))
 
 
 @dataclass(frozen=True)
@@ -109,15 +109,16 @@ class PrunePlan:
     keep: tuple[dict[str, Any], ...]
 
     def to_dict(self) -> dict[str, Any]:
-        def short(x: Mapping[str, Any]) -> dict[str, Any]:
-            return {"run_id": x.get("run_id"), "task": x.get("task"), "project": x.get("project"),
-                    "model_name": x.get("model_name"), self.metric: field_value(x, self.metric),
-                    "archive_url": x.get("archive_url")}
+        def short(record: Mapping[str, Any]) -> dict[str, Any]:
+            return {"run_id": record.get("run_id"), "task": record.get("task"), "project": record.get("project"),
+                    "model_name": record.get("model_name"), self.metric: field_value(record, self.metric),
+                    "archive_url": record.get("archive_url")}
 
-        return {"metric": self.metric, "delete": [short(x) for x in self.delete], "keep": [short(x) for x in self.keep]}
+        return {"metric": self.metric, "delete": [short(record) for record in self.delete],
+                "keep": [short(record) for record in self.keep]}
 
 
-def plan_prune(lines: Sequence[Mapping[str, Any]], *, metric: str, keep_top: tuple[float, bool],
+def plan_prune(records: Sequence[Mapping[str, Any]], *, metric: str, keep_top: tuple[float, bool],
                older_than: datetime, project: str | None = None) -> PrunePlan:
     """Among runs older than ``older_than``, keep the top ones by ``metric`` in each group.
 
@@ -129,21 +130,21 @@ def plan_prune(lines: Sequence[Mapping[str, Any]], *, metric: str, keep_top: tup
     """
     count, percent = keep_top
     groups: dict[Any, list[Mapping[str, Any]]] = {}
-    for line in lines:
-        if project is not None and line.get("project") != project:
+    for record in records:
+        if project is not None and record.get("project") != project:
             continue
-        when = run_time(line)
+        when = run_time(record)
         if when is None or when >= older_than:
             continue
-        key = project if project is not None else (line.get("task"), line.get("project"), line.get("model_name"))
-        groups.setdefault(key, []).append(line)
+        key = project if project is not None else (record.get("task"), record.get("project"), record.get("model_name"))
+        groups.setdefault(key, []).append(record)
     delete, keep = [], []
     for members in groups.values():
-        ranked = sorted(members, key=lambda x: (-_num(field_value(x, metric)), str(x.get("run_id"))))
+        ranked = sorted(members, key=lambda record: (-_num(field_value(record, metric)), str(record.get("run_id"))))
         n = math.ceil(len(ranked) * count / 100) if percent else min(len(ranked), int(count))
         keep += ranked[:n]
         delete += ranked[n:]
-    by_id = lambda x: str(x.get("run_id"))  # noqa: E731
+    by_id = lambda record: str(record.get("run_id"))  # noqa: E731
     return PrunePlan(metric, tuple(sorted(delete, key=by_id)), tuple(sorted(keep, key=by_id)))
 
 
@@ -162,11 +163,11 @@ def execute_prune(cat: IndexLocation, plan: PrunePlan) -> int:
     """
     if not plan.delete:
         return 0
-    lines = []
-    for x in plan.delete:
-        lines.append(f"rm {s5cmd.quote_run_arg(archive_url(x) + '*')}")
-        lines.append(f"rm {s5cmd.quote_run_arg(join_url(cat.index_url, layout.index_key(x['run_id'])))}")
-    result = s5cmd.run(s5cmd.base_argv(cat.store) + ["run"], cat.store, stdin_text="\n".join(lines) + "\n")
+    commands = []
+    for record in plan.delete:
+        commands.append(f"rm {s5cmd.quote_run_arg(archive_url(record) + '*')}")
+        commands.append(f"rm {s5cmd.quote_run_arg(join_url(cat.index_url, layout.index_key(record['run_id'])))}")
+    result = s5cmd.run(s5cmd.base_argv(cat.store) + ["run"], cat.store, stdin_text="\n".join(commands) + "\n")
     check_s5cmd(result, f"delete {len(plan.delete)} runs (re-run the prune to finish)", allow_empty=True)
     remove_from_index(cat, plan.delete)
     return len(plan.delete)

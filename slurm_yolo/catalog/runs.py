@@ -20,21 +20,20 @@ from slurm_yolo.store import split_url
 from slurm_yolo.catalog.index import IndexLocation, check_s5cmd, get_object, load_records
 from slurm_yolo.errors import ConfigError, IntegrityError, RunNotFound, StoreError
 from slurm_yolo.names import validate_name
-from slurm_yolo.record import RUN_JSON, read_results_rows
+from slurm_yolo.record import read_results_rows
+from slurm_yolo.runfolder import ARGS_YAML, RESULTS_CSV, RUN_JSON
 from slurm_yolo.commands import run_command
 from slurm_yolo.errors import CommandError
 from slurm_yolo.config import resolve_config
 from slurm_yolo import provenance
 
-ARGS_YAML = "args.yaml"
-RESULTS_CSV = "results.csv"
 # args.yaml keys that differ between any two runs by construction (run folder names), not by choice.
 PER_RUN_ARGS = {"name", "save_dir", "project"}
 METRICS = ("map50", "map50_95", "precision", "recall", "epochs_done")
 
 
 def find_run(cat: IndexLocation, run_id: str, client=None) -> dict[str, Any]:
-    """The index line of ``run_id``: its ``runs/<run_id>.json`` record, else a search of the index.
+    """The index record of ``run_id``: its ``runs/<run_id>.json`` record, else a search of the index.
 
     Raises:
         RunNotFound: no such run in the index.
@@ -51,13 +50,13 @@ def find_run(cat: IndexLocation, run_id: str, client=None) -> dict[str, Any]:
                       "or run `slurm-yolo index rebuild`")
 
 
-def archive_url(line: Mapping[str, Any]) -> str:
-    """The archive URL of an index line, checked to be the run's own folder.
+def archive_url(record: Mapping[str, Any]) -> str:
+    """The archive URL of an index record, checked to be the run's own folder.
 
     Why checked: ``fetch`` and ``prune`` act on ``<archive_url>*``; a damaged record pointing at
     a bucket root must never turn into "copy/delete everything".
     """
-    url, run_id = line.get("archive_url"), line.get("run_id")
+    url, run_id = record.get("archive_url"), record.get("run_id")
     if not (isinstance(url, str) and isinstance(run_id, str) and url.endswith(f"/{validate_name(run_id, 'run ID')}/")):
         raise StoreError(f"index record of {run_id!r} has archive_url {url!r}, not .../{run_id}/; "
                          "run `slurm-yolo index rebuild`")
@@ -65,10 +64,10 @@ def archive_url(line: Mapping[str, Any]) -> str:
     return url
 
 
-def read_archived(cat: IndexLocation, line: Mapping[str, Any], name: str, client=None) -> bytes | None:
+def read_archived(cat: IndexLocation, record: Mapping[str, Any], name: str, client=None) -> bytes | None:
     """The bytes of file ``name`` of an archived run; ``None`` if it is not there."""
     client = client or cat.store.boto3_client()
-    bucket, key = split_url(archive_url(line))
+    bucket, key = split_url(archive_url(record))
     got = get_object(client, bucket, key + name)
     return got[0] if got else None
 
@@ -80,10 +79,10 @@ def run_record(cat: IndexLocation, run_id: str, client=None) -> dict[str, Any]:
         RunNotFound: not in the index. StoreError: indexed but its run.json is missing.
     """
     client = client or cat.store.boto3_client()
-    line = find_run(cat, run_id, client)
-    body = read_archived(cat, line, RUN_JSON, client)
+    record = find_run(cat, run_id, client)
+    body = read_archived(cat, record, RUN_JSON, client)
     if body is None:
-        raise StoreError(f"{line['archive_url']}{RUN_JSON} is missing: the archive of {run_id} is incomplete "
+        raise StoreError(f"{record['archive_url']}{RUN_JSON} is missing: the archive of {run_id} is incomplete "
                          "(epilog spool not drained yet?); try again later or ask your admin")
     return json.loads(body)
 
@@ -122,18 +121,19 @@ def compare(cat: IndexLocation, run_ids: Sequence[str], keys: Sequence[str] = ()
     if len(run_ids) < 2:
         raise ConfigError("runs compare needs at least two run IDs")
     client = cat.store.boto3_client()
-    lines = [find_run(cat, r, client) for r in run_ids]
+    records = [find_run(cat, r, client) for r in run_ids]
     args, curves = [], {}
     with tempfile.TemporaryDirectory(prefix="slurm-yolo-compare-") as tmp:
-        for line in lines:
-            raw = read_archived(cat, line, ARGS_YAML, client)
+        for record in records:
+            raw = read_archived(cat, record, ARGS_YAML, client)
             loaded = yaml.safe_load(raw) if raw else None
             args.append(loaded if isinstance(loaded, dict) else {})
-            csv_path = Path(tmp, line["run_id"] + ".csv")
-            csv_path.write_bytes(read_archived(cat, line, RESULTS_CSV, client) or b"")
-            curves[line["run_id"]] = [(r["epoch"], r["map50_95"]) for r in read_results_rows(csv_path)
+            csv_path = Path(tmp, record["run_id"] + ".csv")
+            csv_path.write_bytes(read_archived(cat, record, RESULTS_CSV, client) or b"")
+            curves[record["run_id"]] = [(r["epoch"], r["map50_95"]) for r in read_results_rows(csv_path)
                                       if r["epoch"] is not None and r["map50_95"] is not None]
-    return Comparison(tuple(run_ids), differing(args, keys), {m: [x.get(m) for x in lines] for m in METRICS}, curves)
+    return Comparison(tuple(run_ids), differing(args, keys),
+                      {m: [record.get(m) for record in records] for m in METRICS}, curves)
 
 
 def plot_curves(comparison: Comparison, out: str | Path) -> Path:
@@ -173,8 +173,8 @@ def fetch(cat: IndexLocation, run_id: str, to: str | Path) -> dict[str, Any]:
         StoreError: the download failed. IntegrityError: a file is missing or differs
             (the message names it), or the archive has no manifest.
     """
-    line = find_run(cat, run_id)
-    url = archive_url(line)
+    record = find_run(cat, run_id)
+    url = archive_url(record)
     dest = Path(to)
     dest.mkdir(parents=True, exist_ok=True)
     result = s5cmd.run(s5cmd.base_argv(cat.store) + ["cp", url + "*", f"{dest}/"], cat.store)

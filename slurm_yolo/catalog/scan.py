@@ -85,7 +85,7 @@ def sort_keys(keys: Sequence[str]) -> list[tuple[str, str]] | None:
 
     Arrow sorts stably, by column type (numbers as numbers, text by code point, as Python
     compares ``str``), and with ``null_placement="at_end"`` puts missing values last for every
-    key, in both directions: what :func:`slurm_yolo.catalog.query.sort_lines` does (ties keep
+    key, in both directions: what :func:`slurm_yolo.catalog.query.sort_records` does (ties keep
     the index's order: by quarter, then run ID).
     """
     out = []

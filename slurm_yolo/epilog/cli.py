@@ -107,7 +107,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         for entry in entries:
             state = "NEEDS A PERSON" if entry.get("permanent") else f"tries={entry.get('tries') or 0}"
-            print(f"{entry['entry']}  {entry.get('user')}  {entry.get('dest')}  {state}  {entry.get('last_error') or ''}")
+            print(f"{entry['entry']}  {entry.get('user')}  {entry.get('dest')}  {state}  "
+                  f"{entry.get('last_error') or ''}")
         stuck = sum(1 for entry in entries if entry.get("permanent"))
         print(f"{len(entries)} pending" + (f", {stuck} need a person (fix the cause, then "
                                            "`slurm-yolo spool drain --all`)" if stuck else ""),

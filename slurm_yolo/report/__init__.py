@@ -3,7 +3,7 @@
 The top display layer: it reads through ``catalog`` and ``archive`` and nothing imports it
 but ``slurm_yolo.cli``. Modules:
 
-- :mod:`~slurm_yolo.report.pages`: pure functions, index lines and archived files in, page
+- :mod:`~slurm_yolo.report.pages`: pure functions, index records and archived files in, page
   data and inline SVG charts out (no I/O);
 - :mod:`~slurm_yolo.report.build`: reads the store, renders the Jinja2 templates
   (autoescaped), keeps the incremental build state, publishes into the bucket;

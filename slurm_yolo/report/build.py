@@ -6,14 +6,14 @@ S3 static hosting under any prefix, presigned links and a reverse proxy)::
     index.html                home: projects, runs over time, best mAP per project
     runs.html                 the runs table (filter, sort, pick runs to compare)
     compare.html              compare view: ?runs=A,B,... (loads run/<id>/data.js)
-    data/runs.js              every index line the table needs (script-safe JSON)
+    data/runs.js              every index record the table needs (script-safe JSON)
     run/<run_id>.html         one page per run
     run/<run_id>/data.js      params + mAP curves of the run (for the compare view)
     run/<run_id>/files/...    copies of the run's images and small text files
     static/portal.css|js      shipped in the package (no CDN: clusters are often offline)
     .portal-state.json        the incremental build state (not published)
 
-Incremental: a run page is rebuilt only when the run's index line changed (its digest is
+Incremental: a run page is rebuilt only when the run's index record changed (its digest is
 kept in ``.portal-state.json``), so a rebuild over 10,000 runs reads the index
 plus the few changed runs' files. The cross-run pages are always rewritten from the index
 (cheap), and a file is written (and published) only when its bytes changed.
@@ -39,9 +39,9 @@ import yaml
 from slurm_yolo.archive import layout
 from slurm_yolo.store import split_url
 from slurm_yolo.catalog.index import IndexLocation, get_object, list_keys, load_records, store_error
-from slurm_yolo.catalog.runs import ARGS_YAML, PER_RUN_ARGS, RESULTS_CSV
+from slurm_yolo.catalog.runs import PER_RUN_ARGS
 from slurm_yolo.errors import ConfigError, StoreError
-from slurm_yolo.record import RUN_JSON
+from slurm_yolo.runfolder import ARGS_YAML, RESULTS_CSV, RUN_JSON
 from slurm_yolo.report import pages
 from slurm_yolo.site import site_config_path
 
@@ -189,23 +189,23 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
     client = client or cat.store.boto3_client()
     state = _State() if force else _State.load(out)
     writer = _Writer(out, state)
-    lines = sorted(load_records(cat, client), key=lambda x: str(x.get("run_id")))
-    unlinked = {str(x.get("run_id")): why for x in lines if (why := pages.linkable(x, allowed_prefix))}
-    linked = [x for x in lines if str(x.get("run_id")) not in unlinked]
+    records = sorted(load_records(cat, client), key=lambda record: str(record.get("run_id")))
+    unlinked = {str(record.get("run_id")): why for record in records if (why := pages.linkable(record, allowed_prefix))}
+    linked = [record for record in records if str(record.get("run_id")) not in unlinked]
     env = templates()
     for name in STATIC_FILES:
         writer.write(f"static/{name}", resources.files("slurm_yolo.report").joinpath("static", name).read_bytes())
 
-    digests = {x["run_id"]: pages.line_digest(x) for x in linked}
-    todo = [x for x in linked if state.runs.get(x["run_id"]) != digests[x["run_id"]]
-            or not (out / f"run/{x['run_id']}.html").is_file()]
+    digests = {record["run_id"]: pages.record_digest(record) for record in linked}
+    todo = [record for record in linked if state.runs.get(record["run_id"]) != digests[record["run_id"]]
+            or not (out / f"run/{record['run_id']}.html").is_file()]
     errors: dict[str, str] = {}
 
-    def one(line: Mapping[str, Any]) -> tuple[str, dict[str, bytes] | None, str | None]:
+    def one(record: Mapping[str, Any]) -> tuple[str, dict[str, bytes] | None, str | None]:
         try:
-            return line["run_id"], _run_files(cat, client, env, line), None
+            return record["run_id"], _run_files(cat, client, env, record), None
         except StoreError as e:
-            return line["run_id"], None, str(e)
+            return record["run_id"], None, str(e)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for run_id, files, error in pool.map(one, todo):
@@ -219,7 +219,7 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
             state.runs[run_id] = digests[run_id]
 
     # Runs that left the index (pruned) or lost their link: their pages go.
-    keep = {x["run_id"] for x in linked}
+    keep = {record["run_id"] for record in linked}
     gone = [r for r in state.runs if r not in keep]
     for run_id in gone:
         del state.runs[run_id]
@@ -227,22 +227,22 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
         writer.remove(f"run/{run_id}.html")
 
     now = pages.now_utc()
-    rows = [pages.table_row(x, x["run_id"] in state.runs) for x in lines]
+    rows = [pages.table_row(record, record["run_id"] in state.runs) for record in records]
     writer.write("data/runs.js", "window.PORTAL_RUNS = " + pages.script_json(rows) + ";\n")
-    unit, bars = pages.runs_over_time(lines)
+    unit, bars = pages.runs_over_time(records)
     common = {"root": "", "built": now.strftime("%Y-%m-%d %H:%M UTC"), "index_url": cat.index_url}
-    projects = pages.project_summary(lines)
+    projects = pages.project_summary(records)
     for p in projects:
         best = p["best"]
         p["best_link"] = bool(best) and best.get("run_id") in state.runs
     writer.write("index.html", env.get_template("home.html").render(
-        **common, page="home", projects=projects, runs=len(lines), linked=len(state.runs),
+        **common, page="home", projects=projects, runs=len(records), linked=len(state.runs),
         unlinked=unlinked, over_time=pages.bar_chart(f"runs submitted per {unit}", bars),
-        states=dict(Counter(str(x.get("end_state")) for x in lines).most_common())))
-    writer.write("runs.html", env.get_template("runs.html").render(**common, page="runs", runs=len(lines)))
+        states=dict(Counter(str(record.get("end_state")) for record in records).most_common())))
+    writer.write("runs.html", env.get_template("runs.html").render(**common, page="runs", runs=len(records)))
     writer.write("compare.html", env.get_template("compare.html").render(**common, page="compare"))
     state.save(out)
-    return BuildResult(out=str(out), runs=len(lines), rebuilt=len(todo) - len(errors), unlinked=unlinked,
+    return BuildResult(out=str(out), runs=len(records), rebuilt=len(todo) - len(errors), unlinked=unlinked,
                        removed=len(gone), errors=errors, seconds=round(time.monotonic() - started, 3))
 
 
@@ -271,9 +271,9 @@ def _load_json(data: bytes | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _run_files(cat: IndexLocation, client, env, line: Mapping[str, Any]) -> dict[str, bytes]:
+def _run_files(cat: IndexLocation, client, env, indexed: Mapping[str, Any]) -> dict[str, bytes]:
     """Every site file of one run: its page, its data.js, and the copied images/text files."""
-    run_id, url = line["run_id"], line["archive_url"]
+    run_id, url = indexed["run_id"], indexed["archive_url"]
     fetched = {name: _get(client, url + name) for name in (layout.MANIFEST, RUN_JSON)}
     manifest, record = _load_json(fetched[layout.MANIFEST]), _load_json(fetched[RUN_JSON])
     archived = _archived_files(client, url, manifest)
@@ -303,7 +303,7 @@ def _run_files(cat: IndexLocation, client, env, line: Mapping[str, Any]) -> dict
     attempts = [a for a in record.get("attempts") or [] if isinstance(a, dict)]
     page = env.get_template("run.html").render(
         root="../", page="run", built=pages.now_utc().strftime("%Y-%m-%d %H:%M UTC"), index_url=cat.index_url,
-        line=line, record=record, args=args, charts=charts, files=files,
+        indexed=indexed, record=record, args=args, charts=charts, files=files,
         sections={k: [(r, f"{run_id}/files/{pages.safe_rel(r)}") for r in v if r in copied]
                   for k, v in sections.items()},
         attempts=attempts, timeline=pages.timeline_chart(attempts),
@@ -312,8 +312,8 @@ def _run_files(cat: IndexLocation, client, env, line: Mapping[str, Any]) -> dict
                   "reproduce": f"slurm-yolo reproduce {run_id}",
                   "show": f"slurm-yolo runs show {run_id}"})
     out[f"run/{run_id}.html"] = page.encode("utf-8")
-    data = {"run_id": run_id, "project": line.get("project"), "end_state": line.get("end_state"),
-            "metrics": {k: line.get(k) for k in ("map50", "map50_95", "precision", "recall", "epochs_done")},
+    data = {"run_id": run_id, "project": indexed.get("project"), "end_state": indexed.get("end_state"),
+            "metrics": {k: indexed.get(k) for k in ("map50", "map50_95", "precision", "recall", "epochs_done")},
             "args": {k: v for k, v in args.items() if k not in PER_RUN_ARGS}, "curves": pages.map_curve(cols)}
     out[f"run/{run_id}/data.js"] = ("window.portalRunData(" + pages.script_json(data) + ");\n").encode()
     return out

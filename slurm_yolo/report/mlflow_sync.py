@@ -18,7 +18,7 @@ store every run twice.
 
 Idempotent and timer-safe: an MLflow run is found by its ``slurm_yolo.run_id`` tag (one
 search per experiment, not per run), left alone when the tag ``slurm_yolo.digest`` matches
-the index line, and otherwise updated in place. Two syncs at once can at worst create a
+the index record, and otherwise updated in place. Two syncs at once can at worst create a
 duplicate MLflow run; run it from one timer.
 """
 
@@ -34,7 +34,8 @@ from typing import Any, Mapping, Sequence
 from slurm_yolo.store import split_url
 from slurm_yolo.catalog.index import IndexLocation, get_object, load_records
 from slurm_yolo.timeparse import parse_time
-from slurm_yolo.catalog.runs import ARGS_YAML, PER_RUN_ARGS, RESULTS_CSV
+from slurm_yolo.catalog.runs import PER_RUN_ARGS
+from slurm_yolo.runfolder import ARGS_YAML, RESULTS_CSV
 from slurm_yolo.errors import ConfigError, SlurmYoloError
 from slurm_yolo.report import pages
 from slurm_yolo.report.build import yaml_mapping
@@ -88,17 +89,17 @@ def epoch_metrics(cols: Mapping[str, Sequence[float | None]], after: int = 0) ->
     return out
 
 
-def run_tags(line: Mapping[str, Any], digest: str, epochs_logged: int) -> dict[str, str]:
-    """The tags of the MLflow run for an index line (MLflow's own ``mlflow.*`` ones included)."""
-    run_id, url = str(line["run_id"]), str(line["archive_url"])
+def run_tags(record: Mapping[str, Any], digest: str, epochs_logged: int) -> dict[str, str]:
+    """The tags of the MLflow run for an index record (MLflow's own ``mlflow.*`` ones included)."""
+    run_id, url = str(record["run_id"]), str(record["archive_url"])
     tags = {
-        f"{TAG}run_id": run_id, f"{TAG}end_state": line.get("end_state"), f"{TAG}user": line.get("user"),
-        f"{TAG}slurm_job_id": line.get("job_id"), f"{TAG}sweep_id": line.get("sweep_id"),
-        f"{TAG}task": line.get("task"), f"{TAG}project": line.get("project"),
-        f"{TAG}model_name": line.get("model_name"), f"{TAG}attempts": line.get("attempts"),
+        f"{TAG}run_id": run_id, f"{TAG}end_state": record.get("end_state"), f"{TAG}user": record.get("user"),
+        f"{TAG}slurm_job_id": record.get("job_id"), f"{TAG}sweep_id": record.get("sweep_id"),
+        f"{TAG}task": record.get("task"), f"{TAG}project": record.get("project"),
+        f"{TAG}model_name": record.get("model_name"), f"{TAG}attempts": record.get("attempts"),
         f"{TAG}artifact_uri": url, f"{TAG}digest": digest, f"{TAG}epochs_logged": epochs_logged,
-        "mlflow.user": line.get("user"), "mlflow.runName": run_id,
-        "mlflow.note.content": f"Archived run `{run_id}` ({line.get('end_state')}).\n\n"
+        "mlflow.user": record.get("user"), "mlflow.runName": run_id,
+        "mlflow.note.content": f"Archived run `{run_id}` ({record.get('end_state')}).\n\n"
                                f"Artifacts: `{url}` (not copied into MLflow).\n\n"
                                f"Fetch: `slurm-yolo runs fetch {run_id} --to ./{run_id}`",
     }
@@ -137,21 +138,21 @@ def sync(cat: IndexLocation, *, tracking_uri: str | None = None, experiment_pref
                           "or pass --tracking-uri")
     client = client or MlflowClient(tracking_uri=uri)
     s3 = s3 or cat.store.boto3_client()
-    lines = sorted(load_records(cat, s3), key=lambda x: str(x.get("run_id")))
-    skipped = {str(x.get("run_id")): why for x in lines if (why := pages.linkable(x, allowed_prefix))}
+    records = sorted(load_records(cat, s3), key=lambda record: str(record.get("run_id")))
+    skipped = {str(record.get("run_id")): why for record in records if (why := pages.linkable(record, allowed_prefix))}
     counts = {"created": 0, "updated": 0, "unchanged": 0}
     errors: dict[str, str] = {}
     experiments: dict[str, tuple[str, dict[str, Any]]] = {}
-    for line in lines:
-        run_id = str(line["run_id"])
+    for record in records:
+        run_id = str(record["run_id"])
         if run_id in skipped:
             continue
         try:
-            name = experiment_prefix + str(line.get("project"))
+            name = experiment_prefix + str(record.get("project"))
             if name not in experiments:
-                experiments[name] = _experiment(client, name, line)
+                experiments[name] = _experiment(client, name, record)
             exp_id, existing = experiments[name]
-            outcome = _sync_one(client, s3, exp_id, existing.get(run_id), line)
+            outcome = _sync_one(client, s3, exp_id, existing.get(run_id), record)
             counts[outcome] += 1
         except SlurmYoloError as e:
             errors[run_id] = str(e)
@@ -160,12 +161,12 @@ def sync(cat: IndexLocation, *, tracking_uri: str | None = None, experiment_pref
     return SyncResult(uri, skipped=skipped, errors=errors, **counts)
 
 
-def _experiment(client, name: str, line: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def _experiment(client, name: str, record: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(experiment id, {run_id: MLflow run})`` for ``name``, created if missing."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         # The archive prefix of the project's runs (the folder above the run IDs).
-        url = str(line["archive_url"]).rstrip("/").rsplit("/", 1)[0] + "/"
+        url = str(record["archive_url"]).rstrip("/").rsplit("/", 1)[0] + "/"
         exp_id = client.create_experiment(name, artifact_location=url,
                                           tags={f"{TAG}note": "runs registered by slurm-yolo mlflow sync"})
         return exp_id, {}
@@ -188,29 +189,29 @@ def _read(s3, url: str) -> bytes | None:
     return got[0] if got else None
 
 
-def _sync_one(client, s3, exp_id: str, existing, line: Mapping[str, Any]) -> str:
+def _sync_one(client, s3, exp_id: str, existing, record: Mapping[str, Any]) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
 
-    digest = pages.line_digest(line)
+    digest = pages.record_digest(record)
     if existing is not None and existing.data.tags.get(f"{TAG}digest") == digest:
         return "unchanged"
-    url = str(line["archive_url"])
+    url = str(record["archive_url"])
     args = yaml_mapping(_read(s3, url + ARGS_YAML))
     csv_bytes = _read(s3, url + RESULTS_CSV) or b""
     cols = pages.parse_results_csv(csv_bytes.decode("utf-8", "replace"))
     if existing is None:
-        run = client.create_run(exp_id, start_time=_millis(line.get("start") or line.get("submitted_at")),
-                                run_name=str(line["run_id"]))
+        run = client.create_run(exp_id, start_time=_millis(record.get("start") or record.get("submitted_at")),
+                                run_name=str(record["run_id"]))
         mlflow_id, have_params, logged = run.info.run_id, {}, 0
     else:
         mlflow_id, have_params = existing.info.run_id, existing.data.params
         logged = int(existing.data.tags.get(f"{TAG}epochs_logged") or 0)
     params = [Param(k, v) for k, v in params_from_args(args).items() if k not in have_params]
-    metrics = [Metric(k, v, _millis(line.get("end")) or int(time.time() * 1000), step)
+    metrics = [Metric(k, v, _millis(record.get("end")) or int(time.time() * 1000), step)
                for k, v, step in epoch_metrics(cols, after=logged)]
     last = max([logged] + [int(e) for e in cols.get("epoch") or [] if e is not None])
-    tags = [RunTag(k, v) for k, v in run_tags(line, digest, last).items()]
+    tags = [RunTag(k, v) for k, v in run_tags(record, digest, last).items()]
     for i in range(0, len(params), MAX_PARAMS_TAGS):
         client.log_batch(mlflow_id, params=params[i:i + MAX_PARAMS_TAGS])
     for i in range(0, len(metrics), MAX_METRICS):
@@ -218,9 +219,9 @@ def _sync_one(client, s3, exp_id: str, existing, line: Mapping[str, Any]) -> str
     # Tags last, the digest among them: a sync cut short is redone next time, not marked done.
     for i in range(0, len(tags), MAX_PARAMS_TAGS):
         client.log_batch(mlflow_id, tags=tags[i:i + MAX_PARAMS_TAGS])
-    status = STATUS.get(str(line.get("end_state")))
+    status = STATUS.get(str(record.get("end_state")))
     if status:
         # MLflow writes "View run ... at: URL" on stdout here; stdout is for --json alone.
         with contextlib.redirect_stdout(sys.stderr):
-            client.set_terminated(mlflow_id, status=status, end_time=_millis(line.get("end")))
+            client.set_terminated(mlflow_id, status=status, end_time=_millis(record.get("end")))
     return "created" if existing is None else "updated"

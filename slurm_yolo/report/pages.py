@@ -1,4 +1,4 @@
-"""Page data for the portal, pure: index lines, run records and archived files in; dicts,
+"""Page data for the portal, pure: index records, run records and archived files in; dicts,
 inline SVG and script-safe JSON out. No I/O, no store (see :mod:`slurm_yolo.report.build`).
 
 Everything that comes from a run (names, args, file names, CSV headers) is user-controlled:
@@ -26,7 +26,7 @@ from slurm_yolo.archive.layout import is_under, user_prefix
 from slurm_yolo.timeparse import parse_time
 from slurm_yolo.names import NAME_RE
 
-# Index-line fields shown in (and filterable from) the runs table, in column order.
+# Index-record fields shown in (and filterable from) the runs table, in column order.
 TABLE_FIELDS = ("run_id", "project", "model_name", "task", "end_state", "user", "submitted_at", "attempts",
                 "sweep_id", "epochs_done", "map50", "map50_95", "precision", "recall")
 # Images worth showing on a run page, by Ultralytics' file names: (section, pattern).
@@ -66,12 +66,12 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def line_digest(line: Mapping[str, Any]) -> str:
-    """A short digest of an index line: a run page is rebuilt only when this changes."""
-    return hashlib.sha256(json.dumps(line, sort_keys=True, default=str).encode()).hexdigest()[:20]
+def record_digest(record: Mapping[str, Any]) -> str:
+    """A short digest of an index record: a run page is rebuilt only when this changes."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def linkable(line: Mapping[str, Any], allowed_prefix: str | None) -> str | None:
+def linkable(record: Mapping[str, Any], allowed_prefix: str | None) -> str | None:
     """Why a run must not get a page or links (``None``: it may).
 
     A run page shows files read from ``archive_url``, and its name is the run's user's. A
@@ -80,7 +80,7 @@ def linkable(line: Mapping[str, Any], allowed_prefix: str | None) -> str | None:
     so it is listed but not linked. Run IDs and users must be safe names: they become file
     names and URL paths of the site.
     """
-    run_id, user, url = line.get("run_id"), line.get("user"), line.get("archive_url")
+    run_id, user, url = record.get("run_id"), record.get("user"), record.get("archive_url")
     if not isinstance(run_id, str) or not NAME_RE.fullmatch(run_id):
         return "run ID is not a safe name"
     if not isinstance(url, str) or not url.startswith("s3://") or not url.endswith(f"/{run_id}/"):
@@ -347,10 +347,11 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------------------- home page
 
-def runs_over_time(lines: Iterable[Mapping[str, Any]], now: datetime | None = None,
+def runs_over_time(records: Iterable[Mapping[str, Any]], now: datetime | None = None,
                    max_bars: int = 60) -> tuple[str, list[tuple[str, int]]]:
     """Runs submitted per day (per week when the span is long), as ``(unit, [(label, count)])``."""
-    times = [t for t in (parse_time(x.get("submitted_at") or x.get("start")) for x in lines) if t is not None]
+    times = [t for t in (parse_time(record.get("submitted_at") or record.get("start")) for record in records)
+             if t is not None]
     if not times:
         return "day", []
     first, last = min(times), max(times)
@@ -361,18 +362,19 @@ def runs_over_time(lines: Iterable[Mapping[str, Any]], now: datetime | None = No
     return unit, [((start + timedelta(days=i * step)).isoformat(), counts.get(i, 0)) for i in range(n)]
 
 
-def project_summary(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def project_summary(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per project: run count, states, last submission, and the best run by mAP50-95 (then mAP50)."""
     by: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for x in lines:
-        by[str(x.get("project"))].append(x)
+    for record in records:
+        by[str(record.get("project"))].append(record)
     out = []
     for project, xs in sorted(by.items()):
-        scored = [x for x in xs if _is_num(x.get("map50_95")) or _is_num(x.get("map50"))]
-        best = max(scored, key=lambda x: (_num_or(x.get("map50_95")), _num_or(x.get("map50"))), default=None)
+        scored = [record for record in xs if _is_num(record.get("map50_95")) or _is_num(record.get("map50"))]
+        best = max(scored, key=lambda record: (_num_or(record.get("map50_95")), _num_or(record.get("map50"))),
+                   default=None)
         out.append({"project": project, "runs": len(xs),
-                    "states": dict(Counter(str(x.get("end_state")) for x in xs).most_common()),
-                    "last": max((str(x.get("submitted_at") or "") for x in xs), default=""),
+                    "states": dict(Counter(str(record.get("end_state")) for record in xs).most_common()),
+                    "last": max((str(record.get("submitted_at") or "") for record in xs), default=""),
                     "best": best})
     return out
 
@@ -385,10 +387,10 @@ def _num_or(v: Any) -> float:
     return float(v) if _is_num(v) else -1.0
 
 
-def table_row(line: Mapping[str, Any], link: bool) -> dict[str, Any]:
+def table_row(record: Mapping[str, Any], link: bool) -> dict[str, Any]:
     """One row of the runs table (the JSON the page's script filters and sorts)."""
-    row = {k: line.get(k) for k in TABLE_FIELDS}
-    row["hparams"] = {str(k): v for k, v in (line.get("hparams") or {}).items()
+    row = {k: record.get(k) for k in TABLE_FIELDS}
+    row["hparams"] = {str(k): v for k, v in (record.get("hparams") or {}).items()
                       if isinstance(v, (str, int, float, bool)) or v is None}
     row["link"] = link
     return row

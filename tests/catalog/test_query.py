@@ -93,10 +93,10 @@ def test_sort_none_last_both_directions_and_multiple_keys():
     lines = [{"run_id": "a", "m": 0.5, "p": "x"}, {"run_id": "b", "m": None, "p": "x"},
              {"run_id": "c", "m": 0.9, "p": "y"}, {"run_id": "d", "m": 0.5, "p": "y"}]
     ids = lambda xs: [x["run_id"] for x in xs]  # noqa: E731
-    assert ids(query.sort_lines(lines, ["-m"])) == ["c", "a", "d", "b"]
-    assert ids(query.sort_lines(lines, ["m"])) == ["a", "d", "c", "b"]
-    assert ids(query.sort_lines(lines, ["-m", "-run_id"])) == ["c", "d", "a", "b"]
-    assert ids(query.sort_lines(lines, ["p", "-m"])) == ["a", "b", "c", "d"]
+    assert ids(query.sort_records(lines, ["-m"])) == ["c", "a", "d", "b"]
+    assert ids(query.sort_records(lines, ["m"])) == ["a", "d", "c", "b"]
+    assert ids(query.sort_records(lines, ["-m", "-run_id"])) == ["c", "d", "a", "b"]
+    assert ids(query.sort_records(lines, ["p", "-m"])) == ["a", "b", "c", "d"]
 
 
 def test_parse_sort_checks_fields():
