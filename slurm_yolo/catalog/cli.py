@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
     """Reads ``--sort -map50_95`` as ``--sort=-map50_95``.
 
     argparse takes any word starting with ``-`` for an option (and ``-hparams.lr0`` for
-    ``-h``!); a leading ``-`` is how the issue spells "descending", so words that look like
+    ``-h``!); a leading ``-`` is how ``--sort`` spells "descending", so words that look like
     sort specs and are not registered options are values here.
     """
     def _parse_optional(self, arg_string):

@@ -1,4 +1,4 @@
-"""Issue 9's demo pieces: the learnable synthetic preset, and an error that names the dataset fix."""
+"""The demo's pieces: the learnable synthetic preset, and an error that names the dataset fix."""
 
 from __future__ import annotations
 
