@@ -1,4 +1,4 @@
-"""The folders tell the architecture, and this test keeps it true (issue 12).
+"""The folders tell the architecture, and this test keeps it true.
 
 Layers, top to bottom:
 

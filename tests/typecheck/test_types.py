@@ -1,5 +1,5 @@
 """The epilog (root, after every job), the write side and the watcher are type-checked
-strictly: ``mypy --strict`` over them must stay clean (issue 12)."""
+strictly: ``mypy --strict`` over them must stay clean."""
 
 from __future__ import annotations
 

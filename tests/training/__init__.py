@@ -1,0 +1,1 @@
+"""Tests that run real Ultralytics / torchrun training on CPU, without Slurm."""

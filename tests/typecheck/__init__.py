@@ -1,0 +1,1 @@
+"""Type checks: mypy over the package."""
