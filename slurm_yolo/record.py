@@ -57,7 +57,7 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
+def read_record(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Read ``run_dir/run.json``.
 
     Raises:
@@ -71,7 +71,7 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, mode: int = 0o644) -> None:
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, mode: int = 0o644) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (temp file + fsync + rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -91,12 +91,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, mode: int = 0o644) -> N
         raise
 
 
-def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
+def write_record(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Atomically replace ``run_dir/run.json`` with ``record``."""
     write_json_atomic(Path(run_dir) / RUN_JSON, record)
 
 
-def update_record(run_dir: str | os.PathLike, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def update_record(run_dir: str | os.PathLike[str], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Read the record, apply ``change`` to it in place, write it back atomically; return it.
 
     The launcher (recording the job ID right after sbatch) and a job that already started
@@ -118,7 +118,7 @@ def placement_of(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in PLACEMENT_KEYS}
 
 
-def write_placement(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> None:
+def write_placement(run_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
     """Write ``run_dir/.placement.json`` atomically from the run's initial record.
 
     The launcher calls it once, at submit time, beside the first run.json; nothing rewrites
@@ -127,7 +127,7 @@ def write_placement(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> No
     write_json_atomic(Path(run_dir) / PLACEMENT, placement_of(record))
 
 
-def read_metrics(results_csv: str | os.PathLike) -> dict[str, Any] | None:
+def read_metrics(results_csv: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Best epoch's metrics from an Ultralytics ``results.csv`` (best by mAP50-95).
 
     Returns ``None`` when the file is missing or has no data rows yet. Column names are
@@ -142,7 +142,7 @@ def read_metrics(results_csv: str | os.PathLike) -> dict[str, Any] | None:
     return best
 
 
-def read_results_rows(results_csv: str | os.PathLike) -> list[dict[str, Any]]:
+def read_results_rows(results_csv: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """All rows of ``results.csv`` as ``{epoch, map50, map50_95, precision, recall}`` dicts."""
     try:
         with open(results_csv, newline="", encoding="utf-8") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -54,3 +55,14 @@ def test_metrics_from_results_csv(tmp_path):
     assert m == {"epoch": 37, "map50": 0.40436, "map50_95": 0.18035, "precision": 0.74064, "recall": 0.38693,
                  "epochs_done": 38}
     assert rec.read_metrics(tmp_path / "missing.csv") is None
+
+
+def test_placement_keeps_exactly_what_places_the_run(tmp_path):
+    from slurm_yolo.runfolder import PLACEMENT
+
+    record = {"run_id": "r1", "task": "detect", "project": "p", "model_name": "m",
+              "archive_url": "s3://b/runs/u/detect/p/m/r1/", "config": {"train": {}}, "attempts": []}
+    rec.write_placement(tmp_path, record)
+    assert json.loads((tmp_path / PLACEMENT).read_text()) == {k: record[k] for k in rec.PLACEMENT_KEYS}
+    assert set(rec.PLACEMENT_KEYS) == {"run_id", "task", "project", "model_name", "archive_url"}
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temp file left
