@@ -10,8 +10,7 @@ it over, and the claims' stale window does not apply to it)::
 
     <claim_dir>/refused/<uid>.<raw job id>.json   {"job_id", "uid", "reason", "by", "time", "epoch_s"}
 
-Keyed by the uid and Slurm's raw job ID (an array element's squeue ID ``123_4`` is not one),
-both from slurmctld, never from the user. Kept :data:`KEEP_S` (a week: slurmctld forgot
+Keyed by the uid and the job ID, both from slurmctld, never from the user. Kept :data:`KEEP_S` (a week: slurmctld forgot
 the job long before), then pruned. ``slurm-yolo reconcile --dry-run`` lists them.
 """
 
@@ -19,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ REFUSED_DIR = "refused"
 KEEP_S = 7 * 86400.0
 # Before this folder existed, a refusal was a claim named so, in the claims folder itself.
 _LEGACY_SUFFIX = ".refused"
+_JOB_ID_RE = re.compile(r"\d+(_\d+)?")
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,13 @@ class Refusal:
 
 
 def _name(uid: str | int, job_id: str) -> str | None:
-    """The record's file name; ``None`` if the IDs are not Slurm's numbers (then nothing is kept)."""
+    """The record's file name; ``None`` if the IDs are not Slurm's (then nothing is kept).
+
+    The job ID is the raw one where scontrol gave it; without scontrol an array element is
+    known only by squeue's ``123_4``, which names it as well.
+    """
     uid, job_id = str(uid), str(job_id)
-    return f"{uid}.{job_id}.json" if uid.isdigit() and job_id.isdigit() else None
+    return f"{uid}.{job_id}.json" if uid.isdigit() and _JOB_ID_RE.fullmatch(job_id) else None
 
 
 def folder(claim_dir: str | os.PathLike[str]) -> Path:
