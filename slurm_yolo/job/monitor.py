@@ -27,12 +27,14 @@ from typing import Any
 
 from slurm_yolo import record as rec
 from slurm_yolo.archive import s5cmd
-from slurm_yolo.runfolder import GOOD_CHECKPOINT, LAST_PT, RESULTS_CSV, RUN_LOCK, WEIGHTS
+from slurm_yolo.runfolder import GOOD_CHECKPOINT, LAST_PT, PLACEMENT, RESULTS_CSV, RUN_LOCK, WEIGHTS
 from slurm_yolo.store import Store
 
-# Never synced: lock files, temp files of atomic writes, the spare checkpoint (bandwidth).
+# Never synced: lock files, temp files of atomic writes, the spare checkpoint (bandwidth), and
+# the launcher's placement note (the epilog's archive leaves it out too: the archive holds
+# what its manifest lists, plus run.json and the manifest).
 # s5cmd matches --exclude against the whole source path, hence the leading "*/".
-SYNC_EXCLUDES = (f"*/{RUN_LOCK}", "*.tmp", f"*/{WEIGHTS}/{GOOD_CHECKPOINT}")
+SYNC_EXCLUDES = (f"*/{RUN_LOCK}", "*.tmp", f"*/{WEIGHTS}/{GOOD_CHECKPOINT}", f"*/{PLACEMENT}")
 
 
 def checkpoint_complete(path: Path) -> bool:

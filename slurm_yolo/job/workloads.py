@@ -47,6 +47,8 @@ class StandIn:
     Attributes:
         epochs: epochs of the whole run.
         epoch_s: seconds per epoch.
+        requeued_epoch_s: seconds per epoch in an attempt after the first (default ``epoch_s``):
+            a first attempt long enough to be pre-empted mid-run, a short second one.
         fail_after: raise after this many epochs of an attempt (the attempt fails); ``None``: never.
         allocate_mb: memory to allocate and touch before the first epoch (over ``slurm.mem``:
             the cgroup OOM-kills the job).
@@ -56,6 +58,7 @@ class StandIn:
 
     epochs: int = 2
     epoch_s: float = 0.2
+    requeued_epoch_s: float | None = None
     fail_after: int | None = None
     allocate_mb: int = 0
     checkpoint_bytes: int = 4096
@@ -68,7 +71,8 @@ class StandIn:
     def train(self, run_dir: Path, config: dict[str, Any], attempt: int) -> None:
         """Sleep through the remaining epochs, filling the run folder; fail or allocate as told."""
         done = len(rec.read_results_rows(run_dir / RESULTS_CSV))
-        _say(f"attempt {attempt}: {self.epochs - done} epoch(s) of {self.epoch_s} s"
+        epoch_s = self.epoch_s if attempt == 1 or self.requeued_epoch_s is None else self.requeued_epoch_s
+        _say(f"attempt {attempt}: {self.epochs - done} epoch(s) of {epoch_s} s"
              + (f", continuing after epoch {done}" if done else ""))
         if not (run_dir / ARGS_YAML).exists():
             (run_dir / ARGS_YAML).write_text(yaml.safe_dump({**config.get("train", {}), "workload": STAND_IN}))
@@ -78,7 +82,7 @@ class StandIn:
         weights = run_dir / WEIGHTS
         weights.mkdir(exist_ok=True)
         for n, epoch in enumerate(range(done + 1, self.epochs + 1), start=1):
-            time.sleep(self.epoch_s)
+            time.sleep(epoch_s)
             _write_checkpoint(weights / LAST_PT, epoch, self.checkpoint_bytes)
             _append_row(run_dir / RESULTS_CSV, epoch, self.epochs)
             _say(f"epoch {epoch}/{self.epochs} done")

@@ -1,56 +1,39 @@
-"""Issue 3 on the real cluster: every way a job can end leads to a verified archive.
+"""Every way a job can end leads to a verified archive, on the real cluster.
 
-Each test submits a real job with `slurm-yolo submit`, makes it end in the stated way,
-then reads the store back: every manifest file present with the right sha256, run.json
-with the right end state, the index record written. The node is checked after every test
-(conftest: never drained).
+Each test submits a job through the real launcher (its marker, its submitit job), makes it end
+in the stated way, then reads the store back: every manifest file present with the right
+sha256, run.json with the right end state, the index record written. The node is checked
+after every test (conftest: never drained). What ends the job here is the job wrapper's
+workload: a stand-in (slurm_yolo/job/workloads.py) that sleeps through its epochs, fails or
+allocates, and fills the run folder as a training does; the epilog cannot tell the difference,
+and training itself is tested in test_resume.py, test_multinode_training.py and test_launcher.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import (archived_record, demo_config, index_record, list_keys, read_object, slurm_yolo as cli,
-                                    submit_json, verify_archive, wait_for, wait_job_over)
+from tests.cluster.helpers import (archived_record, demo_config, index_record, list_keys, slurm_yolo as cli,
+                                   submit_standin, submit_standins, verify_archive, wait_epochs, wait_job_over)
 
-pytestmark = [pytest.mark.cluster, pytest.mark.training]
-
-
-def results_rows(run_dir: Path) -> int:
-    try:
-        return max(0, len((run_dir / "results.csv").read_text().strip().splitlines()) - 1)
-    except FileNotFoundError:
-        return 0
-
-
-def wait_training(run_dir: Path, rows: int = 1, timeout: float = 300) -> None:
-    wait_for(lambda: results_rows(run_dir) >= rows, timeout, f"{rows} epoch(s) in {run_dir}/results.csv")
-
-
-def private_dataset(src_yaml: Path, dest: Path) -> Path:
-    """A copy of the dataset the test may damage."""
-    shutil.copytree(src_yaml.parent, dest)
-    text = (dest / "data.yaml").read_text().replace(str(src_yaml.parent), str(dest))
-    (dest / "data.yaml").write_text(text)
-    subprocess.run(["chmod", "-R", "a+rwX", str(dest)], check=True)
-    return dest / "data.yaml"
+pytestmark = [pytest.mark.cluster]
 
 
 @pytest.mark.endstate
 def test_completes_normally(cluster, s3, dataset, runs_root, tmp_path):
-    out = submit_json(cluster, demo_config(tmp_path, dataset), runs_root=runs_root)
+    out = submit_standin(cluster, demo_config(tmp_path, dataset), runs_root=runs_root, epochs=2)
     wait_job_over(cluster, out["job_id"])
     record, manifest = verify_archive(s3, out["archive_url"])
     assert record["end_state"] == "COMPLETED" and record["attempts"][-1]["end_state"] == "COMPLETED"
     assert {"results.csv", "args.yaml", "weights/best.pt", "weights/last.pt", "train.log"} <= set(manifest["files"])
     assert out["archive_url"] == record["archive_url"]
     assert "/runs/root/test/detect/pcb-test/yolov8n/" in out["archive_url"]
+    assert record["metrics"]["epochs_done"] == 2 and record["attempts"][-1]["epoch"] == 2
     idx = index_record(s3, cluster, out["run_id"])
     assert idx["end_state"] == "COMPLETED" and idx["archive_url"] == out["archive_url"]
     assert idx["map50_95"] == record["metrics"]["map50_95"]
@@ -67,23 +50,23 @@ def test_completes_normally(cluster, s3, dataset, runs_root, tmp_path):
 
 @pytest.mark.endstate
 def test_error_mid_training_is_failed(cluster, s3, dataset, runs_root, tmp_path):
-    data = private_dataset(dataset, tmp_path / "ds")
-    out = submit_json(cluster, demo_config(tmp_path, data, epochs=50), runs_root=runs_root)
-    wait_training(Path(out["run_dir"]))
-    shutil.rmtree(data.parent / "images" / "train")  # the next epoch cannot load its images
+    out = submit_standin(cluster, demo_config(tmp_path, dataset), runs_root=runs_root, epochs=50, epoch_s=0.3,
+                         fail_after=3)
     wait_job_over(cluster, out["job_id"])
     record = archived_record(s3, out["archive_url"])
     verify_archive(s3, out["archive_url"])
     assert record["end_state"] == "FAILED", record["epilog"]
     attempt = record["attempts"][-1]
-    assert attempt["exit_code"] != 0 and "error" in attempt
-    assert 1 <= attempt["epoch"] < 50
+    assert attempt["exit_code"] != 0 and "stand-in failure after epoch 3" in attempt["error"]
+    assert attempt["epoch"] == 3
 
 
 @pytest.mark.endstate
 def test_cgroup_oom_kill(cluster, s3, dataset, runs_root, tmp_path):
-    out = submit_json(cluster, demo_config(tmp_path, dataset), "slurm.mem=400M", runs_root=runs_root)
-    # Slurm itself says OUT_OF_MEMORY or FAILED (the OOM hits the srun step); the epilog must know.
+    # 600 MB touched under a 300 MB limit: the cgroup kills the job (the OOM hits the srun
+    # step; Slurm itself says OUT_OF_MEMORY or FAILED). The epilog must know.
+    out = submit_standin(cluster, demo_config(tmp_path, dataset), "slurm.mem=300M", runs_root=runs_root,
+                         epochs=1, allocate_mb=600)
     wait_job_over(cluster, out["job_id"])
     record, _ = verify_archive(s3, out["archive_url"])
     assert record["end_state"] == "OUT_OF_MEMORY", record["epilog"]
@@ -91,18 +74,22 @@ def test_cgroup_oom_kill(cluster, s3, dataset, runs_root, tmp_path):
 
 @pytest.mark.endstate
 def test_time_limit(cluster, s3, dataset, runs_root, tmp_path):
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=500), "slurm.time=1",
-                      "slurm.signal_delay_s=30", "slurm.max_requeues=0", runs_root=runs_root)
+    out = submit_standin(cluster, demo_config(tmp_path, dataset), "slurm.time=1", "slurm.signal_delay_s=30",
+                         "slurm.max_requeues=0", runs_root=runs_root, epochs=1000, epoch_s=0.5)
     wait_job_over(cluster, out["job_id"], timeout=240)
     record, _ = verify_archive(s3, out["archive_url"])
     assert record["end_state"] == "TIMEOUT", record["epilog"]
-    # (how many epochs ran is up to slurmctld: it checks time limits only every 30 s)
+    # Slurm's warning (USR2, signal_delay_s before the limit) reached the job, which did not
+    # requeue (max_requeues=0). How many epochs ran is up to slurmctld: it checks time limits
+    # only every 30 s.
+    assert "SIGUSR2" in [s["signal"] for s in record["attempts"][-1]["signals"]]
+    assert len(record["attempts"]) == 1
 
 
 @pytest.mark.endstate
 def test_scancel_mid_training(cluster, s3, dataset, runs_root, tmp_path):
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=100), runs_root=runs_root)
-    wait_training(Path(out["run_dir"]))
+    out = submit_standin(cluster, demo_config(tmp_path, dataset), runs_root=runs_root, epochs=100, epoch_s=0.3)
+    wait_epochs(Path(out["run_dir"]))
     subprocess.run(["scancel", out["job_id"]], check=True, env=cluster)
     wait_job_over(cluster, out["job_id"])
     record, _ = verify_archive(s3, out["archive_url"])
@@ -115,8 +102,8 @@ def test_scancel_mid_training(cluster, s3, dataset, runs_root, tmp_path):
 
 
 def test_non_root_user_lands_under_own_prefix(cluster, s3, dataset, runs_root, tmp_path, test_user):
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=1), user=test_user.pw_name,
-                      runs_root=runs_root)
+    out = submit_standin(cluster, demo_config(tmp_path, dataset), user=test_user.pw_name, runs_root=runs_root,
+                         epochs=1)
     assert Path(out["run_dir"]).stat().st_uid == test_user.pw_uid
     wait_job_over(cluster, out["job_id"])
     record, _ = verify_archive(s3, out["archive_url"])
@@ -142,7 +129,7 @@ def store_down(cluster):
 
 
 def test_store_down_goes_to_spool_then_drains(cluster, s3, dataset, runs_root, tmp_path, store_down):
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=1), runs_root=runs_root)
+    out = submit_standin(cluster, demo_config(tmp_path, dataset), runs_root=runs_root, epochs=1)
     state = wait_job_over(cluster, out["job_id"])
     assert state == "COMPLETED"  # the epilog exited 0 (else Slurm would say otherwise and drain the node)
     log = (Path(cluster["SLURM_YOLO_DEV_STATE"]) / "log" / "epilog.log").read_text()
@@ -166,29 +153,22 @@ def test_store_down_goes_to_spool_then_drains(cluster, s3, dataset, runs_root, t
 def test_twenty_jobs_ending_together(cluster, s3, dataset, runs_root, tmp_path):
     """20 epilogs at once: 20 complete archives, 20 index records, nothing mixed up.
 
-    Twenty training jobs do not fit in this machine's memory at once, so each job gets a
-    memory limit that the cgroup enforces while torch is being imported: all 20 start
-    together (the partition lets 10 share a core) and are OOM-killed within seconds of
-    each other. Each run folder first gets a realistic payload (weights, images, csv) so
-    that the 20 concurrent uploads carry real data.
+    All 20 start together (the partition lets 10 share a core), sleep through one epoch and
+    end within seconds of each other; each leaves a realistic payload (a 2 MB checkpoint, 10
+    sample images, results.csv) so that the 20 concurrent uploads carry real data.
     """
     config = demo_config(tmp_path, dataset, epochs=1)
-    outs = []
-    for i in range(20):
-        outs.append(submit_json(cluster, config, "slurm.mem=300M", f"train.seed={i}", runs_root=runs_root))
-        run = Path(outs[-1]["run_dir"])
-        (run / "weights").mkdir()
-        (run / "weights" / "last.pt").write_bytes(os.urandom(2 << 20) + str(i).encode())
-        for j in range(10):
-            (run / f"val_batch{j}.jpg").write_bytes(os.urandom(20_000))
-        (run / "results.csv").write_text(f"epoch,metrics/mAP50-95(B)\n1,0.{i:02d}\n")
+    outs = submit_standins(cluster, config, [(["slurm.mem=150M", f"train.seed={i}"],
+                                              {"epochs": 1, "epoch_s": 3, "checkpoint_bytes": (2 << 20) + i,
+                                               "images": 10}) for i in range(20)], runs_root=runs_root)
     for out in outs:
         wait_job_over(cluster, out["job_id"], timeout=300)
     run_ids = set()
     for i, out in enumerate(outs):
         record, manifest = verify_archive(s3, archived_record(s3, out["archive_url"]) and out["archive_url"])
         assert record["run_id"] == out["run_id"] and record["config"]["train"]["seed"] == i
-        assert manifest["files"]["weights/last.pt"]["size"] == (2 << 20) + len(str(i))
+        assert manifest["files"]["weights/last.pt"]["size"] == (Path(out["run_dir"]) / "weights/last.pt").stat().st_size
+        assert manifest["files"]["weights/last.pt"]["size"] > (2 << 20) + i
         assert len([k for k in manifest["files"] if k.startswith("val_batch")]) == 10
         assert index_record(s3, cluster, out["run_id"])["archive_url"] == out["archive_url"]
         run_ids.add(record["run_id"])

@@ -1,4 +1,4 @@
-"""Issue 2 on the real cluster: submit --wait trains for real; a sweep is one array; local executor."""
+"""On the real cluster: submit --wait trains for real; a sweep is one array; the local executor trains too."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 import slurm_yolo
-from tests.cluster.conftest import (REPO, demo_config, slurm_yolo as cli, verify_archive, wait_for, wait_job_over)
+from slurm_yolo.job.train import TrainJob
+from slurm_yolo.job.workloads import StandIn
+from tests.cluster.helpers import REPO, demo_config, slurm_yolo as cli, verify_archive, wait_for, wait_job_over
 
-pytestmark = [pytest.mark.cluster, pytest.mark.training]
+pytestmark = [pytest.mark.cluster]
 
 
+@pytest.mark.training
 def test_submit_demo_wait_completes_with_metrics(cluster, dataset, runs_root, tmp_path):
     """The README's main path: `slurm-yolo submit configs/demo.yaml --wait` ends COMPLETED."""
     proc = cli(cluster, "submit", str(REPO / "configs" / "demo.yaml"), "--wait", "--json",
@@ -44,12 +47,15 @@ def test_submit_demo_wait_completes_with_metrics(cluster, dataset, runs_root, tm
 
 
 def test_sweep_of_three_is_one_array(cluster, s3, dataset, runs_root, tmp_path, monkeypatch):
-    """slurm_yolo.sweep(...) from Python: ONE job array, 3 run IDs, one sweep ID, all COMPLETED."""
+    """slurm_yolo.sweep(...) from Python: ONE job array, 3 run IDs, one sweep ID, all COMPLETED.
+
+    What is tested is the array, so its elements run the stand-in workload (the Python API
+    takes the job to run; training is test_submit_demo_wait_completes_with_metrics's)."""
     for k, v in cluster.items():
         monkeypatch.setenv(k, v)
     config = demo_config(tmp_path, dataset, epochs=1)
     handles = slurm_yolo.sweep(str(config), grid={"train.lr0": [0.01, 0.005, 0.001]},
-                               base_overrides=[f"runs_root={runs_root}"])
+                               base_overrides=[f"runs_root={runs_root}"], job=TrainJob(StandIn(epochs=1)))
     assert len(handles) == 3
     assert len({h.run_id for h in handles}) == 3
     assert len({h.sweep_id for h in handles}) == 1 and handles[0].sweep_id.startswith("sw_")
@@ -69,6 +75,7 @@ def test_sweep_of_three_is_one_array(cluster, s3, dataset, runs_root, tmp_path, 
         assert f"slurm/{h.job_id}_0_log.out" in manifest["files"]
 
 
+@pytest.mark.training
 def test_local_executor_runs_without_slurm(cluster, dataset, runs_root, tmp_path):
     config = demo_config(tmp_path, dataset, epochs=1)
     env = {k: v for k, v in cluster.items() if not k.startswith("SLURM")}

@@ -1,4 +1,4 @@
-"""Issue 8, item 5 on the real cluster: `slurm.nodes: 2` trains ONE model across two nodes.
+"""On the real cluster: `slurm.nodes: 2` trains ONE model across two nodes.
 
 Needs the dev cluster's `multi` partition (nodes n1..n3, each in its own network namespace,
 the host filesystem shared): one srun task per node, each starting its node's torchrun with
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import (archived_record, demo_config, read_object, submit_json, verify_archive,
-                                    wait_job_over)
+from tests.cluster.helpers import (archived_record, demo_config, read_object, submit_json, verify_archive,
+                                   wait_job_over)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.training, pytest.mark.multinode]
 PARTITION = "multi"
-EPOCHS = 3
+EPOCHS = 2
 
 
 @pytest.fixture

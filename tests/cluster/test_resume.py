@@ -1,4 +1,11 @@
-"""Issue 4 on the real cluster: requeued runs resume; a damaged last.pt is survived; sync while training."""
+"""Requeued runs resume; a damaged last.pt is survived; sync while training: on the real cluster.
+
+Where resuming a training is what is tested (from the last epoch after a requeue, from the
+monitor's good copy of a truncated last.pt, syncing while it trains) the job trains with
+Ultralytics. The two pre-emption paths (USR2 → checkpoint → requeue; Slurm's own pre-emption)
+test the job wrapper and the epilog across attempts: their job runs the stand-in workload,
+which continues after the epochs the earlier attempt left (slurm_yolo/job/workloads.py).
+"""
 
 from __future__ import annotations
 
@@ -8,33 +15,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import (SLURM_VERSION, archived_record, demo_config, job_state, list_keys, read_object,
-                                    submit_json, verify_archive, wait_for, wait_job_over)
 from tests.cluster.faultproxy import FaultProxy
+from tests.cluster.helpers import (SLURM_VERSION, archived_record, demo_config, epochs_in, job_state, list_keys,
+                                   read_object, submit_json, submit_standin, verify_archive, wait_epochs, wait_for,
+                                   wait_job_over)
 
-pytestmark = [pytest.mark.cluster, pytest.mark.training]
+pytestmark = [pytest.mark.cluster]
 # After SIGTERM a job trains on until Slurm's SIGKILL (KillWait, 5 s on the dev cluster) and
-# these epochs take ~0.5 s: enough of them that a requeue always lands mid-training.
-EPOCHS = 30
+# these epochs take ~0.5 s or more: enough of them that a requeue always lands mid-training.
+EPOCHS = 20
+# The stand-in's first attempt goes at the training's pace; the attempt that resumes it is quick.
+STANDIN = {"epochs": EPOCHS, "epoch_s": 0.5, "requeued_epoch_s": 0.05}
+RESUMED = "resuming from"  # what the training job logs when it resumes a checkpoint
+CONTINUED = "continuing after epoch"  # what the stand-in logs when it carries on after a requeue
 
 
-def epochs_in(run_dir: Path) -> list[int]:
-    try:
-        rows = (run_dir / "results.csv").read_text().strip().splitlines()[1:]
-    except FileNotFoundError:
-        return []
-    return [int(float(r.split(",")[0])) for r in rows if r.strip()]
-
-
-def wait_epochs(run_dir: Path, n: int, timeout: float = 300) -> None:
-    wait_for(lambda: len(epochs_in(run_dir)) >= n, timeout, f"{n} epochs in {run_dir}")
-
-
-def finish_and_check(cluster, s3, out, epochs: int, first_state: str, *, requeued_after_end: bool = False) -> dict:
+def finish_and_check(cluster, s3, out, epochs: int, first_state: str, *, requeued_after_end: bool = False,
+                     resumed: str = RESUMED) -> dict:
     """The run completed in a second attempt that resumed the first. ``requeued_after_end``:
     Slurm may requeue the second attempt once more after it finished training (24.11.5 does
     so after a pre-emption with GraceTime, docs/admin.md); then a third attempt finds the
-    final checkpoint, trains nothing and completes."""
+    final checkpoint, trains nothing and completes. ``resumed``: what the job logs when it resumes."""
     run_dir = Path(out["run_dir"])
     wait_for(lambda: job_state(cluster, out["job_id"]) == "COMPLETED", 600, f"job {out['job_id']} to complete")
     record = archived_record(s3, out["archive_url"], state="COMPLETED", timeout=60)
@@ -49,7 +50,7 @@ def finish_and_check(cluster, s3, out, epochs: int, first_state: str, *, requeue
     assert attempts[1]["epoch"] == epochs
     assert epochs_in(run_dir) == list(range(1, epochs + 1))  # resumed, not restarted, no duplicates
     log = (run_dir / "train.log").read_text()
-    assert "resuming from" in log
+    assert resumed in log
     # Each attempt's snapshot is kept, marked with its attempt number.
     first = json.loads(read_object(s3, out["archive_url"] + "attempts/attempt-1.json"))
     assert first["attempts"][0]["end_state"] == first_state
@@ -57,6 +58,7 @@ def finish_and_check(cluster, s3, out, epochs: int, first_state: str, *, requeue
 
 
 @pytest.mark.endstate
+@pytest.mark.training
 def test_scontrol_requeue_resumes_from_last_epoch(cluster, s3, dataset, runs_root, tmp_path):
     out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=EPOCHS), runs_root=runs_root)
     wait_epochs(Path(out["run_dir"]), 2)
@@ -70,10 +72,10 @@ def test_scontrol_requeue_resumes_from_last_epoch(cluster, s3, dataset, runs_roo
 def test_preemption_signal_requeues_and_resumes(cluster, s3, dataset, runs_root, tmp_path):
     """The signal path: USR2 (what Slurm sends before a time limit or a pre-emption) →
     submitit calls TrainJob.checkpoint → the job requeues itself → resumes."""
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=EPOCHS), runs_root=runs_root)
+    out = submit_standin(cluster, demo_config(tmp_path, dataset), runs_root=runs_root, **STANDIN)
     wait_epochs(Path(out["run_dir"]), 2)
     subprocess.run(["scancel", "--signal=USR2", out["job_id"]], check=True, env=cluster)
-    record = finish_and_check(cluster, s3, out, EPOCHS, "PREEMPTED")
+    record = finish_and_check(cluster, s3, out, EPOCHS, "PREEMPTED", resumed=CONTINUED)
     assert "SIGUSR2" in [s["signal"] for s in record["attempts"][0]["signals"]]
 
 
@@ -83,9 +85,10 @@ def test_slurm_preemption_requeues_and_resumes(cluster, s3, dataset, runs_root, 
     node's memory, which this run holds part of; slurmctld (PreemptMode=REQUEUE) sends the
     run SIGTERM, kills it GraceTime + KillWait later and requeues it; it resumes once the
     urgent job is done. slurmctld took 5-20 s here to pick the run for pre-emption, then 10 s
-    of grace: more epochs than the other tests, so the run is still training by then."""
-    epochs = 3 * EPOCHS
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=epochs), runs_root=runs_root)
+    of grace: more epochs than the other tests (50 s at 0.5 s each), so the run is still
+    running by then."""
+    epochs = 5 * EPOCHS
+    out = submit_standin(cluster, demo_config(tmp_path, dataset), runs_root=runs_root, **{**STANDIN, "epochs": epochs})
     wait_epochs(Path(out["run_dir"]), 2)
     node = subprocess.run(["scontrol", "show", "node", "-o"], capture_output=True, text=True, check=True,
                           env=cluster).stdout
@@ -96,9 +99,11 @@ def test_slurm_preemption_requeues_and_resumes(cluster, s3, dataset, runs_root, 
     assert [a["end_state"] for a in first["attempts"]] == ["REQUEUED"]
     assert "SIGTERM" in [s["signal"] for s in first["attempts"][0]["signals"]]  # Slurm's pre-emption notice
     wait_job_over(cluster, urgent.stdout.strip().split(";")[0], timeout=120)
-    finish_and_check(cluster, s3, out, epochs, "REQUEUED", requeued_after_end=SLURM_VERSION != "22.05")
+    finish_and_check(cluster, s3, out, epochs, "REQUEUED", requeued_after_end=SLURM_VERSION != "22.05",
+                     resumed=CONTINUED)
 
 
+@pytest.mark.training
 def test_truncated_last_pt_falls_back_to_the_good_copy(cluster, s3, dataset, runs_root, tmp_path):
     out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=EPOCHS), runs_root=runs_root)
     run_dir = Path(out["run_dir"])
@@ -114,6 +119,7 @@ def test_truncated_last_pt_falls_back_to_the_good_copy(cluster, s3, dataset, run
     assert "last.pt is unusable" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.training
 def test_sync_while_training_and_store_outage(cluster, s3, dataset, runs_root, tmp_path):
     """In-training sync through an endpoint that is down first: training is not disturbed;
     once the store is back, results.csv and run.json reach it while the job still runs."""

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import (demo_config, list_keys, read_object, slurm_yolo as cli, submit_json,
-                                    verify_archive, wait_job_over)
+from tests.cluster.helpers import (demo_config, list_keys, read_object, slurm_yolo as cli, submit_standin,
+                                   verify_archive, wait_job_over)
 
 pytestmark = [pytest.mark.cluster]
 
@@ -30,7 +30,6 @@ def epilog_log(cluster) -> str:
     return (Path(cluster["SLURM_YOLO_DEV_STATE"]) / "log" / "epilog.log").read_text()
 
 
-@pytest.mark.training
 def test_planted_links_fifos_and_devices_never_reach_the_store(cluster, s3, dataset, runs_root, tmp_path,
                                                                 test_user):
     user = test_user.pw_name
@@ -39,7 +38,10 @@ def test_planted_links_fifos_and_devices_never_reach_the_store(cluster, s3, data
     os.chmod(secret, 0o600)
     pwned = f"pwned-{uuid.uuid4().hex[:6]}"
     odd_name = f"; touch {pwned} #$(id)"
-    out = submit_json(cluster, demo_config(tmp_path, dataset, epochs=2), user=user, runs_root=runs_root)
+    # The job fills a realistic run folder (results.csv, weights, args.yaml, images) while the
+    # user plants; it runs long enough (3 x 2 s) for every plant to be in place before it ends.
+    out = submit_standin(cluster, demo_config(tmp_path, dataset), user=user, runs_root=runs_root, epochs=3,
+                         epoch_s=2, images=2)
     run = Path(out["run_dir"])
     # What the user can do to their own folder:
     for argv in (["ln", "-s", "/etc/shadow", str(run / "shadow")],
@@ -109,14 +111,14 @@ def test_hostile_markers_are_refused(cluster, s3, runs_root, test_user):
 
 def test_user_cannot_write_outside_their_prefix(cluster, s3, dataset, runs_root, tmp_path, test_user):
     user = test_user.pw_name
-    config = demo_config(tmp_path, dataset, epochs=1)
+    config = demo_config(tmp_path, dataset)
     # The launcher refuses a destination outside the site's prefix for this user, up front.
     proc = cli(cluster, "submit", str(config), "--set", "archive.url=s3://slurm-yolo/runs/root/stolen",
                "--set", f"runs_root={runs_root}", user=user)
     assert proc.returncode == 2 and "outside this site's allowed prefix s3://slurm-yolo/runs/syuser/" in proc.stderr
     assert not any(runs_root.iterdir())  # nothing created
     # A user who edits run.json behind the launcher's back is still confined by the epilog.
-    out = submit_json(cluster, config, user=user, runs_root=runs_root)
+    out = submit_standin(cluster, config, user=user, runs_root=runs_root, epochs=3, epoch_s=1)
     forged = "s3://slurm-yolo/runs/root/forged/detect/pcb-test/yolov8n/" + out["run_id"] + "/"
     # Under the record's own lock, written atomically: the job's own updates (attempt start,
     # environment) then keep the forged URL instead of racing it away.

@@ -48,4 +48,5 @@ def test_sync_argv_excludes_and_does_not_follow_links(tmp_path):
     assert argv[:3] == ["/usr/bin/nice", "-n", "19"] and argv[3].endswith("/s5cmd")
     assert argv[argv.index("sync") + 1] == "--no-follow-symlinks"
     assert "*/.run.lock" in argv and "*/weights/last.good.pt" in argv
+    assert "*/.placement.json" in argv  # not in the epilog's archive either
     assert argv[-2:] == [f"{tmp_path}/", "s3://b/p/"]

@@ -58,7 +58,7 @@ def test_fails_then_a_requeued_attempt_continues_after_the_rows_left(tmp_path, m
     first = rec.read_record(run)["attempts"][-1]
     assert first["status"] == "FAILED" and first["epoch"] == 1 and "stand-in failure" in first["error"]
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    TrainJob(StandIn(epochs=3, epoch_s=0))(str(run))
+    TrainJob(StandIn(epochs=3, epoch_s=60, requeued_epoch_s=0))(str(run))  # 60 s: attempt 1's pace only
     record = rec.read_record(run)
     assert [(a["attempt"], a["status"], a["epoch"]) for a in record["attempts"]] == [(1, "FAILED", 1),
                                                                                       (2, "COMPLETED", 3)]
