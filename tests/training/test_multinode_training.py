@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from slurm_yolo import record as rec
+from slurm_yolo import runfolder
 from slurm_yolo.config import resolve_config
 from slurm_yolo.job.distributed import RDZV_PORT_BASE, RDZV_PORT_SPAN
 from slurm_yolo.launcher.submit import prepare_run
@@ -132,15 +133,16 @@ def test_two_nodes_train_one_model_on_loopback(tmp_path, dataset):
     assert attempt["world"]["world_size"] == 2 and len(attempt["world"]["hosts"]) == 2
     assert record["metrics"]["epochs_done"] == EPOCHS
 
-    rows = rec.read_results_rows(run_dir / "results.csv")
+    rows = rec.read_results_rows(run_dir / runfolder.RESULTS_CSV)
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1)), "one writer: each epoch once"
-    train_log = (run_dir / "train.log").read_text()
+    train_log = (run_dir / runfolder.TRAIN_LOG).read_text()
     assert "world_size=2 backend=gloo" in train_log and f"{EPOCHS}/{EPOCHS}" in train_log
     # One run folder, holding one set of outputs (no rank wrote a second one next to it).
     assert [p.name for p in run_dir.parent.iterdir()] == [run_dir.name]
     names = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
-    assert names == {"run.json", ".run.lock", "train.log", "results.csv", "args.yaml",
-                     "weights/last.pt", "weights/best.pt"}, names
+    assert names == {runfolder.RUN_JSON, runfolder.PLACEMENT, runfolder.RUN_LOCK, runfolder.TRAIN_LOG,
+                     runfolder.RESULTS_CSV, runfolder.ARGS_YAML, f"{runfolder.WEIGHTS}/{runfolder.LAST_PT}",
+                     f"{runfolder.WEIGHTS}/{runfolder.BEST_PT}"}, names
     # Ultralytics' end-of-training strip ran (rank 0): resume sees a finished run.
     from slurm_yolo.job.train import find_resume_checkpoint
 
@@ -159,19 +161,19 @@ def test_requeued_multinode_run_resumes_from_its_checkpoint(tmp_path, dataset):
     try:
         deadline = time.monotonic() + 180
         # The job's monitor keeps a verified copy of each new last.pt: one exists = resumable.
-        while not (run_dir / "weights" / "last.good.pt").exists():
+        while not (run_dir / runfolder.WEIGHTS / runfolder.GOOD_CHECKPOINT).exists():
             assert time.monotonic() < deadline and all(t.poll() is None for t in tasks), logs[0].read_text()[-3000:]
             time.sleep(0.2)
     finally:
         for t in tasks:
             _kill_tree(t.pid)
             t.wait()
-    done = len(rec.read_results_rows(run_dir / "results.csv"))
+    done = len(rec.read_results_rows(run_dir / runfolder.RESULTS_CSV))
     assert done < epochs, "killed too late to test resuming"
 
     _wait_tasks([_start_task(n, run_dir, job_id, logs[n], restarts=1) for n in (0, 1)], logs)
     record = rec.read_record(run_dir)
     assert [a["attempt"] for a in record["attempts"]] == [1, 2] and record["status"] == "COMPLETED"
     assert record["attempts"][1]["world"]["world_size"] == 2
-    assert [r["epoch"] for r in rec.read_results_rows(run_dir / "results.csv")] == list(range(1, epochs + 1))
-    assert "[slurm-yolo] resuming from" in (run_dir / "train.log").read_text()
+    assert [r["epoch"] for r in rec.read_results_rows(run_dir / runfolder.RESULTS_CSV)] == list(range(1, epochs + 1))
+    assert "[slurm-yolo] resuming from" in (run_dir / runfolder.TRAIN_LOG).read_text()
