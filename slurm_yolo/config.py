@@ -12,13 +12,19 @@ Validation is strict because a typo in a config otherwise costs a GPU-day: unkno
 (with a did-you-mean), wrong types, a missing dataset, unsafe names and a non-``s3://``
 destination are all :class:`~slurm_yolo.errors.ConfigError` (exit code 2), raised before
 anything is created or submitted. This module never imports torch or ultralytics.
+
+What the installed Ultralytics trains decides what is accepted (:mod:`slurm_yolo.tasks`):
+``run.task`` is one of its tasks; ``train.data`` is the dataset's ``data.yaml``, except for
+``classify``, whose dataset is a folder of class folders (``train/<class>/``,
+``val/<class>/``); ``train.model`` is a model yaml Ultralytics ships (any scale:
+``yolo11s-seg.yaml``) or a local file, never a name that would be downloaded, and it must
+train the run's task when its name or yaml says which.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -29,13 +35,17 @@ import yaml
 
 from slurm_yolo.errors import ConfigError
 from slurm_yolo.names import validate_name
+from slurm_yolo.tasks import (
+    DEFAULT_TASK, MODEL_SUFFIXES, TaskTable, find_model_yaml, installed_tasks, model_task, model_yaml_names,
+    ultralytics_dir,
+)
 from slurm_yolo.timeparse import duration_seconds, time_minutes
 
 # Schema: section -> key -> (accepted types, default). ``None`` in the types means "may be null".
 _STR, _INT, _NUM = (str,), (int,), (int, float)
 SCHEMA: dict[str, dict[str, tuple[tuple, Any]]] = {
     "run": {
-        "task": (_STR, "detect"),
+        "task": (_STR, DEFAULT_TASK),
         "project": (_STR, None),
         "model_name": (_STR, None),
         "dataset_version": (_STR + (type(None),), None),
@@ -65,7 +75,8 @@ TOP_LEVEL = {"run", "train", "slurm", "archive", "runs_root"}
 REQUIRED = [("run", "project"), ("run", "model_name"), ("train", "model"), ("train", "data"), ("archive", "url")]
 # Ultralytics arguments slurm-yolo owns: the run folder, the device list and resuming.
 RESERVED_TRAIN_KEYS = {"project", "name", "exist_ok", "resume", "device", "mode"}
-TASKS = {"detect", "segment", "classify", "pose", "obb"}
+# A classify dataset's splits, as Ultralytics' check_cls_dataset looks for them.
+CLASSIFY_VAL_SPLITS = ("val", "validation", "valid", "test")
 
 _MEM_RE = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -215,23 +226,35 @@ def resolve_config(
     train = data.get("train")
     if not isinstance(train, dict):
         raise ConfigError(f"{where}: section 'train' (Ultralytics arguments: model, data, epochs, ...) is required")
-    out["train"] = _check_train(dict(train), where, base, check_paths)
+    run = out["run"]
+    validate_name(run["task"], "run.task")
+    # Without the paths (an archived config read back) Ultralytics may be absent: the task
+    # was checked when the run was submitted.
+    table = installed_tasks() if check_paths or ultralytics_dir() is not None else None
+    if table is not None:
+        _check_task(run["task"], table, where)
+    out["train"] = _check_train(dict(train), where, base, check_paths, run["task"], table)
     out["runs_root"] = str((base / str(data.get("runs_root") or "./runs")).resolve())
     for section, key in REQUIRED:
         if out[section].get(key) in (None, ""):
             raise ConfigError(f"{where}: {section}.{key} is required")
 
-    run = out["run"]
-    for key in ("task", "project", "model_name"):
+    for key in ("project", "model_name"):
         validate_name(run[key], f"run.{key}")
-    if run["task"] not in TASKS:
-        raise ConfigError(f"{where}: run.task={run['task']!r} is not one of {sorted(TASKS)}")
     _check_slurm(out["slurm"], where)
     _check_archive(out["archive"], where)
     return Config(data=out, source=source)
 
 
-def _check_train(train: dict[str, Any], where: str, base: Path, check_paths: bool) -> dict[str, Any]:
+def _check_task(task: str, table: TaskTable, where: str) -> None:
+    if task not in table.tasks:
+        raise ConfigError(f"{where}: run.task={task!r} is not one of the tasks Ultralytics "
+                          f"{table.ultralytics_version} trains: {', '.join(table.tasks)}"
+                          f"{_did_you_mean(task, table.tasks, known=False)}")
+
+
+def _check_train(train: dict[str, Any], where: str, base: Path, check_paths: bool, task: str,
+                 table: TaskTable | None) -> dict[str, Any]:
     known = ultralytics_train_defaults()
     for key, value in train.items():
         if key in RESERVED_TRAIN_KEYS:
@@ -245,22 +268,118 @@ def _check_train(train: dict[str, Any], where: str, base: Path, check_paths: boo
         if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float, list))):
             raise ConfigError(f"{where}: train.{key} must be a number, got {type(value).__name__} {value!r}")
-    for key, what in (("data", "the dataset's data.yaml"), ("model", "e.g. yolov8s.yaml or a .pt file")):
+    data_what = "the dataset folder" if task == "classify" else "the dataset's data.yaml"
+    for key, what in (("data", data_what), ("model", "e.g. yolov8s.yaml or a .pt file")):
         value = train.get(key)
         if value is None or value == "":
             raise ConfigError(f"{where}: train.{key} ({what}) is required")
         if not isinstance(value, str):
             raise ConfigError(f"{where}: train.{key} must be a path or name ({what}), got "
                               f"{type(value).__name__} {value!r}")
-    data, model = train["data"], train["model"]
-    data_path = (base / data).resolve()
-    if check_paths and not data_path.is_file():
-        raise ConfigError(f"{where}: train.data={data} does not exist ({data_path}); fix the path, or generate the example dataset: python -m slurm_yolo.synthetic {data_path.parent}{' --preset demo' if data_path.parent.name == 'demo' else ''}")
+    data_path = (base / train["data"]).resolve()
+    if check_paths:
+        if task == "classify":
+            _check_classify_folder(train["data"], data_path, where)
+        else:
+            _check_data_yaml(train["data"], data_path, task, where)
     train["data"] = str(data_path)
-    model_path = base / model
-    if model_path.exists():  # a local .pt/.yaml; otherwise an Ultralytics built-in name
-        train["model"] = str(model_path.resolve())
+    train["model"] = _check_model(train["model"], base, where, task, table, check_paths)
     return train
+
+
+def _synthetic_hint(path: Path, task: str) -> str:
+    if task == DEFAULT_TASK:
+        return f"python -m slurm_yolo.synthetic {path}{' --preset demo' if path.name == 'demo' else ''}"
+    return f"python -m slurm_yolo.synthetic {path} --task {task}"
+
+
+def _check_data_yaml(data: str, data_path: Path, task: str, where: str) -> None:
+    if data_path.is_file():
+        return
+    if data_path.is_dir():
+        inside = data_path / "data.yaml"
+        fix = f"did you mean {inside}?" if inside.is_file() else "give the data.yaml inside it"
+        raise ConfigError(f"{where}: train.data={data} is a folder ({data_path}); a {task} dataset is given by "
+                          f"its data.yaml file (only classify takes a folder): {fix}")
+    raise ConfigError(f"{where}: train.data={data} does not exist ({data_path}); fix the path, or generate the "
+                      f"example dataset: {_synthetic_hint(data_path.parent, task)}")
+
+
+def _check_classify_folder(data: str, folder: Path, where: str) -> None:
+    """A classify dataset as Ultralytics reads it: ``train/<class>/`` and a val (or test) split alike."""
+    layout = "a classify dataset is a folder holding train/<class>/ and val/<class>/ (or test/<class>/) image folders"
+    if not folder.exists():
+        raise ConfigError(f"{where}: train.data={data} does not exist ({folder}); {layout}; fix the path, or "
+                          f"generate the example dataset: {_synthetic_hint(folder, 'classify')}")
+    if not folder.is_dir():
+        raise ConfigError(f"{where}: train.data={data} is a file ({folder}); {layout}, not a data.yaml: "
+                          f"give that folder")
+    if not (folder / "train").is_dir():
+        raise ConfigError(f"{where}: train.data={data} has no train/ folder ({folder / 'train'}); {layout}")
+    if not _class_folders(folder / "train"):
+        raise ConfigError(f"{where}: train.data={data}: {folder / 'train'} has no class folders; {layout}")
+    splits = [folder / s for s in CLASSIFY_VAL_SPLITS if (folder / s).is_dir()]
+    if not splits:
+        raise ConfigError(f"{where}: train.data={data} has no val/ (or test/) folder in {folder}; {layout}")
+    if not _class_folders(splits[0]):
+        raise ConfigError(f"{where}: train.data={data}: {splits[0]} has no class folders; {layout}")
+
+
+def _class_folders(split: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(split) if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _check_model(model: str, base: Path, where: str, task: str, table: TaskTable | None,
+                 check_paths: bool) -> str:
+    """The model to train from: a local file (made absolute) or a model yaml Ultralytics ships."""
+    local = base / model
+    suffix = Path(model).suffix.lower()
+    if not check_paths:
+        return str(local.resolve()) if local.exists() else model
+    if local.is_file():
+        if not os.access(local, os.R_OK):
+            raise ConfigError(f"{where}: train.model={model} ({local.resolve()}) is not readable; fix its permissions")
+        if suffix not in MODEL_SUFFIXES + (".pt",):
+            raise ConfigError(f"{where}: train.model={model} must be a model yaml (e.g. yolo11n.yaml) or a .pt "
+                              f"checkpoint to train from, not a {suffix or 'suffix-less'} file")
+        resolved: str = str(local.resolve())
+        yaml_file: Path | None = local if suffix in MODEL_SUFFIXES else None
+    elif local.exists():
+        raise ConfigError(f"{where}: train.model={model} is a folder ({local.resolve()}); give a model yaml "
+                          f"or a .pt file")
+    elif suffix == ".pt":
+        raise ConfigError(f"{where}: train.model={model} is not a local file ({local.resolve()}), and slurm-yolo "
+                          f"does not download weights (compute nodes are offline): build from a model yaml "
+                          f"(train.model={Path(model).stem}.yaml), or give the path of a .pt you have")
+    elif suffix in MODEL_SUFFIXES:
+        found = find_model_yaml(model)
+        if found is None:
+            version = table.ultralytics_version if table else "(not installed)"
+            raise ConfigError(f"{where}: train.model={model} is neither a local file nor a model yaml that "
+                              f"Ultralytics {version} ships (looked under its cfg/models/)"
+                              f"{_did_you_mean(model, model_yaml_names(), known=False)}; give a path, or a "
+                              f"name like yolov8n.yaml, yolo11s-seg.yaml, yolo26n-cls.yaml")
+        resolved, yaml_file = model, found  # Ultralytics resolves the name itself, on the node
+    else:
+        raise ConfigError(f"{where}: train.model={model} must be a model yaml (e.g. yolo11n.yaml) or a .pt "
+                          f"checkpoint to train from")
+    trains = model_task(model, yaml_file)
+    if trains is not None and trains != task:
+        raise ConfigError(f"{where}: train.model={model} trains {trains}, but run.task={task}; set run.task: "
+                          f"{trains}, or pick a {task} model{_model_example(task)}")
+    return resolved
+
+
+def _model_example(task: str) -> str:
+    suffix = {"detect": "", "segment": "-seg", "classify": "-cls", "pose": "-pose", "obb": "-obb",
+              "semantic": "-sem", "depth": "-depth"}.get(task)
+    if suffix is None:
+        return ""
+    family = "yolo26n" if task in ("semantic", "depth") else "yolo11n"
+    return f" (e.g. {family}{suffix}.yaml)"
 
 
 def _check_slurm(slurm: dict[str, Any], where: str) -> None:
@@ -310,10 +429,10 @@ def ultralytics_train_defaults() -> dict[str, Any] | None:
     would import torch and make the CLI slow). ``None`` when ultralytics is not installed on
     this (login) node: then train keys are passed through unchecked.
     """
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or not spec.submodule_search_locations:
+    root = ultralytics_dir()
+    if root is None:
         return None
-    default = Path(list(spec.submodule_search_locations)[0]) / "cfg" / "default.yaml"
+    default = root / "cfg" / "default.yaml"
     try:
         # libyaml's loader where PyYAML has it: ~10x faster on this 100-key file, read by every submit.
         data = yaml.load(default.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -322,6 +441,8 @@ def ultralytics_train_defaults() -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _did_you_mean(key: str, choices) -> str:
+def _did_you_mean(key: str, choices, known: bool = True) -> str:
     close = difflib.get_close_matches(str(key), sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(choices)[:12])}"
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f"; known: {', '.join(sorted(choices)[:12])}" if known else ""

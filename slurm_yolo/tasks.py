@@ -13,17 +13,26 @@ its ``__init__``.
 
 :func:`metric_field` names a ``results.csv`` column once for every room: the record's
 ``metrics``, the index's ``metrics.<field>`` columns, ``--where``/``--sort``, the portal.
+
+Models are told apart as Ultralytics tells them, without torch: :func:`find_model_yaml`
+resolves a model yaml name the way ``ultralytics.nn.tasks.yaml_model_load`` does (the scale
+letter dropped: ``yolov8n-seg.yaml`` is ``cfg/models/v8/yolov8-seg.yaml``), and
+:func:`model_task` reads the task from the yaml's output module (``guess_model_task``'s
+``cfg2task``) or, for a checkpoint, from a task suffix in its name.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+
+import yaml
 
 from slurm_yolo.errors import ConfigError
 
@@ -167,3 +176,84 @@ def metric_field(column: str) -> str | None:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+# Ultralytics' own name suffixes, in the order guess_model_task tries them ("-sem" before
+# "-seg": "yolo26n-sem" would otherwise never be told from a segment model).
+_NAME_SUFFIX_TASKS = (("-sem", "semantic"), ("-seg", "segment"), ("-cls", "classify"), ("-pose", "pose"),
+                      ("-obb", "obb"), ("-depth", "depth"))
+MODEL_SUFFIXES = (".yaml", ".yml")
+# yaml_model_load's two renames: the P6 models' old names, then the scale letter dropped.
+_P6_RE = re.compile(r"^yolov[58][nsmlx]6$")
+_SCALE_RE = re.compile(r"(\d+)([nslmx])(.+)?$")
+
+
+def models_dir() -> Path | None:
+    """The installed Ultralytics' model yaml folder (``cfg/models``); ``None`` without Ultralytics."""
+    root = ultralytics_dir()
+    return None if root is None else root / "cfg" / "models"
+
+
+def model_yaml_names() -> list[str]:
+    """The file names of every model yaml the installed Ultralytics ships, sorted."""
+    folder = models_dir()
+    if folder is None:
+        return []
+    return sorted(p.name for p in folder.rglob("*") if p.suffix in MODEL_SUFFIXES)
+
+
+def find_model_yaml(name: str) -> Path | None:
+    """The installed model yaml that Ultralytics builds ``name`` (e.g. ``yolo11s-pose.yaml``) from.
+
+    Looks only under ``cfg/models/``: a name Ultralytics would have to download is not a
+    model this offline cluster can build. ``None`` when there is none (or no Ultralytics).
+    """
+    folder = models_dir()
+    if folder is None or "/" in name or os.sep in name:
+        return None
+    path = Path(name)
+    if _P6_RE.match(path.stem):
+        path = path.with_name(re.sub(r"(\d+)([nslmx])6(.+)?$", r"\1\2-p6\3", path.stem) + path.suffix)
+    for candidate in (path.name, _SCALE_RE.sub(r"\1\3", path.name)):
+        found = sorted(folder.rglob(candidate))
+        if found:
+            return found[0]
+    return None
+
+
+def model_task(model: str | Path, yaml_file: str | Path | None = None) -> str | None:
+    """The task a model trains, told without torch; ``None`` when it cannot be told.
+
+    Args:
+        model: the ``train.model`` value (a yaml name or path, or a ``.pt`` path).
+        yaml_file: the model yaml to read (the resolved file for a yaml model); its output
+            module names the task, as Ultralytics' ``cfg2task`` reads it.
+
+    A ``.pt`` is told only by a task suffix in its name (``yolo11n-cls.pt``): a plain
+    ``best.pt`` could be any task, and reading it would need torch.
+    """
+    if yaml_file is not None:
+        task = _yaml_head_task(Path(yaml_file))
+        if task is not None:
+            return task
+    stem = Path(model).stem
+    for suffix, task in _NAME_SUFFIX_TASKS:
+        if suffix in stem:
+            return task
+    return DEFAULT_TASK if Path(model).suffix in MODEL_SUFFIXES else None
+
+
+def _yaml_head_task(path: Path) -> str | None:
+    try:
+        cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        module = str(cfg["head"][-1][-2]).lower()
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
+    # cfg2task's rules, in its order.
+    if module in {"classify", "classifier", "cls", "fc"}:
+        return "classify"
+    for word, task in (("detect", "detect"), ("semanticsegment", "semantic"), ("segment", "segment"),
+                       ("pose", "pose"), ("obb", "obb"), ("depth", "depth")):
+        if word in module:
+            return task
+    return None

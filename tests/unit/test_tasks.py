@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from slurm_yolo.errors import ConfigError
-from slurm_yolo.tasks import DEFAULT_TASK, LOWER_IS_BETTER, TaskTable, installed_tasks, metric_field
+from slurm_yolo.tasks import (
+    DEFAULT_TASK, LOWER_IS_BETTER, TaskTable, find_model_yaml, installed_tasks, metric_field, model_task,
+    model_yaml_names,
+)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_installed_tasks_is_what_ultralytics_cfg_holds():
@@ -50,19 +56,24 @@ def test_unknown_task_names_the_known_ones_and_the_version():
 
 
 def test_no_ultralytics_says_how_to_install_it(tmp_path):
-    # An interpreter whose path finds no ultralytics: -S drops site-packages, -I the user site.
-    code = ("import sys; sys.path.insert(0, %r)\n"
+    # An interpreter that finds slurm-yolo and PyYAML but no ultralytics: -S -I drop every
+    # site-packages folder, and a folder holding links to PyYAML alone takes their place.
+    import yaml
+
+    site = tmp_path / "site"
+    site.mkdir()
+    yaml_dir = Path(yaml.__file__).parent
+    for entry in yaml_dir.parent.iterdir():
+        if entry.name in ("yaml", "_yaml"):
+            (site / entry.name).symlink_to(entry)
+    code = ("import sys; sys.path[:0] = [%r, %r]\n"
             "from slurm_yolo.errors import ConfigError\n"
-            "from slurm_yolo.tasks import installed_tasks\n"
-            "try:\n    installed_tasks()\nexcept ConfigError as e:\n    print(e)\n") % str(_repo_root())
+            "from slurm_yolo.tasks import installed_tasks, model_yaml_names, find_model_yaml\n"
+            "assert model_yaml_names() == [] and find_model_yaml('yolov8n.yaml') is None\n"
+            "try:\n    installed_tasks()\nexcept ConfigError as e:\n    print(e)\n") % (str(REPO), str(site))
     out = subprocess.run([sys.executable, "-S", "-I", "-c", code], capture_output=True, text=True,
                          check=True, cwd=tmp_path).stdout
     assert out.strip() == f"ultralytics is not installed in {sys.executable}: pip install 'slurm-yolo[train]'"
-
-
-def _repo_root():
-    from pathlib import Path
-    return Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("column, field", [
@@ -88,3 +99,41 @@ def test_every_selection_column_has_a_field_and_none_is_lower_is_better():
     for task in installed_tasks().tasks:
         field = metric_field(installed_tasks().selection_column(task))
         assert field and field not in LOWER_IS_BETTER
+
+
+@pytest.mark.parametrize("name, found, task", [
+    ("yolov8n.yaml", "v8/yolov8.yaml", "detect"), ("yolov8s-seg.yaml", "v8/yolov8-seg.yaml", "segment"),
+    ("yolov8n-cls.yaml", "v8/yolov8-cls.yaml", "classify"), ("yolov8m-pose.yaml", "v8/yolov8-pose.yaml", "pose"),
+    ("yolov8n-obb.yaml", "v8/yolov8-obb.yaml", "obb"), ("yolo11n.yaml", "11/yolo11.yaml", "detect"),
+    ("yolo11x-seg.yaml", "11/yolo11-seg.yaml", "segment"), ("yolo26n.yaml", "26/yolo26.yaml", "detect"),
+    ("yolo26n-sem.yaml", "26/yolo26-sem.yaml", "semantic"), ("yolo26n-depth.yaml", "26/yolo26-depth.yaml", "depth"),
+    ("yolo26l-obb.yaml", "26/yolo26-obb.yaml", "obb"), ("yolo26s-pose.yaml", "26/yolo26-pose.yaml", "pose"),
+    ("yolov9c-seg.yaml", "v9/yolov9c-seg.yaml", "segment"),  # no scale letter: found as named
+    ("yolov8x6.yaml", "v8/yolov8-p6.yaml", "detect"),  # the P6 models' old name, renamed as Ultralytics does
+])
+def test_model_yamls_resolve_as_ultralytics_resolves_them(name, found, task):
+    path = find_model_yaml(name)
+    assert path is not None and path.as_posix().endswith("cfg/models/" + found)
+    assert model_task(name, path) == task
+
+
+def test_unknown_model_yamls_are_not_found():
+    assert find_model_yaml("yolov8q.yaml") is None
+    assert find_model_yaml("../v8/yolov8.yaml") is None  # a name, not a path into the package
+    assert "yolov8-seg.yaml" in model_yaml_names() and "yolo26-depth.yaml" in model_yaml_names()
+
+
+def test_model_task_of_a_local_yaml_is_its_output_module(tmp_path):
+    # Named like a detector, built as a classifier: the yaml's head decides, as in Ultralytics.
+    yaml_file = tmp_path / "my-net.yaml"
+    yaml_file.write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[-1, 1, Classify, [3]]]\n")
+    assert model_task(str(yaml_file), yaml_file) == "classify"
+
+
+@pytest.mark.parametrize("name, task", [
+    ("best.pt", None), ("/runs/x/weights/last.pt", None),  # a checkpoint's task cannot be told without torch
+    ("yolo11n-cls.pt", "classify"), ("w/yolo26n-sem.pt", "semantic"), ("yolov8n-seg.pt", "segment"),
+    ("yolov8n-pose.pt", "pose"), ("yolov8n-obb.pt", "obb"), ("yolo26n-depth.pt", "depth"),
+])
+def test_model_task_of_a_checkpoint_from_its_name(name, task):
+    assert model_task(name) == task
