@@ -31,7 +31,7 @@ from slurm_yolo.epilog.entry import EntryInfo
 from slurm_yolo.site import SiteConfig
 from slurm_yolo.errors import CommandError, Refused
 from slurm_yolo.names import MARKER_PREFIX, NAME_RE
-from slurm_yolo.record import PLACEMENT_KEYS, read_metrics, utc_now
+from slurm_yolo.record import PLACEMENT_KEYS, fitness_candidates, read_metrics, utc_now
 from slurm_yolo.runfolder import AttemptKey
 from slurm_yolo.states import EndState
 
@@ -293,7 +293,7 @@ def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: EntryInfo, 
     verdict = endstate.decide(_evidence(job, run, site, entry / spool.FILES, deadline, node_down))
     now = utc_now()
     # From the snapshot, not from the job: a job killed by SIGKILL/OOM never wrote them.
-    metrics = read_metrics(entry / spool.FILES / runfolder.RESULTS_CSV)
+    metrics = read_metrics(entry / spool.FILES / runfolder.RESULTS_CSV, fitness_candidates(run.record))
     fields = {"state": str(verdict.state), "exit_code": verdict.exit_code, "rule": verdict.rule, "dest": dest,
               "user": user, "uid": job.uid, "metrics": metrics, "node": job.by, "now": now}
     writeback.apply_verdict(run.record, fields)

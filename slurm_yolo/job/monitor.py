@@ -137,10 +137,11 @@ class RunMonitor(threading.Thread):
     def sync(self, rows: int) -> bool:
         """Record progress, then copy what changed to the store. Logs; never raises."""
         self._last_sync = time.monotonic()
-        metrics = rec.read_metrics(self.run_dir / RESULTS_CSV)
+        csv_path = self.run_dir / RESULTS_CSV
         try:
             rec.update_record(self.run_dir, lambda r: r.update(progress={
-                "epochs_done": rows, "time": rec.utc_now(), "metrics": metrics}))
+                "epochs_done": rows, "time": rec.utc_now(),
+                "metrics": rec.read_metrics(csv_path, rec.fitness_candidates(r))}))
         except (OSError, ValueError) as e:
             _log(f"sync: could not record progress: {e}")
         result = s5cmd.run(sync_argv(self.store, self.run_dir, self.archive_url), self.store,

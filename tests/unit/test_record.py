@@ -52,8 +52,8 @@ def test_metrics_from_results_csv(tmp_path):
     # The first 38 epochs, as during training: the best (epoch 37) is not the last.
     (tmp_path / "results.csv").write_text("".join(RESULTS.splitlines(keepends=True)[:39]))
     m = rec.read_metrics(tmp_path / "results.csv")
-    assert m == {"epoch": 37, "map50": 0.40436, "map50_95": 0.18035, "precision": 0.74064, "recall": 0.38693,
-                 "epochs_done": 38}
+    assert m == {"epoch": 37, "best_epoch": 37, "map50": 0.40436, "map50_95": 0.18035, "precision": 0.74064,
+                 "recall": 0.38693, "epochs_done": 38, "fitness_metric": "metrics/mAP50-95(B)", "fitness": 0.18035}
     assert rec.read_metrics(tmp_path / "missing.csv") is None
 
 
