@@ -85,6 +85,8 @@ def read_quarter(cat: IndexLocation, client: Any, quarter: str, *, damaged_ok: b
         return fmt.empty(), None
     try:
         return fmt.decode(got[0]), got[1]
+    except ConfigError as e:  # a newer slurm-yolo's file: never rewritten (or skipped) by this one
+        raise ConfigError(f"s3://{cat.bucket}/{key}: {e}") from e
     except (ValueError, OSError) as e:  # pyarrow.ArrowInvalid is a ValueError
         if damaged_ok:
             return fmt.empty(), got[1]

@@ -24,6 +24,20 @@ Columns are those of :func:`slurm_yolo.archive.layout.index_record` with fixed t
 - ``submitted_time``: ``submitted_at`` (else ``start``) as a UTC timestamp, for range filters
   without string parsing (readers drop it from the records they return).
 
+- ``fitness_metric``, ``fitness``: the ``results.csv`` column that ranks the run's epochs (its
+  task's, e.g. ``metrics/accuracy_top1``) and its value at the best epoch.
+- ``metrics``: every metric of the best epoch, ``map<string, double>`` keyed by
+  :func:`slurm_yolo.tasks.metric_field` names (``top1``, ``map50_95_mask``, ``miou``); open-ended,
+  since each task (and each Ultralytics release) has its own set. DuckDB reads
+  ``metrics['top1']``, Polars a ``Map`` column, Arrow filters it with ``map_lookup``.
+
+The file's schema version is in its Parquet key-value metadata (:data:`SCHEMA_KEY`). A file
+without one is version 1 (box metrics only): it is read as if written now, its rows given the
+fitness and metrics their box columns hold (:func:`slurm_yolo.record.fitness_of`), and the next
+compaction of its quarter writes it as the current version. A file of a newer version than
+:data:`SCHEMA_VERSION` is refused with one error: this reader would drop what it does not know,
+and a compaction would write that loss back.
+
 ``hparams`` is a JSON text: the recorded training arguments are open-ended and of mixed
 types (``model`` a string, ``lr0`` a number), which a fixed Parquet type cannot hold
 losslessly. DuckDB's ``hparams->>'lr0'``, Athena's ``json_extract_scalar`` read it.
@@ -39,6 +53,8 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from slurm_yolo.archive.index_store import newer
+from slurm_yolo.errors import ConfigError
+from slurm_yolo.record import BOX_FIELDS, fitness_of, metric_values
 from slurm_yolo.timeparse import parse_time
 
 if TYPE_CHECKING:
@@ -52,11 +68,13 @@ if TYPE_CHECKING:
 PARTS = "parquet/"
 PART_FILE = "runs.parquet"
 NO_TIME = "none"
-# Written next to the index so that a reader can tell the format apart from a missing index.
-FORMAT_VERSION = 1
+# The version of the columns below, in every file's metadata: 1 had the box metrics only,
+# 2 added fitness_metric, fitness and the metrics map.
+SCHEMA_VERSION = 2
+SCHEMA_KEY = b"slurm_yolo.index_schema"
 
 # Column kinds: pyarrow's names for the types (see :func:`arrow_type`).
-STR, F64, I64, TIME = "string", "double", "int64", "timestamp[us, tz=UTC]"
+STR, F64, I64, TIME, MAP = "string", "double", "int64", "timestamp[us, tz=UTC]", "map<string, double>"
 NUMERIC = (F64, I64)
 # Column order = layout.index_record's order, then the two columns of this format.
 COLUMNS: dict[str, str] = {
@@ -64,6 +82,7 @@ COLUMNS: dict[str, str] = {
     "dataset_version": STR, "dataset_fingerprint": STR, "user": STR, "gpu": STR,
     "submitted_at": STR, "start": STR, "end": STR, "attempts": I64, "end_state": STR, "job_id": STR,
     "map50": F64, "map50_95": F64, "precision": F64, "recall": F64, "epochs_done": I64,
+    "fitness_metric": STR, "fitness": F64, "metrics": MAP,
     "hparams": STR, "archive_url": STR, "reproduces": STR, "indexed_at": STR, "submitted_time": TIME,
 }
 # Columns a reader turns back into the record's own shape.
@@ -73,9 +92,11 @@ ROW_GROUP = 16_384
 
 
 def arrow_type(kind: str) -> pa.DataType:
-    """The pyarrow type of a column kind (:data:`STR`, :data:`F64`, :data:`I64`, :data:`TIME`)."""
+    """The pyarrow type of a column kind (:data:`STR`, :data:`F64`, :data:`I64`, :data:`TIME`, :data:`MAP`)."""
     import pyarrow as pa
 
+    if kind == MAP:
+        return pa.map_(pa.string(), pa.float64())
     return pa.timestamp("us", tz="UTC") if kind == TIME else pa.type_for_alias(kind)
 
 
@@ -84,7 +105,8 @@ def schema() -> pa.Schema:
     """The schema of every quarter's file: :data:`COLUMNS` with their pyarrow types."""
     import pyarrow as pa
 
-    return pa.schema([pa.field(name, arrow_type(kind)) for name, kind in COLUMNS.items()])
+    return pa.schema([pa.field(name, arrow_type(kind)) for name, kind in COLUMNS.items()],
+                     metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()})
 
 
 def empty() -> pa.Table:
@@ -145,12 +167,26 @@ def _typed(value: Any, kind: str) -> Any:
 
 
 def to_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A record as a row of :func:`schema` (``hparams`` as JSON, the derived time added)."""
-    row = {name: _typed(record.get(name), kind) for name, kind in COLUMNS.items() if kind != TIME}
+    """A record as a row of :func:`schema` (``hparams`` as JSON, the derived time added).
+
+    A record of an older epilog (no ``fitness_metric``, no ``metrics``) gets them from its box
+    columns (:func:`legacy_fields`).
+    """
+    if "fitness_metric" not in record or "metrics" not in record:
+        record = {**legacy_fields(record), **record}
+    row = {name: _typed(record.get(name), kind) for name, kind in COLUMNS.items() if kind not in (TIME, MAP)}
     hparams = record.get("hparams")
     row["hparams"] = json.dumps(hparams, sort_keys=True, default=str) if isinstance(hparams, dict) else None
+    row["metrics"] = list(metric_values(record.get("metrics")).items())
     row["submitted_time"] = record_time(record)
     return row
+
+
+def legacy_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``fitness_metric``, ``fitness`` and ``metrics`` of an index record written before they
+    existed, from its box columns (the only metrics records had then)."""
+    box = {name: record.get(name) for name in BOX_FIELDS if record.get(name) is not None}
+    return {**fitness_of(record.get("task"), box), "metrics": box}
 
 
 def to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
@@ -165,6 +201,8 @@ def from_table(table: pa.Table) -> list[dict[str, Any]]:
     """Rows back as index records (``hparams`` a dict again, derived columns dropped)."""
     table = table.drop_columns([c for c in DERIVED if c in table.column_names])
     rows: list[dict[str, Any]] = table.to_pylist()
+    for row in rows:
+        row["metrics"] = dict(row.get("metrics") or ())
     texts = [row.get("hparams") or "{}" for row in rows]
     try:  # one parse for all rows: 10x faster than one json.loads per row at 100k rows
         parsed = json.loads("[" + ",".join(texts) + "]")
@@ -197,20 +235,53 @@ def encode(table: pa.Table) -> bytes:
 def decode(body: bytes, filter_: pc.Expression | None = None) -> pa.Table:
     """A quarter's file as a table of :func:`schema`, rows matching ``filter_`` only.
 
-    Columns missing from an older file come back as nulls; a file that is not Parquet
-    raises ``pyarrow.ArrowInvalid`` (a ``ValueError``; the caller names the key).
+    Columns missing from an older file come back as nulls, except the fitness and metrics of
+    a version 1 file, filled from its box columns (:func:`legacy_fields`); a file that is not
+    Parquet raises ``pyarrow.ArrowInvalid`` (a ``ValueError``; the caller names the key).
+
+    Raises:
+        ConfigError: the file was written by a newer slurm-yolo (its schema version is above
+            :data:`SCHEMA_VERSION`): names both versions and the upgrade.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     # ParquetFile.read, not read_table: no dataset machinery, twice as fast on a quarter's small file.
     table = pq.ParquetFile(pa.BufferReader(body)).read(use_threads=False)
+    version = file_version(table.schema)
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"this index file has schema version {version}, written by a newer slurm-yolo; this "
+                          f"slurm-yolo reads versions up to {SCHEMA_VERSION}: upgrade slurm-yolo "
+                          "(pip install -U slurm-yolo) on this host")
+    legacy = "metrics" not in table.column_names
     for name, kind in COLUMNS.items():
         if name not in table.column_names:
             arrow = arrow_type(kind)
             table = table.append_column(pa.field(name, arrow), pa.nulls(table.num_rows, arrow))
     table = table.select(list(COLUMNS)).cast(schema())
+    if legacy and table.num_rows:
+        table = _fill_legacy(table)
     return table.filter(filter_) if filter_ is not None else table
+
+
+def file_version(file_schema: pa.Schema) -> int:
+    """The schema version a file's metadata states (1: written before versions were stated)."""
+    raw = (file_schema.metadata or {}).get(SCHEMA_KEY)
+    try:
+        return int(raw) if raw is not None else 1
+    except ValueError:
+        return SCHEMA_VERSION + 1  # unreadable: treat as a format this reader does not know
+
+
+def _fill_legacy(table: pa.Table) -> pa.Table:
+    import pyarrow as pa
+
+    filled = [legacy_fields(row) for row in table.select(["task", *BOX_FIELDS]).to_pylist()]
+    for name in ("fitness_metric", "fitness"):
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.array([f[name] for f in filled], arrow_type(COLUMNS[name])))
+    metrics = pa.array([list(metric_values(f["metrics"]).items()) for f in filled], arrow_type(MAP))
+    return table.set_column(table.schema.get_field_index("metrics"), "metrics", metrics)
 
 
 def apply_updates(table: pa.Table, updates: Sequence[Mapping[str, Any]]) -> tuple[pa.Table, int]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from slurm_yolo.archive.manifest import MANIFEST as MANIFEST  # where readers of the layout look for it
+from slurm_yolo.record import fitness_of, metric_values
 INDEX_RUNS = "runs/"
 # Training arguments worth having in the index without opening run.json.
 KEY_HPARAMS = ("model", "epochs", "imgsz", "batch", "lr0", "lrf", "optimizer", "momentum", "weight_decay", "seed")
@@ -103,6 +104,8 @@ def index_record(record: Mapping[str, Any]) -> dict[str, Any]:
         "precision": metrics.get("precision"),
         "recall": metrics.get("recall"),
         "epochs_done": metrics.get("epochs_done"),
+        **fitness_of(record.get("task"), metrics),
+        "metrics": metric_values(metrics),
         "hparams": {k: train[k] for k in KEY_HPARAMS if k in train},
         "archive_url": record.get("archive_url"),
         "reproduces": record.get("reproduces"),

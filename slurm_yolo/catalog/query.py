@@ -1,7 +1,8 @@
 """Filter and sort index records: the pure core of ``runs list`` (no I/O, no store).
 
 An index record is the flat dict of :func:`slurm_yolo.archive.layout.index_record`. Field
-names are its keys plus ``hparams.<name>`` for the recorded training arguments. A missing
+names are its keys plus ``hparams.<name>`` for the recorded training arguments and
+``metrics.<field>`` for the best epoch's metrics (``metrics.top1``, ``metrics.map50_95_mask``). A missing
 or ``null`` field never satisfies a ``--where`` condition (as SQL's NULL), and sorts last
 in both directions.
 """
@@ -23,8 +24,11 @@ from slurm_yolo.timeparse import parse_days, parse_since, parse_time  # noqa: F4
 FIELDS = (
     "run_id", "sweep_id", "task", "project", "model_name", "dataset_version", "dataset_fingerprint", "user",
     "gpu", "submitted_at", "start", "end", "attempts", "end_state", "job_id", "map50", "map50_95",
-    "precision", "recall", "epochs_done", "archive_url", "reproduces", "indexed_at",
+    "precision", "recall", "epochs_done", "fitness_metric", "fitness", "archive_url", "reproduces", "indexed_at",
 )
+# Open-ended fields: ``hparams.<arg>`` (recorded training arguments) and ``metrics.<field>``
+# (every metric of the best epoch, named by slurm_yolo.tasks.metric_field: metrics.top1).
+NESTED = ("hparams.", "metrics.")
 # Longest operators first so that ">=" is not read as ">" followed by "=...".
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
@@ -110,11 +114,13 @@ def field_value(record: dict[str, Any], name: str) -> Any:
 
 
 def check_field(name: str) -> str:
-    """Return ``name`` if it is an index field (or ``hparams.X``), else raise ConfigError."""
-    if name in FIELDS or (name.startswith("hparams.") and len(name) > len("hparams.")):
+    """Return ``name`` if it is an index field (or ``hparams.X``, ``metrics.X``), else raise ConfigError."""
+    if name in FIELDS or any(name.startswith(p) and len(name) > len(p) for p in NESTED):
         return name
     close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(FIELDS)}, hparams.<name>"
+    if not close and name.replace("-", "_") != name:
+        close = [f"metrics.{name.replace('-', '_').lower()}"]
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(FIELDS)}, hparams.<name>, metrics.<field>"
     raise ConfigError(f"unknown field {name!r} ({hint})")
 
 

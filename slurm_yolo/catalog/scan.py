@@ -44,13 +44,15 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
 # Quarters read at once: each is one GET (latency-bound) plus a Parquet decode (which releases
 # the GIL). Within the store client's connection pool (slurm_yolo.store.MAX_POOL).
 READERS = 24
+METRICS = "metrics."
 
 
 def pushdown(query: q.Query) -> tuple[pc.Expression | None, bool]:
     """The part of ``query`` Arrow can evaluate exactly on the typed columns, or ``None``.
 
     Exact matches, ``since`` (on ``submitted_time``), and ``--where`` conditions whose
-    value has the column's kind (a number on a numeric column, text on a text column).
+    value has the column's kind (a number on a numeric column or on ``metrics.<field>``,
+    text on a text column).
     Arrow compares with null as SQL does (no match), like :class:`~slurm_yolo.catalog.query.Condition`.
     Anything else (``hparams.*``, a number against a text column) is left to
     :func:`slurm_yolo.catalog.query.select`.
@@ -58,6 +60,7 @@ def pushdown(query: q.Query) -> tuple[pc.Expression | None, bool]:
     Returns:
         the expression (``None``: nothing to push), and whether it is the whole query.
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     parts = [pc.field(name) == value for name, value in query.exact]
@@ -67,9 +70,13 @@ def pushdown(query: q.Query) -> tuple[pc.Expression | None, bool]:
     complete = True
     for cond in query.where:
         kind = fmt.COLUMNS.get(cond.field)
-        if kind is not None and kind != fmt.TIME and cond.field != "hparams" \
+        if kind is not None and kind not in (fmt.TIME, fmt.MAP) and cond.field != "hparams" \
                 and isinstance(cond.value, float) == (kind in fmt.NUMERIC):
             parts.append(_COMPARE[cond.op](pc.field(cond.field), cond.value))
+        elif cond.field.startswith(METRICS) and isinstance(cond.value, float) and "." not in cond.field[len(METRICS):]:
+            # The map's value for the key, null where the run lacks it: no match, as in query.
+            value = pc.map_lookup(pc.field("metrics"), pa.scalar(cond.field[len(METRICS):]), "first")
+            parts.append(_COMPARE[cond.op](value, cond.value))
         else:
             complete = False
     if not parts:
@@ -91,7 +98,7 @@ def sort_keys(keys: Sequence[str]) -> list[tuple[str, str]] | None:
     out = []
     for key in keys:
         name = key.lstrip("-")
-        if name not in fmt.COLUMNS or name == "hparams" or fmt.COLUMNS[name] == fmt.TIME:
+        if name not in fmt.COLUMNS or fmt.COLUMNS[name] in (fmt.TIME, fmt.MAP) or name == "hparams":
             return None
         out.append((name, "descending" if key.startswith("-") else "ascending"))
     return out
