@@ -13,7 +13,7 @@ from slurm_yolo.commands import run_command
 from slurm_yolo.errors import CommandError
 
 
-def code_version(cwd: str | os.PathLike) -> dict[str, Any] | None:
+def code_version(cwd: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Git commit and dirty flag of the repository containing ``cwd``; ``None`` outside git.
 
     The dirty flag ignores untracked files under ``runs/`` and ``datasets/``-like outputs only
@@ -29,25 +29,41 @@ def code_version(cwd: str | os.PathLike) -> dict[str, Any] | None:
     return {"repo": top.stdout.strip(), "commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
-def dataset_identity(data_yaml: str | os.PathLike, declared_version: str | None = None) -> dict[str, Any]:
-    """Path, declared version and a cheap fingerprint of a YOLO dataset.
+# A classify dataset's split folders, as Ultralytics' check_cls_dataset looks for them.
+CLASSIFY_SPLITS = ("train", "val", "validation", "valid", "test")
 
-    The fingerprint is a sha256 over the sorted (relative path, size) list of every file
-    under the dataset's split folders: it changes when images or labels are added, removed
-    or rewritten with another size, and costs one directory walk (no file contents read),
-    so it stays cheap for 100k-image datasets. The declared version comes from the config
-    (``run.dataset_version``) or else from a ``version:`` key in data.yaml.
+
+def dataset_identity(data: str | os.PathLike[str], declared_version: str | None = None,
+                     task: str | None = None) -> dict[str, Any]:
+    """Path, declared version and a cheap fingerprint of a dataset, in any task's layout.
+
+    The fingerprint is a sha256 over the sorted (relative path, size) list of every file of
+    the dataset: its images and its targets, wherever the task keeps them (YOLO label files
+    in ``labels/``, semantic PNG masks in data.yaml's ``masks_dir``, depth maps in ``depth/``,
+    class folders for classify). It changes when an image or target is added, removed,
+    renamed, moved to another class or rewritten with another size, and costs one directory
+    walk (no file contents read), so it stays cheap for 100k-image datasets. The declared
+    version comes from the config (``run.dataset_version``) or else from a ``version:`` key
+    in data.yaml.
+
+    Args:
+        data: ``train.data``: the data.yaml, or the folder of a classify dataset.
+        declared_version: ``run.dataset_version``.
+        task: the run's task; a semantic dataset's masks are in ``masks/`` when data.yaml
+            names no ``masks_dir`` (as Ultralytics assumes), a depth dataset's maps in ``depth/``.
     """
-    data_yaml = Path(data_yaml)
+    data = Path(data)
+    if data.is_dir():
+        return _class_folders_identity(data, declared_version)
     try:
-        spec = yaml.safe_load(data_yaml.read_text()) or {}
+        spec = yaml.safe_load(data.read_text()) or {}
     except (OSError, yaml.YAMLError):
         spec = {}
     if not isinstance(spec, dict):
         spec = {}
-    root = Path(spec.get("path") or data_yaml.parent)
+    root = Path(spec.get("path") or data.parent)
     if not root.is_absolute():
-        root = (data_yaml.parent / root).resolve()
+        root = (data.parent / root).resolve()
     dirs = []
     for split in ("train", "val", "test"):
         entry = spec.get(split)
@@ -56,11 +72,69 @@ def dataset_identity(data_yaml: str | os.PathLike, declared_version: str | None 
                 continue
             p = Path(item) if Path(item).is_absolute() else root / item
             dirs.append(p.parent if p.suffix == ".txt" else p)
-    # Labels live in a sibling "labels" tree in YOLO layout; include them too.
-    dirs += [Path(str(d).replace(f"{os.sep}images", f"{os.sep}labels", 1)) for d in list(dirs)]
+    images = list(dirs)
+    # Labels live in a sibling "labels" tree in YOLO layout; include them too. (The first
+    # "/images" is replaced, as this always did: existing runs' fingerprints stay comparable.)
+    dirs += [Path(str(d).replace(f"{os.sep}images", f"{os.sep}labels", 1)) for d in images]
+    # Semantic masks and depth maps: a sibling tree named as Ultralytics names it, in place of
+    # the last "images" folder of each image path.
+    masks = spec.get("masks_dir") or ("masks" if task == "semantic" else None)
+    targets = [str(masks)] if isinstance(masks, str) else []
+    if task == "depth" or "depth_scale" in spec:
+        targets.append("depth")
+    dirs += [t for d in images for t in (_sibling(d, name) for name in targets) if t is not None]
     h = hashlib.sha256()
+    count = _walk(sorted(set(dirs)), root, h)
+    version = declared_version if declared_version is not None else spec.get("version")
+    return {
+        "path": str(data),
+        "root": str(root),
+        "version": None if version is None else str(version),
+        "fingerprint": "sha256:" + h.hexdigest()[:16] if count else None,
+        "files": count,
+    }
+
+
+def _class_folders_identity(folder: Path, declared_version: str | None) -> dict[str, Any]:
+    """A classify dataset: its split folders' class folders (empty ones too: each is a class)
+    and their images."""
+    root = folder.resolve()
+    h = hashlib.sha256()
+    classes: set[str] = set()
+    splits = [root / s for s in CLASSIFY_SPLITS if (root / s).is_dir()]
+    for split in splits:
+        try:
+            names = sorted(e.name for e in os.scandir(split) if e.is_dir())
+        except OSError:
+            names = []
+        classes.update(names)
+        for name in names:
+            h.update(f"class\0{split.name}/{name}\n".encode())
+    count = _walk(splits, root, h)
+    return {
+        "path": str(folder),
+        "root": str(root),
+        "version": None if declared_version is None else str(declared_version),
+        "fingerprint": "sha256:" + h.hexdigest()[:16] if count else None,
+        "files": count,
+        "classes": sorted(classes),
+    }
+
+
+def _sibling(images_dir: Path, name: str) -> Path | None:
+    """``images_dir`` with its last ``images`` component replaced by ``name``; ``None`` if it has none."""
+    parts = list(images_dir.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = name
+            return Path(*parts)
+    return None
+
+
+def _walk(dirs: list[Path], root: Path, h: Any) -> int:
+    """Hash (path relative to ``root``, size) of every file under ``dirs``, in order; the file count."""
     count = 0
-    for d in sorted(set(dirs)):
+    for d in dirs:
         for dirpath, dirnames, filenames in os.walk(d):
             dirnames.sort()
             for name in sorted(filenames):
@@ -71,11 +145,4 @@ def dataset_identity(data_yaml: str | os.PathLike, declared_version: str | None 
                     continue
                 h.update(f"{os.path.relpath(full, root)}\0{size}\n".encode())
                 count += 1
-    version = declared_version if declared_version is not None else spec.get("version")
-    return {
-        "path": str(data_yaml),
-        "root": str(root),
-        "version": None if version is None else str(version),
-        "fingerprint": "sha256:" + h.hexdigest()[:16] if count else None,
-        "files": count,
-    }
+    return count

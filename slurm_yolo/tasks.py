@@ -125,7 +125,7 @@ def installed_tasks() -> TaskTable:
                      ultralytics_version=version)
 
 
-def _literal(source: str, name: str, path: Path):
+def _literal(source: str, name: str, path: Path) -> object:
     """The value of the module-level assignment ``name = <literal>`` in ``source``.
 
     Parsing a 1,200-line module costs ~20 ms on every submit; the statement alone is parsed
@@ -144,6 +144,8 @@ def _literal(source: str, name: str, path: Path):
         node = tree.body[0]
         value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
         try:
+            if value is None:
+                raise ValueError(f"{name} is not assigned a value")
             return ast.literal_eval(value)
         except (ValueError, TypeError, SyntaxError) as e:
             raise ConfigError(f"{path}: {name} is not a literal slurm-yolo can read without running "
@@ -165,12 +167,7 @@ def metric_field(column: str) -> str | None:
         return None
     base, metric_set = match["base"], match["set"]
     name = _BASE_NAMES.get(base) or _slug(base)
-    if metric_set is None:
-        suffix = ""
-    else:
-        suffix = _SET_SUFFIX.get(metric_set.upper())
-        if suffix is None:
-            suffix = "_" + _slug(metric_set)
+    suffix = "" if metric_set is None else _SET_SUFFIX.get(metric_set.upper(), "_" + _slug(metric_set))
     return (name + suffix) if name else None
 
 

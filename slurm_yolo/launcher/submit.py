@@ -36,6 +36,7 @@ import yaml
 
 from slurm_yolo import record as rec
 from slurm_yolo.archive.layout import RunLocation, is_under, user_prefix
+from slurm_yolo.archive.manifest import hash_fd
 from slurm_yolo.commands import run_command
 from slurm_yolo.config import Config, load_config
 from slurm_yolo.errors import CommandError, ConfigError, SiteConfigError, SubmitError
@@ -48,6 +49,7 @@ from slurm_yolo.runfolder import ARRAY_JSON, SLURM_LOGS, SWEEPS_DIR
 from slurm_yolo.site import read_site_config, site_config_path
 from slurm_yolo.states import Executor, JobStatus
 from slurm_yolo.store import Store
+from slurm_yolo.tasks import installed_tasks
 
 EXECUTORS = tuple(e.value for e in Executor)
 
@@ -171,6 +173,7 @@ def new_record(
         "array_index": array_index,
         "reproduces": reproduces,
         "task": config.run["task"],
+        "fitness_metric": installed_tasks().selection_column(config.run["task"]),
         "project": config.run["project"],
         "model_name": config.run["model_name"],
         "user": user,
@@ -180,7 +183,8 @@ def new_record(
         "config_file": config.source,
         "config": config.to_dict(),
         "code": code_version(source_dir),
-        "dataset": dataset_identity(config.train["data"], config.run.get("dataset_version")),
+        "model": model_identity(config.train["model"]),
+        "dataset": dataset_identity(config.train["data"], config.run.get("dataset_version"), task=config.run["task"]),
         "archive_url": archive_url_for(config, run_id, user),
         "slurm": {"job_id": None, "array_job_id": None, "array_task_id": array_index},
         "environment": None,
@@ -189,6 +193,31 @@ def new_record(
         "end_state": None,
         "metrics": None,
     }
+
+
+def model_identity(model: str) -> dict[str, Any]:
+    """What the run trains from, for lineage: ``{name, path, sha256, size}``.
+
+    A local file (a ``.pt`` to fine-tune, or the user's own model yaml) is hashed once, here
+    at submit: the file may change or vanish before the job starts, and the record must say
+    which bytes the user asked for. A model yaml Ultralytics ships is named only (``path``
+    and the hash ``None``): its bytes are the installed Ultralytics version's.
+
+    Raises:
+        ConfigError: the local file could not be read (names it and the fix).
+    """
+    path = Path(model)
+    if not path.is_absolute():  # the config made every local file absolute; the rest are shipped names
+        return {"name": model, "path": None, "sha256": None, "size": None}
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"train.model={model}: cannot read it ({e.strerror}); fix the path or its permissions") from e
+    try:
+        digest = hash_fd(fd)
+    finally:
+        os.close(fd)
+    return {"name": path.name, "path": str(path), "sha256": digest["sha256"], "size": digest["size"]}
 
 
 # ---------------------------------------------------------------------------------------

@@ -239,3 +239,62 @@ def test_without_a_slurm_config_the_dry_run_does_not_ask(cfg, tmp_path):
     dry = run_cli(["submit", cfg, "--dry-run"], env)
     assert dry.returncode == 0 and "Slurm not asked" in dry.stderr
     assert not (tmp_path / "tested.sh").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# What the record starts with, for every task: the selection metric and the model's lineage.
+
+
+@pytest.mark.parametrize("task, model, column", [
+    ("detect", "yolov8n.yaml", "metrics/mAP50-95(B)"), ("segment", "yolov8n-seg.yaml", "metrics/mAP50-95(M)"),
+    ("pose", "yolo11n-pose.yaml", "metrics/mAP50-95(P)"), ("obb", "yolo26n-obb.yaml", "metrics/mAP50-95(B)"),
+    ("classify", "yolov8n-cls.yaml", "metrics/accuracy_top1"), ("semantic", "yolo26n-sem.yaml", "metrics/mIoU"),
+    ("depth", "yolo26n-depth.yaml", "metrics/delta1"),
+])
+def test_the_plan_records_the_tasks_fitness_metric_and_dataset(cfg, tmp_path, task, model, column):
+    from slurm_yolo.synthetic import make_task_dataset
+
+    data = make_task_dataset(tmp_path / "data" / task, task, n_train=2, n_val=2, size=32)  # detect: its preset
+    config = load_config(cfg, [f"run.task={task}", f"train.model={model}", f"train.data={data}"])
+    (run,) = launcher.plan(config, "slurm").runs
+    assert run.record["task"] == task and run.record["fitness_metric"] == column
+    assert run.record["model"] == {"name": model, "path": None, "sha256": None, "size": None}
+    assert run.record["dataset"]["fingerprint"] and run.record["dataset"]["files"] == {"classify": 4, "detect": 128}.get(task, 8)
+    assert not config.runs_root.exists()
+
+
+def test_a_local_pt_is_recorded_with_its_sha256(cfg, tmp_path):
+    import hashlib
+
+    weights = tmp_path / "weights dir" / "start.pt"  # a space in the path, as users' folders have
+    weights.parent.mkdir()
+    content = os.urandom(300_000)
+    weights.write_bytes(content)
+    config = load_config(cfg, [f"train.model={weights}"])
+    (run,) = launcher.plan(config, "slurm").runs
+    assert run.record["model"] == {"name": "start.pt", "path": str(weights),
+                                   "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+    assert run.record["config"]["train"]["model"] == str(weights)
+
+
+def test_a_local_pt_is_recorded_in_the_run_json_submitted(cfg, tmp_path):
+    weights = tmp_path / "start.pt"
+    weights.write_bytes(b"weights")
+    env = _fake_slurm(tmp_path)
+    real = run_cli(["submit", cfg, "--run-id", "ci-pt", "--json", "--set", f"train.model={weights}"], env)
+    assert real.returncode == 0, real.stderr
+    record = json.loads((Path(json.loads(real.stdout)["run_dir"]) / RUN_JSON).read_text())
+    assert record["model"]["path"] == str(weights) and record["model"]["size"] == 7
+    assert record["fitness_metric"] == "metrics/mAP50-95(B)"
+
+
+def test_a_classify_folder_submits_and_a_missing_pt_is_refused(cfg, tmp_path, no_slurm_env):
+    from slurm_yolo.synthetic import make_task_dataset
+
+    folder = make_task_dataset(tmp_path / "cls", "classify", n_train=3, n_val=3, size=32)
+    ok = run_cli(["submit", cfg, "--dry-run", "--json", "--set", "run.task=classify", "--set",
+                  "train.model=yolo11n-cls.yaml", "--set", f"train.data={folder}"], no_slurm_env)
+    assert ok.returncode == 0, ok.stderr
+    missing = run_cli(["submit", cfg, "--dry-run", "--set", "train.model=yolov8n.pt"], no_slurm_env)
+    assert missing.returncode == 2 and "does not download weights" in missing.stderr
+    assert _left_behind(tmp_path) == []
