@@ -7,7 +7,7 @@
 #   - torch + torchvision (from this machine's wheel cache when present), the package with
 #     its [train,test] extras, installed non-editable so the venv works from any checkout
 #   - with --slurm 24.11: debootstrap and the cached Debian 13 root with Slurm 24.11
-#     (scripts/slurm-root.sh; about 40 s and 450 MB on a fresh machine, nothing when cached)
+#     (scripts/slurm-root.sh; its build time: docs/admin.md; nothing when cached)
 # Usage: scripts/setup.sh [--no-train] [--slurm 24.11]   (--no-train: skip torch/ultralytics)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
