@@ -18,9 +18,15 @@ from rich.table import Table
 from slurm_yolo.catalog import index, query, retention, runs, scan
 from slurm_yolo.errors import ConfigError
 from slurm_yolo.output import console, emit_json, print_record
+from slurm_yolo.tasks import metric_field
 
-LIST_COLUMNS = ("run_id", "project", "model_name", "end_state", "end", "map50_95", "map50", "user",
-                "hparams.lr0", "hparams.batch")
+# runs list's table: these around the metric columns (list_columns), which follow the runs' task.
+LEAD_COLUMNS = ("run_id", "project", "model_name", "end_state", "end")
+TAIL_COLUMNS = ("user", "hparams.lr0", "hparams.batch")
+BOX_COLUMNS = ("map50_95", "map50")
+# Several tasks in one list: each run's own metric, named.
+MIXED_COLUMNS = ("fitness_metric", "fitness")
+LIST_COLUMNS = LEAD_COLUMNS + BOX_COLUMNS + TAIL_COLUMNS
 
 # A sort spec such as "-map50_95" or "-map50_95,run_id": a value, although it starts with "-".
 _SORT_SPEC_RE = re.compile(r"-[a-z][a-z0-9_.]*(,-?[a-z][a-z0-9_.]*)*")
@@ -77,7 +83,9 @@ def _add_runs(sub: Any, common: argparse.ArgumentParser) -> None:
     p = rsub.add_parser("compare", parents=[common], help="differing hyper-parameters and metrics side by side")
     p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
     p.add_argument("--keys", help="compare exactly these args.yaml keys, e.g. lr0,batch (default: all that differ)")
-    p.add_argument("--plot", metavar="PNG", help="write mAP50-95 per epoch of every run to this PNG")
+    p.add_argument("--metric", metavar="FIELD",
+                   help="the metric to plot per epoch, e.g. top1 or map50_95_mask (default: the runs' task metric)")
+    p.add_argument("--plot", metavar="PNG", help="write the metric per epoch of every run to this PNG")
     p.set_defaults(func=cmd_compare)
 
     p = rsub.add_parser("fetch", parents=[common], help="download a run's bundle and verify it against its manifest")
@@ -141,7 +149,9 @@ def _add_store(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-top", required=True, metavar="N_OR_PCT",
                    help="per group: a count (10; idempotent, for cron) or a share of the old runs present now "
                         "(10%%, rounded up)")
-    p.add_argument("--metric", default="map50_95")
+    p.add_argument("--metric", metavar="FIELD",
+                   help="rank by this field, e.g. map50_95 or metrics.top5 (default: each run's task metric, "
+                        "the fitness column: top1 for classify, mask mAP50-95 for segment)")
     p.add_argument("--older-than", required=True, metavar="AGE_OR_DATE", help="e.g. 180d or 2026-01-01")
     p.add_argument("--project")
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
@@ -191,10 +201,32 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(found)
         return 0
-    _table(None, [c.replace("hparams.", "") for c in LIST_COLUMNS],
-           [[query.field_value(record, c) for c in LIST_COLUMNS] for record in found])
+    columns = list_columns(found)
+    _table(None, [c.split(".", 1)[1] if "." in c else c for c in columns],
+           [[query.field_value(record, c) for c in columns] for record in found])
     print(f"{len(found)} runs", file=sys.stderr)
     return 0
+
+
+def list_columns(records: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """``runs list``'s columns: the listed runs' task metrics when they are all of one task,
+    else each run's own (``fitness_metric``, ``fitness``). Detection keeps its two mAP columns."""
+    tasks = {record.get("task") for record in records}
+    columns = [record.get("fitness_metric") for record in records if record.get("fitness_metric")]
+    if len(tasks) > 1:
+        return LEAD_COLUMNS + MIXED_COLUMNS + TAIL_COLUMNS
+    main_field = metric_field(max(set(columns), key=columns.count)) if columns else None
+    if main_field in (None, "map50_95"):
+        return LIST_COLUMNS
+    fields: list[str] = []
+    for record in records:
+        fields += [f for f in record.get("metrics") or {} if f not in fields]
+    partner = main_field.replace("map50_95", "map50", 1) if main_field.startswith("map50_95") else next(
+        (f for f in fields if f != main_field and f not in BOX_COLUMNS), None)
+    metric_columns = [f"metrics.{main_field}"] + ([f"metrics.{partner}"] if partner in fields else [])
+    if main_field.startswith("map50_95_"):  # a mask or pose set: the box mAP beside it
+        metric_columns.append("map50_95")
+    return LEAD_COLUMNS + tuple(metric_columns) + TAIL_COLUMNS
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -213,7 +245,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     cat = index.locate(args.index)
     keys = [k.strip() for k in (args.keys or "").split(",") if k.strip()]
-    comparison = runs.compare(cat, args.run_ids, keys)
+    comparison = runs.compare(cat, args.run_ids, keys, metric=args.metric)
     out = comparison.to_dict()
     if args.plot:
         out["plot"] = str(runs.plot_curves(comparison, args.plot))
@@ -318,7 +350,8 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    query.check_field(args.metric)
+    if args.metric:
+        query.check_field(args.metric)
     keep = retention.parse_keep(args.keep_top)
     cutoff = query.parse_since(args.older_than, datetime.now(timezone.utc), "--older-than")
     cat = index.locate(args.index)
@@ -328,8 +361,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not args.json:
         verb = "would delete" if args.dry_run else "deleting"
         _table(f"{verb} {len(plan.delete)} runs, keeping {len(plan.keep)} (older than {cutoff:%Y-%m-%d})",
-               ["run_id", "project", "model_name", args.metric, "archive_url"],
-               [[record["run_id"], record["project"], record["model_name"], record[args.metric], record["archive_url"]]
+               ["run_id", "project", "model_name", plan.metric, "archive_url"],
+               [[record["run_id"], record["project"], record["model_name"], record[plan.metric], record["archive_url"]]
                 for record in out["delete"]])
     if not args.dry_run:
         out["deleted"] = retention.execute_prune(cat, plan)

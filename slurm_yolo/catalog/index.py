@@ -26,7 +26,9 @@ from slurm_yolo.archive.s5cmd import check_s5cmd  # noqa: F401 - re-exported
 from slurm_yolo.store import Store, error_code, join_url, split_url, store_error  # noqa: F401 - re-exported
 from slurm_yolo.errors import ConfigError
 from slurm_yolo.names import NAME_RE
-from slurm_yolo.runfolder import RUN_JSON
+from slurm_yolo.record import fitness_candidates, read_metrics
+from slurm_yolo.runfolder import RESULTS_CSV, RUN_JSON
+from slurm_yolo.tasks import DEFAULT_TASK, installed_tasks
 from slurm_yolo.site import site_config_path
 
 # The name an index location had when it was this package's only handle (test fixtures and
@@ -71,10 +73,26 @@ def _read_site(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read the site config {path}: {e}; ask your admin, or pass --index") from e
     return site if isinstance(site, dict) else {}
 
+def with_task_metrics(run: dict[str, Any], results_csv: Path) -> dict[str, Any]:
+    """``run`` with its metrics read again from ``results_csv`` by its task's metric, if its
+    record predates ``fitness_metric`` (a classify run's then had no metric at all)."""
+    metrics = run.get("metrics")
+    if isinstance(metrics, dict) and metrics.get("fitness_metric"):
+        return run
+    candidates = fitness_candidates(run)
+    try:
+        candidates.append(installed_tasks().selection_column(str(run.get("task") or DEFAULT_TASK)))
+    except ConfigError:
+        pass  # no Ultralytics here: the run's own column, else the default (box mAP, else the first metric)
+    fresh = read_metrics(results_csv, candidates)
+    return {**run, "metrics": {**(metrics if isinstance(metrics, dict) else {}), **fresh}} if fresh else run
+
+
 def rebuild(cat: IndexLocation, archive_roots: Sequence[str] = (), *, force: bool = False) -> int:
     """Recreate the index from the ``run.json`` files in the store; return the number of runs.
 
-    Downloads every ``run.json`` under the roots with s5cmd, writes each run's
+    Downloads every ``run.json`` (and ``results.csv``, for records that predate the task
+    metrics: :func:`with_task_metrics`) under the roots with s5cmd, writes each run's
     ``runs/<run_id>.json`` and rewrites every quarterly file (pending updates written later
     still win). Runs whose ``run.json`` is not under the roots disappear from the index only
     with ``force``: a mistyped root must not empty the catalog.
@@ -97,6 +115,11 @@ def rebuild(cat: IndexLocation, archive_roots: Sequence[str] = (), *, force: boo
             result = s5cmd.run(s5cmd.base_argv(cat.store) + ["cp", join_url(root, "*", RUN_JSON), f"{dest}/"],
                                cat.store)
             check_s5cmd(result, f"download run.json files under {root}", allow_empty=True)
+            # Beside them, each results.csv: a run.json written before runs recorded their task's
+            # metric gets it from there (only those are read).
+            result = s5cmd.run(s5cmd.base_argv(cat.store) + ["cp", join_url(root, "*", RESULTS_CSV), f"{dest}/"],
+                               cat.store)
+            check_s5cmd(result, f"download results.csv files under {root}", allow_empty=True)
             for path in sorted(dest.rglob(RUN_JSON)):
                 try:
                     run = json.loads(path.read_text(encoding="utf-8"))
@@ -104,7 +127,7 @@ def rebuild(cat: IndexLocation, archive_roots: Sequence[str] = (), *, force: boo
                     continue  # a torn or foreign file: not a run
                 # run.json is written by the user's job: a run ID that is not a safe name is not ours.
                 if isinstance(run, dict) and isinstance(run.get("run_id"), str) and NAME_RE.fullmatch(run["run_id"]):
-                    records[run["run_id"]] = layout.index_record(run)
+                    records[run["run_id"]] = layout.index_record(with_task_metrics(run, path.parent / RESULTS_CSV))
         if records:
             out = Path(tmp, "out")
             out.mkdir()

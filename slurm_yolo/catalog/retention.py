@@ -14,6 +14,10 @@ from slurm_yolo.catalog.index import IndexLocation, check_s5cmd, error_code, rem
 from slurm_yolo.catalog.query import field_value, parse_time
 from slurm_yolo.catalog.runs import archive_url
 from slurm_yolo.errors import ConfigError, StoreError
+from slurm_yolo.tasks import LOWER_IS_BETTER, metric_field
+
+# What ``store prune`` ranks by when no --metric is given: each run's own task metric.
+FITNESS = "fitness"
 
 RULE_ID = "slurm-yolo-runs"
 # s5cmd multipart uploads killed at the epilog's deadline leave invisible, billed parts behind.
@@ -111,24 +115,30 @@ class PrunePlan:
     def to_dict(self) -> dict[str, Any]:
         def short(record: Mapping[str, Any]) -> dict[str, Any]:
             return {"run_id": record.get("run_id"), "task": record.get("task"), "project": record.get("project"),
-                    "model_name": record.get("model_name"), self.metric: field_value(record, self.metric),
-                    "archive_url": record.get("archive_url")}
+                    "model_name": record.get("model_name"), "fitness_metric": record.get("fitness_metric"),
+                    self.metric: field_value(record, self.metric), "archive_url": record.get("archive_url")}
 
         return {"metric": self.metric, "delete": [short(record) for record in self.delete],
                 "keep": [short(record) for record in self.keep]}
 
 
-def plan_prune(records: Sequence[Mapping[str, Any]], *, metric: str, keep_top: tuple[float, bool],
+def plan_prune(records: Sequence[Mapping[str, Any]], *, metric: str | None = None, keep_top: tuple[float, bool],
                older_than: datetime, project: str | None = None) -> PrunePlan:
     """Among runs older than ``older_than``, keep the top ones by ``metric`` in each group.
 
     Groups are (task, project, model) — runs are only comparable on the same task and model —
-    or, with ``project``, that whole project. Runs without a value for ``metric`` rank last.
+    or, with ``project``, that whole project (each task of it apart when ranking by the task's
+    metric: a top1 and a mAP are not comparable). Without ``metric`` each run is ranked by
+    its task's own metric (``fitness``: ``top1`` for classify, mask mAP50-95 for segment).
+    Runs without a value rank last, so one is never kept over a run with a value. A metric
+    where smaller wins (:data:`slurm_yolo.tasks.LOWER_IS_BETTER`, e.g. depth's ``abs_rel``)
+    ranks ascending.
     Newer runs are neither kept nor deleted: they are not part of the plan. A percentage is
     of the old runs present now (rounded up), so repeating a percentage prune thins the
     survivors again; a count (``keep_top=(10, False)``) is idempotent, for scheduled pruning.
     """
     count, percent = keep_top
+    name = metric or FITNESS
     groups: dict[Any, list[Mapping[str, Any]]] = {}
     for record in records:
         if project is not None and record.get("project") != project:
@@ -136,20 +146,37 @@ def plan_prune(records: Sequence[Mapping[str, Any]], *, metric: str, keep_top: t
         when = run_time(record)
         if when is None or when >= older_than:
             continue
-        key = project if project is not None else (record.get("task"), record.get("project"), record.get("model_name"))
+        if project is None:
+            key: Any = (record.get("task"), record.get("project"), record.get("model_name"))
+        else:
+            key = (project, record.get("task")) if metric is None else project
         groups.setdefault(key, []).append(record)
     delete, keep = [], []
     for members in groups.values():
-        ranked = sorted(members, key=lambda record: (-_num(field_value(record, metric)), str(record.get("run_id"))))
+        ranked = sorted(members, key=lambda record: (-_score(record, name), str(record.get("run_id"))))
         n = math.ceil(len(ranked) * count / 100) if percent else min(len(ranked), int(count))
         keep += ranked[:n]
         delete += ranked[n:]
     by_id = lambda record: str(record.get("run_id"))  # noqa: E731
-    return PrunePlan(metric, tuple(sorted(delete, key=by_id)), tuple(sorted(keep, key=by_id)))
+    return PrunePlan(name, tuple(sorted(delete, key=by_id)), tuple(sorted(keep, key=by_id)))
 
 
-def _num(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else -math.inf
+def lower_is_better(metric: str, record: Mapping[str, Any]) -> bool:
+    """Whether a smaller ``metric`` (a field name, or ``fitness`` of ``record``'s own column) is better."""
+    if metric == FITNESS:
+        column = record.get("fitness_metric")
+        field = metric_field(column) if isinstance(column, str) else None
+    else:
+        field = metric.rpartition(".")[2]
+    return field in LOWER_IS_BETTER
+
+
+def _score(record: Mapping[str, Any], metric: str) -> float:
+    """Higher is better; ``-inf`` without a value (ranks last in either direction)."""
+    value = field_value(dict(record), metric)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        return -math.inf
+    return -float(value) if lower_is_better(metric, record) else float(value)
 
 
 def execute_prune(cat: IndexLocation, plan: PrunePlan) -> int:

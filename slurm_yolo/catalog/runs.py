@@ -22,6 +22,7 @@ from slurm_yolo.errors import ConfigError, IntegrityError, RunNotFound, StoreErr
 from slurm_yolo.names import validate_name
 from slurm_yolo.record import read_results_rows
 from slurm_yolo.runfolder import ARGS_YAML, RESULTS_CSV, RUN_JSON
+from slurm_yolo.tasks import metric_field
 from slurm_yolo.commands import run_command
 from slurm_yolo.errors import CommandError
 from slurm_yolo.config import resolve_config
@@ -29,7 +30,8 @@ from slurm_yolo import provenance
 
 # args.yaml keys that differ between any two runs by construction (run folder names), not by choice.
 PER_RUN_ARGS = {"name", "save_dir", "project"}
-METRICS = ("map50", "map50_95", "precision", "recall", "epochs_done")
+# Compared for every run; then each metrics.<field> any of the runs has.
+METRICS = ("fitness_metric", "fitness", "map50", "map50_95", "precision", "recall", "epochs_done")
 
 
 def find_run(cat: IndexLocation, run_id: str, client=None) -> dict[str, Any]:
@@ -89,22 +91,24 @@ def run_record(cat: IndexLocation, run_id: str, client=None) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Comparison:
-    """``runs compare``: hyper-parameters that differ, metrics, and mAP50-95 per epoch.
+    """``runs compare``: hyper-parameters that differ, metrics, and one metric per epoch.
 
     Attributes:
         run_ids: the runs, in the order asked.
         hparams: ``{key: [value per run]}`` (only differing keys, or exactly ``keys`` if given).
-        metrics: ``{metric: [value per run]}``.
-        curves: ``{run_id: [(epoch, map50_95), ...]}`` from each results.csv.
+        metrics: ``{metric: [value per run]}``: :data:`METRICS`, then ``metrics.<field>``.
+        curves: ``{run_id: [(epoch, value), ...]}`` of :attr:`metric` from each results.csv.
+        metric: the field plotted (the runs' task metric unless one was asked for).
     """
 
     run_ids: tuple[str, ...]
     hparams: dict[str, list[Any]]
     metrics: dict[str, list[Any]]
     curves: dict[str, list[tuple[int, float]]]
+    metric: str = "map50_95"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"runs": list(self.run_ids), "hparams": self.hparams, "metrics": self.metrics,
+        return {"runs": list(self.run_ids), "hparams": self.hparams, "metrics": self.metrics, "metric": self.metric,
                 "curves": {k: [list(p) for p in v] for k, v in self.curves.items()}}
 
 
@@ -116,13 +120,31 @@ def differing(args: Sequence[Mapping[str, Any]], keys: Sequence[str] = ()) -> di
     return {k: [a.get(k) for a in args] for k in names if len({json.dumps(a.get(k), default=str) for a in args}) > 1}
 
 
-def compare(cat: IndexLocation, run_ids: Sequence[str], keys: Sequence[str] = ()) -> Comparison:
-    """Compare runs from their archived ``args.yaml``, index metrics and ``results.csv``."""
+def curve_metric(records: Sequence[Mapping[str, Any]]) -> str:
+    """The field ``runs compare`` plots: the runs' task metric (the most common fitness column
+    among them), else box mAP50-95."""
+    columns = [str(r["fitness_metric"]) for r in records if isinstance(r.get("fitness_metric"), str)]
+    field = metric_field(max(set(columns), key=columns.count)) if columns else None
+    return field or "map50_95"
+
+
+def compare(cat: IndexLocation, run_ids: Sequence[str], keys: Sequence[str] = (), *,
+            metric: str | None = None) -> Comparison:
+    """Compare runs from their archived ``args.yaml``, index metrics and ``results.csv``.
+
+    Args:
+        metric: the field to follow per epoch (``top1``, ``metrics.map50_95_mask``); default
+            :func:`curve_metric`.
+
+    Raises:
+        ConfigError: fewer than two runs, or ``metric`` is in none of their results.csv.
+    """
     if len(run_ids) < 2:
         raise ConfigError("runs compare needs at least two run IDs")
     client = cat.store.boto3_client()
     records = [find_run(cat, r, client) for r in run_ids]
-    args, curves = [], {}
+    field = metric.removeprefix("metrics.") if metric else curve_metric(records)
+    args, curves, seen = [], {}, set()
     with tempfile.TemporaryDirectory(prefix="slurm-yolo-compare-") as tmp:
         for record in records:
             raw = read_archived(cat, record, ARGS_YAML, client)
@@ -130,14 +152,23 @@ def compare(cat: IndexLocation, run_ids: Sequence[str], keys: Sequence[str] = ()
             args.append(loaded if isinstance(loaded, dict) else {})
             csv_path = Path(tmp, record["run_id"] + ".csv")
             csv_path.write_bytes(read_archived(cat, record, RESULTS_CSV, client) or b"")
-            curves[record["run_id"]] = [(r["epoch"], r["map50_95"]) for r in read_results_rows(csv_path)
-                                      if r["epoch"] is not None and r["map50_95"] is not None]
-    return Comparison(tuple(run_ids), differing(args, keys),
-                      {m: [record.get(m) for record in records] for m in METRICS}, curves)
+            rows = read_results_rows(csv_path)
+            seen.update(k for row in rows for k, v in row.items() if v is not None and k != "epoch")
+            curves[record["run_id"]] = [(r["epoch"], r[field]) for r in rows
+                                        if r["epoch"] is not None and r.get(field) is not None]
+    if metric and seen and field not in seen:
+        raise ConfigError(f"--metric {metric!r}: no such column in these runs' results.csv; "
+                          f"they have: {', '.join(sorted(seen))}")
+    fields = []
+    for record in records:
+        fields += [f for f in (record.get("metrics") or {}) if f not in fields]
+    metrics = {m: [record.get(m) for record in records] for m in METRICS}
+    metrics.update({f"metrics.{f}": [(record.get("metrics") or {}).get(f) for record in records] for f in fields})
+    return Comparison(tuple(run_ids), differing(args, keys), metrics, curves, field)
 
 
 def plot_curves(comparison: Comparison, out: str | Path) -> Path:
-    """Write a PNG of mAP50-95 per epoch, one line per run.
+    """Write a PNG of the compared metric per epoch, one line per run.
 
     Raises:
         ConfigError: matplotlib is not installed (it comes with ultralytics).
@@ -154,7 +185,7 @@ def plot_curves(comparison: Comparison, out: str | Path) -> Path:
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=run_id)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mAP50-95")
+    ax.set_ylabel(comparison.metric)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -326,8 +326,12 @@ WHERES = [
     [], ["map50_95>0.5"], ["map50_95<=0.25", "project==pcb"], ["end_state!=COMPLETED"], ["hparams.lr0==0.01"],
     ["hparams.batch>=16", "map50>0.3"], ["user>bo"], ["job_id>1500"], ["job_id>'1500'"], ["sweep_id==sw3"],
     ["epochs_done<10"], ["dataset_version!=v1"], ["run_id<'20261001'"], ["attempts==1"],
+    # the task metrics: a map lookup in Arrow (null where a run lacks the field), a typed fitness column
+    ["metrics.map50_95>0.5"], ["metrics.map50<=0.3", "fitness>0.2"], ["metrics.top1>0.1"], ["metrics.map50=='x'"],
+    ["fitness_metric=='metrics/mAP50-95(B)'"], ["metrics.map50_95>=0.4", "task==segment"],
 ]
-SORTS = [(("-map50_95", "run_id"), None), (("end_state", "-epochs_done"), 25), (("-hparams.lr0", "run_id"), 10), ((), None)]
+SORTS = [(("-map50_95", "run_id"), None), (("end_state", "-epochs_done"), 25), (("-hparams.lr0", "run_id"), 10), ((), None),
+         (("-metrics.map50_95", "run_id"), 7), (("-fitness",), None)]
 
 
 def test_pushdown_finds_exactly_what_the_python_query_finds(cat, client):
