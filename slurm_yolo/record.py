@@ -206,7 +206,7 @@ def metric_values(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     keys (``epoch``, ``epochs_done``, ``best_epoch``, ``fitness_metric``, ``fitness``)."""
     if not isinstance(metrics, Mapping):
         return {}
-    out = {}
+    out: dict[str, float] = {}
     for name, value in metrics.items():
         if name in _BOOKKEEPING or not isinstance(name, str) or isinstance(value, bool):
             continue
@@ -227,8 +227,10 @@ def fitness_of(task: Any, metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     if column is None and isinstance(task, (str, type(None))) and task in BOX_RANKED_TASKS \
             and metrics.get("map50_95") is not None:
         column, value = BOX_FITNESS, metrics.get("map50_95")
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return {"fitness_metric": column if isinstance(column, str) else None, "fitness": float(value) if ok else None}
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        value = None
+    return {"fitness_metric": column if isinstance(column, str) else None,
+            "fitness": None if value is None else float(value)}
 
 
 def read_results_rows(results_csv: str | os.PathLike[str]) -> list[dict[str, Any]]:

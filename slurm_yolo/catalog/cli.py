@@ -212,7 +212,7 @@ def list_columns(records: Sequence[dict[str, Any]]) -> tuple[str, ...]:
     """``runs list``'s columns: the listed runs' task metrics when they are all of one task,
     else each run's own (``fitness_metric``, ``fitness``). Detection keeps its two mAP columns."""
     tasks = {record.get("task") for record in records}
-    columns = [record.get("fitness_metric") for record in records if record.get("fitness_metric")]
+    columns = [str(record["fitness_metric"]) for record in records if record.get("fitness_metric")]
     if len(tasks) > 1:
         return LEAD_COLUMNS + MIXED_COLUMNS + TAIL_COLUMNS
     main_field = metric_field(max(set(columns), key=columns.count)) if columns else None

@@ -116,7 +116,7 @@ class PrunePlan:
         def short(record: Mapping[str, Any]) -> dict[str, Any]:
             return {"run_id": record.get("run_id"), "task": record.get("task"), "project": record.get("project"),
                     "model_name": record.get("model_name"), "fitness_metric": record.get("fitness_metric"),
-                    self.metric: field_value(record, self.metric), "archive_url": record.get("archive_url")}
+                    self.metric: field_value(dict(record), self.metric), "archive_url": record.get("archive_url")}
 
         return {"metric": self.metric, "delete": [short(record) for record in self.delete],
                 "keep": [short(record) for record in self.keep]}

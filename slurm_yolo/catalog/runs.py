@@ -144,7 +144,7 @@ def compare(cat: IndexLocation, run_ids: Sequence[str], keys: Sequence[str] = ()
     client = cat.store.boto3_client()
     records = [find_run(cat, r, client) for r in run_ids]
     field = metric.removeprefix("metrics.") if metric else curve_metric(records)
-    args, curves, seen = [], {}, set()
+    args, curves, seen = [], {}, set[str]()
     with tempfile.TemporaryDirectory(prefix="slurm-yolo-compare-") as tmp:
         for record in records:
             raw = read_archived(cat, record, ARGS_YAML, client)
