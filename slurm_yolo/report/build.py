@@ -3,12 +3,13 @@
 Site layout (all links relative, so it works from a folder, ``file://``, ``report serve``,
 S3 static hosting under any prefix, presigned links and a reverse proxy)::
 
-    index.html                home: projects, runs over time, best mAP per project
-    runs.html                 the runs table (filter, sort, pick runs to compare)
+    index.html                home: projects, runs over time, best run per project and task
+    runs.html                 the runs table (filter by task and more, sort, pick runs to compare)
     compare.html              compare view: ?runs=A,B,... (loads run/<id>/data.js)
     data/runs.js              every index record the table needs (script-safe JSON)
-    run/<run_id>.html         one page per run
-    run/<run_id>/data.js      params + mAP curves of the run (for the compare view)
+    data/tasks.js             each task's metric fields (the table's columns when a task is picked)
+    run/<run_id>.html         one page per run: its task's metrics, curves and plots
+    run/<run_id>/data.js      params, task metrics and metric curves of the run (for the compare view)
     run/<run_id>/files/...    copies of the run's images and small text files
     static/portal.css|js      shipped in the package (no CDN: clusters are often offline)
     .portal-state.json        the incremental build state (not published)
@@ -26,6 +27,7 @@ import json
 import mimetypes
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -41,12 +43,14 @@ from slurm_yolo.store import split_url
 from slurm_yolo.catalog.index import IndexLocation, get_object, list_keys, load_records, store_error
 from slurm_yolo.catalog.runs import PER_RUN_ARGS
 from slurm_yolo.errors import ConfigError, StoreError
+from slurm_yolo.record import read_metrics
 from slurm_yolo.runfolder import ARGS_YAML, RESULTS_CSV, RUN_JSON
 from slurm_yolo.report import pages
 from slurm_yolo.site import site_config_path
+from slurm_yolo.tasks import installed_tasks
 
 STATE_FILE = ".portal-state.json"
-STATE_VERSION = 2  # bump when page templates change shape: every run page is rebuilt once
+STATE_VERSION = 3  # bump when page templates change shape: every run page is rebuilt once
 STATIC_FILES = ("portal.css", "portal.js")
 # Small text files copied next to the run page so they open from the site itself.
 TEXT_FILES = (RESULTS_CSV, ARGS_YAML, RUN_JSON, layout.MANIFEST)
@@ -193,6 +197,7 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
     unlinked = {str(record.get("run_id")): why for record in records if (why := pages.linkable(record, allowed_prefix))}
     linked = [record for record in records if str(record.get("run_id")) not in unlinked]
     env = templates()
+    selection = task_selection()
     for name in STATIC_FILES:
         writer.write(f"static/{name}", resources.files("slurm_yolo.report").joinpath("static", name).read_bytes())
 
@@ -203,7 +208,7 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
 
     def one(record: Mapping[str, Any]) -> tuple[str, dict[str, bytes] | None, str | None]:
         try:
-            return record["run_id"], _run_files(cat, client, env, record), None
+            return record["run_id"], _run_files(cat, client, env, record, selection), None
         except StoreError as e:
             return record["run_id"], None, str(e)
 
@@ -229,6 +234,8 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
     now = pages.now_utc()
     rows = [pages.table_row(record, record["run_id"] in state.runs) for record in records]
     writer.write("data/runs.js", "window.PORTAL_RUNS = " + pages.script_json(rows) + ";\n")
+    writer.write("data/tasks.js", "window.PORTAL_METRIC_FIELDS = "
+                 + pages.script_json(pages.metric_fields_by_task(records)) + ";\n")
     unit, bars = pages.runs_over_time(records)
     common = {"root": "", "built": now.strftime("%Y-%m-%d %H:%M UTC"), "index_url": cat.index_url}
     projects = pages.project_summary(records)
@@ -244,6 +251,16 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
     state.save(out)
     return BuildResult(out=str(out), runs=len(records), rebuilt=len(todo) - len(errors), unlinked=unlinked,
                        removed=len(gone), errors=errors, seconds=round(time.monotonic() - started, 3))
+
+
+def task_selection() -> dict[str, str]:
+    """``{task: selection column}`` of the installed Ultralytics; ``{}`` where it is not
+    installed (a portal host needs no training stack: records carry their ``fitness_metric``,
+    and older ones fall back to detection's column)."""
+    try:
+        return dict(installed_tasks().selection)
+    except ConfigError:
+        return {}
 
 
 def _get(client, url: str) -> bytes | None:
@@ -271,7 +288,8 @@ def _load_json(data: bytes | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _run_files(cat: IndexLocation, client, env, indexed: Mapping[str, Any]) -> dict[str, bytes]:
+def _run_files(cat: IndexLocation, client, env, indexed: Mapping[str, Any],
+               selection: Mapping[str, str]) -> dict[str, bytes]:
     """Every site file of one run: its page, its data.js, and the copied images/text files."""
     run_id, url = indexed["run_id"], indexed["archive_url"]
     fetched = {name: _get(client, url + name) for name in (layout.MANIFEST, RUN_JSON)}
@@ -297,13 +315,15 @@ def _run_files(cat: IndexLocation, client, env, indexed: Mapping[str, Any]) -> d
     csv_text = out.get(f"run/{run_id}/files/{RESULTS_CSV}", b"").decode("utf-8", "replace")
     cols = pages.parse_results_csv(csv_text)
     args = yaml_mapping(out.get(f"run/{run_id}/files/{ARGS_YAML}"))
-    charts = [pages.line_chart(title, series) for title, series in pages.curve_groups(cols)]
+    best = _best_epoch(csv_text, pages.fitness_column(indexed, list(cols), selection, record))
+    metrics = pages.task_metrics(indexed, cols, best)
+    charts = [pages.line_chart(title, series) for title, series in pages.curve_groups(cols, metrics.column)]
     files = [{"rel": rel, "size": size, "href": f"{run_id}/files/{pages.safe_rel(rel)}" if rel in copied else None,
               "url": url + rel} for rel, size in sorted(archived.items())]
     attempts = [a for a in record.get("attempts") or [] if isinstance(a, dict)]
     page = env.get_template("run.html").render(
         root="../", page="run", built=pages.now_utc().strftime("%Y-%m-%d %H:%M UTC"), index_url=cat.index_url,
-        indexed=indexed, record=record, args=args, charts=charts, files=files,
+        indexed=indexed, record=record, args=args, metrics=metrics, charts=charts, files=files,
         sections={k: [(r, f"{run_id}/files/{pages.safe_rel(r)}") for r in v if r in copied]
                   for k, v in sections.items()},
         attempts=attempts, timeline=pages.timeline_chart(attempts),
@@ -312,11 +332,26 @@ def _run_files(cat: IndexLocation, client, env, indexed: Mapping[str, Any]) -> d
                   "reproduce": f"slurm-yolo reproduce {run_id}",
                   "show": f"slurm-yolo runs show {run_id}"})
     out[f"run/{run_id}.html"] = page.encode("utf-8")
-    data = {"run_id": run_id, "project": indexed.get("project"), "end_state": indexed.get("end_state"),
-            "metrics": {k: indexed.get(k) for k in ("map50", "map50_95", "precision", "recall", "epochs_done")},
-            "args": {k: v for k, v in args.items() if k not in PER_RUN_ARGS}, "curves": pages.map_curve(cols)}
-    out[f"run/{run_id}/data.js"] = ("window.portalRunData(" + pages.script_json(data) + ");\n").encode()
+    run_data = {"run_id": run_id, "project": indexed.get("project"), "task": indexed.get("task"),
+                "end_state": indexed.get("end_state"), "epochs_done": indexed.get("epochs_done"),
+                "fitness_metric": metrics.field, "fitness_column": metrics.column, "fitness": metrics.value,
+                # A list, not a mapping: the table keeps results.csv's column order (JSON keys are sorted).
+                "metrics": [[f, v] for f, _, v in metrics.rows],
+                "args": {k: v for k, v in args.items() if k not in PER_RUN_ARGS},
+                "curves": pages.metric_curves(cols)}
+    out[f"run/{run_id}/data.js"] = ("window.portalRunData(" + pages.script_json(run_data) + ");\n").encode()
     return out
+
+
+def _best_epoch(csv_text: str, column: str | None) -> dict[str, Any] | None:
+    """The best epoch of an archived ``results.csv`` by ``column``, chosen by the very rule the
+    job and the epilog use (:func:`slurm_yolo.record.read_metrics`, which reads a file)."""
+    if not csv_text.strip():
+        return None
+    with tempfile.TemporaryDirectory(prefix="slurm-yolo-portal-") as tmp:
+        path = Path(tmp) / RESULTS_CSV
+        path.write_text(csv_text, encoding="utf-8")
+        return read_metrics(path, column)
 
 
 def yaml_mapping(data: bytes | None) -> dict[str, Any]:

@@ -23,17 +23,25 @@ from typing import Any, Iterable, Mapping, Sequence
 from markupsafe import Markup, escape
 
 from slurm_yolo.archive.layout import is_under, user_prefix
-from slurm_yolo.timeparse import parse_time
 from slurm_yolo.names import NAME_RE
+from slurm_yolo.record import BOX_FIELDS, choose_fitness_metric, fitness_candidates, fitness_of, metric_values
+from slurm_yolo.tasks import LOWER_IS_BETTER, metric_field
+from slurm_yolo.timeparse import parse_time
 
+# The box set (top-level columns of every index record) in display order: the runs table shows
+# them when no task is picked, as before each task had its own metrics.
+BOX_DISPLAY = ("map50_95", "map50", "precision", "recall")
+assert set(BOX_DISPLAY) == set(BOX_FIELDS)
 # Index-record fields shown in (and filterable from) the runs table, in column order.
 TABLE_FIELDS = ("run_id", "project", "model_name", "task", "end_state", "user", "submitted_at", "attempts",
-                "sweep_id", "epochs_done", "map50", "map50_95", "precision", "recall")
-# Images worth showing on a run page, by Ultralytics' file names: (section, pattern).
+                "sweep_id", "epochs_done") + BOX_DISPLAY
+# Images worth showing on a run page, by Ultralytics' file names: (section, pattern). The
+# curves are each task's: Box*/Mask*/Pose* for detect, segment and pose, plain for older runs.
 IMAGE_SECTIONS = (
     ("samples", re.compile(r"(train_batch\d*|labels(_correlogram)?)\.(jpg|png)$")),
-    ("predictions", re.compile(r"val_batch\d+_(pred|labels)\.(jpg|png)$")),
-    ("confusion", re.compile(r"confusion_matrix(_normalized)?\.png$")),
+    ("predictions", re.compile(r"val_batch\d+_(pred|labels|calibrated)\.(jpg|png)$")),
+    ("curves", re.compile(r"(Box|Mask|Pose)?(F1|PR|P|R)_curve\.png$")),
+    ("confusion", re.compile(r"confusion_matrix[^/]*\.png$")),
     ("plots", re.compile(r"[^/]+\.png$")),
 )
 # A copied image larger than this is linked, not embedded (a portal of 10,000 runs stays small).
@@ -150,10 +158,15 @@ def _number(text: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def curve_groups(cols: Mapping[str, Sequence[float | None]]) -> list[tuple[str, dict[str, list[tuple[float, float]]]]]:
+def curve_groups(cols: Mapping[str, Sequence[float | None]], fitness_metric: str | None = None
+                 ) -> list[tuple[str, dict[str, list[tuple[float, float]]]]]:
     """Columns of a parsed ``results.csv`` grouped into charts: ``[(title, {column: points})]``.
 
-    Points are ``(epoch, value)``; rows without an epoch or value are left out.
+    Whatever columns the run logged are drawn (a yolo26 run logs ``l1_loss`` where others log
+    ``dfl_loss``, a classify run ``train/loss``): metric columns by kind and set (``mAP (mask)``,
+    ``errors (lower is better)``), then train losses, val losses, learning rates, the rest. The
+    chart holding ``fitness_metric`` (the run's selection column) comes first. Points are
+    ``(epoch, value)``; rows without an epoch or value are left out.
     """
     epochs = cols.get("epoch") or list(range(1, 1 + max((len(v) for v in cols.values()), default=0)))
     groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
@@ -164,16 +177,31 @@ def curve_groups(cols: Mapping[str, Sequence[float | None]]) -> list[tuple[str, 
         points = [(e, v) for e, v in zip(epochs, values) if e is not None and v is not None]
         if points:
             groups.setdefault(title, {})[name] = points
-    order = ["mAP", "precision / recall", "train losses", "val losses", "learning rate", "other"]
-    return sorted(groups.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    tail = ["train losses", "val losses", "learning rate", "other"]
+    first = _group_title(fitness_metric) if fitness_metric else None
+
+    def rank(title: str) -> int:
+        if title == first:
+            return -1
+        # Metric charts before the losses, in their columns' order (sorted() is stable).
+        return 1 + tail.index(title) if title in tail else 0
+
+    return sorted(groups.items(), key=lambda kv: rank(kv[0]))
+
+
+# Ultralytics' metric sets, by the suffix of a metrics/ column.
+_SET_NAMES = {"B": "box", "M": "mask", "P": "pose"}
 
 
 def _group_title(column: str) -> str:
     low = column.lower()
-    if "map" in low:
-        return "mAP"
-    if "precision" in low or "recall" in low:
-        return "precision / recall"
+    field = metric_field(column)
+    if field is not None:
+        suffix = re.search(r"\(([A-Za-z0-9]+)\)$", column.strip())
+        kind = ("mAP" if "map" in low else "precision / recall" if "precision" in low or "recall" in low
+                else "accuracy" if "accuracy" in low
+                else "errors (lower is better)" if field in LOWER_IS_BETTER else "metrics")
+        return f"{kind} ({_SET_NAMES.get(suffix[1], suffix[1])})" if suffix else kind
     if low.startswith("train/"):
         return "train losses"
     if low.startswith("val/"):
@@ -183,9 +211,117 @@ def _group_title(column: str) -> str:
     return "other"
 
 
-def map_curve(cols: Mapping[str, Sequence[float | None]]) -> dict[str, list[list[float]]]:
-    """The mAP columns only, as ``{column: [[epoch, value], ...]}`` (what the compare view overlays)."""
-    return {k: [list(p) for p in v] for title, g in curve_groups(cols) if title == "mAP" for k, v in g.items()}
+def metric_curves(cols: Mapping[str, Sequence[float | None]]) -> dict[str, list[list[float]]]:
+    """Every ``metrics/`` column as ``{column: [[epoch, value], ...]}`` (what the compare view overlays)."""
+    return {k: [list(p) for p in v] for _, g in curve_groups(cols) for k, v in g.items()
+            if metric_field(k) is not None}
+
+
+# ---------------------------------------------------------------------------- task metrics
+
+@dataclasses.dataclass(frozen=True)
+class TaskMetrics:
+    """What a run page shows in its metric table.
+
+    Attributes:
+        column: the ``results.csv`` column the run is ranked by (``metrics/accuracy_top1``).
+        field: its stable field name (``top1``), ``None`` if unknown.
+        value: the run's value of it (``None``: no epoch validated yet).
+        best_epoch: the epoch that value comes from, when known.
+        rows: ``(field, column or None, value)`` for every metric of the run, in
+            ``results.csv``'s column order.
+    """
+
+    column: str | None
+    field: str | None
+    value: float | None
+    best_epoch: int | None
+    rows: tuple[tuple[str, str | None, float | None], ...]
+
+
+def record_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric metric fields of an index record, ``{field: value}``: its ``metrics`` map,
+    and the top-level box fields where the map lacks them."""
+    out = metric_values(record.get("metrics"))
+    for key in BOX_FIELDS:
+        if key not in out and _is_num(record.get(key)):
+            out[key] = float(record[key])
+    return out
+
+
+def fitness(record: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """``(field, value)`` an index record is ranked by: its task's metric at the best epoch
+    (:func:`slurm_yolo.record.fitness_of`: a record without ``fitness_metric`` of a detect or
+    obb run is ranked by box mAP50-95, of another task not at all)."""
+    got = fitness_of(record.get("task"), record)
+    column = got["fitness_metric"]
+    return (metric_field(column) if column else None), got["fitness"]
+
+
+def task_metrics(indexed: Mapping[str, Any], cols: Mapping[str, Sequence[float | None]],
+                 best: Mapping[str, Any] | None = None) -> TaskMetrics:
+    """The metric table of a run page: the task's metrics of the best epoch.
+
+    Args:
+        indexed: the run's index record (the epilog chose the best epoch).
+        cols: the parsed ``results.csv`` (its columns give the table its order).
+        best: :func:`slurm_yolo.record.read_metrics` of the archived ``results.csv``; fills
+            what the index record lacks (a run the index has not caught up with).
+    """
+    best = best or {}
+    values = {**metric_values(best), **record_metrics(indexed)}
+    rows: list[tuple[str, str | None, float | None]] = []
+    for name in cols:
+        field = metric_field(name)
+        if field is not None and field not in {f for f, _, _ in rows}:
+            rows.append((field, name, values.get(field)))
+    seen = {f for f, _, _ in rows}
+    rows += [(f, None, values[f]) for f in field_order(values) if f not in seen and values[f] is not None]
+    field, value = fitness(indexed)
+    column = indexed.get("fitness_metric") if isinstance(indexed.get("fitness_metric"), str) else None
+    if value is None and isinstance(best.get("fitness_metric"), str):
+        column, value = best["fitness_metric"], best.get("fitness")
+        field = metric_field(column)
+    if column is None and field is not None:
+        column = next((c for f, c, _ in rows if f == field), None)
+    raw = indexed.get("metrics")
+    nested: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    epoch = next((v for v in (indexed.get("best_epoch"), nested.get("best_epoch"), best.get("best_epoch"))
+                  if _is_num(v)), None)
+    return TaskMetrics(column=column, field=field, value=value if _is_num(value) else None,
+                       best_epoch=int(epoch) if epoch is not None else None, rows=tuple(rows))
+
+
+def fitness_column(indexed: Mapping[str, Any], header: Sequence[str], selection: Mapping[str, str] | None = None,
+                   run_record: Mapping[str, Any] | None = None) -> str | None:
+    """The ``results.csv`` column a run's epochs are ranked by, chosen as the job and the epilog
+    choose it (:func:`slurm_yolo.record.choose_fitness_metric`): the index record's, then its
+    ``run.json``'s, then the installed Ultralytics' for the task (``selection``)."""
+    candidates = [indexed.get("fitness_metric"), *fitness_candidates(run_record or {}),
+                  (selection or {}).get(str(indexed.get("task")))]
+    return choose_fitness_metric(list(header), candidates)
+
+
+def field_order(fields: Iterable[str]) -> list[str]:
+    """Metric fields in display order: the box set, mask set, pose set (each as
+    :data:`BOX_DISPLAY`), then the rest by name (``top1``, ``top5``; ``miou``; ``delta1``...)."""
+
+    def rank(field: str) -> tuple[int, int, str]:
+        for i, suffix in enumerate(("", "_mask", "_pose")):
+            base = field[:len(field) - len(suffix)] if suffix and field.endswith(suffix) else field
+            if (not suffix or field.endswith(suffix)) and base in BOX_DISPLAY:
+                return i, BOX_DISPLAY.index(base), ""
+        return 3, 0, field
+
+    return sorted(set(fields), key=rank)
+
+
+def metric_fields_by_task(records: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """``{task: [metric field, ...]}`` over the records: the runs table's columns for a task."""
+    by: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        by[str(record.get("task"))].update(record_metrics(record))
+    return {task: field_order(fields) for task, fields in sorted(by.items())}
 
 
 # ---------------------------------------------------------------------------- SVG charts
@@ -363,19 +499,25 @@ def runs_over_time(records: Iterable[Mapping[str, Any]], now: datetime | None = 
 
 
 def project_summary(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per project: run count, states, last submission, and the best run by mAP50-95 (then mAP50)."""
-    by: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    """Per project and task: run count, states, last submission, and the best run by the task's
+    metric (:func:`fitness`; a lower-is-better field ranks ascending).
+
+    Per task, because one task's metric says nothing of another's: a classify run's top-1
+    accuracy is not a better segmentation than a mask mAP of 0.5.
+    """
+    by: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for record in records:
-        by[str(record.get("project"))].append(record)
+        by[(str(record.get("project")), str(record.get("task")))].append(record)
     out = []
-    for project, xs in sorted(by.items()):
-        scored = [record for record in xs if _is_num(record.get("map50_95")) or _is_num(record.get("map50"))]
-        best = max(scored, key=lambda record: (_num_or(record.get("map50_95")), _num_or(record.get("map50"))),
-                   default=None)
-        out.append({"project": project, "runs": len(xs),
+    for (project, task), xs in sorted(by.items()):
+        scored: list[tuple[Mapping[str, Any], str | None, float]] = [
+            (record, f, v) for record in xs for f, v in [fitness(record)] if v is not None]
+        best = max(scored, key=lambda s: -s[2] if s[1] in LOWER_IS_BETTER else s[2], default=None)
+        out.append({"project": project, "task": task, "runs": len(xs),
                     "states": dict(Counter(str(record.get("end_state")) for record in xs).most_common()),
                     "last": max((str(record.get("submitted_at") or "") for record in xs), default=""),
-                    "best": best})
+                    "best": best[0] if best else None, "best_field": best[1] if best else None,
+                    "best_value": best[2] if best else None})
     return out
 
 
@@ -383,13 +525,12 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _num_or(v: Any) -> float:
-    return float(v) if _is_num(v) else -1.0
-
-
 def table_row(record: Mapping[str, Any], link: bool) -> dict[str, Any]:
-    """One row of the runs table (the JSON the page's script filters and sorts)."""
+    """One row of the runs table (the JSON the page's script filters and sorts): the record's
+    fields, its task metric (``fitness_metric`` is the field's name) and its metric fields."""
     row = {k: record.get(k) for k in TABLE_FIELDS}
+    row["fitness_metric"], row["fitness"] = fitness(record)
+    row["metrics"] = record_metrics(record)
     row["hparams"] = {str(k): v for k, v in (record.get("hparams") or {}).items()
                       if isinstance(v, (str, int, float, bool)) or v is None}
     row["link"] = link

@@ -149,9 +149,10 @@ def test_results_csv_as_ultralytics_writes_it():
     cols = pages.parse_results_csv(text)
     assert cols["epoch"] == [1, 2, 3] and cols["metrics/mAP50-95(B)"] == [0.002, None, None]
     groups = dict(pages.curve_groups(cols))
-    assert groups["mAP"]["metrics/mAP50(B)"] == [(1, 0.01), (2, 0.2), (3, 0.3)]
-    assert set(groups) == {"mAP", "train losses", "learning rate"}
-    assert pages.map_curve(cols)["metrics/mAP50-95(B)"] == [[1, 0.002]]
+    assert groups["mAP (box)"]["metrics/mAP50(B)"] == [(1, 0.01), (2, 0.2), (3, 0.3)]
+    assert set(groups) == {"mAP (box)", "train losses", "learning rate"}
+    assert pages.metric_curves(cols) == {"metrics/mAP50(B)": [[1, 0.01], [2, 0.2], [3, 0.3]],
+                                         "metrics/mAP50-95(B)": [[1, 0.002]]}
 
 
 def test_line_chart_escapes_labels():

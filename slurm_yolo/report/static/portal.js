@@ -60,16 +60,22 @@
   }
 
   // ------------------------------------------------------------------ runs table
-  var BASE_COLUMNS = [["", "select"], ["run_id", "run"], ["project", "project"], ["model_name", "model"],
-    ["end_state", "end state"], ["user", "user"], ["submitted_at", "submitted"], ["attempts", "attempts"],
-    ["sweep_id", "sweep"], ["epochs_done", "epochs done"], ["map50_95", "mAP50-95"], ["map50", "mAP50"],
-    ["precision", "P"], ["recall", "R"]];
+  var BASE_COLUMNS = [["", "select"], ["run_id", "run"], ["project", "project"], ["task", "task"],
+    ["model_name", "model"], ["end_state", "end state"], ["user", "user"], ["submitted_at", "submitted"],
+    ["attempts", "attempts"], ["sweep_id", "sweep"], ["epochs_done", "epochs done"],
+    ["fitness_metric", "task metric"], ["fitness", "value"]];
+  // With no task picked: the box set, as before tasks were followed (old queries, old habits).
+  var BOX_COLUMNS = [["map50_95", "mAP50-95"], ["map50", "mAP50"], ["precision", "P"], ["recall", "R"]];
+  var FILTERS = ["task", "end_state", "project", "user", "sweep_id"];
 
   function initRuns() {
     var runs = window.PORTAL_RUNS || [];
+    var fieldsByTask = window.PORTAL_METRIC_FIELDS || {};
     var hkeys = {};
     runs.forEach(function (r) { Object.keys(r.hparams || {}).forEach(function (k) { hkeys[k] = true; }); });
-    var columns = BASE_COLUMNS.concat(Object.keys(hkeys).sort().map(function (k) { return ["hparams." + k, k]; }));
+    var hcolumns = Object.keys(hkeys).sort().map(function (k) { return ["hparams." + k, k]; });
+    var columns = [];
+    var columnsFor = null;
     var sort = {key: "submitted_at", desc: true};
     var selected = {};
     var head = document.getElementById("runs-head");
@@ -77,9 +83,10 @@
 
     function value(r, key) {
       if (key.indexOf("hparams.") === 0) return (r.hparams || {})[key.slice(8)];
+      if (key.indexOf("metrics.") === 0) return (r.metrics || {})[key.slice(8)];
       return r[key];
     }
-    ["end_state", "project", "user", "sweep_id"].forEach(function (key) {
+    FILTERS.forEach(function (key) {
       var sel = document.getElementById("f-" + key);
       var seen = {};
       runs.forEach(function (r) { if (r[key] !== null && r[key] !== undefined) seen[r[key]] = true; });
@@ -91,29 +98,40 @@
       if (input) input.value = initial[k];
     });
 
-    columns.forEach(function (c) {
-      var th = el("th", {"data-key": c[0]}, c[1]);
-      if (c[0]) {
-        // Training arguments (args.yaml) in italics: "model" there is the .yaml, not the model name.
-        th.className = c[0].indexOf("hparams.") === 0 ? "sort hparam" : "sort";
-        if (c[0].indexOf("hparams.") === 0) th.setAttribute("title", "training argument " + c[1]);
-        th.addEventListener("click", function () {
-          sort = {key: c[0], desc: sort.key === c[0] ? !sort.desc : true};
-          render();
-        });
-      }
-      head.appendChild(th);
-    });
+    // The metric columns follow the task picked: its own fields (top1, map50_95_mask, delta1...).
+    function setColumns() {
+      var task = document.getElementById("f-task").value;
+      if (columnsFor === task && columns.length) return;
+      columnsFor = task;
+      var metricColumns = task ? (fieldsByTask[task] || []).map(function (f) { return ["metrics." + f, f]; })
+        : BOX_COLUMNS;
+      columns = BASE_COLUMNS.concat(metricColumns, hcolumns);
+      head.textContent = "";
+      columns.forEach(function (c) {
+        var th = el("th", {"data-key": c[0]}, c[1]);
+        if (c[0]) {
+          // Training arguments (args.yaml) in italics: "model" there is the .yaml, not the model name.
+          th.className = c[0].indexOf("hparams.") === 0 ? "sort hparam" : "sort";
+          if (c[0].indexOf("hparams.") === 0) th.setAttribute("title", "training argument " + c[1]);
+          if (c[0] === "fitness") th.setAttribute("title", "the run's value of its task metric (best epoch)");
+          th.addEventListener("click", function () {
+            sort = {key: c[0], desc: sort.key === c[0] ? !sort.desc : true};
+            render();
+          });
+        }
+        head.appendChild(th);
+      });
+    }
 
     function matches(r) {
       var text = document.getElementById("f-text").value.trim().toLowerCase();
-      var ok = ["end_state", "project", "user", "sweep_id"].every(function (key) {
+      var ok = FILTERS.every(function (key) {
         var want = document.getElementById("f-" + key).value;
         return !want || String(r[key]) === want;
       });
       if (!ok) return false;
-      var minMap = parseFloat(document.getElementById("f-min-map").value);
-      if (!isNaN(minMap) && !(typeof r.map50_95 === "number" && r.map50_95 >= minMap)) return false;
+      var minMetric = parseFloat(document.getElementById("f-min-map").value);
+      if (!isNaN(minMetric) && !(typeof r.fitness === "number" && r.fitness >= minMetric)) return false;
       if (!text) return true;
       var hay = columns.map(function (c) { return c[0] ? fmt(value(r, c[0])) : ""; }).join(" ").toLowerCase();
       return text.split(/\s+/).every(function (w) { return hay.indexOf(w) >= 0; });
@@ -126,6 +144,7 @@
       return sort.desc ? -c : c;
     }
     function render() {
+      setColumns();
       var shown = runs.filter(matches).sort(compare);
       body.textContent = "";
       shown.slice(0, MAX_ROWS).forEach(function (r) {
@@ -198,7 +217,7 @@
   }
 
   function renderCompare(ids, loaded) {
-    var runs = ids.map(function (id) { return loaded[id] || {run_id: id, missing: true, args: {}, metrics: {}, curves: {}}; });
+    var runs = ids.map(function (id) { return loaded[id] || {run_id: id, missing: true, args: {}, metrics: [], curves: {}}; });
     document.getElementById("compare-help").textContent = runs.length + " runs" +
       (runs.some(function (r) { return r.missing; }) ? " (some have no page: not in the portal)" : "");
     var head = document.getElementById("compare-head");
@@ -216,9 +235,19 @@
       bodyEl.appendChild(tr);
     }
     row("end state", runs.map(function (r) { return r.end_state; }));
-    ["map50_95", "map50", "precision", "recall", "epochs_done"].forEach(function (m) {
-      row(m, runs.map(function (r) { return (r.metrics || {})[m]; }), "metric");
+    row("task", runs.map(function (r) { return r.task; }));
+    row("task metric", runs.map(function (r) { return r.fitness_metric; }));
+    row("value", runs.map(function (r) { return r.fitness; }), "metric fitness");
+    // Every run's metric fields, in the first run's order (results.csv's), then the others'.
+    var fields = [], values = runs.map(function () { return {}; });
+    runs.forEach(function (r, i) {
+      (Array.isArray(r.metrics) ? r.metrics : []).forEach(function (fv) {
+        if (fields.indexOf(fv[0]) < 0) fields.push(fv[0]);
+        values[i][fv[0]] = fv[1];
+      });
     });
+    fields.forEach(function (f) { row(f, values.map(function (v) { return v[f]; }), "metric"); });
+    row("epochs_done", runs.map(function (r) { return r.epochs_done; }), "metric");
     var keys = {};
     runs.forEach(function (r) { Object.keys(r.args || {}).forEach(function (k) { keys[k] = true; }); });
     Object.keys(keys).sort().forEach(function (k) {
@@ -227,10 +256,14 @@
       values.forEach(function (v) { distinct[JSON.stringify(v === undefined ? null : v)] = true; });
       if (Object.keys(distinct).length > 1) row(k, values, "param");
     });
-    var metrics = {};
-    runs.forEach(function (r) { Object.keys(r.curves || {}).forEach(function (k) { metrics[k] = true; }); });
+    // The runs' task metrics first (what they are ranked by), then every other metric column.
+    var metrics = [];
+    runs.forEach(function (r) { if (r.fitness_column && (r.curves || {})[r.fitness_column] && metrics.indexOf(r.fitness_column) < 0) metrics.push(r.fitness_column); });
+    var others = {};
+    runs.forEach(function (r) { Object.keys(r.curves || {}).forEach(function (k) { if (metrics.indexOf(k) < 0) others[k] = true; }); });
+    metrics = metrics.concat(Object.keys(others).sort());
     var charts = document.getElementById("compare-charts");
-    Object.keys(metrics).sort().forEach(function (m) {
+    metrics.forEach(function (m) {
       var series = runs.filter(function (r) { return (r.curves || {})[m]; })
         .map(function (r) { return {name: r.run_id, points: r.curves[m]}; });
       charts.appendChild(lineChart(m, series));
