@@ -4,9 +4,12 @@ One MLflow run per archived run (OOM-killed, timed-out and failed ones included)
 experiment named after the run's project:
 
 - params from the archived ``args.yaml`` (logged once: MLflow params are immutable);
-- per-epoch metrics from ``results.csv`` with ``step=epoch`` (only epochs not logged yet);
-- tags: end state, user, Slurm job, run ID, sweep, task, model, archive URL, and the
-  ``slurm-yolo runs fetch`` command;
+- per-epoch metrics from ``results.csv`` with ``step=epoch`` (only epochs not logged yet):
+  every column the run logged, whatever its task (``metrics/accuracy_top1``, ``metrics/mAP50-95_M``
+  for ``metrics/mAP50-95(M)``, ``train/l1_loss``), and ``fitness``: the run's task metric, so runs
+  of different tasks share one key to chart;
+- tags: end state, user, Slurm job, run ID, sweep, task, its metric column, model, archive URL,
+  and the ``slurm-yolo runs fetch`` command;
 - nothing is uploaded: the archive in the store *is* the artifact store.
 
 Why ``artifact_uri`` is a tag here: MLflow's ``CreateRun`` has no artifact-location field; a
@@ -38,7 +41,7 @@ from slurm_yolo.catalog.runs import PER_RUN_ARGS
 from slurm_yolo.runfolder import ARGS_YAML, RESULTS_CSV
 from slurm_yolo.errors import ConfigError, SlurmYoloError
 from slurm_yolo.report import pages
-from slurm_yolo.report.build import yaml_mapping
+from slurm_yolo.report.build import task_selection, yaml_mapping
 
 TAG = "slurm_yolo."
 # MLflow run status for each end state (anything unknown: the run is still going).
@@ -65,9 +68,15 @@ class SyncResult:
 
 
 def mlflow_key(name: str) -> str:
-    """``metrics/mAP50(B)`` → ``metrics/mAP50_B``: MLflow keys allow letters, digits, ``_-. /``."""
-    key = re.sub(r"[^A-Za-z0-9_\-. /]+", "_", str(name)).strip("_ /")
-    key = re.sub(r"/+", "/", key).replace("..", "_")
+    """A results.csv column or args.yaml key as an MLflow key: ``metrics/mAP50(B)`` → ``metrics/mAP50_B``.
+
+    MLflow allows letters, digits, ``_ - . /`` and space (``:`` too since 2.x, not on Windows)
+    and refuses a key that is not its own normal path (``a//b``, ``./a``, ``a/..``); older
+    servers refuse ``(`` ``)``. Each run of other characters becomes ``_``, a part loses its
+    leading dots and empty parts are dropped, so one column always gives the same key on every server.
+    """
+    parts = [re.sub(r"[^A-Za-z0-9_\-. ]+", "_", part).strip("_ ").lstrip(".") for part in str(name).split("/")]
+    key = "/".join(p for p in parts if p)
     return key[:250] or "_"
 
 
@@ -76,26 +85,34 @@ def params_from_args(args: Mapping[str, Any]) -> dict[str, str]:
     return {mlflow_key(k): str(v)[:MAX_VALUE] for k, v in sorted(args.items()) if k not in PER_RUN_ARGS}
 
 
-def epoch_metrics(cols: Mapping[str, Sequence[float | None]], after: int = 0) -> list[tuple[str, float, int]]:
-    """``(key, value, epoch)`` for every numeric cell of ``results.csv`` with epoch > ``after``."""
+FITNESS_KEY = "fitness"
+
+
+def epoch_metrics(cols: Mapping[str, Sequence[float | None]], after: int = 0,
+                  fitness_column: str | None = None) -> list[tuple[str, float, int]]:
+    """``(key, value, epoch)`` for every numeric cell of ``results.csv`` with epoch > ``after``;
+    the ``fitness_column``'s values once more under :data:`FITNESS_KEY`."""
     epochs = cols.get("epoch") or []
+    named = [(mlflow_key(name), values) for name, values in cols.items() if name != "epoch"]
+    if fitness_column and fitness_column in cols:
+        named.append((FITNESS_KEY, cols[fitness_column]))
     out = []
-    for name, values in cols.items():
-        if name == "epoch":
-            continue
+    for key, values in named:
         for epoch, value in zip(epochs, values):
             if epoch is not None and value is not None and int(epoch) > after:
-                out.append((mlflow_key(name), float(value), int(epoch)))
+                out.append((key, float(value), int(epoch)))
     return out
 
 
-def run_tags(record: Mapping[str, Any], digest: str, epochs_logged: int) -> dict[str, str]:
+def run_tags(record: Mapping[str, Any], digest: str, epochs_logged: int,
+             fitness_column: str | None = None) -> dict[str, str]:
     """The tags of the MLflow run for an index record (MLflow's own ``mlflow.*`` ones included)."""
     run_id, url = str(record["run_id"]), str(record["archive_url"])
     tags = {
         f"{TAG}run_id": run_id, f"{TAG}end_state": record.get("end_state"), f"{TAG}user": record.get("user"),
         f"{TAG}slurm_job_id": record.get("job_id"), f"{TAG}sweep_id": record.get("sweep_id"),
-        f"{TAG}task": record.get("task"), f"{TAG}project": record.get("project"),
+        f"{TAG}task": record.get("task"), f"{TAG}fitness_metric": fitness_column,
+        f"{TAG}project": record.get("project"),
         f"{TAG}model_name": record.get("model_name"), f"{TAG}attempts": record.get("attempts"),
         f"{TAG}artifact_uri": url, f"{TAG}digest": digest, f"{TAG}epochs_logged": epochs_logged,
         "mlflow.user": record.get("user"), "mlflow.runName": run_id,
@@ -140,6 +157,7 @@ def sync(cat: IndexLocation, *, tracking_uri: str | None = None, experiment_pref
     s3 = s3 or cat.store.boto3_client()
     records = sorted(load_records(cat, s3), key=lambda record: str(record.get("run_id")))
     skipped = {str(record.get("run_id")): why for record in records if (why := pages.linkable(record, allowed_prefix))}
+    selection = task_selection()
     counts = {"created": 0, "updated": 0, "unchanged": 0}
     errors: dict[str, str] = {}
     experiments: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -152,7 +170,7 @@ def sync(cat: IndexLocation, *, tracking_uri: str | None = None, experiment_pref
             if name not in experiments:
                 experiments[name] = _experiment(client, name, record)
             exp_id, existing = experiments[name]
-            outcome = _sync_one(client, s3, exp_id, existing.get(run_id), record)
+            outcome = _sync_one(client, s3, exp_id, existing.get(run_id), record, selection)
             counts[outcome] += 1
         except SlurmYoloError as e:
             errors[run_id] = str(e)
@@ -189,9 +207,8 @@ def _read(s3, url: str) -> bytes | None:
     return got[0] if got else None
 
 
-def _sync_one(client, s3, exp_id: str, existing, record: Mapping[str, Any]) -> str:
+def _sync_one(client, s3, exp_id: str, existing, record: Mapping[str, Any], selection: Mapping[str, str]) -> str:
     from mlflow.entities import Metric, Param, RunTag
-
 
     digest = pages.record_digest(record)
     if existing is not None and existing.data.tags.get(f"{TAG}digest") == digest:
@@ -200,6 +217,7 @@ def _sync_one(client, s3, exp_id: str, existing, record: Mapping[str, Any]) -> s
     args = yaml_mapping(_read(s3, url + ARGS_YAML))
     csv_bytes = _read(s3, url + RESULTS_CSV) or b""
     cols = pages.parse_results_csv(csv_bytes.decode("utf-8", "replace"))
+    column = pages.fitness_column(record, list(cols), selection) if cols else record.get("fitness_metric")
     if existing is None:
         run = client.create_run(exp_id, start_time=_millis(record.get("start") or record.get("submitted_at")),
                                 run_name=str(record["run_id"]))
@@ -209,9 +227,9 @@ def _sync_one(client, s3, exp_id: str, existing, record: Mapping[str, Any]) -> s
         logged = int(existing.data.tags.get(f"{TAG}epochs_logged") or 0)
     params = [Param(k, v) for k, v in params_from_args(args).items() if k not in have_params]
     metrics = [Metric(k, v, _millis(record.get("end")) or int(time.time() * 1000), step)
-               for k, v, step in epoch_metrics(cols, after=logged)]
+               for k, v, step in epoch_metrics(cols, after=logged, fitness_column=column)]
     last = max([logged] + [int(e) for e in cols.get("epoch") or [] if e is not None])
-    tags = [RunTag(k, v) for k, v in run_tags(record, digest, last).items()]
+    tags = [RunTag(k, v) for k, v in run_tags(record, digest, last, column).items()]
     for i in range(0, len(params), MAX_PARAMS_TAGS):
         client.log_batch(mlflow_id, params=params[i:i + MAX_PARAMS_TAGS])
     for i in range(0, len(metrics), MAX_METRICS):

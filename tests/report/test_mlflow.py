@@ -127,3 +127,52 @@ def test_sync_without_a_server_says_how(monkeypatch, capsys):
     monkeypatch.setenv("SLURM_YOLO_INDEX", "s3://nowhere/index/")
     assert main(["mlflow", "sync"]) == 2
     assert "MLFLOW_TRACKING_URI" in capsys.readouterr().err
+
+
+def test_sync_logs_every_metric_column_of_each_task_and_its_tag(mlflow_server, cat):
+    """Runs of classify, segment and depth: every results.csv column per epoch under its
+    MLflow key, the task metric once more as ``fitness``, the task and its column as tags."""
+    from mlflow.tracking import MlflowClient
+
+    from slurm_yolo.report import mlflow_sync
+    from tests.helpers.task_seed import allowed as task_allowed, seed_tasks
+
+    client = cat.store.boto3_client()
+    lines = seed_tasks(client, cat)
+    prefix = f"{cat.bucket}-tasks-"
+    first = mlflow_sync.sync(cat, tracking_uri=mlflow_server, experiment_prefix=prefix,
+                             allowed_prefix=task_allowed(cat), s3=client)
+    assert first.errors == {} and first.created == len(lines)
+    ml = MlflowClient(tracking_uri=mlflow_server)
+    runs = {}
+    for project in ("parts", "roads"):
+        exp = ml.get_experiment_by_name(prefix + project)
+        runs.update({r.data.tags["slurm_yolo.run_id"]: r for r in ml.search_runs([exp.experiment_id])})
+    for key, column, keys in (
+            ("cls_best", "metrics/accuracy_top1", {"metrics/accuracy_top1", "metrics/accuracy_top5", "train/loss"}),
+            ("seg_mask", "metrics/mAP50-95(M)", {"metrics/mAP50-95_M", "metrics/mAP50_M", "metrics/precision_M",
+                                                 "metrics/recall_M", "metrics/mAP50-95_B", "train/seg_loss"}),
+            ("depth", "metrics/delta1", {"metrics/delta1", "metrics/abs_rel", "metrics/rmse", "metrics/silog"})):
+        run = runs[lines[key]["run_id"]]
+        csv = client.get_object(Bucket=cat.bucket, Key=lines[key]["archive_url"].split("/", 3)[3] + "results.csv")
+        header = [h.strip() for h in csv["Body"].read().decode().splitlines()[0].split(",")]
+        assert set(run.data.metrics) == {mlflow_sync.mlflow_key(h) for h in header if h != "epoch"} | {"fitness"}
+        assert keys <= set(run.data.metrics)
+        assert run.data.tags["slurm_yolo.task"] == lines[key]["task"]
+        assert run.data.tags["slurm_yolo.fitness_metric"] == column
+    fitness = ml.get_metric_history(runs[lines["cls_best"]["run_id"]].info.run_id, "fitness")
+    assert [(m.step, m.value) for m in sorted(fitness, key=lambda m: m.step)] == [(1, 0.4), (2, 0.7), (3, 0.95), (4, 0.9)]
+    again = mlflow_sync.sync(cat, tracking_uri=mlflow_server, experiment_prefix=prefix,
+                             allowed_prefix=task_allowed(cat), s3=client)
+    assert again.unchanged == len(lines) and again.created == again.updated == 0
+
+
+@pytest.mark.parametrize("column, key", [("metrics/mAP50-95(M)", "metrics/mAP50-95_M"), ("a//b", "a/b"),
+                                         ("./x", "x"), ("x/..", "x"), ("..", "_"), ("lr/pg0", "lr/pg0")])
+def test_mlflow_keys_are_valid_and_stable(column, key):
+    from mlflow.utils.validation import _validate_metric_name
+
+    from slurm_yolo.report.mlflow_sync import mlflow_key
+
+    assert mlflow_key(column) == key
+    _validate_metric_name(key)  # MLflow's own check: raises on a key a server refuses
