@@ -294,3 +294,31 @@ def test_a_full_spool_logs_once_and_the_run_still_arrives(store, bucket, tmp_pat
         assert all(files[f"val_batch{i}.jpg"] == (run / f"val_batch{i}.jpg").read_bytes() for i in range(30))
     finally:
         subprocess.run(["umount", str(spool_dir)], check=True)
+
+
+# --- every task's own metric: from the snapshot's results.csv, by the column run.json names ----
+
+@pytest.mark.parametrize("recorded, expected", [
+    ("metrics/accuracy_top1", ("metrics/accuracy_top1", 0.9, 2)),
+    ("metrics/no-such-column", ("metrics/accuracy_top1", 0.9, 2)),  # not in the file: the first metric column
+    (None, ("metrics/accuracy_top1", 0.9, 2)),
+])
+def test_a_classify_run_is_archived_and_indexed_with_its_accuracy(store, bucket, tmp_path, recorded, expected):
+    from slurm_yolo.archive.index_location import IndexLocation
+    from slurm_yolo.catalog import scan
+
+    record = {"run_id": RUN_ID, "task": "classify", "project": "p", "model_name": "m", "status": "COMPLETED",
+              "fitness_metric": recorded, "attempts": [{"attempt": 1, "status": "COMPLETED", "signals": []}]}
+    run = make_run(tmp_path, json.dumps(record).encode())
+    (run / "results.csv").write_text("epoch,time,train/loss,metrics/accuracy_top1,metrics/accuracy_top5,val/loss\n"
+                                     "1,1.0,0.9,0.5,1.0,0.8\n2,2.0,0.7,0.9,1.0,0.6\n3,3.0,0.6,0.7,1.0,0.5\n")
+    site = site_for(store, bucket, tmp_path)
+    result = archive(env_for(run), site)
+    assert result.shipped
+    archived, _, _ = read_back(store, result.dest)
+    m = archived["metrics"]
+    assert (m["fitness_metric"], m["fitness"], m["best_epoch"]) == expected
+    assert (m["top1"], m["top5"], m["map50_95"]) == (0.9, 1.0, None)
+    (indexed,) = scan.load_records(IndexLocation.at(store, site.index_url))
+    assert (indexed["fitness_metric"], indexed["fitness"]) == expected[:2]
+    assert indexed["metrics"] == {"top1": 0.9, "top5": 1.0}
