@@ -89,17 +89,18 @@ FITNESS_KEY = "fitness"
 
 
 def epoch_metrics(cols: Mapping[str, Sequence[float | None]], after: int = 0,
-                  fitness_column: str | None = None) -> list[tuple[str, float, int]]:
+                  fitness_column: str | None = None, fitness_after: int | None = None) -> list[tuple[str, float, int]]:
     """``(key, value, epoch)`` for every numeric cell of ``results.csv`` with epoch > ``after``;
-    the ``fitness_column``'s values once more under :data:`FITNESS_KEY`."""
+    the ``fitness_column``'s values once more under :data:`FITNESS_KEY`, with epoch >
+    ``fitness_after`` (default ``after``)."""
     epochs = cols.get("epoch") or []
-    named = [(mlflow_key(name), values) for name, values in cols.items() if name != "epoch"]
+    named = [(mlflow_key(name), values, after) for name, values in cols.items() if name != "epoch"]
     if fitness_column and fitness_column in cols:
-        named.append((FITNESS_KEY, cols[fitness_column]))
+        named.append((FITNESS_KEY, cols[fitness_column], after if fitness_after is None else fitness_after))
     out = []
-    for key, values in named:
+    for key, values, since in named:
         for epoch, value in zip(epochs, values):
-            if epoch is not None and value is not None and int(epoch) > after:
+            if epoch is not None and value is not None and int(epoch) > since:
                 out.append((key, float(value), int(epoch)))
     return out
 
@@ -225,9 +226,13 @@ def _sync_one(client, s3, exp_id: str, existing, record: Mapping[str, Any], sele
     else:
         mlflow_id, have_params = existing.info.run_id, existing.data.params
         logged = int(existing.data.tags.get(f"{TAG}epochs_logged") or 0)
+    # A run synced before runs named their task metric has every epoch but no fitness: all of
+    # its epochs' fitness go now (the other keys only from the new epochs on).
+    fitness_after = logged if existing is None or f"{TAG}fitness_metric" in existing.data.tags else 0
     params = [Param(k, v) for k, v in params_from_args(args).items() if k not in have_params]
     metrics = [Metric(k, v, _millis(record.get("end")) or int(time.time() * 1000), step)
-               for k, v, step in epoch_metrics(cols, after=logged, fitness_column=column)]
+               for k, v, step in epoch_metrics(cols, after=logged, fitness_column=column,
+                                               fitness_after=fitness_after)]
     last = max([logged] + [int(e) for e in cols.get("epoch") or [] if e is not None])
     tags = [RunTag(k, v) for k, v in run_tags(record, digest, last, column).items()]
     for i in range(0, len(params), MAX_PARAMS_TAGS):

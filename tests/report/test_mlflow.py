@@ -176,3 +176,18 @@ def test_mlflow_keys_are_valid_and_stable(column, key):
 
     assert mlflow_key(column) == key
     _validate_metric_name(key)  # MLflow's own check: raises on a key a server refuses
+
+
+def test_epoch_metrics_of_a_run_synced_before_fitness_existed():
+    """Only new epochs of every column, but every epoch of ``fitness`` when the MLflow run has none yet."""
+    from slurm_yolo.report import pages
+    from slurm_yolo.report.mlflow_sync import epoch_metrics
+    from tests.helpers.task_seed import task_csv
+
+    cols = pages.parse_results_csv(task_csv("classify", [0.4, 0.7, 0.9]).decode())
+    got = epoch_metrics(cols, after=2, fitness_column="metrics/accuracy_top1", fitness_after=0)
+    assert [(k, v, e) for k, v, e in got if k == "fitness"] == [("fitness", 0.4, 1), ("fitness", 0.7, 2),
+                                                                ("fitness", 0.9, 3)]
+    assert {e for k, _, e in got if k != "fitness"} == {3}
+    assert [e for k, _, e in epoch_metrics(cols, after=2, fitness_column="metrics/accuracy_top1")
+            if k == "fitness"] == [3]
