@@ -209,3 +209,49 @@ def test_run_page_metrics_come_from_results_csv_when_the_record_lacks_them():
     got = pages.task_metrics(indexed, cols, build._best_epoch(csv.decode(), column))
     assert (got.column, got.field, got.value, got.best_epoch) == ("metrics/accuracy_top1", "top1", 0.8, 2)
     assert [f for f, _, _ in got.rows] == ["top1", "top5"]
+
+
+def test_portal_over_an_index_quarter_of_the_previous_version(moto_server, tmp_path):
+    """A quarter written before the index had task metrics (box columns only, no schema
+    version): its detect run is still ranked by box mAP50-95 and shows it; its segment run's
+    box mAP is not what segment runs are chosen by, so it is listed unranked, and its page takes
+    its mask metrics from the archived results.csv."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from slurm_yolo.archive import index_format, layout
+    from tests.helpers.catalog_seed import archive_run, results_csv, run_json
+    from tests.helpers.task_seed import task_record
+
+    store = moto_server.store()
+    client = store.boto3_client()
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    cat = Catalog(store, f"s3://{bucket}/index/")
+    det = run_json("20261119_090000_olddet01", bucket, map50_95=0.55)
+    det["archive_url"] = f"s3://{bucket}/runs/ana/detect/pcb/yolov8n/{det['run_id']}/"
+    seg = task_record(bucket, "20261119_100000_oldseg02", "segment",
+                      task_csv("segment", [0.1, 0.3], {"metrics/mAP50-95(B)": [0.2, 0.45]}),
+                      project="pcb", model="yolov8n-seg")
+    old = []
+    for rec, csv in ((det, results_csv([0.3, 0.55])), (seg, task_csv("segment", [0.1, 0.3],
+                                                                      {"metrics/mAP50-95(B)": [0.2, 0.45]}))):
+        line = archive_run(client, bucket, rec, {"results.csv": csv}, cat.index_url)
+        client.delete_object(Bucket=bucket, Key=cat.key(layout.index_key(rec["run_id"])))
+        old.append({k: v for k, v in line.items() if k not in ("fitness_metric", "fitness", "metrics")})
+    # The previous version's file: its columns, no schema version in the metadata.
+    table = index_format.to_table(old)
+    table = table.drop_columns(["fitness_metric", "fitness", "metrics"]).replace_schema_metadata(None)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    client.put_object(Bucket=bucket, Key=cat.key(index_format.part_rel(index_format.quarter_of(old[0]))),
+                      Body=sink.getvalue().to_pybytes())
+
+    out = tmp_path / "site"
+    result = build.build_site(cat, out, allowed_prefix=allowed(cat))
+    assert result.runs == 2 and result.errors == {}
+    home = (out / "index.html").read_text()
+    assert f'href="run/{det["run_id"]}.html"' in home and "0.5500" in home
+    assert f'href="run/{seg["run_id"]}.html"' not in home and "no metrics yet" in home
+    page = (out / f"run/{seg['run_id']}.html").read_text()
+    assert 'data-field="map50_95_mask"' in page and "<td>0.3000</td>" in page
