@@ -9,15 +9,23 @@ Which cluster: ``SLURM_YOLO_TEST_SLURM`` (unset or ``22.05``: the Debian 12 clus
 ``scripts/dev-cluster.sh up``; ``24.11``: the Debian 13 one of ``up --slurm 24.11``). The core
 end-state tests carry the ``endstate`` marker, so one command runs them against either:
 ``SLURM_YOLO_TEST_SLURM=24.11 pytest -m endstate tests/cluster``.
+
+Two pytest-xdist workers may share one cluster (scripts/test.sh runs them so): each test holds
+a shared lock on the cluster for its whole run, and a test marked ``cluster_wide`` (it crashes
+a node, stops the store, points the site config elsewhere, pre-empts the host node's jobs,
+reconciles every ended job or floods the nodes) holds it alone, so no other test's job sees
+what it does. Session fixtures run once per worker: what they create is made under a lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shlex
 import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,6 +55,37 @@ def cluster():
     return env
 
 
+# One lock file per cluster: another session's tests (the other xdist worker, or another
+# person's pytest on the same machine) take it too.
+LOCK = Path(f"/tmp/slurm-yolo-cluster-tests-{SLURM_VERSION}.lock")
+CLUSTER_WIDE = "cluster_wide"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"{CLUSTER_WIDE}: changes what every job on the dev cluster sees (a node "
+                            "crash, the store down, pre-emption, a flood of jobs): runs with no other cluster test")
+
+
+@contextmanager
+def locked(path: Path, mode: int):
+    """``flock`` on ``path`` (``fcntl.LOCK_SH`` or ``LOCK_EX``) for the ``with`` block."""
+    with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def cluster_share(request):
+    """Shared hold on the cluster for the test (alone for ``cluster_wide``); autouse fixtures are
+    set up in name order, so this one wraps node_stays_usable and the test's own fixtures."""
+    mode = fcntl.LOCK_EX if request.node.get_closest_marker(CLUSTER_WIDE) else fcntl.LOCK_SH
+    with locked(LOCK, mode):
+        yield
+
+
 def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest's hook signature
     """The 24.11 dev cluster has one node: the namespace-node tests cannot run there."""
     if SLURM_VERSION == "22.05":
@@ -70,10 +109,11 @@ def s3(cluster):
 def dataset(tmp_path_factory, cluster):
     """The synthetic PCB dataset, world-readable (jobs of the non-root test user read it too)."""
     root = Path(cluster["SLURM_YOLO_DEV_STATE"]) / "datasets" / "pcb-test"
-    if not (root / "data.yaml").exists():
-        subprocess.run([str(BIN / "python"), "-m", "slurm_yolo.synthetic", str(root), "--train", "32",
-                        "--val", "8", "--size", "64"], check=True, env=cluster)
-    subprocess.run(["chmod", "-R", "a+rX", str(root.parent)], check=True)
+    with locked(LOCK.with_suffix(".dataset"), fcntl.LOCK_EX):  # the other worker may be making it
+        if not (root / "data.yaml").exists():
+            subprocess.run([str(BIN / "python"), "-m", "slurm_yolo.synthetic", str(root), "--train", "32",
+                            "--val", "8", "--size", "64"], check=True, env=cluster)
+        subprocess.run(["chmod", "-R", "a+rX", str(root.parent)], check=True)
     return root / "data.yaml"
 
 
@@ -89,10 +129,11 @@ def runs_root(cluster):
 @pytest.fixture(scope="session")
 def test_user():
     """A non-root user for the multi-user and security cases (created once)."""
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER], check=True)
+    with locked(LOCK.with_suffix(".user"), fcntl.LOCK_EX):  # the other worker may be adding it
+        try:
+            pwd.getpwnam(TEST_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER], check=True)
     return pwd.getpwnam(TEST_USER)
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.cluster.helpers import BIN, DEV
 
-pytestmark = [pytest.mark.cluster, pytest.mark.multinode]
+pytestmark = [pytest.mark.cluster, pytest.mark.multinode, pytest.mark.cluster_wide]
 
 
 def dev(cluster, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:

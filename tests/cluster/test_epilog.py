@@ -128,6 +128,7 @@ def store_down(cluster):
     restore()
 
 
+@pytest.mark.cluster_wide
 def test_store_down_goes_to_spool_then_drains(cluster, s3, dataset, runs_root, tmp_path, store_down):
     out = submit_standin(cluster, demo_config(tmp_path, dataset), runs_root=runs_root, epochs=1)
     state = wait_job_over(cluster, out["job_id"])
@@ -150,6 +151,7 @@ def test_store_down_goes_to_spool_then_drains(cluster, s3, dataset, runs_root, t
     assert again.returncode == 0 and json.loads(again.stdout)["pending"] == []
 
 
+@pytest.mark.cluster_wide
 def test_twenty_jobs_ending_together(cluster, s3, dataset, runs_root, tmp_path):
     """20 epilogs at once: 20 complete archives, 20 index records, nothing mixed up.
 

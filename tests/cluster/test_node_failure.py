@@ -96,6 +96,7 @@ def claims_of(cluster, job_id: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(root.glob(f"*.{job_id}.*.a*")) if not p.name.startswith(".")]
 
 
+@pytest.mark.cluster_wide
 def test_node_crash_mid_training_requeues_and_resumes_on_another_node(cluster, s3, dataset, runs_root, tmp_path,
                                                                        crasher):
     """What a node death tests is Slurm's requeue onto another node, the claim that archives
@@ -128,6 +129,7 @@ def test_node_crash_mid_training_requeues_and_resumes_on_another_node(cluster, s
     assert [c["state"] for c in claims_of(cluster, out["job_id"])] == ["done", "done"]
 
 
+@pytest.mark.cluster_wide
 @pytest.mark.endstate
 def test_node_crash_without_requeue_is_archived_as_node_fail(cluster, s3, dataset, runs_root, tmp_path, crasher):
     out = submit_standin(cluster, demo_config(tmp_path, dataset), MULTI, runs_root=runs_root, epochs=200,
@@ -148,6 +150,7 @@ def test_node_crash_without_requeue_is_archived_as_node_fail(cluster, s3, datase
     assert [c["state"] for c in claims_of(cluster, out["job_id"])] == ["done"]
 
 
+@pytest.mark.cluster_wide
 def test_first_node_of_a_two_node_job_crashes(cluster, s3, dataset, runs_root, tmp_path, crasher):
     """The node that would have archived under a "first node archives" rule is the one that
     dies: the claim lets the surviving node's epilog or the controller archive it, once.
@@ -178,6 +181,7 @@ def test_first_node_of_a_two_node_job_crashes(cluster, s3, dataset, runs_root, t
     assert sum("'claimed': True" in line for line in summaries) == 1, summaries
 
 
+@pytest.mark.cluster_wide
 def test_thirty_runs_over_three_nodes_each_archived_once(cluster, s3, dataset, runs_root, tmp_path, nodes):
     """30 runs, 10 pinned to each node, all ending within seconds: each node's epilogs archive
     their own runs, each run once, and the catalog lists all 30.
@@ -234,6 +238,7 @@ def acted(proc, outs) -> list[str]:
     return [r["job"] for r in json.loads(proc.stdout) if r["job"] in ours]
 
 
+@pytest.mark.cluster_wide
 def test_reconciler_archives_what_no_epilog_did_and_takes_over_dead_claims(cluster, s3, dataset, runs_root,
                                                                               tmp_path):
     """The controller does not mount the users' filesystem at some sites: the reconciler timer
