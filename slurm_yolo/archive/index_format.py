@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from slurm_yolo.archive.index_store import newer
 from slurm_yolo.errors import ConfigError
-from slurm_yolo.record import BOX_FIELDS, fitness_of, metric_values
+from slurm_yolo.record import BOX_FIELDS, BOX_FITNESS, BOX_RANKED_TASKS, fitness_of, metric_values
 from slurm_yolo.timeparse import parse_time
 
 if TYPE_CHECKING:
@@ -200,9 +200,11 @@ def to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
 def from_table(table: pa.Table) -> list[dict[str, Any]]:
     """Rows back as index records (``hparams`` a dict again, derived columns dropped)."""
     table = table.drop_columns([c for c in DERIVED if c in table.column_names])
-    rows: list[dict[str, Any]] = table.to_pylist()
-    for row in rows:
-        row["metrics"] = dict(row.get("metrics") or ())
+    metrics = _metric_dicts(table["metrics"]) if "metrics" in table.column_names else None
+    rows: list[dict[str, Any]] = table.drop_columns([c for c in ("metrics",) if metrics is not None]).to_pylist()
+    if metrics is not None:
+        for row, values in zip(rows, metrics):
+            row["metrics"] = values
     texts = [row.get("hparams") or "{}" for row in rows]
     try:  # one parse for all rows: 10x faster than one json.loads per row at 100k rows
         parsed = json.loads("[" + ",".join(texts) + "]")
@@ -211,6 +213,17 @@ def from_table(table: pa.Table) -> list[dict[str, Any]]:
     for row, hparams in zip(rows, parsed):
         row["hparams"] = hparams if isinstance(hparams, dict) else {}
     return rows
+
+
+def _metric_dicts(column: pa.ChunkedArray) -> list[dict[str, float]]:
+    """The metrics maps as dicts (``{}`` for null), from the flat keys and values: 3x faster than
+    ``to_pylist`` of the map, which builds a list of tuples per row first."""
+    out: list[dict[str, float]] = []
+    for chunk in column.chunks:
+        offsets = chunk.offsets.to_pylist()
+        keys, values = chunk.keys.to_pylist(), chunk.items.to_pylist()
+        out += [dict(zip(keys[a:b], values[a:b])) for a, b in zip(offsets, offsets[1:])]
+    return out
 
 
 def _loads_or_empty(text: str) -> Any:
@@ -274,13 +287,25 @@ def file_version(file_schema: pa.Schema) -> int:
 
 
 def _fill_legacy(table: pa.Table) -> pa.Table:
+    """:func:`legacy_fields` for every row of a version 1 table, in Arrow (a quarter of 100,000
+    rows in milliseconds; row by row it took seconds on every read)."""
+    import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    filled = [legacy_fields(row) for row in table.select(["task", *BOX_FIELDS]).to_pylist()]
-    for name in ("fitness_metric", "fitness"):
-        table = table.set_column(table.schema.get_field_index(name), name,
-                                 pa.array([f[name] for f in filled], arrow_type(COLUMNS[name])))
-    metrics = pa.array([list(metric_values(f["metrics"]).items()) for f in filled], arrow_type(MAP))
+    tasks = pa.array(sorted(t for t in BOX_RANKED_TASKS if t is not None), pa.string())
+    box_ranked = pc.or_(pc.is_in(table["task"], value_set=tasks), pc.is_null(table["task"]))  # no task: detection's days
+    ranked = pc.and_(box_ranked, pc.is_valid(table["map50_95"]))
+    table = table.set_column(table.schema.get_field_index("fitness"), "fitness",
+                             pc.if_else(ranked, table["map50_95"], pa.scalar(None, pa.float64())))
+    table = table.set_column(table.schema.get_field_index("fitness_metric"), "fitness_metric",
+                             pc.if_else(ranked, pa.scalar(BOX_FITNESS), pa.scalar(None, pa.string())))
+    values = np.stack([table[name].to_numpy(zero_copy_only=False).astype(float) for name in BOX_FIELDS], axis=1)
+    valid = ~np.isnan(values)  # to_numpy turns nulls into NaN; a stored NaN is no metric either
+    offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
+    keys = np.broadcast_to(np.array(BOX_FIELDS, dtype=object), values.shape)[valid]
+    metrics = pa.MapArray.from_arrays(pa.array(offsets), pa.array(keys, pa.string()),
+                                      pa.array(values[valid], pa.float64()))
     return table.set_column(table.schema.get_field_index("metrics"), "metrics", metrics)
 
 
