@@ -45,8 +45,8 @@ def print_record(record: dict[str, Any], run_dir: Path | str | None = None) -> N
         ("sweep", record.get("sweep_id")),
         ("code", _code_line(record.get("code"))),
         ("dataset", _dataset_line(record.get("dataset"))),
-        ("metrics", ", ".join(f"{k} {m[k]:.4f}" for k in ("map50", "map50_95", "precision", "recall")
-                              if isinstance(m.get(k), (int, float))) or None),
+        ("ranked by", _fitness_line(record, m)),
+        ("metrics", ", ".join(f"{k} {v:.4f}" for k, v in _metric_items(m)) or None),
     ]
     for k, v in rows:
         if v:
@@ -59,6 +59,27 @@ def print_record(record: dict[str, Any], run_dir: Path | str | None = None) -> N
                       a.get("end_state") or a.get("status") or "", str(a.get("epoch") or ""),
                       ",".join(s["signal"] for s in a.get("signals") or []))
         out.print(t)
+
+
+# What a metrics dict holds besides metric values (record.read_metrics).
+_NOT_METRICS = frozenset({"epochs_done", "best_epoch", "epoch", "fitness_metric", "fitness"})
+
+
+def _metric_items(m: dict[str, Any]) -> list[tuple[str, float]]:
+    """Every metric value of the best epoch: the box set first (as detect always showed), then the task's own."""
+    box = ("map50", "map50_95", "precision", "recall")
+    keys = [k for k in box if k in m] + sorted(k for k in m if k not in box and k not in _NOT_METRICS)
+    return [(k, m[k]) for k in keys if isinstance(m[k], (int, float)) and not isinstance(m[k], bool)]
+
+
+def _fitness_line(record: dict[str, Any], m: dict[str, Any]) -> str | None:
+    column = m.get("fitness_metric") or record.get("fitness_metric")
+    if not column:
+        return None
+    value = m.get("fitness")
+    shown = f" = {value:.4f}" if isinstance(value, (int, float)) else ""
+    epoch = f" (best epoch {m['best_epoch']})" if m.get("best_epoch") is not None else ""
+    return f"{column}{shown}{epoch}"
 
 
 def _code_line(code: dict | None) -> str | None:

@@ -16,7 +16,9 @@ from typing import Callable
 from slurm_yolo import record as rec
 from slurm_yolo.commands import run_command
 from slurm_yolo.errors import CommandError
+from slurm_yolo.runfolder import RESULTS_CSV
 from slurm_yolo.states import SLURM_ENDED, EndState, Executor, JobStatus
+from slurm_yolo.tasks import metric_field
 
 # squeue states after which the epilog has already run (the job left COMPLETING).
 FINAL_SLURM_STATES = SLURM_ENDED
@@ -32,7 +34,8 @@ class Progress:
     attempt: int
     epoch: int
     epochs: int | None
-    map50_95: float | None
+    metric: float | None = None          # the latest epoch's value of the task's metric
+    metric_name: str = "map50_95"        # its field name (tasks.metric_field of fitness_metric)
 
     def line(self) -> str:
         """A one-line summary for a progress display."""
@@ -40,8 +43,8 @@ class Progress:
         if self.attempt > 1:
             parts.append(f"attempt {self.attempt}")
         parts.append(f"epoch {self.epoch}/{self.epochs if self.epochs else '?'}")
-        if self.map50_95 is not None:
-            parts.append(f"mAP50-95 {self.map50_95:.4f}")
+        if self.metric is not None:
+            parts.append(f"{self.metric_name} {self.metric:.4f}")
         return "  ".join(parts)
 
 
@@ -93,8 +96,11 @@ def observe(run_dir: Path, job_id: str, executor: str) -> Progress:
             if "Invalid job id" not in e.detail:
                 raise
     record = rec.read_record(run_dir)
-    rows = rec.read_results_rows(run_dir / "results.csv")
+    rows = rec.read_results_rows(run_dir / RESULTS_CSV)
     latest = rows[-1] if rows else {}
+    # The task's own metric (top1 for classify, the mask mAP for segment, ...), as the launcher
+    # recorded it; box mAP50-95 for records written before runs named theirs.
+    field = metric_field(str(record.get("fitness_metric") or "")) or "map50_95"
     return Progress(
         slurm_state=state,
         status=record.get("status"),
@@ -102,7 +108,8 @@ def observe(run_dir: Path, job_id: str, executor: str) -> Progress:
         attempt=len(record.get("attempts") or []) or 1,
         epoch=len(rows),
         epochs=(record.get("config") or {}).get("train", {}).get("epochs"),
-        map50_95=latest.get("map50_95"),
+        metric=latest.get(field),
+        metric_name=field,
     )
 
 

@@ -138,7 +138,7 @@ def test_down_nodes(name, down):
 ])
 def test_squeue_watch(name, state, over):
     assert parse_squeue_state(slurm(name)) == state
-    p = Progress(state, "RUNNING", None, attempt=1, epoch=0, epochs=3, map50_95=None)
+    p = Progress(state, "RUNNING", None, attempt=1, epoch=0, epochs=3)
     assert is_over(p, "slurm") is over
 
 

@@ -16,7 +16,7 @@ SLURM_DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"  # real capt
 
 
 def progress(slurm_state=None, status=None, end_state=None) -> Progress:
-    return Progress(slurm_state, status, end_state, attempt=1, epoch=0, epochs=3, map50_95=None)
+    return Progress(slurm_state, status, end_state, attempt=1, epoch=0, epochs=3)
 
 
 @pytest.mark.parametrize("name, state", [
@@ -66,3 +66,23 @@ def test_wait_for_a_local_job_killed_without_a_word_ends(tmp_path):
             child.wait(timeout=5)
         except (ChildProcessError, subprocess.TimeoutExpired):
             pass
+
+
+CLASSIFY_HEADER = "epoch,time,train/loss,metrics/accuracy_top1,metrics/accuracy_top5,val/loss,lr/pg0,lr/pg1,lr/pg2"
+DETECT_HEADER = ("epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/precision(B),metrics/recall(B),"
+                 "metrics/mAP50(B),metrics/mAP50-95(B),val/box_loss,val/cls_loss,val/dfl_loss,lr/pg0,lr/pg1,lr/pg2")
+
+
+@pytest.mark.parametrize("fitness_metric, header, row, shown", [
+    ("metrics/accuracy_top1", CLASSIFY_HEADER, "1,2.0,1.1,0.625,1,1.0,0.1,0.1,0.1", "top1 0.6250"),
+    ("metrics/mAP50-95(B)", DETECT_HEADER, "1,2.0,1,1,1,0.5,0.4,0.3,0.2,1,1,1,0.1,0.1,0.1", "map50_95 0.2000"),
+    (None, DETECT_HEADER, "1,2.0,1,1,1,0.5,0.4,0.3,0.2,1,1,1,0.1,0.1,0.1", "map50_95 0.2000"),  # an older record
+])
+def test_progress_shows_the_tasks_own_metric(tmp_path, fitness_metric, header, row, shown):
+    rec.write_record(tmp_path, {"run_id": "r", "status": "RUNNING", "fitness_metric": fitness_metric,
+                                "attempts": [{}], "config": {"train": {"epochs": 3}}})
+    (tmp_path / "results.csv").write_text(f"{header}\n{row}\n")
+    from slurm_yolo.launcher.watch import observe
+
+    line = observe(tmp_path, "not-a-pid", "local").line()
+    assert line == f"RUNNING  epoch 1/3  {shown}"
