@@ -34,9 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "catalog"))
 
-from catalog_seed import make_line, write_index  # noqa: E402
+from tests.helpers.catalog_seed import make_record, write_index  # noqa: E402
 from slurm_yolo.archive import layout  # noqa: E402
 from slurm_yolo.archive import index_compact, index_format, index_store  # noqa: E402
 from slurm_yolo.catalog import index, query  # noqa: E402
@@ -50,7 +49,7 @@ def seed(cat: Catalog, n: int) -> list[dict]:
     client = cat.store.boto3_client()
     client.create_bucket(Bucket=cat.bucket)
     rng = random.Random(42)
-    lines = [make_line(i, rng, bucket=cat.bucket) for i in range(n)]
+    lines = [make_record(i, rng, bucket=cat.bucket) for i in range(n)]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda x: client.put_object(Bucket=cat.bucket, Key=cat.key(layout.index_key(x["run_id"])),
                                                   Body=json.dumps(x).encode()), lines))
@@ -90,7 +89,7 @@ def time_writers(cat: Catalog, n: int = 20) -> tuple[float, int, int]:
     """``n`` epilogs index a new run each at the same moment, then one compaction: (wall s of the
     epilogs, runs in the quarterly files after the compaction, pending updates left)."""
     rng = random.Random(5)
-    lines = [make_line(100_000 + i, rng, bucket=cat.bucket) for i in range(n)]
+    lines = [make_record(100_000 + i, rng, bucket=cat.bucket) for i in range(n)]
     start = threading.Barrier(n)
 
     def writer(line: dict) -> None:

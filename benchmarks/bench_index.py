@@ -42,9 +42,8 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "catalog"))
 
-from catalog_seed import make_line  # noqa: E402
+from tests.helpers.catalog_seed import make_record  # noqa: E402
 from slurm_yolo.archive import index_compact, index_format, index_store  # noqa: E402
 from slurm_yolo.catalog import index, query  # noqa: E402
 from slurm_yolo.catalog.index import Catalog  # noqa: E402
@@ -71,12 +70,12 @@ def load_old() -> ModuleType:
 
 
 def site_lines(n: int, seed: int = 42) -> list[dict]:
-    """``n`` runs evenly over 3 years back from NOW (newest first), with make_line's mix of values."""
+    """``n`` runs evenly over 3 years back from NOW (newest first), with make_record's mix of values."""
     rng = random.Random(seed)
     step = SPAN / n
     out = []
     for i in range(n):
-        line = make_line(i, rng, bucket="bench-index")
+        line = make_record(i, rng, bucket="bench-index")
         t = NOW - step * (i + 1)
         stamp = t.strftime("%Y-%m-%dT%H:%M:%SZ")
         line.update(run_id=f"{t:%Y%m%d_%H%M%S}_{i:07d}", submitted_at=stamp, start=stamp, end=stamp)
@@ -86,7 +85,7 @@ def site_lines(n: int, seed: int = 42) -> list[dict]:
 
 def fresh_line(i: int, rng: random.Random) -> dict:
     """A run that just ended (this quarter), with a unique run ID."""
-    line = make_line(0, rng, now=NOW, bucket="bench-index")
+    line = make_record(0, rng, now=NOW, bucket="bench-index")
     return {**line, "run_id": f"{NOW:%Y%m%d_%H%M%S}_e{i:08d}", "user": "ana"}
 
 

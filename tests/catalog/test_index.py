@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from catalog_seed import NOW, archive_run, make_line, run_json, write_index, write_legacy_index
+from tests.helpers.catalog_seed import NOW, archive_run, make_record, run_json, write_index, write_legacy_index
 from slurm_yolo.archive import index_compact, index_format, index_store, layout
 from slurm_yolo.catalog import index, query, scan
 from slurm_yolo.catalog.index import Catalog
@@ -70,9 +70,9 @@ class Recorder:
 
 def test_twenty_epilogs_and_three_compactions_at_once_lose_and_duplicate_nothing(s3_server, cat, client):
     rng = random.Random(1)
-    old = [make_line(i, rng) for i in range(100, 130)]
+    old = [make_record(i, rng) for i in range(100, 130)]
     write_index(client, cat, old)  # an existing index to keep
-    lines = [{**make_line(i, rng), "user": "ana"} for i in range(20)]
+    lines = [{**make_record(i, rng), "user": "ana"} for i in range(20)]
     start = threading.Barrier(23)
 
     def writer(line):
@@ -107,8 +107,8 @@ def racy_scenario(cat, client):
     the quarter, then A's run arrives and A compacts it, then B writes its stale quarter, its
     If-Match not checked. Returns A's line."""
     rng = random.Random(6)
-    write_index(client, cat, [make_line(100, rng)])
-    a_line, b_line = make_line(1, rng), make_line(2, rng)
+    write_index(client, cat, [make_record(100, rng)])
+    a_line, b_line = make_record(1, rng), make_record(2, rng)
     quarter = index_format.quarter_of(a_line)
     assert index_format.quarter_of(b_line) == quarter
 
@@ -154,7 +154,7 @@ def test_declaring_a_racy_store_atomic_would_lose_updates(cat, client):
 def test_no_grace_on_a_store_whose_conditional_writes_are_atomic(s3_server, cat, client):
     """SeaweedFS: a compaction deletes the updates it folded in at once. moto: they stay
     pending (still visible) until a compaction past the grace period."""
-    line = make_line(4, random.Random(10))
+    line = make_record(4, random.Random(10))
     index_store.add_to_index(cat.store, cat.index_url, line)
     assert index_lines(client, cat) == [] and len(pending_keys(client, cat)) == 1  # the epilog compacts nothing
     assert [x["run_id"] for x in index.load_records(cat)] == [line["run_id"]]
@@ -169,7 +169,7 @@ def test_quarter_deleted_between_read_and_write_is_a_conflict(s3_server, cat, cl
     """If-Match on a key deleted since it was read: 404 on AWS and moto, 412 on SeaweedFS.
     Both are "someone else changed it": start over, and create the quarter afresh."""
     rng = random.Random(12)
-    first = make_line(1, rng)
+    first = make_record(1, rng)
     write_index(client, cat, [first])
     quarter = index_format.quarter_of(first)
     deleted = []
@@ -178,7 +178,7 @@ def test_quarter_deleted_between_read_and_write_is_a_conflict(s3_server, cat, cl
         if not deleted:  # first attempt: the quarter goes away after we read it
             client.delete_object(Bucket=cat.bucket, Key=cat.key(index_format.part_rel(quarter)))
             deleted.append(True)
-        return index_format.apply_updates(table, [make_line(1, random.Random(99)) | {"run_id": "x2"}])[0]
+        return index_format.apply_updates(table, [make_record(1, random.Random(99)) | {"run_id": "x2"}])[0]
 
     sleeps = []
     index_compact.commit_quarter(cat, client, quarter, transform, sleep=sleeps.append)
@@ -190,7 +190,7 @@ def test_a_reader_never_misses_a_run_a_compaction_folds_in_while_it_reads(cat, c
     """A compaction commits the quarter and deletes the pending update between a reader's
     listing of ``pending/`` and its GET of that update: the reader reads the quarters after,
     so it finds the run there."""
-    line = make_line(5, random.Random(13))
+    line = make_record(5, random.Random(13))
     index_store.add_to_index(cat.store, cat.index_url, line)
 
     class CompactsAfterListing:
@@ -211,7 +211,7 @@ def test_a_reader_never_misses_a_run_a_compaction_folds_in_while_it_reads(cat, c
 
 
 def test_the_later_version_of_a_run_wins_whatever_order_it_is_compacted_in(cat, client):
-    line = {**make_line(1, random.Random(2)), "user": "ana"}
+    line = {**make_record(1, random.Random(2)), "user": "ana"}
     t0 = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
     index_store.add_to_index(cat.store, cat.index_url, line, now=t0)
     newer = {**line, "end_state": "FAILED", "attempts": 2}
@@ -228,11 +228,11 @@ def test_the_later_version_of_a_run_wins_whatever_order_it_is_compacted_in(cat, 
 
 def test_a_pending_update_is_visible_before_compaction(cat, client):
     rng = random.Random(3)
-    lines = [make_line(i, rng) for i in range(5)]
+    lines = [make_record(i, rng) for i in range(5)]
     write_index(client, cat, lines)
-    newer = {**make_line(2, random.Random(4)), "run_id": lines[2]["run_id"], "user": lines[2]["user"],
+    newer = {**make_record(2, random.Random(4)), "run_id": lines[2]["run_id"], "user": lines[2]["user"],
              "submitted_at": lines[2]["submitted_at"], "map50_95": 0.99}
-    new_run = make_line(7, rng)
+    new_run = make_record(7, rng)
     for line in (newer, new_run):  # what epilogs leave behind until the drain compacts
         index_store.add_to_index(cat.store, cat.index_url, line)
     records = {x["run_id"]: x for x in index.load_records(cat)}
@@ -248,7 +248,7 @@ def test_another_users_update_never_replaces_a_run(cat, client):
     # Two users picked the same --run-id: the run stays the first user's, in readers and in
     # the compacted index.
     rng = random.Random(5)
-    mine = {**make_line(1, rng), "user": "alice", "map50_95": 0.5}
+    mine = {**make_record(1, rng), "user": "alice", "map50_95": 0.5}
     write_index(client, cat, [mine])
     squat = {**mine, "user": "bob", "map50_95": 0.99, "archive_url": "s3://elsewhere/"}
     update = {**mine, "map50_95": 0.6}
@@ -274,7 +274,7 @@ def test_conflicts_retry_then_give_up_with_a_fix(cat, client):
                 raise real.exceptions.ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
             return real.put_object(**kw)
 
-    index_store.add_to_index(cat.store, cat.index_url, make_line(1, random.Random(7)))
+    index_store.add_to_index(cat.store, cat.index_url, make_record(1, random.Random(7)))
     sleeps = []
     with pytest.raises(StoreError, match="index compact"):
         index_compact.compact(cat, client=AlwaysConflict(), sleep=sleeps.append)
@@ -287,7 +287,7 @@ def test_the_epilogs_index_step_costs_the_same_at_any_index_size(cat, client):
     over 18 quarters (plus 50 pending updates): the same requests, the same bytes within a few
     dozen (the run IDs and stamps differ), all well under the 20 KB goal."""
     def cost(i):
-        line = {**make_line(i, random.Random(i)), "user": "ana"}
+        line = {**make_record(i, random.Random(i)), "user": "ana"}
         rec = Recorder(cat.store.boto3_client())
         store = dataclasses.replace(cat.store)
         object.__setattr__(store, "boto3_client", lambda: rec)  # the same client, recorded
@@ -296,9 +296,9 @@ def test_the_epilogs_index_step_costs_the_same_at_any_index_size(cat, client):
 
     empty = cost(1)
     rng = random.Random(11)
-    write_index(client, cat, [make_line(i, rng) for i in range(3000)])
+    write_index(client, cat, [make_record(i, rng) for i in range(3000)])
     for i in range(3000, 3050):
-        index_store.add_to_index(cat.store, cat.index_url, make_line(i, rng))
+        index_store.add_to_index(cat.store, cat.index_url, make_record(i, rng))
     big = cost(2)
     assert empty[0] == big[0] == ["GET", "PUT", "PUT"]
     assert abs(empty[1] - big[1]) < 100 and big[1] < 20_000, (empty, big)
@@ -309,7 +309,7 @@ def test_a_since_query_opens_only_the_quarters_it_needs(cat, client):
     the pending updates and 2 quarterly files, and finds exactly what a full read filtered in
     Python finds."""
     rng = random.Random(14)
-    lines = [make_line(i, rng) for i in range(3000)]
+    lines = [make_record(i, rng) for i in range(3000)]
     write_index(client, cat, lines[5:])
     for x in lines[:5]:
         index_store.add_to_index(cat.store, cat.index_url, x)
@@ -340,7 +340,7 @@ def test_pushdown_finds_exactly_what_the_python_query_finds(cat, client):
     cannot push down (hparams, a number against a text column); and Arrow's sort (nulls last,
     stable, both directions) and limit give the same order as the Python sort."""
     rng = random.Random(15)
-    lines = [make_line(i, rng) for i in range(600)]
+    lines = [make_record(i, rng) for i in range(600)]
     write_index(client, cat, lines[20:])
     for x in lines[:20]:
         index_store.add_to_index(cat.store, cat.index_url, x)
@@ -375,7 +375,7 @@ def test_migrate_converts_index_jsonl_and_readers_see_the_same_runs_before_and_a
     from slurm_yolo.cli import main
 
     rng = random.Random(16)
-    lines = [make_line(i, rng) for i in range(400)]
+    lines = [make_record(i, rng) for i in range(400)]
     write_legacy_index(client, cli_env, lines[10:])
     for x in lines[:10]:  # updates an epilog of either version left pending
         client.put_object(Bucket=cli_env.bucket, Key=index_store.pending_key(cli_env, x["run_id"]),
@@ -402,7 +402,7 @@ def test_rebuild_from_run_json_files(cat, client, bucket):
         archive_run(client, bucket, r, {"results.csv": b"epoch\n"}, cat.index_url)
     client.put_object(Bucket=bucket, Key="runs/detect/pcb/yolov8n/junk/run.json", Body=b"{not json")
     client.put_object(Bucket=bucket, Key="runs/detect/pcb/yolov8n/evil/run.json", Body=b'{"run_id": "../../INDEX"}')
-    write_index(client, cat, [make_line(1, random.Random(5))])  # a stale line whose run.json is gone
+    write_index(client, cat, [make_record(1, random.Random(5))])  # a stale line whose run.json is gone
     client.delete_object(Bucket=bucket, Key=cat.key(layout.index_key(recs[0]["run_id"])))
 
     with pytest.raises(ConfigError, match="rebuild would drop 1 of the 1 runs"):
@@ -419,7 +419,7 @@ def test_rebuild_of_an_empty_root_gives_an_empty_index(cat, client):
 
 
 def test_rebuild_from_a_wrong_root_refuses_to_empty_the_catalog(cat, client):
-    lines = [make_line(i, random.Random(8)) for i in range(3)]
+    lines = [make_record(i, random.Random(8)) for i in range(3)]
     write_index(client, cat, lines)
     with pytest.raises(ConfigError, match=r"rebuild would drop 3 of the 3 runs .* pass --force"):
         index.rebuild(cat, [f"s3://{cat.bucket}/typo/"])

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 
-from catalog_seed import NOW, make_line, write_index
+from tests.helpers.catalog_seed import NOW, make_record, write_index
 from slurm_yolo.archive import index_compact, index_store
 from slurm_yolo.catalog import query, scan
 
@@ -25,7 +25,7 @@ pl = pytest.importorskip("polars")
 def compacted(cat):
     """300 runs over 25 days: compacted into two quarters, the last 20 pending, as on a live site."""
     rng = random.Random(21)
-    lines = [make_line(i, rng, bucket=cat.bucket) for i in range(300)]
+    lines = [make_record(i, rng, bucket=cat.bucket) for i in range(300)]
     write_index(cat.store.boto3_client(), cat, lines[20:])
     for x in lines[:20]:
         index_store.add_to_index(cat.store, cat.index_url, x)

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from catalog_seed import make_line, write_index
+from tests.helpers.catalog_seed import make_record, write_index
 from slurm_yolo.archive import index_store
 from slurm_yolo.catalog import index
 from slurm_yolo.catalog.index import Catalog
@@ -29,7 +29,7 @@ def seeded_store(s3_server):
     cat = Catalog(store, f"s3://{bucket}/index/")
     now = datetime.now(timezone.utc).replace(microsecond=0)
     rng = random.Random(7)
-    lines = [make_line(i, rng, now) for i in range(N)]
+    lines = [make_record(i, rng, now) for i in range(N)]
     compacted, pending = lines[:990], lines[990:]
     stale = [{**x, "map50_95": 0.0, "end_state": "UNKNOWN"} for x in compacted[:10]]
     write_index(client, cat, stale + compacted[10:])

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from catalog_seed import archive_run, run_json, write_index
+from tests.helpers.catalog_seed import archive_run, run_json, write_index
 from slurm_yolo.archive import layout
 from slurm_yolo.archive import index_store
 from slurm_yolo.catalog import index, retention

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog_seed import archive_run, results_csv, run_json
+from tests.helpers.catalog_seed import archive_run, results_csv, run_json
 from slurm_yolo.catalog import runs
 from slurm_yolo.cli import main
 from slurm_yolo.errors import ConfigError, RunNotFound

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog_seed import archive_run, run_json, write_index
+from tests.helpers.catalog_seed import archive_run, run_json, write_index
 from slurm_yolo.archive import index_compact, index_format, index_store
 from slurm_yolo.catalog import index, query, scan
 from slurm_yolo.cli import main

@@ -1,4 +1,4 @@
-"""Seed archived runs and index lines straight into the loopback store (boto3 puts, as an epilog would)."""
+"""Seed archived runs and index records straight into the loopback store (boto3 puts, as an epilog would)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def make_line(i: int, rng: random.Random, now: datetime = NOW, bucket: str = "b") -> dict:
+def make_record(i: int, rng: random.Random, now: datetime = NOW, bucket: str = "b") -> dict:
     """A plausible index line; run i was submitted 2i+1 hours before ``now`` (never on a whole-day boundary)."""
     submitted = now - timedelta(hours=2 * i + 1)
     project = rng.choice(["pcb", "weld", "solder"])

@@ -43,7 +43,7 @@ def args_yaml(lr0: float, name: str = "train") -> bytes:
 
 
 def seed(client, cat: Catalog) -> dict[str, dict]:
-    """Five runs; returns their index lines by run ID.
+    """Five runs; returns their index records by run ID.
 
     - ``good``: COMPLETED, rising curve, every kind of image, weights;
     - ``oom``: two attempts (TIMEOUT with a USR2 signal, requeued; then OUT_OF_MEMORY), other lr0;
@@ -89,7 +89,7 @@ def seed(client, cat: Catalog) -> dict[str, dict]:
     return lines
 
 
-def update_line(client, cat: Catalog, lines: dict[str, dict]) -> None:
+def rewrite_index(client, cat: Catalog, lines: dict[str, dict]) -> None:
     """Rewrite the index from ``lines`` (as a compaction would after an epilog update)."""
     write_index(client, cat, list(lines.values()))
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from report_seed import HOSTILE, HOSTILE_PROJECT, allowed, seed
+from tests.helpers.report_seed import HOSTILE, HOSTILE_PROJECT, allowed, seed
 from slurm_yolo.catalog.index import Catalog
 from slurm_yolo.report import build
 from slurm_yolo.report.serve import make_server

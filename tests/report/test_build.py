@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from report_seed import HOSTILE, allowed, seed, update_line
+from tests.helpers.report_seed import HOSTILE, allowed, seed, rewrite_index
 from slurm_yolo.cli import main
 from slurm_yolo.report import build, pages
 
@@ -67,7 +67,7 @@ def test_rebuild_is_incremental(cat, seeded, tmp_path):
     # the epilog updates one run (a requeued attempt ended), prune deletes another
     lines["oom"]["attempts"] = 3
     del lines["empty"]
-    update_line(client, cat, lines)
+    rewrite_index(client, cat, lines)
     third = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
     assert third.rebuilt == 1 and third.removed == 1
     assert not (tmp_path / "run/20261121_080000_empty005.html").exists()
@@ -91,7 +91,7 @@ def test_publish_uploads_only_what_changed(cat, seeded, tmp_path):
     assert again[1] == 0 and again[0] <= 3  # at most the cross-run pages, whose "built at" minute may change
     empty = [k for k in keys if "20261121_080000_empty005" in k]
     del lines["empty"]
-    update_line(client, cat, lines)
+    rewrite_index(client, cat, lines)
     build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
     uploaded, deleted = build.publish(cat, tmp_path, url)
     assert deleted == len(empty) == 4 and uploaded >= 2  # the run's page, data.js, 2 files went; runs.js changed

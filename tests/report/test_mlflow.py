@@ -4,60 +4,15 @@ back with MLflow's own client."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
-from report_seed import allowed, seed, update_line
+from tests.helpers.report_seed import allowed, seed, rewrite_index
 from slurm_yolo.catalog.index import Catalog
 from slurm_yolo.cli import main
 
 mlflow = pytest.importorskip("mlflow")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` on a free loopback port with a SQLite backend, for the module."""
-    folder = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = open(folder / "server.log", "wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--default-artifact-root", str(folder / "artifacts"),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 @pytest.fixture
@@ -107,12 +62,12 @@ def test_sync_registers_every_run_once(mlflow_server, cat, monkeypatch, capsys):
     # again: nothing changes; then one run gets a new epoch (requeued and finished)
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["unchanged"] == 4
-    from catalog_seed import results_csv
+    from tests.helpers.catalog_seed import results_csv
 
     base = lines["oom"]["archive_url"].split("/", 3)[3]
     client.put_object(Bucket=cat.bucket, Key=base + "results.csv", Body=results_csv([0.02, 0.1, 0.3, 0.45]))
     lines["oom"].update(end_state="COMPLETED", attempts=3, map50_95=0.45)
-    update_line(client, cat, lines)
+    rewrite_index(client, cat, lines)
     assert main(argv) == 0
     third = json.loads(capsys.readouterr().out)
     assert third["updated"] == 1 and third["created"] == 0 and third["unchanged"] == 3

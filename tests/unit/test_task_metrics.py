@@ -165,10 +165,10 @@ def test_a_version_1_file_reads_as_its_records_written_now():
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tests.helpers.catalog_seed import make_line
+    from tests.helpers.catalog_seed import make_record
 
     rng = random.Random(3)
-    lines = [make_line(i, rng) for i in range(300)]
+    lines = [make_record(i, rng) for i in range(300)]
     for i, line in enumerate(lines):
         line["task"] = ["detect", "segment", "obb", "classify", None][i % 5]
         line["precision"] = None if i % 3 else 0.5
