@@ -10,24 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from slurm_yolo.cli import COMMANDS, build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def cfg(tmp_path):
-    data = tmp_path / "data.yaml"
-    data.write_text("path: .\ntrain: images\nval: images\nnames: {0: a}\n")
-    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    raw["train"]["data"] = str(data)
-    raw["runs_root"] = str(tmp_path / "runs")
-    raw["archive"]["sync_every"] = None  # no S3 credentials needed (see the sync test below)
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def run_cli(*args, env=None):

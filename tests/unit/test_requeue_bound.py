@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import sys
 
 import pytest
 
 from slurm_yolo import record as rec
 from slurm_yolo.config import SCHEMA
 from slurm_yolo.job.steps import attempt_limit, may_requeue, may_train
-from slurm_yolo.job.train import RECORDED_SIGNALS, TrainJob
+from slurm_yolo.job.train import TrainJob
 from slurm_yolo.job.workloads import StandIn
 
 
@@ -56,17 +54,6 @@ def test_the_requeued_attempt_keeps_its_workload(tmp_path, monkeypatch):
     workload = StandIn(epochs=5, epoch_s=0.1)
     delayed = TrainJob(workload).checkpoint(str(tmp_path))
     assert delayed.function.workload == workload
-
-
-@pytest.fixture
-def job_process(monkeypatch):
-    """The job tees stdout/stderr and installs signal handlers in its process: put them back."""
-    monkeypatch.setattr(sys, "stdout", sys.stdout)
-    monkeypatch.setattr(sys, "stderr", sys.stderr)
-    saved = {getattr(signal, n): signal.getsignal(getattr(signal, n)) for n in RECORDED_SIGNALS}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
 
 
 def test_an_attempt_past_the_bound_trains_nothing_and_is_recorded_failed(tmp_path, monkeypatch, job_process):

@@ -26,19 +26,6 @@ PLACEMENT_KEYS = {"run_id", "task", "project", "model_name", "archive_url"}
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    data = tmp_path / "data.yaml"
-    data.write_text("path: .\ntrain: images\nval: images\nnames: {0: a}\n")
-    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    raw["train"]["data"] = str(data)
-    raw["runs_root"] = str(tmp_path / "runs")
-    raw["archive"]["sync_every"] = None
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-@pytest.fixture
 def no_slurm_env(tmp_path):
     """A user's shell without Slurm on PATH, without S3 credentials, without a site config."""
     empty = tmp_path / "no-slurm-bin"

@@ -3,27 +3,14 @@ one the epilog and the catalog read like a training's (header, metrics, checkpoi
 
 from __future__ import annotations
 
-import signal
-import sys
 import zipfile
 
 import pytest
 
 from slurm_yolo import record as rec
 from slurm_yolo.job.monitor import checkpoint_complete
-from slurm_yolo.job.train import RECORDED_SIGNALS, TrainJob
+from slurm_yolo.job.train import TrainJob
 from slurm_yolo.job.workloads import StandIn
-
-
-@pytest.fixture
-def job_process(monkeypatch):
-    """The job tees stdout/stderr and installs signal handlers in its process: put them back."""
-    monkeypatch.setattr(sys, "stdout", sys.stdout)
-    monkeypatch.setattr(sys, "stderr", sys.stderr)
-    saved = {getattr(signal, n): signal.getsignal(getattr(signal, n)) for n in RECORDED_SIGNALS}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
 
 
 def _run_folder(tmp_path, max_requeues=1):
