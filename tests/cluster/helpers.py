@@ -52,8 +52,6 @@ for overrides, workload in json.loads(sys.argv[2]):
 
 def demo_config(tmp_path: Path, dataset: Path, **train) -> Path:  # noqa: ARG001 - tmp_path kept for symmetry
     """A tiny CPU config on the synthetic dataset (1 CPU so that two jobs run at once)."""
-    import yaml
-
     cfg = {
         "run": {"task": "detect", "project": "pcb-test", "model_name": "yolov8n"},
         "train": {"model": "yolov8n.yaml", "data": str(dataset), "epochs": 2, "imgsz": 64, "batch": 8,
@@ -62,10 +60,17 @@ def demo_config(tmp_path: Path, dataset: Path, **train) -> Path:  # noqa: ARG001
                   "signal_delay_s": 30},
         "archive": {"url": "s3://slurm-yolo/runs/{user}/test"},
     }
-    # Outside pytest's 0700 tmp tree: the non-root test user must be able to read it.
+    return shared_config(cfg)
+
+
+def shared_config(cfg: dict, name: str = "cfg") -> Path:
+    """Write ``cfg`` as YAML outside pytest's 0700 tmp tree, where the non-root test user and the
+    jobs of any user can read it."""
+    import yaml
+
     shared = Path("/tmp/slurm-yolo-test-configs")
     shared.mkdir(mode=0o755, exist_ok=True)
-    path = shared / f"cfg-{uuid.uuid4().hex[:8]}.yaml"
+    path = shared / f"{name}-{uuid.uuid4().hex[:8]}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     os.chmod(path, 0o644)
     return path

@@ -34,8 +34,8 @@ import pytest
 from slurm_yolo.runfolder import RESULTS_CSV, RUN_JSON
 from slurm_yolo.tasks import installed_tasks, metric_field
 from tests.cluster.conftest import LOCK, locked
-from tests.cluster.helpers import (archived_record, index_record, list_keys, read_object, slurm_yolo as cli,
-                                   split, submit_json, verify_archive, wait_job_over)
+from tests.cluster.helpers import (archived_record, index_record, list_keys, read_object, shared_config,
+                                   slurm_yolo as cli, split, submit_json, verify_archive, wait_job_over)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.training, pytest.mark.xdist_group("cluster-debug")]
 
@@ -130,8 +130,6 @@ def make_datasets(cluster) -> dict[str, Path]:
 
 def task_config(task: str, data: Path, project: str, archive: str, **train) -> Path:
     """A 1-CPU config of ``task`` shaped like configs/<task>-demo.yaml, where the jobs' users read it."""
-    import yaml
-
     cfg = {
         "run": {"task": task, "project": project, "model_name": Path(MODELS[task]).stem},
         "train": {"model": MODELS[task], "data": str(data), "epochs": 2, "imgsz": 64, "batch": 8, "workers": 0,
@@ -140,12 +138,7 @@ def task_config(task: str, data: Path, project: str, archive: str, **train) -> P
                   "signal_delay_s": 30},
         "archive": {"url": archive},
     }
-    shared = Path("/tmp/slurm-yolo-test-configs")
-    shared.mkdir(mode=0o755, exist_ok=True)
-    path = shared / f"cfg-{task}-{uuid.uuid4().hex[:8]}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    os.chmod(path, 0o644)
-    return path
+    return shared_config(cfg, f"cfg-{task}")
 
 
 def submit_all(cluster, uid: str) -> dict:

@@ -4,15 +4,10 @@ overlays curves, and hostile names stay text. Screenshots are kept (path printed
 
 from __future__ import annotations
 
-import threading
-import uuid
-
 import pytest
 
 from tests.helpers.report_seed import HOSTILE, HOSTILE_PROJECT, allowed, seed
-from slurm_yolo.catalog.index import Catalog
-from slurm_yolo.report import build
-from slurm_yolo.report.serve import make_server
+from tests.helpers.portal import served_portal
 
 
 @pytest.fixture(scope="module")
@@ -21,20 +16,8 @@ def site(moto_server, tmp_path_factory):
 
     On moto only: what is under test here is the browser side; test_build.py covers both servers.
     """
-    store = moto_server.store()
-    client = store.boto3_client()
-    bucket = f"t-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    cat = Catalog(store, f"s3://{bucket}/index/")
-    lines = seed(client, cat)
-    out = tmp_path_factory.mktemp("portal")
-    build.build_site(cat, out, allowed_prefix=allowed(cat))
-    server = make_server(out, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", lines
-    server.shutdown()
-    server.server_close()
+    with served_portal(moto_server, tmp_path_factory.mktemp("portal"), seed, allowed) as (url, records, _, _):
+        yield url, records
 
 
 def errors(browser) -> list[dict]:

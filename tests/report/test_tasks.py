@@ -7,14 +7,13 @@ runs by their task's metric, and the compare view overlays it."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 
 import pytest
 
 from slurm_yolo.catalog.index import Catalog
 from slurm_yolo.report import build, pages
-from slurm_yolo.report.serve import make_server
+from tests.helpers.portal import served_portal
 from tests.helpers.task_seed import allowed, seed_tasks, task_csv
 
 
@@ -22,20 +21,10 @@ from tests.helpers.task_seed import allowed, seed_tasks, task_csv
 def site(moto_server, tmp_path_factory):
     """One built portal of task runs for the module, served on loopback (moto: the S3 side of
     the build is covered on both servers by test_build.py)."""
-    store = moto_server.store()
-    client = store.boto3_client()
-    bucket = f"t-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    cat = Catalog(store, f"s3://{bucket}/index/")
-    lines = seed_tasks(client, cat)
-    out = tmp_path_factory.mktemp("portal-tasks")
-    result = build.build_site(cat, out, allowed_prefix=allowed(cat))
-    assert result.errors == {} and result.rebuilt == len(lines)
-    server = make_server(out, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", lines, out
-    server.shutdown()
-    server.server_close()
+    with served_portal(moto_server, tmp_path_factory.mktemp("portal-tasks"), seed_tasks, allowed) as (
+            url, records, out, result):
+        assert result.errors == {} and result.rebuilt == len(records)
+        yield url, records, out
 
 
 def visit(browser, url: str, artifacts, shot: str):
