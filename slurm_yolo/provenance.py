@@ -86,13 +86,7 @@ def dataset_identity(data: str | os.PathLike[str], declared_version: str | None 
     h = hashlib.sha256()
     count = _walk(sorted(set(dirs)), root, h)
     version = declared_version if declared_version is not None else spec.get("version")
-    return {
-        "path": str(data),
-        "root": str(root),
-        "version": None if version is None else str(version),
-        "fingerprint": "sha256:" + h.hexdigest()[:16] if count else None,
-        "files": count,
-    }
+    return _identity(data, root, version, h, count)
 
 
 def _class_folders_identity(folder: Path, declared_version: str | None) -> dict[str, Any]:
@@ -111,13 +105,17 @@ def _class_folders_identity(folder: Path, declared_version: str | None) -> dict[
         for name in names:
             h.update(f"class\0{split.name}/{name}\n".encode())
     count = _walk(splits, root, h)
+    return {**_identity(folder, root, declared_version, h, count), "classes": sorted(classes)}
+
+
+def _identity(path: Path | str, root: Path, version: Any, h: Any, count: int) -> dict[str, Any]:
+    """The record of a dataset whose ``count`` files went into the hash ``h``."""
     return {
-        "path": str(folder),
+        "path": str(path),
         "root": str(root),
-        "version": None if declared_version is None else str(declared_version),
+        "version": None if version is None else str(version),
         "fingerprint": "sha256:" + h.hexdigest()[:16] if count else None,
         "files": count,
-        "classes": sorted(classes),
     }
 
 
