@@ -41,8 +41,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from slurm_yolo.errors import ConfigError
 from slurm_yolo.runfolder import PLACEMENT, RUN_JSON, RUN_LOCK
-from slurm_yolo.tasks import metric_field
+from slurm_yolo.tasks import DEFAULT_TASK, installed_tasks, metric_field
 
 SCHEMA_VERSION = 1
 # What the epilog needs to place a run in the store when run.json cannot be used.
@@ -176,11 +177,22 @@ def read_metrics(results_csv: str | os.PathLike[str],
             "fitness": fitness}
 
 
-def fitness_candidates(record: Mapping[str, Any]) -> list[str | None]:
+def fitness_candidates(record: Mapping[str, Any], *, with_task: bool = False) -> list[str | None]:
     """The ranking columns a run's record names, most trusted first: the one the launcher
-    recorded from the installed Ultralytics at submit time, then the one the job last used."""
+    recorded from the installed Ultralytics at submit time, then the one the job last used.
+
+    ``with_task`` adds the column of the run's task in the Ultralytics installed here, for
+    records written before the launcher recorded one (where Ultralytics is not installed, or
+    does not know the task, nothing is added: the default column stands).
+    """
     metrics = record.get("metrics")
-    return [record.get("fitness_metric"), metrics.get("fitness_metric") if isinstance(metrics, Mapping) else None]
+    candidates = [record.get("fitness_metric"), metrics.get("fitness_metric") if isinstance(metrics, Mapping) else None]
+    if with_task:
+        try:
+            candidates.append(installed_tasks().selection_column(str(record.get("task") or DEFAULT_TASK)))
+        except ConfigError:
+            pass
+    return candidates
 
 
 def choose_fitness_metric(header: Sequence[str], candidates: str | Sequence[str | None] | None) -> str | None:

@@ -28,7 +28,6 @@ from slurm_yolo.errors import ConfigError
 from slurm_yolo.names import NAME_RE
 from slurm_yolo.record import fitness_candidates, read_metrics
 from slurm_yolo.runfolder import RESULTS_CSV, RUN_JSON
-from slurm_yolo.tasks import DEFAULT_TASK, installed_tasks
 from slurm_yolo.site import site_config_path
 
 # The name an index location had when it was this package's only handle (test fixtures and
@@ -79,12 +78,7 @@ def with_task_metrics(run: dict[str, Any], results_csv: Path) -> dict[str, Any]:
     metrics = run.get("metrics")
     if isinstance(metrics, dict) and metrics.get("fitness_metric"):
         return run
-    candidates = fitness_candidates(run)
-    try:
-        candidates.append(installed_tasks().selection_column(str(run.get("task") or DEFAULT_TASK)))
-    except ConfigError:
-        pass  # no Ultralytics here: the run's own column, else the default (box mAP, else the first metric)
-    fresh = read_metrics(results_csv, candidates)
+    fresh = read_metrics(results_csv, fitness_candidates(run, with_task=True))
     return {**run, "metrics": {**(metrics if isinstance(metrics, dict) else {}), **fresh}} if fresh else run
 
 

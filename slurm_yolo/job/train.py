@@ -27,10 +27,9 @@ from slurm_yolo import record as rec
 from slurm_yolo.store import Store
 from slurm_yolo.commands import run_foreground
 from slurm_yolo.timeparse import duration_seconds
-from slurm_yolo.errors import ConfigError, SlurmYoloError
+from slurm_yolo.errors import SlurmYoloError
 from slurm_yolo.runfolder import GOOD_CHECKPOINT, RESULTS_CSV, SLURM_LOGS, TRAIN_LOG, WEIGHTS, attempt_banner
 from slurm_yolo.states import JobStatus
-from slurm_yolo.tasks import DEFAULT_TASK, installed_tasks
 from slurm_yolo.job.distributed import PREEMPT_SIGNAL, NodeLaunch, node_launch, torchrun_argv, torchrun_env
 from slurm_yolo.job.monitor import RunMonitor
 from slurm_yolo.job.steps import (  # noqa: F401 - part of this module's API
@@ -171,17 +170,6 @@ class UltralyticsTraining:
         return train_multinode(run_dir, config).node_rank
 
 
-def _fitness_candidates(record: dict[str, Any]) -> list[str | None]:
-    """The record's ranking columns, then the run's task's column in the Ultralytics that trained
-    it (a run submitted before the launcher recorded one still gets its task's metric)."""
-    candidates = rec.fitness_candidates(record)
-    try:
-        candidates.append(installed_tasks().selection_column(str(record.get("task") or DEFAULT_TASK)))
-    except ConfigError:
-        pass  # an unknown task trained nothing; the default column stands
-    return candidates
-
-
 class TrainJob:
     """The submitit callable: ``TrainJob()(run_dir)`` runs an attempt of the run in ``run_dir/run.json``.
 
@@ -229,7 +217,7 @@ class TrainJob:
                 monitor.sync(len(rec.read_results_rows(run_dir / RESULTS_CSV)))
             if status == JobStatus.COMPLETED:
                 (run_dir / WEIGHTS / GOOD_CHECKPOINT).unlink(missing_ok=True)
-            metrics = rec.read_metrics(run_dir / RESULTS_CSV, _fitness_candidates(record))
+            metrics = rec.read_metrics(run_dir / RESULTS_CSV, rec.fitness_candidates(record, with_task=True))
 
             def finish(r: dict[str, Any]) -> None:
                 a = _current_attempt(r)
