@@ -30,7 +30,9 @@ fi
 
 need_pkgs=()
 # chromium + chromium-driver: the portal's browser tests (tests/report) drive Debian's headless Chromium.
-for p in slurmctld slurmd slurm-client munge git python3-venv chromium chromium-driver; do
+# cron: its crontab command, where `slurm-yolo reconcile --user --install` puts the user's reconciler
+# when the cluster has no scrontab (tests/cluster/test_user_mode.py).
+for p in slurmctld slurmd slurm-client munge git python3-venv chromium chromium-driver cron; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
