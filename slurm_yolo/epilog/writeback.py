@@ -11,6 +11,7 @@ and a forked copy of a threaded Python may hang on a lock another thread held.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Mapping
 
@@ -49,9 +50,11 @@ def update_as_user(run_dir: str, uid: int, gid: int, verdict: Mapping[str, Any],
     Returns ``"ok"``, ``"failed: ..."`` or ``"timed out"`` (the child is killed); never raises.
     """
     argv = [sys.executable, "-I", "-m", "slurm_yolo.epilog.writeback", run_dir]
+    # User mode: the archiver already is the job's user (who may not switch identity at all).
+    who = None if os.geteuid() == uid else (uid, gid)
     try:
         proc = run_command(argv, "writeback", timeout=timeout, env={"PATH": "/usr/bin:/bin"}, cwd="/",
-                           input_text=json.dumps(verdict, default=str), as_user=(uid, gid))
+                           input_text=json.dumps(verdict, default=str), as_user=who)
     except CommandError as e:
         return "timed out" if "no answer within" in e.detail else f"failed: {e.detail}"
     except (OSError, ValueError) as e:  # e.g. not root, so no switch to another user
