@@ -2,7 +2,7 @@
 # A real one-node Slurm cluster plus a loopback S3 server (SeaweedFS or moto) for development, tests and
 # the demo, on one Debian 12 machine, as root. Every piece of state lives in ONE folder.
 #
-# Usage: scripts/dev-cluster.sh [--slurm 22.05|24.11] up [--nodes N] [--store seaweedfs|moto]|down|status|env|logs [N]|crash NODE|revive NODE
+# Usage: scripts/dev-cluster.sh [--slurm 22.05|24.11] up [--nodes N] [--store seaweedfs|moto]|down|status|env|logs [N]|crash NODE|revive NODE|epilog off|on
 #   --slurm 24.11 (anywhere on the line; or SLURM_YOLO_DEV_SLURM=24.11): the Slurm 24.11 cluster
 #           instead: one node (s2411) from Debian 13's packages in a cached debootstrap root
 #           (scripts/slurm-root.sh, scripts/dev-cluster-2411.sh), state in
@@ -23,6 +23,9 @@
 #   crash NODE   kill a namespace node the hard way (slurmd, slurmstepd, the job's processes,
 #           by PID): what a kernel panic or a power cut looks like to Slurm
 #   revive NODE  start that node's slurmd again (it returns to service by itself)
+#   epilog off|on  (22.05) take slurm-yolo's Epilog and EpilogSlurmctld out of slurm.conf (a
+#           cluster without the epilog: user mode), or put them back; reconfigures slurmctld
+#           and every slurmd at once; idempotent; `up` keeps the choice
 #   down    stop what `up` started (munged only if `up` started it); idempotent
 #   status  one line per component; exit 0 if all are up, 1 otherwise
 #   env     `export` lines for: eval "$(scripts/dev-cluster.sh env)"
@@ -279,6 +282,9 @@ OverTimeLimit=0
 DefMemPerCPU=1000
 InactiveLimit=0
 Waittime=0
+# scrontab, where a site enables it, is where a user's reconciler is scheduled. Debian 12's
+# slurm-client (22.05) ships no scrontab command: there it falls back to the user's crontab.
+ScronParameters=enable
 EOF
 }
 
@@ -300,6 +306,19 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 EOF
+}
+
+# `epilog off` leaves this file: slurm.conf then names no Epilog (a cluster whose admins never
+# installed slurm-yolo's), and `up` keeps it so until `epilog on`.
+epilog_off_file="$STATE/epilog.off"
+epilog_lines() {
+  if [ -e "$epilog_off_file" ]; then
+    echo "# No Epilog/EpilogSlurmctld: taken out by \`scripts/dev-cluster.sh epilog off\`"
+  else
+    printf '%s\n' "Epilog=$STATE/epilog" \
+      "# Runs on the controller after every job, NODE_FAIL included (when no node epilog runs)." \
+      "EpilogSlurmctld=$STATE/epilog"
+  fi
 }
 
 write_slurm_conf() {
@@ -328,9 +347,7 @@ SlurmdUser=root
 SlurmctldPort=6817
 SlurmdPort=6818
 $(slurm_conf_scheduling)
-Epilog=$STATE/epilog
-# Runs on the controller after every job, NODE_FAIL included (when no node epilog runs).
-EpilogSlurmctld=$STATE/epilog
+$(epilog_lines)
 $(slurm_conf_state)
 NodeName=$node NodeAddr=127.0.0.1 CPUs=2 RealMemory=$mem State=UNKNOWN
 $extra_nodes
@@ -659,6 +676,37 @@ cmd_revive() {
   wait_nodes_up "$name"
 }
 
+# epilog off|on: take slurm-yolo's Epilog and EpilogSlurmctld out of slurm.conf, or put them
+# back, and `scontrol reconfigure` so that slurmctld and every slurmd (the namespace nodes
+# included: they read the same file) run the next job's end with it. Idempotent.
+cmd_epilog() {
+  [ "$(id -u)" = 0 ] || die "run as root"
+  case "${1:-}" in
+    off) touch "$epilog_off_file" ;;
+    on) rm -f "$epilog_off_file" ;;
+    *) die "usage: $0 epilog off|on" ;;
+  esac
+  [ -f "$conf" ] || die "no $conf: run $0 up first"
+  write_slurm_conf
+  export SLURM_CONF=$conf
+  if pid_alive "$STATE/run/slurmctld.pid" slurmctld; then
+    if [ "$conf_changed" = 1 ]; then
+      slurm_cmd scontrol reconfigure || die "scontrol reconfigure failed (see $0 logs)"
+    fi
+    # slurmctld answers reconfigure before every slurmd has read the file again: wait until
+    # what it reports is what was asked (a job ending in that window would see the old one).
+    local want=1 got
+    [ "$1" = off ] && want=0
+    for _ in $(seq 1 50); do
+      got=$(slurm_cmd scontrol show config 2>/dev/null | grep -c '^Epilog  *= /' || true)
+      [ "$got" = "$want" ] && break
+      sleep 0.2
+    done
+    [ "$got" = "$want" ] || die "scontrol show config still shows the old Epilog after reconfigure"
+  fi
+  log "epilog $1: $(grep -c '^Epilog=' "$conf") Epilog line(s) in $conf"
+}
+
 cmd_up() {
   [ "$(id -u)" = 0 ] || die "run as root"
   install_packages
@@ -814,5 +862,6 @@ case "${1:-}" in
   status) cmd_status ;;
   env) cmd_env ;;
   logs) cmd_logs "${2:-}" ;;
-  *) echo "usage: $0 up [--nodes N] [--store seaweedfs|moto]|down|status|env|logs [N]|crash NODE|revive NODE" >&2; exit 2 ;;
+  epilog) cmd_epilog "${2:-}" ;;
+  *) echo "usage: $0 up [--nodes N] [--store seaweedfs|moto]|down|status|env|logs [N]|crash NODE|revive NODE|epilog off|on" >&2; exit 2 ;;
 esac
