@@ -38,6 +38,12 @@ compaction of its quarter writes it as the current version. A file of a newer ve
 :data:`SCHEMA_VERSION` is refused with one error: this reader would drop what it does not know,
 and a compaction would write that loss back.
 
+``bytes``, ``objects``: what the store holds under the run's folder, listed by the archiver
+after it shipped the run; ``gpu_hours``, ``cpu_hours``: its allocation x wall time
+(:func:`slurm_yolo.archive.layout.allocated_hours`). They are null in rows indexed before
+they existed (version 2 files read as if written now, with those columns null; ``store usage``
+counts such runs apart rather than guessing).
+
 ``hparams`` is a JSON text: the recorded training arguments are open-ended and of mixed
 types (``model`` a string, ``lr0`` a number), which a fixed Parquet type cannot hold
 losslessly. DuckDB's ``hparams->>'lr0'``, Athena's ``json_extract_scalar`` read it.
@@ -69,8 +75,8 @@ PARTS = "parquet/"
 PART_FILE = "runs.parquet"
 NO_TIME = "none"
 # The version of the columns below, in every file's metadata: 1 had the box metrics only,
-# 2 added fitness_metric, fitness and the metrics map.
-SCHEMA_VERSION = 2
+# 2 added fitness_metric, fitness and the metrics map, 3 the run's size and hours.
+SCHEMA_VERSION = 3
 SCHEMA_KEY = b"slurm_yolo.index_schema"
 
 # Column kinds: pyarrow's names for the types (see :func:`arrow_type`).
@@ -83,7 +89,9 @@ COLUMNS: dict[str, str] = {
     "submitted_at": STR, "start": STR, "end": STR, "attempts": I64, "end_state": STR, "job_id": STR,
     "map50": F64, "map50_95": F64, "precision": F64, "recall": F64, "epochs_done": I64,
     "fitness_metric": STR, "fitness": F64, "metrics": MAP,
-    "hparams": STR, "archive_url": STR, "reproduces": STR, "indexed_at": STR, "submitted_time": TIME,
+    "hparams": STR, "archive_url": STR, "reproduces": STR,
+    "bytes": I64, "objects": I64, "gpu_hours": F64, "cpu_hours": F64,
+    "indexed_at": STR, "submitted_time": TIME,
 }
 # Columns a reader turns back into the record's own shape.
 DERIVED = ("submitted_time",)

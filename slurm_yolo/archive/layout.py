@@ -18,10 +18,12 @@ pending updates into the quarterly Parquet files with conditional writes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from slurm_yolo.archive.manifest import MANIFEST as MANIFEST  # where readers of the layout look for it
 from slurm_yolo.record import fitness_of, metric_values
+from slurm_yolo.timeparse import parse_time
+
 INDEX_RUNS = "runs/"
 # Training arguments worth having in the index without opening run.json.
 KEY_HPARAMS = ("model", "epochs", "imgsz", "batch", "lr0", "lrf", "optimizer", "momentum", "weight_decay", "seed")
@@ -76,9 +78,50 @@ def index_key(run_id: str) -> str:
     return f"{INDEX_RUNS}{run_id}.json"
 
 
+def allocated_hours(record: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """GPU-hours and CPU-hours of a run: nodes x GPUs (CPUs) per node x wall time, summed over
+    its attempts, as its Slurm allocation asked for them (``config.slurm``: one task per node
+    with ``cpus_per_task`` CPUs and ``gpus`` GPUs, the launcher's shape).
+
+    ``(None, None)`` when no attempt has both a start and an end: the run is not metered
+    rather than metered as zero.
+    """
+    slurm = (record.get("config") or {}).get("slurm") or {}
+    try:
+        nodes, gpus, cpus = int(slurm.get("nodes") or 1), int(slurm.get("gpus") or 0), int(slurm.get("cpus_per_task") or 1)
+    except (TypeError, ValueError):
+        return None, None
+    wall, timed = 0.0, False
+    for attempt in record.get("attempts") or []:
+        if not isinstance(attempt, dict):
+            continue
+        start, end = parse_time(attempt.get("start")), parse_time(attempt.get("end"))
+        if start is not None and end is not None and end >= start:
+            wall += (end - start).total_seconds()
+            timed = True
+    if not timed:
+        return None, None
+    hours = wall / 3600.0
+    return round(nodes * gpus * hours, 6), round(nodes * cpus * hours, 6)
+
+
+def stored_totals(objects: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """``{"bytes", "objects"}`` of a listing of a run's folder in the store (S3's ``Size`` per
+    object): what the index records as what the run costs to keep. A listing, not the
+    manifest: it also counts ``run.json``, the manifest and every attempt's record, including
+    those an earlier attempt uploaded."""
+    listed = list(objects)
+    return {"bytes": sum(int(obj.get("Size") or 0) for obj in listed), "objects": len(listed)}
+
+
 def index_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat index record for a ``run.json`` record (what ``runs list`` filters on)."""
+    """The flat index record for a ``run.json`` record (what ``runs list`` filters on).
+
+    ``bytes`` and ``objects`` are ``None`` (unknown, not zero) until the run is in the store:
+    whoever ships it fills them in from a listing (:func:`stored_totals`).
+    """
     attempts = record.get("attempts") or []
+    gpu_hours, cpu_hours = allocated_hours(record)
     env = record.get("environment") or {}
     train = (record.get("config") or {}).get("train") or {}
     dataset = record.get("dataset") or {}
@@ -109,4 +152,8 @@ def index_record(record: Mapping[str, Any]) -> dict[str, Any]:
         "hparams": {k: train[k] for k in KEY_HPARAMS if k in train},
         "archive_url": record.get("archive_url"),
         "reproduces": record.get("reproduces"),
+        "bytes": None,
+        "objects": None,
+        "gpu_hours": gpu_hours,
+        "cpu_hours": cpu_hours,
     }

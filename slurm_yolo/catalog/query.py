@@ -25,6 +25,7 @@ FIELDS = (
     "run_id", "sweep_id", "task", "project", "model_name", "dataset_version", "dataset_fingerprint", "user",
     "gpu", "submitted_at", "start", "end", "attempts", "end_state", "job_id", "map50", "map50_95",
     "precision", "recall", "epochs_done", "fitness_metric", "fitness", "archive_url", "reproduces", "indexed_at",
+    "bytes", "objects", "gpu_hours", "cpu_hours",
 )
 # Open-ended fields: ``hparams.<arg>`` (recorded training arguments) and ``metrics.<field>``
 # (every metric of the best epoch, named by slurm_yolo.tasks.metric_field: metrics.top1).

@@ -125,6 +125,7 @@ class ArchiveResult:
     damaged: str | None = None
     superseded: list[str] = field(default_factory=list)
     claimed: bool = True
+    bytes: int = 0  # uploaded to the store by this archiver (0 when left in the spool)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -362,4 +363,4 @@ def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by
         os.close(run.fd)
     return ArchiveResult(job.job_id, run.run_id, by, str(verdict.state), verdict.rule, dest, len(snap.files),
                          len(snap.skipped), snap.complete, shipped.ok, shipped.detail, wb, note, run.damaged,
-                         superseded)
+                         superseded, bytes=shipped.bytes)

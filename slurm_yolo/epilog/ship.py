@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from slurm_yolo import budget
 from slurm_yolo.archive import s5cmd
-from slurm_yolo.archive.index_store import index_run
+from slurm_yolo.archive.index_store import index_run, list_keys
+from slurm_yolo.archive.layout import stored_totals
 from slurm_yolo.archive.manifest import MANIFEST
 from slurm_yolo.epilog import claim as claims
 from slurm_yolo.epilog import refusals
@@ -37,6 +38,7 @@ from slurm_yolo.epilog.spool import (
 from slurm_yolo.errors import Refused, StoreError
 from slurm_yolo.record import utc_now, write_json_atomic
 from slurm_yolo.site import SiteConfig
+from slurm_yolo.store import split_url
 from slurm_yolo.timeparse import parse_time
 
 # At most this many descriptors handed to one s5cmd (batches beyond it).
@@ -51,6 +53,8 @@ class ShipResult:
     ok: bool
     detail: str
     seconds: float
+    bytes: int = 0  # what this try uploaded (the manifest's files and the records), when it shipped
+    end_state: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,12 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
     # Who owns the run ID in the index, the run's record and its pending update: boto3 (a read
     # and three small writes, cheaper than three s5cmd processes). Compaction is not ours: the
     # drain timer and `slurm-yolo index compact` do it, so job ends never wait on each other.
+    index = json.loads((entry / INDEX_JSON).read_text())
     try:
-        owner = index_run(site.store, site.index_url, json.loads((entry / INDEX_JSON).read_text()))
+        # The run's size in the index is what the store now holds under it (every attempt's
+        # files and records): one listing, so `store usage` never lists the store.
+        index.update(stored_totals(list_keys(site.store.boto3_client(), *split_url(dest))))
+        owner = index_run(site.store, site.index_url, index)
     except StoreError as e:
         return _failed(entry, info, Problem(f"index: {e}", "store", True), started)
     taken = owner is not None
@@ -116,8 +124,17 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
         info.replace(shipped_partial=utc_now()).save(entry)
         return ShipResult(entry.name, True, f"partial snapshot shipped to {dest}; the drain ships the rest{note}",
                           time.monotonic() - started)
+    uploaded = _uploaded_bytes(entry)
     shutil.rmtree(entry, ignore_errors=True)
-    return ShipResult(entry.name, True, f"shipped to {dest}{note}", time.monotonic() - started)
+    return ShipResult(entry.name, True, f"shipped to {dest}{note}", time.monotonic() - started, uploaded,
+                      str(index.get("end_state") or ""))
+
+
+def _uploaded_bytes(entry: Path) -> int:
+    """Bytes one ship of ``entry`` sent: every file of its manifest, and its records."""
+    manifest = json.loads((entry / META / MANIFEST).read_text())
+    return sum(int(meta.get("size") or 0) for meta in manifest.get("files", {}).values()) + \
+        sum(p.stat().st_size for p in (entry / META).rglob("*") if p.is_file())
 
 
 def _identity_changed(fd: int, meta: dict[str, Any]) -> bool:
