@@ -23,6 +23,19 @@ from slurm_yolo.errors import StoreError
 from slurm_yolo.store import CREDENTIALS_HINT, UNREACHABLE_HINT, Store
 
 
+# The part size of every upload, given to s5cmd explicitly (``cp --part-size``; its own default,
+# 50 MiB, today) so that the ETag the store computes for an upload is known in advance
+# (:func:`slurm_yolo.archive.manifest.s3_etag`): what lets an unchanged file be skipped
+# (:mod:`slurm_yolo.archive.remote`).
+PART_SIZE_MIB = 50
+PART_SIZE = PART_SIZE_MIB << 20
+
+
+def cp_flags() -> list[str]:
+    """The flags of every ``s5cmd cp`` that uploads (after ``cp``, before the paths)."""
+    return ["--part-size", str(PART_SIZE_MIB)]
+
+
 class ErrorClass(str, Enum):
     """What kind of failure an s5cmd error is; decides whether the drain tries again."""
 
@@ -110,6 +123,8 @@ class Outcome:
     error: str | None = None
     error_class: ErrorClass | None = None
     command: str | None = None  # of a failure: the command s5cmd says failed
+    etag: str | None = None  # of an ``ls`` line: the object's ETag, as the store computed it
+    kind: str | None = None  # of an ``ls`` line: ``file`` or ``directory``
 
 
 @dataclass(frozen=True)
@@ -182,7 +197,8 @@ def parse_line(line: str) -> Outcome | None:
                        command=obj.get("command"))
     if obj.get("success") or "key" in obj:
         return Outcome(ok=True, operation=obj.get("operation", "ls"), source=obj.get("source") or obj.get("key"),
-                       destination=obj.get("destination"), size=(obj.get("object") or {}).get("size", obj.get("size")))
+                       destination=obj.get("destination"), size=(obj.get("object") or {}).get("size", obj.get("size")),
+                       etag=obj.get("etag"), kind=obj.get("type"))
     return Outcome(ok=False, operation=obj.get("operation", "?"), error=line[:300], error_class=ErrorClass.UNKNOWN)
 
 
