@@ -21,6 +21,8 @@ Example::
     scontrol: true          # allow one `scontrol show job` per job to tell time-out from cancel
     claim_dir: /shared/slurm-yolo/claims  # multi-node: on a filesystem all nodes + controller share
     slurm_conf: /etc/slurm/slurm.conf     # for scontrol/squeue where Slurm does not set SLURM_CONF
+    metrics_textfile: /var/lib/prometheus/node-exporter/slurm-yolo.prom  # null: no metrics
+    storage_cost_per_gb_month: {STANDARD: 0.023, STANDARD_IA: 0.0125}   # for `store usage`
 
 The file is trusted only if root owns it and nobody else can write it (it decides where
 root copies files to). The credentials file must be readable by root alone: job processes
@@ -45,7 +47,8 @@ DEFAULT_PATH = "/etc/slurm-yolo/site.yaml"
 ENV_VAR = "SLURM_YOLO_SITE_CONFIG"
 
 _KEYS = {"store", "allowed_prefix", "index_url", "spool_dir", "log_file", "time_budget_s", "s5cmd_workers",
-         "scontrol", "scontrol_path", "s5cmd_path", "claim_dir", "slurm_conf", "squeue_path"}
+         "scontrol", "scontrol_path", "s5cmd_path", "claim_dir", "slurm_conf", "squeue_path", "metrics_textfile",
+         "storage_cost_per_gb_month"}
 _STORE_KEYS = {"endpoint_url", "region", "credentials_file", "profile", "atomic_conditional_writes"}
 
 
@@ -69,6 +72,11 @@ class SiteConfig:
     claim_dir: str = ""
     slurm_conf: str | None = None
     squeue_path: str = "/usr/bin/squeue"
+    # Prometheus metrics in node_exporter's textfile format (epilog/metrics.py); None: none.
+    # The default is the textfile folder of Debian's prometheus-node-exporter.
+    metrics_textfile: str | None = "/var/lib/prometheus/node-exporter/slurm-yolo.prom"
+    # $/GB-month per S3 storage class, for `store usage`'s cost estimate; None: no estimate.
+    storage_cost_per_gb_month: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.claim_dir:
@@ -178,6 +186,27 @@ def _numbers(raw: dict[str, Any], path: str) -> tuple[float, int]:
     return budget, workers
 
 
+def _optional(raw: dict[str, Any], path: str) -> dict[str, Any]:
+    """The optional keys of the admin's view: the metrics file and the storage rates."""
+    out: dict[str, Any] = {}
+    if "metrics_textfile" in raw:
+        value = raw["metrics_textfile"]
+        # node_exporter's textfile collector reads *.prom only: any other name is never scraped.
+        if value is not None and (not isinstance(value, str) or not os.path.isabs(value) or not value.endswith(".prom")):
+            raise SiteConfigError(f"site config {path}: metrics_textfile must be an absolute path ending in .prom "
+                                  "(node_exporter's textfile collector reads only those), or null for no metrics")
+        out["metrics_textfile"] = value
+    rates = raw.get("storage_cost_per_gb_month")
+    if rates is not None:
+        if not isinstance(rates, dict) or not rates or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                for k, v in rates.items()):
+            raise SiteConfigError(f"site config {path}: storage_cost_per_gb_month must map S3 storage classes to "
+                                  "$/GB-month rates, e.g. {STANDARD: 0.023, STANDARD_IA: 0.0125}")
+        out["storage_cost_per_gb_month"] = MappingProxyType({k.upper(): float(v) for k, v in rates.items()})
+    return out
+
+
 def _parse(raw: dict[str, Any], path: str) -> SiteConfig:
     store_raw: dict[str, Any] = raw.get("store") or {}
     if not isinstance(store_raw, dict) or set(store_raw) - _STORE_KEYS:
@@ -200,4 +229,5 @@ def _parse(raw: dict[str, Any], path: str) -> SiteConfig:
         **({"scontrol": bool(raw["scontrol"])} if "scontrol" in raw else {}),
         **({"claim_dir": str(raw["claim_dir"])} if raw.get("claim_dir") else {}),
         **({"slurm_conf": str(raw["slurm_conf"])} if raw.get("slurm_conf") else {}),
+        **_optional(raw, path),
     )

@@ -172,6 +172,7 @@ def test_the_admin_guide_shows_the_site_defaults():
     shown = {
         "claim_dir": "`<spool_dir>/.claims`",  # "" means: inside the spool (SiteConfig.__post_init__)
         "slurm_conf": "—",
+        "storage_cost_per_gb_month": "—",
     }
     for key, value in DEFAULTS.items():
         want = shown.get(key) or (f"`{str(value).lower()}`" if isinstance(value, bool) else
