@@ -2,7 +2,11 @@
 
 Run by the drain timer on the nodes (``slurm-yolo spool drain``) and by
 ``slurm-yolo index compact``; also ``index migrate`` (from the old ``INDEX.jsonl``),
-``index rebuild`` and pruning write through here. Any number of compactions may run at once:
+``index rebuild`` and pruning write through here. Any number of compactions may run at once,
+and stay correct; a lease in the store (:mod:`slurm_yolo.archive.index_lease`) lets one of
+them do the work while the others skip at the cost of one request. A round:
+
+0. take the lease (or skip: someone holds it; or go on without it where the store refuses it);
 
 1. list and read the pending updates (:func:`slurm_yolo.archive.index_store.read_pending`);
 2. for each quarter they fall in, compare-and-swap that quarter's file: read it and its ETag,
@@ -10,6 +14,10 @@ Run by the drain timer on the nodes (``slurm-yolo spool drain``) and by
    ``indexed_at`` wins, a run stays its first user's), put it with ``If-Match`` (or
    ``If-None-Match: *`` for a new quarter); on 412/409 (or 404 to ``If-Match``: deleted since)
    another compaction won, so read its version and apply the same updates again;
+   An update that may not speak for what it claims is refused and moved to ``refused/``
+   (:func:`slurm_yolo.archive.index_store.refusal`: written under another user's part of
+   ``pending/``, or its archive URL outside its user's prefix; or, checked against the
+   quarter, its run ID already another user's), and reported in :class:`CompactResult`;
 3. delete the updates folded in. On a store whose conditional writes are atomic (AWS S3,
    SeaweedFS) a won put is final, so at once. Otherwise (moto's server checks, then writes:
    two puts can both "win") only updates older than
@@ -19,23 +27,27 @@ Run by the drain timer on the nodes (``slurm-yolo spool drain``) and by
 Readers list ``pending/`` before the quarters, and a compaction commits a quarter before it
 deletes the updates in it: an update a reader listed is either still there when it reads it,
 or gone, and then already in its quarter; the reader then lists and reads the quarters again
-(:mod:`slurm_yolo.catalog.scan`). No lock anywhere.
+(:mod:`slurm_yolo.catalog.scan`). The lease saves work and guards nothing: a holder that dies
+mid-round leaves a consistent index, its updates still pending, and a lease that expires.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import defaultdict
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from slurm_yolo.archive import index_format as fmt
+from slurm_yolo.archive import index_lease
 from slurm_yolo.archive.index_location import IndexLocation
 from slurm_yolo.archive.index_store import (
-    LEGACY_JSONL, delete_keys, etag_now, get_object, list_keys, parse_jsonl, pending_grace_s,
-    pending_stamp, read_pending, stamp,
+    LEGACY_JSONL, PENDING, delete_keys, etag_now, get_object, list_keys, parse_jsonl, pending_grace_s,
+    pending_stamp, read_pending, refusal, stamp,
 )
 from slurm_yolo.errors import ConfigError, StoreError
 from slurm_yolo.store import error_code, store_error
@@ -45,6 +57,9 @@ if TYPE_CHECKING:  # imported where used (start-up time: slurm_yolo.archive.inde
 
 # Compare-and-swap attempts per quarter before giving up (the updates stay pending and visible).
 MAX_ATTEMPTS = 40
+log = logging.getLogger("slurm_yolo.index")
+# Where refused pending updates are moved (kept for whoever investigates; never read back).
+REFUSED = "refused/"
 # Another compaction got there first. If-Match on a key deleted since we read it: AWS (and
 # moto) answer 404 NoSuchKey, SeaweedFS 412; both mean "start over from what is there now".
 CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
@@ -64,12 +79,30 @@ class CompactResult:
         quarters: the quarters whose files were written or checked.
         left: pending updates kept (younger than the grace period on a non-atomic store,
             or their quarter changed since: a later compaction deletes them).
+        refused: one line per pending update refused (``<key>: <why>``), not folded in.
+        skipped: why nothing was done (another compaction holds the lease), else ``""``.
+        lease: ``"held"``, ``"off"`` (not asked for), or why it could not be used.
     """
 
     updates: int
     runs_changed: int
     quarters: tuple[str, ...]
     left: int
+    refused: tuple[str, ...] = ()
+    skipped: str = ""
+    lease: str = "off"
+
+    def summary(self) -> str:
+        """One line for a log or a terminal."""
+        if self.skipped:
+            return f"compaction skipped: {self.skipped}"
+        line = (f"{self.updates} pending updates folded into {len(self.quarters)} quarters "
+                f"({self.runs_changed} runs changed); {self.left} kept pending for now")
+        if self.refused:
+            line += f"; REFUSED {len(self.refused)}: " + "; ".join(self.refused)
+        if self.lease not in ("held", "off"):
+            line += f" (without the lease: {self.lease})"
+        return line
 
 
 def read_quarter(cat: IndexLocation, client: Any, quarter: str, *, damaged_ok: bool = False) -> tuple[pa.Table, str | None]:
@@ -127,24 +160,58 @@ def commit_quarter(cat: IndexLocation, client: Any, quarter: str, transform: Cal
 
 
 def fold(cat: IndexLocation, client: Any, records: Iterable[Mapping[str, Any]], *,
-         sleep: Callable[[float], None] = time.sleep) -> tuple[dict[str, str | None], int]:
-    """Apply ``records`` to their quarters; return each quarter's ETag after it, and how many runs changed."""
+         sleep: Callable[[float], None] = time.sleep, between: Callable[[], None] = lambda: None,
+         refused: list[tuple[Mapping[str, Any], str]] | None = None) -> tuple[dict[str, str | None], int]:
+    """Apply ``records`` to their quarters; return each quarter's ETag after it, and how many runs changed.
+
+    With ``refused`` (a list to fill), an update whose run ID is another user's (in the quarter
+    as committed, or by an earlier update of the same round) is not applied but added there
+    with the reason. ``between`` runs after each quarter (the lease's renewal).
+    """
     by_quarter: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for rec in records:
         by_quarter[fmt.quarter_of(rec)].append(rec)
     etags: dict[str, str | None] = {}
     changed = 0
     for quarter, recs in sorted(by_quarter.items()):
-        counts: list[int] = []
+        counts: list[tuple[int, list[tuple[Mapping[str, Any], str]]]] = []
 
         def apply(table: pa.Table, recs: list[Mapping[str, Any]] = recs) -> pa.Table | None:
-            new, n = fmt.apply_updates(table, recs)
-            counts.append(n)
+            ok, bad = (claims(table, recs) if refused is not None else (recs, []))
+            new, n = fmt.apply_updates(table, ok)
+            counts.append((n, bad))  # the last attempt's is the one committed
             return new if n else None
 
         etags[quarter] = commit_quarter(cat, client, quarter, apply, sleep=sleep)
-        changed += counts[-1] if counts else 0
+        if counts:
+            changed += counts[-1][0]
+            if refused is not None:
+                refused += counts[-1][1]
+        between()
     return etags, changed
+
+
+def claims(table: pa.Table, recs: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[tuple[Mapping[str, Any], str]]]:
+    """Split ``recs`` into those that may update their run and those claiming another user's run ID.
+
+    A run ID belongs to the user of its row in ``table`` (the whole quarter), else to the user
+    of the earliest update (by ``indexed_at``) of this round: the same first-user rule as
+    :func:`~slurm_yolo.archive.index_store.newer`, made visible.
+    """
+    recs = sorted(recs, key=lambda r: str(r.get("indexed_at") or ""))
+    ids = {str(r["run_id"]) for r in recs}
+    owners: dict[str, Any] = {row["run_id"]: row.get("user")
+                              for row in fmt.from_table(table.filter(fmt.has_run_id(table, ids)))} if ids else {}
+    ok, bad = [], []
+    for rec in recs:
+        rid = str(rec["run_id"])
+        if rid in owners and owners[rid] != rec.get("user"):
+            bad.append((rec, f"run ID {rid} belongs to {owners[rid] or '(no user)'} in the index, "
+                             f"not to {rec.get('user') or '(no user)'}"))
+            continue
+        owners.setdefault(rid, rec.get("user"))
+        ok.append(rec)
+    return ok, bad
 
 
 def legacy_url(cat: IndexLocation, client: Any) -> str | None:
@@ -154,14 +221,18 @@ def legacy_url(cat: IndexLocation, client: Any) -> str | None:
 
 
 def compact(cat: IndexLocation, *, client: Any = None, grace_s: float | None = None, now: datetime | None = None,
-            sleep: Callable[[float], None] = time.sleep) -> CompactResult:
+            sleep: Callable[[float], None] = time.sleep, lease: bool = True,
+            lease_ttl_s: float = index_lease.LEASE_TTL_S) -> CompactResult:
     """Fold every pending update into its quarter; delete the updates that are settled.
 
     Args:
-        cat: the catalog.
+        cat: the catalog (its ``allowed_prefix``, when set, confines each update's archive URL).
         grace_s: how old a folded-in update must be to be deleted (default:
             :func:`~slurm_yolo.archive.index_store.pending_grace_s` of the store).
         now: the time the grace period counts to (tests).
+        lease: take the compaction lease first and skip when another compaction holds it
+            (one request); ``False``: compact whatever others do (still correct).
+        lease_ttl_s: how long the lease lasts without renewal (a dead holder's frees then).
 
     Raises:
         ConfigError: the index still has the old ``INDEX.jsonl``: ``index migrate`` first
@@ -169,29 +240,91 @@ def compact(cat: IndexLocation, *, client: Any = None, grace_s: float | None = N
         StoreError: the store could not be read or written, or a quarter stayed busy.
     """
     client = client or cat.store.boto3_client()
+    if not lease:
+        return _checked(cat, client, grace_s, now, sleep, lambda: None, "off")
+    got = index_lease.acquire(cat, client, ttl_s=lease_ttl_s)
+    if isinstance(got, index_lease.Busy):
+        held = f" by {got.holder}" if got.holder else ""
+        left = f", {got.left_s:.0f} s left" if got.left_s is not None else ""
+        return CompactResult(0, 0, (), 0, skipped=f"another compaction holds the lease{held}{left}", lease="busy")
+    if isinstance(got, index_lease.Unavailable):
+        log.info("index compaction without the lease: %s", got.reason)
+        return _checked(cat, client, grace_s, now, sleep, lambda: None, got.reason)
+    held = [got]
+
+    def renew() -> None:
+        if held[-1] is not None and index_lease.due(held[-1]):
+            held.append(index_lease.renew(cat, client, held[-1]))
+
+    try:
+        return _checked(cat, client, grace_s, now, sleep, renew, "held")
+    finally:
+        if held[-1] is not None:
+            index_lease.release(cat, client, held[-1])
+
+
+def _checked(cat: IndexLocation, client: Any, grace_s: float | None, now: datetime | None,
+             sleep: Callable[[float], None], between: Callable[[], None], lease: str) -> CompactResult:
     legacy = legacy_url(cat, client)
     if legacy:
         raise ConfigError(MIGRATE_HINT.format(url=legacy))
-    return _compact(cat, client, grace_s, now, sleep)
+    return dataclasses.replace(_compact(cat, client, grace_s, now, sleep, between), lease=lease)
 
 
 def _compact(cat: IndexLocation, client: Any, grace_s: float | None, now: datetime | None,
-             sleep: Callable[[float], None]) -> CompactResult:
+             sleep: Callable[[float], None], between: Callable[[], None] = lambda: None) -> CompactResult:
     pending = read_pending(cat, client)
     if not pending:
         return CompactResult(0, 0, (), 0)
-    etags, changed = fold(cat, client, [rec for _, rec in pending], sleep=sleep)
+    prefix = cat.key(PENDING)
+    refused: list[tuple[str, str]] = []
+    keyed: list[tuple[str, dict[str, Any]]] = []
+    for k, rec in pending:
+        why = refusal(k, rec, cat.allowed_prefix, prefix)
+        (refused.append((k, why)) if why else keyed.append((k, rec)))
+    unchecked = {k for k, _ in refused}  # refused whatever the quarters hold
+    claimed: list[tuple[Mapping[str, Any], str]] = []
+    etags, changed = fold(cat, client, [rec for _, rec in keyed], sleep=sleep, between=between, refused=claimed)
+    key_of = {id(rec): k for k, rec in keyed}
+    refused += [(key_of[id(rec)], why) for rec, why in claimed]
+    out = {k for k, _ in refused}
     grace_s = pending_grace_s(cat.store) if grace_s is None else grace_s
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=grace_s)
     settled = [(k, rec) for k, rec in pending if pending_stamp(k) <= cutoff]
     if settled and not cat.store.atomic_conditional_writes:
         # A racing put may have replaced our version since: delete only what the quarter, as it
         # is now, was written by us (a newer version, from a compaction that read ours, also holds it).
+        # A refused update too: a version that replaced ours may have been built without the
+        # update that made it a claim on someone else's run.
         now_tags = {m: etag_now(client, cat.bucket, cat.key(fmt.part_rel(m))) for m in etags}
         settled = [(k, rec) for k, rec in settled
-                   if now_tags[fmt.quarter_of(rec)] == (etags[fmt.quarter_of(rec)] or "").strip('"')]
-    delete_keys(client, cat.bucket, [k for k, _ in settled])
-    return CompactResult(len(pending), changed, tuple(sorted(etags)), len(pending) - len(settled))
+                   if k in unchecked or now_tags.get(fmt.quarter_of(rec)) == (etags.get(fmt.quarter_of(rec)) or "").strip('"')]
+    settled_keys = {k for k, _ in settled}
+    for k, why in refused:
+        log.warning("index compaction refused the pending update s3://%s/%s: %s", cat.bucket, k, why)
+    moved = _move_refused(cat, client, [k for k in out if k in settled_keys], prefix)
+    gone = [k for k, _ in settled if k not in out] + moved
+    delete_keys(client, cat.bucket, gone)
+    return CompactResult(len(pending), changed, tuple(sorted(etags)), len(pending) - len(gone),
+                         tuple(f"{k[len(prefix):]}: {why}" for k, why in refused))
+
+
+def _move_refused(cat: IndexLocation, client: Any, keys: Iterable[str], prefix: str) -> list[str]:
+    """Copy refused updates to ``refused/`` (kept for an investigation); the keys copied, to delete.
+
+    One that cannot be copied (a user compacting without the right to write there) stays
+    pending: refused again, and reported again, by every round until an admin's compaction
+    moves it."""
+    moved = []
+    for key in keys:
+        try:
+            client.copy_object(Bucket=cat.bucket, Key=cat.key(REFUSED + key[len(prefix):]),
+                               CopySource={"Bucket": cat.bucket, "Key": key})
+        except Exception as e:  # botocore raises ClientError and connection errors
+            log.warning("could not move the refused update s3://%s/%s aside: %s", cat.bucket, key, e)
+            continue
+        moved.append(key)
+    return moved
 
 
 def migrate(cat: IndexLocation, *, client: Any = None, now: datetime | None = None) -> tuple[int, CompactResult]:

@@ -20,10 +20,14 @@ class IndexLocation:
     Attributes:
         store: connection settings.
         index_url: ``s3://bucket/prefix/`` (always ends with ``/``; build it with :meth:`at`).
+        allowed_prefix: the site's archive prefix with ``{user}`` (``s3://b/runs/{user}/``), when
+            known: compaction then refuses a pending update whose archive URL lies outside its
+            user's part (:func:`slurm_yolo.archive.index_store.refusal`).
     """
 
     store: Store
     index_url: str
+    allowed_prefix: str | None = None
 
     @property
     def bucket(self) -> str:
@@ -34,6 +38,6 @@ class IndexLocation:
         return split_url(self.index_url)[1] + rel
 
     @classmethod
-    def at(cls, store: Store, index_url: str) -> IndexLocation:
+    def at(cls, store: Store, index_url: str, allowed_prefix: str | None = None) -> IndexLocation:
         """The index at ``index_url`` (given with or without its trailing ``/``)."""
-        return cls(store, index_url.rstrip("/") + "/")
+        return cls(store, index_url.rstrip("/") + "/", allowed_prefix)

@@ -5,7 +5,7 @@ and never compacted here. Compaction into quarterly Parquet files is
 ::
 
     <index_url>runs/<run_id>.json                  the run's record (the epilog; kept; owner check)
-    <index_url>pending/<run_id>/<utc>-<rand>.json   an update not compacted yet
+    <index_url>pending/<run_id>/<user>/<utc>-<rand>.json   an update not compacted yet, by <user>
     <index_url>parquet/quarter=YYYY-Qn/runs.parquet   compacted records (index_format)
 
 An epilog's index step costs the same at 10 runs and at 10 million: it reads the run's own
@@ -15,6 +15,11 @@ it reads or writes grows with the site's history. A reader lists ``pending/`` (o
 arrived since the last compaction) before it reads the quarters, so a run is visible from the
 moment its pending update exists, whether or not a compaction folded it in meanwhile.
 
+The ``<user>`` part of a pending key says who wrote it: a bucket policy lets a user write only
+``pending/*/<their name>/*`` (docs/admin.md), and compaction refuses an update whose record
+names anyone else (:func:`refusal`). Keys without it (``pending/<run_id>/<utc>-<rand>.json``)
+come from epilogs older than this layout, written with the site's credentials.
+
 Before this layout the index was one ``INDEX.jsonl`` that every epilog rewrote (see
 ``slurm-yolo index migrate``); its line format is the record format here.
 """
@@ -22,13 +27,16 @@ Before this layout the index was one ``INDEX.jsonl`` that every epilog rewrote (
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from slurm_yolo.archive import layout
+from slurm_yolo.archive import layout, s5cmd
 from slurm_yolo.archive.index_location import IndexLocation
+from slurm_yolo.names import NAME_RE
 from slurm_yolo.store import Store, error_code, store_error
 
 PENDING = "pending/"
@@ -74,16 +82,56 @@ def list_keys(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
     except Exception as e:
         raise store_error("list", f"s3://{bucket}/{prefix}", e) from e
 
+# Pending updates read at once by one reader. They are small objects, so reading them is bound
+# by round trips: overlapping many is what makes 1,000 of them take a second, not a minute
+# (benchmarks/bench_index.py, "pending reads"). The client's connection pool
+# (slurm_yolo.store.MAX_POOL) bounds how many actually run in parallel.
+PENDING_READERS = 32
+
+
 def read_pending(cat: IndexLocation, client: Any) -> list[tuple[str, dict[str, Any]]]:
-    """``(key, record)`` of every pending update, oldest first within each run."""
+    """``(key, record)`` of every pending update, oldest first within each run: one listing,
+    then the GETs :data:`PENDING_READERS` at a time."""
     keys = [obj["Key"] for obj in list_keys(client, cat.bucket, cat.key(PENDING))]
-    with ThreadPoolExecutor(16) as pool:  # small GETs: latency-bound, so overlap them
-        return parse_pending(keys, list(pool.map(lambda k: get_object(client, cat.bucket, k), keys)))
+    return parse_pending(keys, get_many(client, cat.bucket, keys))
+
+
+def get_many(client: Any, bucket: str, keys: Sequence[str]) -> list[tuple[bytes, str] | None]:
+    """:func:`get_object` of each key, :data:`PENDING_READERS` at a time, in the keys' order."""
+    if len(keys) < 2:
+        return [get_object(client, bucket, k) for k in keys]
+    with ThreadPoolExecutor(min(PENDING_READERS, len(keys))) as pool:
+        return list(pool.map(lambda k: get_object(client, bucket, k), keys))
+
+
+def read_pending_s5cmd(cat: IndexLocation) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`read_pending` by one ``s5cmd cp 'pending/*' DIR`` (its listing and parallel GETs
+    in Go) instead of boto3; measured against it in benchmarks/bench_index.py.
+
+    Raises:
+        StoreError: s5cmd failed (nothing pending is not a failure).
+    """
+    prefix = cat.key(PENDING)
+    with tempfile.TemporaryDirectory(prefix="slurm-yolo-pending-") as tmp:
+        result = s5cmd.run(s5cmd.base_argv(cat.store) + ["cp", f"s3://{cat.bucket}/{prefix}*", tmp + "/"],
+                           cat.store, timeout=300)
+        s5cmd.check_s5cmd(result, f"read the pending updates s3://{cat.bucket}/{prefix}", allow_empty=True)
+        keys, bodies = [], []
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                path = os.path.join(root, name)
+                keys.append(prefix + os.path.relpath(path, tmp))
+                with open(path, "rb") as f:
+                    bodies.append((f.read(), ""))
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return parse_pending([keys[i] for i in order], [bodies[i] for i in order])
 
 
 def parse_pending(keys: Sequence[str], bodies: Sequence[tuple[bytes, str] | None]) -> list[tuple[str, dict[str, Any]]]:
     """``(key, record)`` of the pending updates read; the vanished (``None``: compacted and
-    deleted since the listing) and unreadable ones left out."""
+    deleted since the listing) and unreadable ones left out, and those whose record names
+    another user than the one whose part of ``pending/`` holds it (:func:`key_user`): no
+    reader takes one user's word for another's run."""
     out = []
     for key, got in zip(keys, bodies):
         if got is None:
@@ -93,8 +141,57 @@ def parse_pending(keys: Sequence[str], bodies: Sequence[tuple[bytes, str] | None
         except ValueError:
             continue
         if isinstance(rec, dict) and rec.get("run_id"):
-            out.append((key, rec))
+            writer = key_user(key)
+            if writer is None or writer == rec.get("user"):
+                out.append((key, rec))
     return out
+
+
+def key_parts(key: str, pending_prefix: str | None = None) -> list[str]:
+    """The parts of a pending key after ``pending_prefix`` (the index's ``.../pending/``; by
+    default the first ``pending/`` part of the key): ``[run_id, user, file]`` or, from an
+    older epilog, ``[run_id, file]``."""
+    if pending_prefix is not None and key.startswith(pending_prefix):
+        rel = key[len(pending_prefix):]
+    elif key.startswith(PENDING):
+        rel = key[len(PENDING):]
+    else:
+        rel = key.split("/" + PENDING, 1)[-1]
+    return rel.split("/")
+
+
+def key_user(key: str, pending_prefix: str | None = None) -> str | None:
+    """Who wrote a pending update, from its key; ``None`` for the older layout without a user part."""
+    parts = key_parts(key, pending_prefix)
+    return parts[1] if len(parts) == 3 else None
+
+
+def refusal(key: str, rec: Mapping[str, Any], allowed_prefix: str | None,
+            pending_prefix: str | None = None) -> str | None:
+    """Why compaction must not fold this pending update in (``None``: nothing against it).
+
+    A pending update is written with the credentials of whoever ran the job (the site's for
+    an epilog, the user's own in user mode). It may speak only for its writer: its key's
+    user part must be the user its record names, and its archive URL must lie under that
+    user's part of the site's ``allowed_prefix``. (Whether the run ID already belongs to
+    someone else needs the quarter: :func:`slurm_yolo.archive.index_compact.fold` checks it.)
+    """
+    parts = key_parts(key, pending_prefix)
+    user = rec.get("user")
+    if len(parts) not in (2, 3) or not all(parts):
+        return "its key is not pending/<run_id>/<user>/<file>"
+    if parts[0] != rec.get("run_id"):
+        return f"it lies under pending/{parts[0]}/ but is for run {rec.get('run_id')}"
+    if len(parts) == 3 and parts[1] != user:
+        return f"it was written under {parts[1]}'s part of pending/ but names user {user}"
+    url = rec.get("archive_url")
+    if allowed_prefix and url:
+        if not isinstance(user, str) or not NAME_RE.fullmatch(user):
+            return f"its archive URL {url} names no valid user to check it against"
+        mine = layout.user_prefix(allowed_prefix, user)
+        if not isinstance(url, str) or not layout.is_under(url, mine):
+            return f"its archive URL {url} lies outside {user}'s prefix {mine}"
+    return None
 
 
 def newer(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
@@ -119,10 +216,12 @@ def stamp(now: datetime | None = None) -> str:
     return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def pending_key(cat: IndexLocation, run_id: str, now: datetime | None = None) -> str:
-    """A fresh, never-reused pending key for an update of ``run_id``; sorts by time within the run."""
+def pending_key(cat: IndexLocation, run_id: str, now: datetime | None = None, user: str | None = None) -> str:
+    """A fresh, never-reused pending key for an update of ``run_id`` by ``user``; sorts by time
+    within the run and user. Without a (valid) user: the older layout, no user part."""
     now = now or datetime.now(timezone.utc)
-    return cat.key(f"{PENDING}{run_id}/{now.strftime(PENDING_STAMP)}-{secrets.token_hex(4)}.json")
+    who = f"{user}/" if isinstance(user, str) and NAME_RE.fullmatch(user) else ""
+    return cat.key(f"{PENDING}{run_id}/{who}{now.strftime(PENDING_STAMP)}-{secrets.token_hex(4)}.json")
 
 def _owner(body: bytes) -> str | None:
     try:
@@ -184,7 +283,7 @@ def add_to_index(store: Store, index_url: str, record: Mapping[str, Any], *, now
     """
     cat = IndexLocation.at(store, index_url)
     now = now or datetime.now(timezone.utc)
-    key = pending_key(cat, str(record["run_id"]), now)
+    key = pending_key(cat, str(record["run_id"]), now, record.get("user"))
     body = json.dumps({**record, "indexed_at": stamp(now)}, sort_keys=True, default=str).encode()
     try:
         (client or store.boto3_client()).put_object(Bucket=cat.bucket, Key=key, Body=body,

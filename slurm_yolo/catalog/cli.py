@@ -315,10 +315,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def _print_compaction(cat: index.IndexLocation, result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     if as_json:
         _print_json({"index_url": cat.index_url, **(extra or {}), "updates": result.updates,
-                     "runs_changed": result.runs_changed, "quarters": list(result.quarters), "left_pending": result.left})
+                     "runs_changed": result.runs_changed, "quarters": list(result.quarters), "left_pending": result.left,
+                     "refused": list(result.refused), "skipped": result.skipped, "lease": result.lease})
         return
-    print(f"{cat.index_url}: {result.updates} pending updates folded into {len(result.quarters)} quarters "
-          f"({result.runs_changed} runs changed); {result.left} kept pending for now")
+    print(f"{cat.index_url}: {result.summary()}")
 
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:

@@ -59,7 +59,8 @@ def locate(index_url: str | None = None, env: Mapping[str, str] | None = None) -
     # site's store; a user pointing elsewhere (another endpoint) gets the safe default.
     atomic = site_store.get("atomic_conditional_writes") is True and (
         endpoint == site_store.get("endpoint_url"))
-    return IndexLocation.at(Store.from_env(env, endpoint_url=endpoint, atomic_conditional_writes=atomic), url)
+    prefix = site.get("allowed_prefix") if isinstance(site.get("allowed_prefix"), str) else None
+    return IndexLocation.at(Store.from_env(env, endpoint_url=endpoint, atomic_conditional_writes=atomic), url, prefix)
 
 def _read_site(path: str) -> dict[str, Any]:
     # Only public settings are read here (URLs); the site's credentials file is root-only by design.

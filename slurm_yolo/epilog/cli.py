@@ -84,10 +84,10 @@ def _compact_index(site: SiteConfig) -> str:
     Never fails the drain: the updates stay pending (and visible) until a later tick or
     `slurm-yolo index compact` manages."""
     try:
-        result = compact(IndexLocation.at(site.store, site.index_url))
+        result = compact(IndexLocation.at(site.store, site.index_url, site.allowed_prefix))
     except SlurmYoloError as e:
         return f"not compacted: {e}"
-    return f"{result.updates} pending updates folded into {len(result.quarters)} quarters, {result.left} kept pending"
+    return result.summary()
 
 
 def cmd_list(args: argparse.Namespace) -> int:
