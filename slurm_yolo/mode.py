@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from slurm_yolo.commands import run_command
-from slurm_yolo.errors import CommandError
+from slurm_yolo.errors import CommandError, SiteConfigError
+from slurm_yolo.site import SiteConfig, read_site_config, site_config_path
 
 # The module the batch script runs to archive the job from inside it (user mode only).
 SELF_ARCHIVE_MODULE = "slurm_yolo.epilog.usermode"
@@ -151,9 +152,10 @@ def show_config(env: Mapping[str, str] | None = None) -> str | None:
     if scontrol is None:
         return None
     try:
-        return run_command([scontrol, "show", "config"], "mode", timeout=SCONTROL_TIMEOUT_S, env=run_env).stdout
+        proc = run_command([scontrol, "show", "config"], "mode", timeout=SCONTROL_TIMEOUT_S, env=run_env)
     except CommandError:
         return None
+    return str(proc.stdout)
 
 
 def reconciler_argvs(env: Mapping[str, str] | None = None) -> list[tuple[str, list[str]]]:
@@ -213,6 +215,25 @@ class Mode:
                  "NOT installed: run `slurm-yolo reconcile --user --install` once")
         return (f"user mode: this cluster has no slurm-yolo epilog; runs are archived by the job itself and by "
                 f"`slurm-yolo reconcile --user`, which is {where}")
+
+
+def public_site(env: Mapping[str, str] | None = None) -> SiteConfig | None:
+    """The site config as users read it, where there is a readable, valid one (else ``None``)."""
+    path = site_config_path(dict(os.environ if env is None else env))
+    if not os.access(path, os.R_OK):
+        return None
+    try:
+        return read_site_config(path)
+    except SiteConfigError:
+        return None
+
+
+def user_index_url(env: Mapping[str, str] | None = None) -> str | None:
+    """The index a user's own archivers write to in user mode: ``$SLURM_YOLO_INDEX``, else the
+    readable site config's ``index_url`` (``None``: neither, nothing could be indexed)."""
+    env = os.environ if env is None else env
+    site = public_site(env)
+    return env.get("SLURM_YOLO_INDEX") or (site.index_url if site else None)
 
 
 def detect(env: Mapping[str, str] | None = None) -> Mode:

@@ -11,7 +11,7 @@ from typing import Any
 from slurm_yolo import budget
 from slurm_yolo.archive.index_compact import compact
 from slurm_yolo.archive.index_location import IndexLocation
-from slurm_yolo.epilog import refusals, ship, spool
+from slurm_yolo.epilog import metrics, refusals, ship, spool, usermode
 from slurm_yolo.epilog.entry import EntryInfo
 from slurm_yolo.epilog.main import setup_logging
 from slurm_yolo.epilog.reconcile import reconcile
@@ -52,6 +52,7 @@ def add_commands(sub: Any) -> None:
                    help="how long after a job ended its node epilogs have before the reconciler steps in "
                         f"(default: the site's time_budget_s + {budget.MARGIN_S:g}; NODE_FAIL jobs are due at once)")
     r.add_argument("--json", action="store_true", help="print one JSON list")
+    usermode.add_arguments(r)  # --user [--install|--uninstall]: a user's own round, no epilog on the cluster
     r.set_defaults(func=cmd_reconcile)
 
 
@@ -65,6 +66,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
     site = _site(args)
     results = ship.drain(site, budget_s=args.budget, log=lambda m: None if args.json else print(m),
                           everything=args.everything)
+    metrics.record(site.metrics_textfile, site.spool_dir, metrics.drain_event(results))
     left = [e.name for e in spool.iter_entries(site.spool_dir)]
     index = _compact_index(site) if args.compact else None
     if args.json:
@@ -117,10 +119,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    if args.user or args.install or args.uninstall:
+        return usermode.cmd_reconcile_user(args)
     site = _site(args)
     setup_logging(site.log_file)
     results = reconcile(site, dry_run=args.dry_run, settle_s=args.settle,
                         say=lambda m: None if args.json else print(m))
+    if not args.dry_run:
+        metrics.record(site.metrics_textfile, site.spool_dir, metrics.archives_event(results))
     if args.json:
         print(json.dumps(results))
     elif not results:

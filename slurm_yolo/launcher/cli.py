@@ -61,8 +61,16 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_status)
 
 
+def _say_mode(p: launcher.SubmitPlan) -> None:
+    """One line on stderr when no slurm-yolo epilog archives the runs (user mode)."""
+    line = p.mode.line() if p.mode is not None else None
+    if line:
+        print(f"slurm-yolo: {line}", file=sys.stderr, flush=True)
+
+
 def _show_dry_run(p: launcher.SubmitPlan, as_json: bool) -> int:
     says = launcher.ask_slurm(p)  # refuses what sbatch would refuse, with the same error line
+    _say_mode(p)
     if as_json:
         emit_json({**p.to_dict(), "slurm_says": says})
         return 0
@@ -80,6 +88,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _show_dry_run(p, args.json)
     (handle,) = launcher.execute(p, args.job())
+    _say_mode(p)
     if not args.json:
         print(f"run       {handle.run_id}\njob       {handle.job_id} ({handle.executor})\n"
               f"folder    {handle.run_dir}\narchive   {handle.archive_url}", flush=True)
@@ -114,6 +123,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _show_dry_run(p, args.json)
     handles = launcher.execute(p, args.job())
+    _say_mode(p)
     if args.json:
         emit_json({"sweep_id": handles[0].sweep_id, "runs": [h.to_dict() for h in handles]})
     else:

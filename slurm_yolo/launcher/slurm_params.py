@@ -12,6 +12,7 @@ import shlex
 from typing import Any
 
 from slurm_yolo.config import Config
+from slurm_yolo.mode import SELF_ARCHIVE_MODULE
 from slurm_yolo.errors import SubmitError, SubmitRefused
 from slurm_yolo.names import MARKER_PREFIX
 from slurm_yolo.timeparse import time_minutes
@@ -62,6 +63,37 @@ def slurm_parameters(config: Config, *, job_name: str, marker: str) -> dict[str,
 def submit_command(python: str, folder: str) -> str:
     """The command submitit puts in the batch script (what runs the pickled job)."""
     return " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(folder)])
+
+
+def self_archive_setup(python: str, folder: str) -> dict[str, list[str]]:
+    """submitit's ``setup``/``teardown`` lines by which a job archives itself (user mode).
+
+    The batch step outlives the training step (a Python error, an OOM-killed srun step), so
+    after srun the teardown archives with srun's exit status. A SIGTERM (scancel, time
+    limit, requeue, pre-emption) reaches every process of the job at once and SIGKILL follows
+    ``KillWait`` later, while the training step is still running: so a watcher started in
+    setup, not the shell (bash runs a trap only once its foreground srun returned), archives
+    then. The claim makes it one archive when both fire (a requeue ends the step too).
+
+    Args:
+        python: the interpreter that submitted (the job's own).
+        folder: the marker's folder (the run folder, or the sweep folder of an array).
+    """
+    archive = " ".join([shlex.quote(python), "-m", SELF_ARCHIVE_MODULE, "archive", shlex.quote(folder)])
+    return {
+        "setup": [
+            "# slurm-yolo user mode: this cluster has no slurm-yolo epilog, so the job archives itself",
+            f"_slurm_yolo_archive() {{ {archive} \"$@\" || true; }}",
+            "( trap '_slurm_yolo_archive --why SIGTERM; exit 0' TERM; while :; do sleep 3600 & wait $!; done ) &",
+            "_slurm_yolo_watcher=$!",
+        ],
+        "teardown": [
+            "_slurm_yolo_step=$?",
+            "kill -KILL \"$_slurm_yolo_watcher\" 2>/dev/null",
+            "_slurm_yolo_archive --why exit --step-exit \"$_slurm_yolo_step\"",
+            "exit \"$_slurm_yolo_step\"",
+        ],
+    }
 
 
 def batch_script(params: dict[str, Any], *, python: str, folder: str, array_size: int | None = None) -> str:

@@ -41,8 +41,9 @@ from slurm_yolo.commands import run_command
 from slurm_yolo.config import Config, load_config
 from slurm_yolo.errors import CommandError, ConfigError, SiteConfigError, SubmitError
 from slurm_yolo.launcher.slurm_params import (
-    batch_script, local_command, make_marker, sbatch_reason, sbatch_refusal, slurm_parameters,
+    batch_script, local_command, make_marker, sbatch_reason, sbatch_refusal, self_archive_setup, slurm_parameters,
 )
+from slurm_yolo.mode import Mode, detect, user_index_url
 from slurm_yolo.names import new_run_id, new_sweep_id, validate_name
 from slurm_yolo.provenance import code_version, dataset_identity
 from slurm_yolo.runfolder import ARRAY_JSON, SLURM_LOGS, SWEEPS_DIR
@@ -119,6 +120,8 @@ class SubmitPlan:
         given_run_id: the caller's own run ID, if any (an existing folder is then an error;
             a drawn ID that turns out taken is drawn again).
         reproduces: the run ID this run reproduces, recorded in ``run.json``.
+        mode: whether a slurm-yolo epilog archives the runs, or (user mode) the job itself
+            does: then the script has the self-archive lines (``None``: not asked, e.g. local).
     """
 
     executor: str
@@ -130,6 +133,7 @@ class SubmitPlan:
     sweep_dir: Path | None = None
     given_run_id: str | None = None
     reproduces: str | None = None
+    mode: Mode | None = None
 
     @property
     def folder(self) -> Path:
@@ -273,6 +277,19 @@ def check_sync_credentials(config: Config, env: Mapping[str, str] | None = None)
                           "--set archive.sync_every=null (the epilog still archives the run)")
 
 
+def check_user_mode(config: Config, env: Mapping[str, str] | None = None) -> None:
+    """User mode (no slurm-yolo epilog): the job archives and indexes the run with the user's
+    own S3 credentials, so refuse up front a run that could do neither."""
+    store = Store.from_env(env, endpoint_url=config.archive.get("endpoint_url"))
+    if not (store.keys or store.credentials_file or store.profile):
+        raise ConfigError("this cluster has no slurm-yolo epilog, so the job archives the run with YOUR S3 "
+                          "credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials / "
+                          "AWS_PROFILE); see README 'On a cluster without the epilog'")
+    if not user_index_url(env):
+        raise ConfigError("this cluster has no slurm-yolo epilog, so the job indexes the run itself: set "
+                          "SLURM_YOLO_INDEX=s3://BUCKET/index/ (or ask your admin for a site config with index_url)")
+
+
 def check_one_shape(configs: Sequence[Config]) -> None:
     """A sweep is one job array, and one array has one shape: every element's ``slurm.*`` alike."""
     if any(c.slurm != configs[0].slurm for c in configs):
@@ -307,7 +324,7 @@ def _taken(path: Path, what: str = "run") -> ConfigError:
 def plan(
     configs: Config | Sequence[Config], executor: str = "slurm", run_id: str | None = None, *,
     sweep: bool = False, elements: Sequence[Any] | None = None, reproduces: str | None = None,
-    user: str | None = None, env: Mapping[str, str] | None = None,
+    user: str | None = None, env: Mapping[str, str] | None = None, slurm_mode: Mode | None = None,
 ) -> SubmitPlan:
     """Check a submission and compute everything it will do, creating nothing.
 
@@ -320,6 +337,8 @@ def plan(
         reproduces: the run ID this run reproduces.
         user: whose run (default: this login).
         env: the environment the credentials check reads (default: ``os.environ``).
+        slurm_mode: whether a slurm-yolo epilog archives the runs (default: Slurm is asked,
+            :func:`slurm_yolo.mode.detect`; where it cannot be, the script is as with an epilog).
 
     Raises:
         ConfigError: anything the real submission would refuse before calling Slurm.
@@ -342,6 +361,10 @@ def plan(
         if executor == Executor.SLURM:
             check_destination(c, user)
         check_sync_credentials(c, env)
+    found = (slurm_mode or detect(env)) if executor == Executor.SLURM else None
+    if found is not None and found.user_mode:
+        for c in configs:
+            check_user_mode(c, env)
     parent = configs[0].runs_root / SWEEPS_DIR if sweep else configs[0].runs_root
     check_creatable(parent)
     if sweep:
@@ -352,7 +375,8 @@ def plan(
     elements = list(elements) if elements is not None else [None] * len(configs)
     if len(elements) != len(configs):
         raise ConfigError("sweep: one element per config")
-    p = _draw(configs, elements, executor=executor, user=user, run_id=run_id, sweep=sweep, reproduces=reproduces)
+    p = _draw(configs, elements, executor=executor, user=user, run_id=run_id, sweep=sweep, reproduces=reproduces,
+              mode=found)
     for path, what in _folders(p):
         if path.parent.is_dir() and not os.access(path.parent, os.W_OK | os.X_OK):
             raise _cannot_create(path, os.strerror(errno.EACCES), what)
@@ -375,7 +399,7 @@ def _fresh(parent: Path, draw: Callable[[], str], what: str) -> str:
 
 
 def _draw(configs: list[Config], elements: list[Any], *, executor: str, user: str, run_id: str | None,
-          sweep: bool, reproduces: str | None) -> SubmitPlan:
+          sweep: bool, reproduces: str | None, mode: Mode | None = None) -> SubmitPlan:
     """The plan's names and script: run IDs (given or drawn), folders, marker, parameters."""
     sweep_id = sweep_dir = None
     if sweep:
@@ -392,6 +416,8 @@ def _draw(configs: list[Config], elements: list[Any], *, executor: str, user: st
     folder = sweep_dir if sweep_dir is not None else runs[0].run_dir
     params = slurm_parameters(configs[0], job_name=f"yolo-{sweep_id or runs[0].run_id}",
                               marker=make_marker(str(folder)))
+    if mode is not None and mode.user_mode and executor == Executor.SLURM:
+        params = {**params, **self_archive_setup(_python(), str(folder))}
     logs = str(folder / SLURM_LOGS)
     if executor == Executor.LOCAL:
         script = local_command(_python(), logs)
@@ -399,13 +425,13 @@ def _draw(configs: list[Config], elements: list[Any], *, executor: str, user: st
         # submitit submits a single job, not a one-element array: render what it will send.
         script = batch_script(params, python=_python(), folder=logs,
                               array_size=len(runs) if len(runs) > 1 else None)
-    return SubmitPlan(executor, user, tuple(runs), params, script, sweep_id, sweep_dir, run_id, reproduces)
+    return SubmitPlan(executor, user, tuple(runs), params, script, sweep_id, sweep_dir, run_id, reproduces, mode)
 
 
 def _redrawn(p: SubmitPlan) -> SubmitPlan:
     """The same plan with fresh drawn IDs (one was taken between planning and creating)."""
     return _draw([r.config for r in p.runs], [r.element for r in p.runs], executor=p.executor, user=p.user,
-                 run_id=p.given_run_id, sweep=p.sweep_id is not None, reproduces=p.reproduces)
+                 run_id=p.given_run_id, sweep=p.sweep_id is not None, reproduces=p.reproduces, mode=p.mode)
 
 
 # ---------------------------------------------------------------------------------------

@@ -70,12 +70,19 @@ def test_entries(entry, files, ours):
 
 
 def test_no_epilog_is_user_mode():
-    text = _text("slurm/show_config.txt").replace("Epilog                  = /var/lib/slurm-yolo-dev/epilog",
-                                                   "Epilog                  = (null)")
-    assert mode.slurm_setup(text).epilogs == ()
+    # The 22.05 cluster after `scripts/dev-cluster.sh epilog off` (and ScronParameters=enable).
+    text = _text("slurm/show_config_no_epilog.txt")
+    setup = mode.slurm_setup(text)
+    assert setup.epilogs == () and setup.controller_epilogs == () and setup.scron_enabled
     assert not mode.epilog_installed(text, read=reader({}))
-    # EpilogSlurmctld alone archives only dead nodes' runs: still user mode.
+
+
+def test_a_controller_epilog_alone_is_still_user_mode():
+    # EpilogSlurmctld archives only the runs whose node died.
+    text = _text("slurm/show_config_no_epilog.txt").replace(
+        "EpilogSlurmctld         = (null)", "EpilogSlurmctld         = /usr/local/sbin/slurm-yolo-epilog")
     assert mode.slurm_setup(text).controller_epilogs
+    assert not mode.epilog_installed(text, read=reader({}))
 
 
 def test_scron_and_accounting():

@@ -117,12 +117,20 @@ def test_accepted_by_the_dry_run_fails_only_at_submission(cfg, tmp_path, no_slur
     assert _left_behind(tmp_path) in ([], [SWEEPS_DIR])  # every run folder it made was removed again
 
 
-def _fake_slurm(tmp_path, refuse: str | None = None) -> dict[str, str]:
+DATA = REPO / "tests" / "data" / "slurm"
+
+
+def _fake_slurm(tmp_path, refuse: str | None = None, epilog: bool = True) -> dict[str, str]:
     """sbatch that keeps the script it was given and accepts it (or refuses it with ``refuse``
-    as its stderr), for --test-only as for a submission; nothing ever runs."""
+    as its stderr), for --test-only as for a submission; nothing ever runs. scontrol shows the
+    22.05 dev cluster's real config, with its slurm-yolo epilog or (``epilog=False``) without;
+    the user has no crontab."""
     fake = tmp_path / "fake-slurm"
     fake.mkdir()
     (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    shown = DATA / ("show_config.txt" if epilog else "show_config_no_epilog.txt")
+    (fake / "scontrol").write_text(f'#!/bin/sh\n[ "$1 $2" = "show config" ] && exec cat {shown}\nexit 1\n')
+    (fake / "crontab").write_text("#!/bin/sh\necho \"no crontab for $(id -un)\" >&2\nexit 1\n")
     if refuse:
         sbatch = f"#!/bin/sh\nprintf '%s\\n' {refuse!r} >&2\nexit 1\n"
     else:
@@ -284,4 +292,56 @@ def test_a_classify_folder_submits_and_a_missing_pt_is_refused(cfg, tmp_path, no
     assert ok.returncode == 0, ok.stderr
     missing = run_cli(["submit", cfg, "--dry-run", "--set", "train.model=yolov8n.pt"], no_slurm_env)
     assert missing.returncode == 2 and "does not download weights" in missing.stderr
+    assert _left_behind(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------
+# User mode: no slurm-yolo epilog on the cluster, so the job archives itself.
+
+
+def _user_mode_env(tmp_path) -> dict[str, str]:
+    env = _fake_slurm(tmp_path, epilog=False)
+    env.update(AWS_ACCESS_KEY_ID="AKIA-USER", AWS_SECRET_ACCESS_KEY="secret", SLURM_YOLO_INDEX="s3://bucket/index/",
+               SLURM_YOLO_SITE_CONFIG=str(tmp_path / "no-site.yaml"), HOME=str(tmp_path / "home"))
+    return env
+
+
+def test_user_mode_says_so_and_the_job_archives_itself(cfg, tmp_path):
+    env = _user_mode_env(tmp_path)
+    dry = run_cli(["submit", cfg, "--run-id", "um-1", "--dry-run", "--json"], env)
+    assert dry.returncode == 0, dry.stderr
+    assert "this cluster has no slurm-yolo epilog" in dry.stderr
+    assert "NOT installed: run `slurm-yolo reconcile --user --install`" in dry.stderr
+    shown = json.loads(dry.stdout)
+    real = run_cli(["submit", cfg, "--run-id", "um-1", "--json"], env)
+    assert real.returncode == 0, real.stderr
+    assert "this cluster has no slurm-yolo epilog" in real.stderr
+    script = (tmp_path / "submitted.sh").read_text()
+    assert script == shown["script"]
+    archive = f"-m slurm_yolo.epilog.usermode archive {json.loads(real.stdout)['run_dir']}"
+    assert archive in script
+    # The watcher (SIGTERM) is started before srun, the exit-status archive right after it.
+    lines = script.splitlines()
+    srun = next(i for i, line in enumerate(lines) if line.startswith("srun "))
+    assert any("trap '_slurm_yolo_archive --why SIGTERM" in line for line in lines[:srun])
+    after = [line for line in lines[srun + 1:] if line.strip() and not line.startswith("#")]
+    assert after[0] == "_slurm_yolo_step=$?" and after[-1] == 'exit "$_slurm_yolo_step"'
+
+
+def test_with_the_epilog_the_script_is_as_before(cfg, tmp_path):
+    env = _fake_slurm(tmp_path)
+    dry = run_cli(["submit", cfg, "--dry-run", "--json"], env)
+    assert dry.returncode == 0, dry.stderr
+    assert "epilog" not in dry.stderr and "usermode" not in json.loads(dry.stdout)["script"]
+
+
+@pytest.mark.parametrize("drop, fragment", [
+    (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "archives the run with YOUR S3 credentials"),
+    (("SLURM_YOLO_INDEX",), "set SLURM_YOLO_INDEX="),
+])
+def test_user_mode_refuses_a_run_it_could_not_archive_or_index(cfg, tmp_path, drop, fragment):
+    env = {k: v for k, v in _user_mode_env(tmp_path).items() if k not in drop}
+    for words in (["submit", cfg, "--dry-run"], ["submit", cfg]):
+        proc = run_cli(words, env)
+        assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
     assert _left_behind(tmp_path) == []
