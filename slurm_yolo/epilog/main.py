@@ -109,6 +109,7 @@ def run(env: Mapping[str, str]) -> int:
     watchdog.daemon = True
     watchdog.start()
     deadline = epilog_deadline(started, site.time_budget_s)
+    summary: dict[str, Any] = {}
     try:
         context = env.get("SLURM_SCRIPT_CONTEXT") or NODE_CONTEXT
         if context == CONTROLLER_CONTEXT and not _controller_sees_dead_node(env, site, deadline):
@@ -118,10 +119,22 @@ def run(env: Mapping[str, str]) -> int:
         log.log(level, "job %s: %s", job_id, summary)
     except Refused as e:
         log.error("job %s: refused: %s", job_id, e)
+        summary = {"refused": str(e)}
     except Exception:  # never let a bug drain the node; log it whole
         log.exception("job %s: epilog error", job_id)
+        summary = {"error": "epilog error"}
     log.info("job %s: epilog done in %.2f s", job_id, time.monotonic() - started)
+    _count(site, summary, time.monotonic() - started)
     return 0
+
+
+def _count(site: SiteConfig, summary: dict[str, Any], duration_s: float) -> None:
+    """The Prometheus textfile (epilog/metrics.py), after the work: it never delays an upload."""
+    if not site.metrics_textfile:
+        return
+    from slurm_yolo.epilog import metrics
+
+    metrics.record(site.metrics_textfile, site.spool_dir, metrics.archives_event([summary], duration_s=duration_s))
 
 
 def _give_up(job_id: str) -> None:
