@@ -46,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": (CATALOG, "find, show, compare and fetch archived runs"),
     "reproduce": (CATALOG, "resubmit an archived run's config as a new run"),
     "index": (CATALOG, "maintain the store's run index (quarterly Parquet files + pending updates)"),
-    "store": (CATALOG, "keep the store affordable: lifecycle rules, pruning"),
+    "store": (CATALOG, "keep the store affordable: usage and cost, lifecycle rules, pruning"),
     "report": (REPORT, "the web portal: a static site built from the index and the archives"),
     "mlflow": (REPORT, "register archived runs in an MLflow tracking server (extra [mlflow])"),
 }

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import yaml
 from rich.table import Table
 
-from slurm_yolo.catalog import index, query, retention, runs, scan
-from slurm_yolo.errors import ConfigError
+from slurm_yolo.catalog import index, query, retention, runs, scan, usage
+from slurm_yolo.errors import ConfigError, SlurmYoloError
 from slurm_yolo.output import console, emit_json, print_record
 from slurm_yolo.tasks import metric_field
 
@@ -128,8 +128,16 @@ def _add_index(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_store(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("store", help="keep the store affordable: lifecycle rules, pruning")
+    p = sub.add_parser("store", help="keep the store affordable: usage and cost, lifecycle rules, pruning")
     ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    p = ssub.add_parser("usage", parents=[common], help="runs, objects, bytes, GPU- and CPU-hours per project, user or task",
+                        description="What the store holds per group (the index's sizes: every object under each run, "
+                                    "run.json and the manifest included) and what the runs used (nodes x GPUs/CPUs x "
+                                    "wall time of every attempt); with storage_cost_per_gb_month in the site config, "
+                                    "an estimated monthly cost per storage class.")
+    p.add_argument("--by", choices=usage.GROUPINGS, default="project", help="group by (default: project)")
+    p.add_argument("--since", metavar="AGE_OR_DATE", help="runs submitted since: 90d, 12h, 2w or 2026-08-01")
+    p.set_defaults(func=cmd_usage)
     p = ssub.add_parser("lifecycle", parents=[common], help="show or apply the bucket lifecycle rule for runs")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--apply", action="store_true")
@@ -349,6 +357,51 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    since = query.parse_since(args.since, datetime.now(timezone.utc)) if args.since else None
+    cat = index.locate(args.index)
+    records = index.load_records(cat, since=since)
+    rows = usage.usage_table(records, by=args.by, since=since)
+    rates = index.storage_rates()
+    notes = []
+    if rates:
+        try:
+            transitions = usage.lifecycle_transitions(retention.read_lifecycle(cat.store, cat.bucket))
+        except SlurmYoloError as e:
+            transitions = []
+            notes.append(f"lifecycle rules of s3://{cat.bucket} unreadable ({e}): every run priced as STANDARD")
+        cost = usage.monthly_cost(records, args.by, rates, transitions)
+        for row in rows:
+            row["cost_per_month"] = cost.get(row[args.by], 0.0)
+    total = usage.totals(rows)
+    if total["unsized"]:
+        notes.append(f"{total['unsized']} of {total['runs']} runs were indexed before runs' sizes were recorded: "
+                     "their objects and bytes are not counted (`slurm-yolo index rebuild` records them)")
+    if total["unmetered"]:
+        notes.append(f"{total['unmetered']} runs have no attempt with both a start and an end (or were indexed "
+                     "before hours were recorded): their GPU- and CPU-hours are not counted")
+    if args.json:
+        _print_json({"by": args.by, "since": since.isoformat() if since else None, "groups": rows, "total": total,
+                     "notes": notes})
+        return 0
+    headers = [args.by, "runs", "objects", "bytes", "GPU-hours", "CPU-hours"] + (["$/month"] if rates else [])
+    table = [[row[args.by], row["runs"], row["objects"], _human(row["bytes"]), f"{row['gpu_hours']:.1f}",
+              f"{row['cpu_hours']:.1f}"] + ([f"{row['cost_per_month']:.2f}"] if rates else []) for row in rows]
+    table.append(["total", total["runs"], total["objects"], _human(total["bytes"]), f"{total['gpu_hours']:.1f}",
+                  f"{total['cpu_hours']:.1f}"] + ([f"{sum(r['cost_per_month'] for r in rows):.2f}"] if rates else []))
+    _table(f"{cat.index_url}: usage by {args.by}" + (f" since {since:%Y-%m-%d %H:%M}" if since else ""), headers, table)
+    _warn(notes)
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     if args.metric:
         query.check_field(args.metric)
@@ -358,9 +411,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     plan = retention.plan_prune(index.load_records(cat), metric=args.metric, keep_top=keep, older_than=cutoff,
                                 project=args.project)
     out = plan.to_dict()
+    out["bytes"], out["unsized"] = retention.freed_bytes(plan)
+    frees = f"{'would free' if args.dry_run else 'frees'} {_human(out['bytes'])}" + (
+        f" (and {out['unsized']} runs indexed before sizes were recorded)" if out["unsized"] else "")
     if not args.json:
         verb = "would delete" if args.dry_run else "deleting"
-        _table(f"{verb} {len(plan.delete)} runs, keeping {len(plan.keep)} (older than {cutoff:%Y-%m-%d})",
+        _table(f"{verb} {len(plan.delete)} runs, keeping {len(plan.keep)} (older than {cutoff:%Y-%m-%d}); {frees}",
                ["run_id", "project", "model_name", plan.metric, "archive_url"],
                [[record["run_id"], record["project"], record["model_name"], record[plan.metric], record["archive_url"]]
                 for record in out["delete"]])

@@ -62,6 +62,16 @@ def locate(index_url: str | None = None, env: Mapping[str, str] | None = None) -
     prefix = site.get("allowed_prefix") if isinstance(site.get("allowed_prefix"), str) else None
     return IndexLocation.at(Store.from_env(env, endpoint_url=endpoint, atomic_conditional_writes=atomic), url, prefix)
 
+def storage_rates(env: Mapping[str, str] | None = None) -> dict[str, float]:
+    """The site's ``storage_cost_per_gb_month`` (storage class -> $/GB-month), ``{}`` when unset
+    or when there is no site config: a public setting, read the way :func:`locate` reads URLs."""
+    site = _read_site(site_config_path(dict(os.environ if env is None else env)))
+    rates = site.get("storage_cost_per_gb_month")
+    if not isinstance(rates, dict):
+        return {}
+    return {str(k).upper(): float(v) for k, v in rates.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _read_site(path: str) -> dict[str, Any]:
     # Only public settings are read here (URLs); the site's credentials file is root-only by design.
     try:

@@ -116,10 +116,19 @@ class PrunePlan:
         def short(record: Mapping[str, Any]) -> dict[str, Any]:
             return {"run_id": record.get("run_id"), "task": record.get("task"), "project": record.get("project"),
                     "model_name": record.get("model_name"), "fitness_metric": record.get("fitness_metric"),
-                    self.metric: field_value(dict(record), self.metric), "archive_url": record.get("archive_url")}
+                    self.metric: field_value(dict(record), self.metric), "archive_url": record.get("archive_url"),
+                    "bytes": record.get("bytes")}
 
         return {"metric": self.metric, "delete": [short(record) for record in self.delete],
                 "keep": [short(record) for record in self.keep]}
+
+
+def freed_bytes(plan: PrunePlan) -> tuple[int, int]:
+    """What deleting ``plan`` frees: the bytes the index records for its runs, and how many of
+    them have no recorded size (indexed before sizes were; not guessed)."""
+    sizes = [record.get("bytes") for record in plan.delete]
+    known = [int(size) for size in sizes if isinstance(size, (int, float)) and not isinstance(size, bool)]
+    return sum(known), len(sizes) - len(known)
 
 
 def plan_prune(records: Sequence[Mapping[str, Any]], *, metric: str | None = None, keep_top: tuple[float, bool],

@@ -153,6 +153,11 @@ def add(state: State, event: Event) -> State:
     return State(archives, drained, state.bytes_uploaded + event.bytes_uploaded, tuple(buckets), overflow, total, last)
 
 
+# Series present from the first write, at 0 until they happen: a rate or an alert over a
+# failure that never happened yet has a series to work on (Prometheus' advice for labelled counters).
+ALWAYS = {"archives": (_label(FAILED, None), _label(REFUSED, None)), "drained": (_label(FAILED, None),)}
+
+
 def render(state: State, spool: SpoolGauges) -> str:
     """The textfile for ``state`` and ``spool``: ``# HELP``/``# TYPE`` and samples (pure)."""
     from prometheus_client import CollectorRegistry, generate_latest
@@ -160,7 +165,7 @@ def render(state: State, spool: SpoolGauges) -> str:
 
     def counter(name: str, doc: str, counts: Mapping[str, float]) -> CounterMetricFamily:
         family = CounterMetricFamily(PREFIX + name, doc, labels=["result", "end_state"])
-        for key, value in sorted(counts.items()):
+        for key, value in sorted({**dict.fromkeys(ALWAYS.get(name, ()), 0.0), **counts}.items()):
             family.add_metric(key.split("|", 1), value)
         return family
 
