@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything slurm-yolo needs on a fresh Debian 12 machine, as root. Idempotent.
-#   - Debian packages: Slurm (slurmctld, slurmd, client), munge, git, chromium + chromium-driver
+#   - Debian packages: Slurm (slurmctld, slurmd, client), munge, git, chromium + chromium-driver,
+#     prometheus + prometheus-node-exporter (the metrics test)
 #   - a virtual environment at $SLURM_YOLO_VENV (default /opt/slurm-yolo/venv), made from
 #     Debian's /usr/bin/python3 so that non-root job users can execute it (a pyenv Python
 #     under /root is not reachable for them)
@@ -32,7 +33,10 @@ need_pkgs=()
 # chromium + chromium-driver: the portal's browser tests (tests/report) drive Debian's headless Chromium.
 # cron: its crontab command, where `slurm-yolo reconcile --user --install` puts the user's reconciler
 # when the cluster has no scrontab (tests/cluster/test_user_mode.py).
-for p in slurmctld slurmd slurm-client munge git python3-venv chromium chromium-driver cron; do
+# prometheus + prometheus-node-exporter: tests/cluster/test_metrics.py starts its own of each on
+# loopback ports (the packages' own services, where systemd starts them, are not used).
+for p in slurmctld slurmd slurm-client munge git python3-venv chromium chromium-driver cron \
+    prometheus prometheus-node-exporter; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
