@@ -86,6 +86,7 @@ def self_archive_setup(python: str, folder: str) -> dict[str, list[str]]:
             f"_slurm_yolo_archive() {{ {archive} \"$@\" || true; }}",
             "( trap '_slurm_yolo_archive --why SIGTERM; exit 0' TERM; while :; do sleep 3600 & wait $!; done ) &",
             "_slurm_yolo_watcher=$!",
+            "disown",  # bash would report the watcher's end (killed below) in the job's log
         ],
         "teardown": [
             "_slurm_yolo_step=$?",
