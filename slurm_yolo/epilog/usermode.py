@@ -346,7 +346,7 @@ def install(env: Mapping[str, str] | None = None, *, python: str | None = None) 
     _write_table(tool, with_line(table, kind, reconciler_command(python or sys.executable, state)), env)
     return (f"installed in your {kind} ({SCHEDULE}): `slurm-yolo reconcile --user`, logging to "
             f"{state / LOG_FILE}" + ("" if kind == mode.SCRONTAB else
-                                     " (this cluster does not enable scrontab: runs on this login node)"))
+                                     " (no scrontab on this cluster: it runs from this login node's cron)"))
 
 
 def _remove_from(kind: str, env: Mapping[str, str]) -> bool:
