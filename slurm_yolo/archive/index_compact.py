@@ -273,7 +273,7 @@ def _checked(cat: IndexLocation, client: Any, grace_s: float | None, now: dateti
 
 def _compact(cat: IndexLocation, client: Any, grace_s: float | None, now: datetime | None,
              sleep: Callable[[float], None], between: Callable[[], None] = lambda: None) -> CompactResult:
-    pending = read_pending(cat, client)
+    pending = read_pending(cat, client, writers_checked=False)  # the forged too: refused and moved below
     if not pending:
         return CompactResult(0, 0, (), 0)
     prefix = cat.key(PENDING)

@@ -89,11 +89,11 @@ def list_keys(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
 PENDING_READERS = 32
 
 
-def read_pending(cat: IndexLocation, client: Any) -> list[tuple[str, dict[str, Any]]]:
+def read_pending(cat: IndexLocation, client: Any, *, writers_checked: bool = True) -> list[tuple[str, dict[str, Any]]]:
     """``(key, record)`` of every pending update, oldest first within each run: one listing,
-    then the GETs :data:`PENDING_READERS` at a time."""
+    then the GETs :data:`PENDING_READERS` at a time (``writers_checked``: see :func:`parse_pending`)."""
     keys = [obj["Key"] for obj in list_keys(client, cat.bucket, cat.key(PENDING))]
-    return parse_pending(keys, get_many(client, cat.bucket, keys))
+    return parse_pending(keys, get_many(client, cat.bucket, keys), writers_checked=writers_checked)
 
 
 def get_many(client: Any, bucket: str, keys: Sequence[str]) -> list[tuple[bytes, str] | None]:
@@ -127,11 +127,13 @@ def read_pending_s5cmd(cat: IndexLocation) -> list[tuple[str, dict[str, Any]]]:
     return parse_pending([keys[i] for i in order], [bodies[i] for i in order])
 
 
-def parse_pending(keys: Sequence[str], bodies: Sequence[tuple[bytes, str] | None]) -> list[tuple[str, dict[str, Any]]]:
+def parse_pending(keys: Sequence[str], bodies: Sequence[tuple[bytes, str] | None], *,
+                  writers_checked: bool = True) -> list[tuple[str, dict[str, Any]]]:
     """``(key, record)`` of the pending updates read; the vanished (``None``: compacted and
-    deleted since the listing) and unreadable ones left out, and those whose record names
-    another user than the one whose part of ``pending/`` holds it (:func:`key_user`): no
-    reader takes one user's word for another's run."""
+    deleted since the listing) and unreadable ones left out, and, with ``writers_checked``,
+    those whose record names another user than the one whose part of ``pending/`` holds it
+    (:func:`key_user`): no reader takes one user's word for another's run. Compaction reads
+    them all, to refuse and move them aside."""
     out = []
     for key, got in zip(keys, bodies):
         if got is None:
@@ -142,7 +144,7 @@ def parse_pending(keys: Sequence[str], bodies: Sequence[tuple[bytes, str] | None
             continue
         if isinstance(rec, dict) and rec.get("run_id"):
             writer = key_user(key)
-            if writer is None or writer == rec.get("user"):
+            if not writers_checked or writer is None or writer == rec.get("user"):
                 out.append((key, rec))
     return out
 
