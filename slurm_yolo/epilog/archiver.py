@@ -17,6 +17,7 @@ import logging
 import os
 import pwd
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -265,7 +266,7 @@ def _evidence(job: Job, run: Run, site: SiteConfig, files: Path, deadline: float
 
 
 def _stage(job: Job, run: Run, site: SiteConfig, entry: Path, dest: str, user: str,
-           deadline: float) -> tuple[EntryInfo, snapshot.Snapshot]:
+           deadline: float, ahead: ship.Ahead | None = None) -> tuple[EntryInfo, snapshot.Snapshot]:
     """Write the entry (before the copy: an archiver killed mid-copy leaves an entry the
     drain finishes, not an orphan), then copy the run folder into it."""
     info = EntryInfo(run_id=run.run_id, attempt=run.attempt, job_id=job.job_id, uid=job.uid, dest=dest, user=user,
@@ -275,7 +276,8 @@ def _stage(job: Job, run: Run, site: SiteConfig, entry: Path, dest: str, user: s
     spool.write_entry(entry, info.replace(complete=False, staging=True), provisional,
                       manifest.build(run.run_id, run.attempt, {}), index_record(provisional))
     snap = snapshot.copy_tree(run.fd, job.uid, entry / spool.FILES, deadline=budget.stage_deadline(deadline),
-                              exclude=snapshot.EXCLUDE, direct_root=run.path)
+                              exclude=snapshot.EXCLUDE, direct_root=run.path,
+                              etag_wanted=ahead.etag_wanted if ahead is not None else None)
     if run.damaged:  # kept as it was, next to the record the archiver writes
         snapshot.copy_file_as(run.fd, runfolder.RUN_JSON, runfolder.DAMAGED_RECORD, job.uid, entry / spool.FILES,
                               snap, direct_root=run.path)
@@ -288,9 +290,10 @@ def _stage(job: Job, run: Run, site: SiteConfig, entry: Path, dest: str, user: s
 
 
 def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: EntryInfo, snap: snapshot.Snapshot,
-            dest: str, deadline: float, node_down: bool) -> tuple[endstate.Verdict, str]:
-    """Decide, record the verdict in the spool entry and (as the user) in the run folder."""
-    user, gid = job.user()
+            dest: str, deadline: float, node_down: bool) -> tuple[endstate.Verdict, dict[str, Any]]:
+    """Decide and record the verdict in the spool entry; returns it and the fields that
+    :func:`_write_back` puts into the run folder."""
+    user, _ = job.user()
     verdict = endstate.decide(_evidence(job, run, site, entry / spool.FILES, deadline, node_down))
     now = utc_now()
     # From the snapshot, not from the job: a job killed by SIGKILL/OOM never wrote them.
@@ -300,12 +303,19 @@ def _finish(job: Job, run: Run, site: SiteConfig, entry: Path, info: EntryInfo, 
     writeback.apply_verdict(run.record, fields)
     run.record["epilog"] = {"evidence": verdict.to_dict()["evidence"], "skipped": snap.skipped[:200],
                             "snapshot_complete": snap.complete, "by": job.by}
-    wb = "skipped: damaged record kept as it was" if run.damaged else writeback.update_as_user(
-        run.path, job.uid, gid, fields, timeout=budget.command_timeout(deadline))
     spool.write_entry(entry, info.replace(complete=snap.complete), run.record,
                       manifest.build(run.run_id, run.attempt, snap.files, created=now), index_record(run.record),
-                      snap.direct)
-    return verdict, wb
+                      snap.direct, snap.etags)
+    return verdict, fields
+
+
+def _write_back(job: Job, run: Run, fields: dict[str, Any], deadline: float) -> str:
+    """The verdict into the run folder's run.json, as the user (a child process: it runs
+    beside the upload, which never reads run.json from the folder)."""
+    if run.damaged:
+        return "skipped: damaged record kept as it was"
+    _, gid = job.user()
+    return writeback.update_as_user(run.path, job.uid, gid, fields, timeout=budget.command_timeout(deadline))
 
 
 # Archiving without a claim (the claims folder is unusable): a run archived twice beats a run lost.
@@ -350,10 +360,15 @@ def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by
             shutil.rmtree(entry, ignore_errors=True)  # an interrupted archiver's copy of this very attempt
             superseded = spool.supersede_older(spool_root, key) if locked else []
             dest, note = destination(run.record, site, user)
-            info, snap = _stage(job, run, site, entry, dest, user, deadline)
-            verdict, wb = _finish(job, run, site, entry, info, snap, dest, deadline, node_down)
-            shipped = ship.ship(entry, site, deadline=deadline - 1.0) if locked else \
-                ship.ShipResult(entry.name, False, "another drain holds this run: left to the drain", 0.0)
+            # What the store already holds under the run is asked while the folder is copied.
+            ahead = ship.Ahead(site, dest, deadline) if locked else None
+            info, snap = _stage(job, run, site, entry, dest, user, deadline, ahead)
+            verdict, fields = _finish(job, run, site, entry, info, snap, dest, deadline, node_down)
+            with ThreadPoolExecutor(1) as pool:
+                written = pool.submit(_write_back, job, run, fields, deadline)
+                shipped = ship.ship(entry, site, deadline=deadline - 1.0, ahead=ahead) if locked else \
+                    ship.ShipResult(entry.name, False, "another drain holds this run: left to the drain", 0.0)
+                wb = written.result()
         finally:
             lock.close()
         # Shipped, or durably in the spool for the drain: either way nobody archives it again.

@@ -1,11 +1,13 @@
 """Shipping the spool: upload a staged entry to the store, and the drain that ships them all.
 
-For one entry (:func:`ship`): the small files from the spool and the large ones straight from
-the run folder (:func:`ship_direct`), then the commit marker (``meta/``: run.json, the
-manifest, each attempt's record), then the run's index record and its pending update
-(compaction is the drain's, not the epilog's); then the entry is deleted. ``s5cmd cp``, not
-``sync``: an in-training sync may have left a same-size object with a newer time (a
-``last.pt`` uploaded while it was being rewritten), and ``sync`` would keep it. An entry whose
+For one entry (:func:`ship`): every file the store does not already hold under its key (the
+small ones from the spool, the large ones straight from the run folder, by one s5cmd), with
+the run's index record and its pending update written beside them (compaction is the drain's,
+not the epilog's), then the commit marker (``meta/``: run.json, the manifest, each attempt's
+record); then the entry is deleted. What the store holds is asked once (one listing of the
+run's prefix) and compared by size and ETag (:mod:`slurm_yolo.archive.remote`), never by
+size and time as ``s5cmd sync`` does: an in-training sync may have left a same-size object
+with a newer time (a ``last.pt`` uploaded while it was being rewritten). An entry whose
 snapshot the epilog could not finish in its time budget is copied again from the run folder
 by the drain before it ships (:func:`restage`). The queue and the per-run lock that make two
 drains (or a drain and an epilog) never ship one run at once are :mod:`slurm_yolo.epilog.spool`'s.
@@ -14,17 +16,18 @@ drains (or a drain and an epilog) never ship one run at once are :mod:`slurm_yol
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from slurm_yolo import budget
-from slurm_yolo.archive import s5cmd
+from slurm_yolo.archive import remote, s5cmd
 from slurm_yolo.archive.index_store import index_run, list_keys
 from slurm_yolo.archive.layout import stored_totals
 from slurm_yolo.archive.manifest import MANIFEST
@@ -33,13 +36,15 @@ from slurm_yolo.epilog import refusals
 from slurm_yolo.epilog import snapshot
 from slurm_yolo.epilog.entry import ENTRY_JSON, EntryInfo
 from slurm_yolo.epilog.spool import (
-    DIRECT_JSON, FILES, INDEX_JSON, META, RunLock, iter_entries, records,
+    DIRECT_JSON, ETAGS_JSON, FILES, INDEX_JSON, META, RunLock, iter_entries, records,
 )
 from slurm_yolo.errors import Refused, StoreError
 from slurm_yolo.record import utc_now, write_json_atomic
 from slurm_yolo.site import SiteConfig
 from slurm_yolo.store import split_url
 from slurm_yolo.timeparse import parse_time
+
+log = logging.getLogger("slurm_yolo.epilog")
 
 # At most this many descriptors handed to one s5cmd (batches beyond it).
 DIRECT_BATCH = 256
@@ -53,8 +58,9 @@ class ShipResult:
     ok: bool
     detail: str
     seconds: float
-    bytes: int = 0  # what this try uploaded (the manifest's files and the records), when it shipped
+    bytes: int = 0  # what this try uploaded (the files sent and the records), when it shipped
     end_state: str = ""
+    unchanged: int = 0  # files the store already held under their keys: not sent again
 
 
 @dataclass(frozen=True)
@@ -79,62 +85,216 @@ def _failed(entry: Path, info: EntryInfo, problem: Problem, started: float) -> S
     return ShipResult(entry.name, False, problem.detail, time.monotonic() - started)
 
 
-def ship(entry: Path, site: SiteConfig, *, deadline: float) -> ShipResult:
+class Ahead:
+    """What shipping needs from the store, asked while the run folder is still being copied:
+    the listing of the run's prefix (what the store already holds: :mod:`slurm_yolo.archive.remote`),
+    and boto3 imported for the index step. One per ship; its threads end by themselves."""
+
+    def __init__(self, site: SiteConfig, dest: str, deadline: float) -> None:
+        pool = ThreadPoolExecutor(2, thread_name_prefix="ahead")
+        self._held: Future[dict[str, remote.RemoteObject] | None] = pool.submit(_held, site, dest, deadline)
+        pool.submit(_import_boto3)
+        pool.shutdown(wait=False)
+
+    def held(self) -> dict[str, remote.RemoteObject] | None:
+        """Archive path → object under the run's prefix; ``None`` if the listing failed (then
+        everything is uploaded)."""
+        return self._held.result()
+
+    def etag_wanted(self, rel: str, size: int) -> bool:
+        """Whether hashing ``rel`` should also give its upload's ETag: only if the store holds
+        an object of that size at its key (otherwise the file is sent anyway)."""
+        held = self.held()
+        return held is not None and rel in held and held[rel].size == size
+
+
+def _held(site: SiteConfig, dest: str, deadline: float) -> dict[str, remote.RemoteObject] | None:
+    try:
+        return remote.listing(site.store, dest, deadline=deadline)
+    except StoreError as e:
+        log.info("listing %s failed (%s): every file is uploaded", dest, e)
+        return None
+
+
+def _import_boto3() -> None:
+    # The index step's boto3 costs ~0.2 s of imports: paid here, beside the copy of the folder.
+    import boto3  # noqa: F401
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One ship's uploads: small files from the spool, large ones from open descriptors, and
+    how many files the store already holds (not sent)."""
+
+    small: list[str]
+    direct: list[tuple[str, int]]
+    unchanged: int
+    sent_bytes: int
+
+
+def ship(entry: Path, site: SiteConfig, *, deadline: float, ahead: Ahead | None = None) -> ShipResult:
     """Upload one staged entry: files, commit marker, index record; delete it on success.
+
+    Files the store already holds under their keys (same size and the ETag this upload would
+    give them) are not sent again. One s5cmd process sends the rest: the small files from the
+    spool and the large ones straight from the run folder; the index record is written beside
+    it; the commit marker (run.json, the manifest, the attempt's record) goes last.
+
+    Args:
+        entry: the spool entry.
+        site: the site config.
+        deadline: ``time.monotonic()`` value; s5cmd is stopped there.
+        ahead: the listing started while the entry was staged (``None``: listed now).
 
     Never raises for store problems: the entry stays in the spool with the error recorded.
     """
     started = time.monotonic()
     info = EntryInfo.load(entry)
     dest = info.dest
+    held = (ahead or Ahead(site, dest, deadline)).held()
     base = s5cmd.base_argv(site.store, workers=site.s5cmd_workers, retries=3)
-    # The small files (from the spool) and the large ones (straight from the run folder) go up
-    # at once: two s5cmd processes, so neither waits for the other's last slow file.
-    with ThreadPoolExecutor(1) as pool:
-        small = None
-        if (entry / FILES).is_dir() and any((entry / FILES).iterdir()):
-            small = pool.submit(s5cmd.run, base + ["cp", f"{entry / FILES}/*", dest], site.store, deadline=deadline)
-        problem = ship_direct(entry, info, site, base, deadline=deadline)
-        result = small.result() if small is not None else None
-    if result is not None and not result.ok:
-        return _failed(entry, info, Problem.of("files", result), started)
+    direct = json.loads((entry / DIRECT_JSON).read_text()) if (entry / DIRECT_JSON).is_file() else {}
+    opened, dropped = _open_direct(direct, info.uid)
+    try:
+        plan = _plan(entry, direct, opened, dropped, held or {})
+        index = json.loads((entry / INDEX_JSON).read_text())
+        if held is not None:
+            # The run's size in the index is what the store holds under it once this ship is
+            # done (every attempt's files and records), known now: no listing after the copy.
+            index.update(stored_totals(_after(entry, held)))
+        with ThreadPoolExecutor(1) as pool:
+            # The index record beside the copy: readers open run.json (the commit marker)
+            # before they rely on any file, and a failed copy leaves the entry to the drain.
+            indexed = pool.submit(_index, site, dest, index, held is None)
+            problem = _upload(entry, info, site, base, plan, direct, deadline)
+            if problem is None:
+                # Last: the commit marker. A reader that sees run.json sees every file of the manifest.
+                result = s5cmd.run(base + ["cp", f"{entry / META}/*", dest], site.store, deadline=deadline)
+                problem = None if result.ok else Problem.of("commit marker", result)
+            owner = indexed.result()
+    finally:
+        for _, fd in opened:
+            os.close(fd)
     if problem:
         return _failed(entry, info, problem, started)
-    # Last: the commit marker. A reader that sees run.json sees every file of the manifest.
-    result = s5cmd.run(base + ["cp", f"{entry / META}/*", dest], site.store, deadline=deadline)
-    if not result.ok:
-        return _failed(entry, info, Problem.of("commit marker", result), started)
-    # Who owns the run ID in the index, the run's record and its pending update: boto3 (a read
-    # and three small writes, cheaper than three s5cmd processes). Compaction is not ours: the
-    # drain timer and `slurm-yolo index compact` do it, so job ends never wait on each other.
-    index = json.loads((entry / INDEX_JSON).read_text())
-    try:
-        # The run's size in the index is what the store now holds under it (every attempt's
-        # files and records): one listing, so `store usage` never lists the store.
-        index.update(stored_totals(list_keys(site.store.boto3_client(), *split_url(dest))))
-        owner = index_run(site.store, site.index_url, index)
-    except StoreError as e:
-        return _failed(entry, info, Problem(f"index: {e}", "store", True), started)
+    if isinstance(owner, StoreError):
+        return _failed(entry, info, Problem(f"index: {owner}", "store", True), started)
     taken = owner is not None
     note = f"; NOT indexed: run ID {info.run_id} belongs to {owner} in the index (use unique run IDs)" \
         if taken else ""
+    if plan.unchanged:
+        note += f"; {plan.unchanged} files already in the store, not sent again"
     if not info.complete and not info.restaged:
         # The epilog ran out of time while copying: the partial snapshot is in the store now,
         # and the entry stays for the drain to copy the rest (restage) and ship it again.
         info.replace(shipped_partial=utc_now()).save(entry)
         return ShipResult(entry.name, True, f"partial snapshot shipped to {dest}; the drain ships the rest{note}",
-                          time.monotonic() - started)
-    uploaded = _uploaded_bytes(entry)
+                          time.monotonic() - started, unchanged=plan.unchanged)
+    uploaded = plan.sent_bytes + _meta_bytes(entry)
     shutil.rmtree(entry, ignore_errors=True)
     return ShipResult(entry.name, True, f"shipped to {dest}{note}", time.monotonic() - started, uploaded,
-                      str(index.get("end_state") or ""))
+                      str(index.get("end_state") or ""), plan.unchanged)
 
 
-def _uploaded_bytes(entry: Path) -> int:
-    """Bytes one ship of ``entry`` sent: every file of its manifest, and its records."""
+def _index(site: SiteConfig, dest: str, index: dict[str, Any], list_first: bool) -> str | None | StoreError:
+    """The index step (:func:`index_run`): the owner of the run ID if another user's, ``None``
+    when indexed, the error if the store failed (returned: it runs on a thread)."""
+    try:
+        if list_first:  # the listing ahead failed: the size is what is there now (as a try)
+            index.update(stored_totals(list_keys(site.store.boto3_client(), *split_url(dest))))
+        return index_run(site.store, site.index_url, index)
+    except StoreError as e:
+        return e
+
+
+def _plan(entry: Path, direct: dict[str, dict[str, Any]], opened: list[tuple[str, int]], dropped: dict[str, str],
+          held: dict[str, remote.RemoteObject]) -> _Plan:
+    """What to send: every file of the manifest the store does not already hold.
+
+    A large file that changed since it was hashed is hashed again (the manifest follows) and
+    sent; one that can no longer be opened safely (the user swapped in a link, or deleted it)
+    is dropped from the manifest and listed in the record's ``epilog.skipped``.
+    """
     manifest = json.loads((entry / META / MANIFEST).read_text())
-    return sum(int(meta.get("size") or 0) for meta in manifest.get("files", {}).values()) + \
-        sum(p.stat().st_size for p in (entry / META).rglob("*") if p.is_file())
+    etags = json.loads((entry / ETAGS_JSON).read_text()) if (entry / ETAGS_JSON).is_file() else {}
+    for rel, fd in opened:
+        if _identity_changed(fd, direct[rel]):
+            meta = snapshot.hash_fd(fd)
+            direct[rel].update(meta, **snapshot.identity(os.fstat(fd)))
+            manifest["files"][rel] = meta
+            etags.pop(rel, None)
+    for rel in dropped:
+        manifest["files"].pop(rel, None)
+        direct.pop(rel, None)
+    _note_dropped(entry, manifest, direct, dropped)
+
+    def send(rel: str) -> bool:
+        meta = manifest["files"][rel]
+        return not remote.unchanged({"size": meta["size"], "etag": etags.get(rel)}, held.get(rel))
+
+    small = [rel for rel in manifest["files"] if rel not in direct and (entry / FILES / rel).is_file()]
+    sent_small = [rel for rel in small if send(rel)]
+    sent_direct = [(rel, fd) for rel, fd in opened if rel in manifest["files"] and send(rel)]
+    sent = sum(int(manifest["files"][rel]["size"]) for rel in sent_small + [rel for rel, _ in sent_direct])
+    return _Plan(sent_small, sent_direct, len(small) + len(opened) - len(sent_small) - len(sent_direct), sent)
+
+
+def _after(entry: Path, held: dict[str, remote.RemoteObject]) -> list[dict[str, int]]:
+    """``{"Size"}`` of every object under the run's prefix once the entry has shipped: what was
+    there, with the manifest's files and the records in their new sizes."""
+    sizes = {rel: obj.size for rel, obj in held.items()}
+    manifest = json.loads((entry / META / MANIFEST).read_text())
+    sizes.update({rel: int(meta["size"]) for rel, meta in manifest["files"].items()})
+    meta_dir = entry / META
+    sizes.update({str(p.relative_to(meta_dir)): p.stat().st_size for p in meta_dir.rglob("*") if p.is_file()})
+    return [{"Size": size} for size in sizes.values()]
+
+
+def _upload(entry: Path, info: EntryInfo, site: SiteConfig, base: list[str], plan: _Plan,
+            direct: dict[str, dict[str, Any]], deadline: float) -> Problem | None:
+    """Send the plan's files with one s5cmd (``run``: a ``cp`` per file; more than
+    :data:`DIRECT_BATCH` descriptors go in batches); ``None`` if all landed unchanged.
+
+    Large files go as ``/proc/self/fd/N`` of the checked descriptor; one that changed while it
+    was uploaded fails this round and is sent again by the drain. Small files are named by
+    their spool path (``--raw``: a ``*`` in a name is no wildcard); the rare name a ``run``
+    line cannot quote goes by its own ``cp``.
+    """
+    flags = " ".join(s5cmd.cp_flags())
+    lines, odd = [], []
+    for rel in plan.small:
+        try:
+            lines.append(f"cp --raw {flags} {s5cmd.quote_run_arg(str(entry / FILES / rel))} "
+                         f"{s5cmd.quote_run_arg(info.dest + rel)}")
+        except ValueError:
+            odd.append(rel)
+    batches = [plan.direct[i:i + DIRECT_BATCH] for i in range(0, len(plan.direct), DIRECT_BATCH)] or [[]]
+    for n, batch in enumerate(batches):
+        todo = (lines if n == 0 else []) + [
+            f"cp {flags} {s5cmd.quote_run_arg(f'/proc/self/fd/{fd}')} {s5cmd.quote_run_arg(info.dest + rel)}"
+            for rel, fd in batch]
+        if todo:
+            result = s5cmd.run(base + ["run"], site.store, deadline=deadline, stdin_text="\n".join(todo) + "\n",
+                               pass_fds=tuple(fd for _, fd in batch))
+            if not result.ok:
+                failed = sorted(_archive_path(info.dest, url) for url in result.failed_destinations)
+                return Problem.of("files" + (f" ({', '.join(failed[:3])}{' …' if len(failed) > 3 else ''})"
+                                             if failed else ""), result)
+        moved = [rel for rel, fd in batch if _identity_changed(fd, direct[rel])]
+        if moved:
+            return Problem(f"large files: {moved[0]} changed while it was uploaded; uploaded again on the "
+                           "next try", "changed", True)
+    for rel in odd:
+        result = s5cmd.run(base + ["cp", "--raw", *s5cmd.cp_flags(), str(entry / FILES / rel), info.dest + rel],
+                           site.store, deadline=deadline)
+        if not result.ok:
+            return Problem.of(f"files ({rel})", result)
+    return None
+
+
+def _meta_bytes(entry: Path) -> int:
+    """Bytes of the commit marker and the records one ship sends."""
+    return sum(p.stat().st_size for p in (entry / META).rglob("*") if p.is_file())
 
 
 def _identity_changed(fd: int, meta: dict[str, Any]) -> bool:
@@ -160,54 +320,6 @@ def _open_direct(direct: dict[str, dict[str, Any]], uid: int) -> tuple[list[tupl
         for fd in roots.values():
             os.close(fd)
     return opened, dropped
-
-
-def ship_direct(entry: Path, info: EntryInfo, site: SiteConfig, base: list[str], *,
-                deadline: float) -> Problem | None:
-    """Upload the entry's large files straight from the run folder; ``None`` if all landed.
-
-    Each file is re-opened with the snapshot's checks and handed to s5cmd as
-    ``/proc/self/fd/N`` of that descriptor. One that changed since it was hashed is hashed
-    again (the manifest follows); one that changed while it was uploaded fails this round
-    and is uploaded again by the drain. One that can no longer be opened safely (the user
-    swapped in a link, or deleted it) is dropped from the manifest and listed in the record's
-    ``epilog.skipped``: the rest of the run still arrives.
-    """
-    if not (entry / DIRECT_JSON).is_file():
-        return None
-    direct = json.loads((entry / DIRECT_JSON).read_text())
-    if not direct:
-        return None
-    manifest = json.loads((entry / META / MANIFEST).read_text())
-    opened, dropped = _open_direct(direct, info.uid)
-    try:
-        for rel, fd in opened:
-            if _identity_changed(fd, direct[rel]):
-                meta = snapshot.hash_fd(fd)
-                direct[rel].update(meta, **snapshot.identity(os.fstat(fd)))
-                manifest["files"][rel] = meta
-        for rel in dropped:
-            manifest["files"].pop(rel, None)
-            direct.pop(rel, None)
-        _note_dropped(entry, manifest, direct, dropped)
-        for i in range(0, len(opened), DIRECT_BATCH):
-            batch = opened[i:i + DIRECT_BATCH]
-            lines = [f"cp {s5cmd.quote_run_arg(f'/proc/self/fd/{fd}')} {s5cmd.quote_run_arg(info.dest + rel)}"
-                     for rel, fd in batch]
-            result = s5cmd.run(base + ["run"], site.store, deadline=deadline, stdin_text="\n".join(lines) + "\n",
-                               pass_fds=tuple(fd for _, fd in batch))
-            if not result.ok:
-                failed = sorted(_archive_path(info.dest, url) for url in result.failed_destinations)
-                return Problem.of("large files" + (f" ({', '.join(failed[:3])}{' …' if len(failed) > 3 else ''})"
-                                                   if failed else ""), result)
-            moved = [rel for rel, fd in batch if _identity_changed(fd, direct[rel])]
-            if moved:
-                return Problem(f"large files: {moved[0]} changed while it was uploaded; uploaded again on the "
-                               "next try", "changed", True)
-        return None
-    finally:
-        for _, fd in opened:
-            os.close(fd)
 
 
 def _archive_path(dest: str, url: str) -> str:
@@ -246,6 +358,8 @@ def restage(entry: Path, info: EntryInfo, *, deadline: float) -> tuple[str, Entr
     except (Refused, OSError) as e:
         outcome = f"run folder not copied again ({e}); shipping the partial snapshot"
     else:
+        # The ETags computed for the first copy may be of bytes that changed since.
+        (entry / ETAGS_JSON).unlink(missing_ok=True)
         try:
             snap = snapshot.copy_tree(fd, info.uid, entry / f"{FILES}.new", deadline=deadline,
                                       exclude=snapshot.EXCLUDE, direct_root=info.source)

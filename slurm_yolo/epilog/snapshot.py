@@ -34,10 +34,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from slurm_yolo import runfolder
-from slurm_yolo.archive import manifest
+from slurm_yolo.archive import manifest, s5cmd
 from slurm_yolo.errors import Refused
 from slurm_yolo.names import NAME_RE
 
@@ -69,6 +69,14 @@ class Snapshot:
     # uploaded straight from the run folder instead of from the spool.
     direct: dict[str, dict[str, Any]] = field(default_factory=dict)
     spool_full: bool = False
+    # Archive path → the ETag its upload would get (:func:`slurm_yolo.archive.manifest.s3_etag`),
+    # for the files the caller asked it of (an object of that size is in the store already).
+    etags: dict[str, str] = field(default_factory=dict)
+
+
+# Whether to compute the upload's ETag of a file (archive path, size) while hashing it: an md5
+# costs more than the sha256 here (SHA-NI), so only where it can spare an upload.
+EtagWanted = Callable[[str, int], bool]
 
 
 def identity(st: os.stat_result) -> dict[str, int]:
@@ -194,7 +202,7 @@ def _safe_component(name: str) -> bool:
 
 
 def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: frozenset[str] = frozenset(),
-              direct_root: str | None = None) -> Snapshot:
+              direct_root: str | None = None, etag_wanted: EtagWanted | None = None) -> Snapshot:
     """Copy the regular files owned by ``uid`` under ``src_fd`` into ``dest`` (created 0700).
 
     Args:
@@ -205,10 +213,12 @@ def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: fr
         exclude: relative paths not to copy (the epilog writes its own run.json).
         direct_root: the folder's path: large files are then hashed, not copied, and listed
             in :attr:`Snapshot.direct` for an upload straight from there. ``None``: copy all.
+        etag_wanted: which files also get the ETag of their upload, computed in the same read
+            (:attr:`Snapshot.etags`); ``None``: none.
     """
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _Hasher() as hasher:
-        walk = _Walk(uid, dest, deadline, exclude, direct_root, hasher)
+        walk = _Walk(uid, dest, deadline, exclude, direct_root, hasher, etag_wanted)
         walk.folder(src_fd, "", 0)
     return walk.snap
 
@@ -227,13 +237,14 @@ class _Hasher:
         self.slots = threading.BoundedSemaphore(HASH_THREADS * 2)
         self.jobs: list[Future[None]] = []
 
-    def submit(self, fd: int, st: os.stat_result, relpath: str, root: str, src_rel: str, snap: Snapshot) -> None:
+    def submit(self, fd: int, st: os.stat_result, relpath: str, root: str, src_rel: str, snap: Snapshot,
+               etag: bool = False) -> None:
         self.slots.acquire()
         own = os.dup(fd)
 
         def job() -> None:
             try:
-                _hash_in_place(own, st, relpath, root, src_rel, snap)
+                _hash_in_place(own, st, relpath, root, src_rel, snap, etag)
             finally:
                 os.close(own)
                 self.slots.release()
@@ -259,6 +270,7 @@ class _Walk:
     exclude: frozenset[str]
     direct_root: str | None
     hasher: _Hasher | None = None
+    etag_wanted: EtagWanted | None = None
     snap: Snapshot = field(default_factory=Snapshot)
     entries: int = 0
 
@@ -291,7 +303,7 @@ class _Walk:
             self.subfolder(dir_fd, name, relpath, depth)
         elif stat.S_ISREG(st.st_mode):
             _copy_file(dir_fd, name, relpath, self.uid, self.dest, self.snap, direct_root=self.direct_root,
-                       src_rel=relpath, hasher=self.hasher)
+                       src_rel=relpath, hasher=self.hasher, etag_wanted=self.etag_wanted)
         else:
             kind = "symlink" if stat.S_ISLNK(st.st_mode) else "special file"
             self.snap.skipped.append(f"{relpath}: {kind}")
@@ -343,7 +355,8 @@ def copy_file_as(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, sna
 
 
 def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap: Snapshot, *,
-               direct_root: str | None = None, src_rel: str | None = None, hasher: _Hasher | None = None) -> None:
+               direct_root: str | None = None, src_rel: str | None = None, hasher: _Hasher | None = None,
+               etag_wanted: EtagWanted | None = None) -> None:
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
     except OSError as e:  # ELOOP: swapped for a symlink since lstat
@@ -358,24 +371,33 @@ def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap:
             snap.skipped.append(f"{relpath}: owned by uid {st.st_uid}, not the job's user")
             return
         os.set_blocking(fd, True)
+        etag = etag_wanted is not None and etag_wanted(relpath, st.st_size)
         root = direct_root if direct_root is not None and can_upload_direct(relpath) else None
         if root is not None and st.st_size >= DIRECT_MIN_BYTES:
             if hasher is not None:
-                hasher.submit(fd, st, relpath, root, src_rel or relpath, snap)
+                hasher.submit(fd, st, relpath, root, src_rel or relpath, snap, etag)
             else:
-                _hash_in_place(fd, st, relpath, root, src_rel or relpath, snap)
+                _hash_in_place(fd, st, relpath, root, src_rel or relpath, snap, etag)
             return
         try:
-            snap.files[relpath] = _copy_hashed(fd, dest / relpath)
+            snap.files[relpath] = _keep_etag(snap, relpath, _copy_hashed(fd, dest / relpath, etag))
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT) or root is None:
                 raise
             # The spool is full: this file goes straight from the run folder too.
             (dest / relpath).unlink(missing_ok=True)
             snap.spool_full = True
-            _hash_in_place(fd, os.fstat(fd), relpath, root, src_rel or relpath, snap)
+            _hash_in_place(fd, os.fstat(fd), relpath, root, src_rel or relpath, snap, etag)
     finally:
         os.close(fd)
+
+
+def _keep_etag(snap: Snapshot, relpath: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's part of a hash (size, sha256); its ETag, if any, into :attr:`Snapshot.etags`."""
+    etag = meta.pop("etag", None)
+    if etag:
+        snap.etags[relpath] = etag
+    return meta
 
 
 def can_upload_direct(relpath: str) -> bool:
@@ -383,22 +405,24 @@ def can_upload_direct(relpath: str) -> bool:
     return not any(c in relpath for c in '"\\\n\r')
 
 
-def _copy_hashed(fd: int, target: Path) -> dict[str, Any]:
+def _copy_hashed(fd: int, target: Path, etag: bool = False) -> dict[str, Any]:
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        return manifest.hash_fd(fd, copy_to=out)
+        return manifest.hash_fd(fd, copy_to=out, part_size=s5cmd.PART_SIZE if etag else None)
     finally:
         os.close(out)
 
 
-def hash_fd(fd: int) -> dict[str, Any]:
-    """Size and sha256 of an open file, read from its start (:func:`slurm_yolo.archive.manifest.hash_fd`)."""
-    return manifest.hash_fd(fd)
+def hash_fd(fd: int, etag: bool = False) -> dict[str, Any]:
+    """Size and sha256 of an open file, read from its start (:func:`slurm_yolo.archive.manifest.hash_fd`);
+    with ``etag``, also the ETag of its upload (``"etag"``)."""
+    return manifest.hash_fd(fd, part_size=s5cmd.PART_SIZE if etag else None)
 
 
-def _hash_in_place(fd: int, st: os.stat_result, relpath: str, root: str, src_rel: str, snap: Snapshot) -> None:
-    meta = hash_fd(fd)
+def _hash_in_place(fd: int, st: os.stat_result, relpath: str, root: str, src_rel: str, snap: Snapshot,
+                   etag: bool = False) -> None:
+    meta = _keep_etag(snap, relpath, hash_fd(fd, etag))
     snap.files[relpath] = meta
     # The identity is the one from before the read: a write during it shows at upload time,
     # and the file is hashed again then.

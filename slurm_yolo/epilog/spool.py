@@ -11,15 +11,19 @@ One entry per ended attempt, in the root-only spool folder::
         meta/attempts/attempt-N.json  the record as this attempt ended (kept per attempt)
         index.json        the run's index record
         direct.json       the large files, uploaded straight from the run folder (snapshot.py)
+        etags.json        the ETag each file's upload would get, where it was computed: a file
+                          the store already holds with that ETag is not sent again (remote.py)
 
 The entry's name is the attempt's :class:`~slurm_yolo.runfolder.AttemptKey` (its claim's name
 too). The run ID alone is chosen by the user (``--run-id``), so it never names an entry
 alone: the uid and the Slurm job ID (both from slurmd, and kept across requeues) come first,
 and two users, or two jobs, with the same run ID never share an entry, a lock or a supersede.
 
-Shipping is idempotent: ``s5cmd cp`` uploads every staged file (not ``sync``: an in-training
-sync may have left a same-size object with a newer time, e.g. a ``last.pt`` uploaded while
-it was being rewritten, and ``sync`` would keep it), then the commit marker, then the run's
+Shipping is idempotent: ``s5cmd cp`` uploads every staged file the store does not already
+hold under its key (same size and the ETag this upload would give it: :mod:`slurm_yolo.archive.remote`;
+not ``sync``, which trusts sizes and times: an in-training sync may have left a same-size
+object with a newer time, e.g. a ``last.pt`` uploaded while it was being rewritten), then the
+commit marker, then the run's
 index record and its pending update (compaction is the drain's, not the epilog's), then the entry is
 deleted. An entry whose snapshot the epilog could not finish in its time budget is copied
 again from the run folder by the drain before it ships. A per-run ``flock`` makes two
@@ -44,6 +48,7 @@ from slurm_yolo.runfolder import RUN_JSON, AttemptKey
 FILES, META, ATTEMPTS = "files", "meta", "attempts"
 INDEX_JSON = "index.json"
 DIRECT_JSON = "direct.json"
+ETAGS_JSON = "etags.json"
 LOCKS = ".locks"
 
 
@@ -113,9 +118,11 @@ class RunLock:
 
 
 def write_entry(entry: Path, info: EntryInfo, record: dict[str, Any], manifest: dict[str, Any],
-                index: dict[str, Any], direct: dict[str, dict[str, Any]] | None = None) -> None:
+                index: dict[str, Any], direct: dict[str, dict[str, Any]] | None = None,
+                etags: dict[str, str] | None = None) -> None:
     """Write the metadata of a staged entry (the small files are already in ``entry/files``;
-    ``direct`` lists the large ones, uploaded from the run folder: see snapshot.py)."""
+    ``direct`` lists the large ones, uploaded from the run folder: see snapshot.py; ``etags``
+    the expected ETag of the files whose store copy may already be this one)."""
     (entry / META / ATTEMPTS).mkdir(mode=0o700, parents=True, exist_ok=True)
     write_json_atomic(entry / META / RUN_JSON, record, mode=0o600)
     # Each attempt's snapshot stays in the store, marked with its number; later attempts
@@ -125,6 +132,8 @@ def write_entry(entry: Path, info: EntryInfo, record: dict[str, Any], manifest: 
     write_json_atomic(entry / INDEX_JSON, index, mode=0o600)
     if direct is not None:
         write_json_atomic(entry / DIRECT_JSON, direct, mode=0o600)
+    if etags is not None:
+        write_json_atomic(entry / ETAGS_JSON, etags, mode=0o600)
     info.save(entry)
 
 
