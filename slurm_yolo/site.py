@@ -21,6 +21,7 @@ Example::
     scontrol: true          # allow one `scontrol show job` per job to tell time-out from cancel
     claim_dir: /shared/slurm-yolo/claims  # multi-node: on a filesystem all nodes + controller share
     slurm_conf: /etc/slurm/slurm.conf     # for scontrol/squeue where Slurm does not set SLURM_CONF
+    runs_roots: [/shared/runs]            # without accounting, the reconciler walks these
     metrics_textfile: /var/lib/prometheus/node-exporter/slurm-yolo.prom  # null: no metrics
     storage_cost_per_gb_month: {STANDARD: 0.023, STANDARD_IA: 0.0125}   # for `store usage`
 
@@ -48,7 +49,7 @@ ENV_VAR = "SLURM_YOLO_SITE_CONFIG"
 
 _KEYS = {"store", "allowed_prefix", "index_url", "spool_dir", "log_file", "time_budget_s", "s5cmd_workers",
          "scontrol", "scontrol_path", "s5cmd_path", "claim_dir", "slurm_conf", "squeue_path", "metrics_textfile",
-         "storage_cost_per_gb_month"}
+         "storage_cost_per_gb_month", "sacct_path", "runs_roots"}
 _STORE_KEYS = {"endpoint_url", "region", "credentials_file", "profile", "atomic_conditional_writes"}
 
 
@@ -77,6 +78,10 @@ class SiteConfig:
     metrics_textfile: str | None = "/var/lib/prometheus/node-exporter/slurm-yolo.prom"
     # $/GB-month per S3 storage class, for `store usage`'s cost estimate; None: no estimate.
     storage_cost_per_gb_month: Mapping[str, float] | None = None
+    sacct_path: str = "/usr/bin/sacct"
+    # Where users' run folders live (their runs_root): a reconciler on a cluster without
+    # accounting walks them for runs whose job slurmctld already forgot.
+    runs_roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.claim_dir:
@@ -229,5 +234,15 @@ def _parse(raw: dict[str, Any], path: str) -> SiteConfig:
         **({"scontrol": bool(raw["scontrol"])} if "scontrol" in raw else {}),
         **({"claim_dir": str(raw["claim_dir"])} if raw.get("claim_dir") else {}),
         **({"slurm_conf": str(raw["slurm_conf"])} if raw.get("slurm_conf") else {}),
+        **({"sacct_path": str(raw["sacct_path"])} if raw.get("sacct_path") else {}),
+        **({"runs_roots": _runs_roots(raw["runs_roots"], path)} if raw.get("runs_roots") else {}),
         **_optional(raw, path),
     )
+
+
+def _runs_roots(value: Any, path: str) -> tuple[str, ...]:
+    roots = [value] if isinstance(value, str) else value
+    if not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(r) for r in roots):
+        raise SiteConfigError(f"site config {path}: runs_roots must be a list of absolute paths, "
+                              "e.g. [/shared/runs]")
+    return tuple(roots)

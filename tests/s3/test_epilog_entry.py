@@ -173,6 +173,7 @@ def test_the_admin_guide_shows_the_site_defaults():
         "claim_dir": "`<spool_dir>/.claims`",  # "" means: inside the spool (SiteConfig.__post_init__)
         "slurm_conf": "—",
         "storage_cost_per_gb_month": "—",
+        "runs_roots": "—",
     }
     for key, value in DEFAULTS.items():
         want = shown.get(key) or (f"`{str(value).lower()}`" if isinstance(value, bool) else
