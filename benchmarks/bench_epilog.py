@@ -66,6 +66,10 @@ from slurm_yolo.site import SiteConfig  # noqa: E402
 from _services import STORES, S3Server, s3_server  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 VENV_PY = "/opt/slurm-yolo/venv/bin/python"
+BARE = "bare `s5cmd cp` of the folder (the limit)"
+EPILOG = "slurm-yolo epilog (copy+sha256, s5cmd)"
+SEQUENTIAL = "boto3 sequential upload_file"
+POOL = "boto3 ThreadPoolExecutor(5)"
 BUCKET = "bench-epilog"
 RUN_ID = "20250101_000000_bench1"
 
@@ -279,12 +283,10 @@ def bench_archive(run: Path, files: dict[str, int], server: S3Server, endpoint: 
     check_client = server.store().boto3_client()  # checks bypass the proxy
     store = dataclasses.replace(server.store(s5cmd=s5cmd_path), endpoint_url=endpoint)
     approaches: list[tuple[str, Callable[[], Upload]]] = [
-        ("bare `s5cmd cp` of the folder (the limit)", lambda: via_bare_s5cmd(run, files, store, workers,
-                                                                              check_client)),
-        ("slurm-yolo epilog (copy+sha256, s5cmd)", lambda: via_slurm_yolo(run, files, store, spool, workers,
-                                                                           check_client)),
-        ("boto3 sequential upload_file", lambda: via_boto3(run, files, store, 1, check_client)),
-        ("boto3 ThreadPoolExecutor(5)", lambda: via_boto3(run, files, store, 5, check_client)),
+        (BARE, lambda: via_bare_s5cmd(run, files, store, workers, check_client)),
+        (EPILOG, lambda: via_slurm_yolo(run, files, store, spool, workers, check_client)),
+        (SEQUENTIAL, lambda: via_boto3(run, files, store, 1, check_client)),
+        (POOL, lambda: via_boto3(run, files, store, 5, check_client)),
     ]
     out: dict[str, list[Upload]] = {label: [] for label, _ in approaches}
     for rep in range(reps):
@@ -293,6 +295,95 @@ def bench_archive(run: Path, files: dict[str, int], server: S3Server, endpoint: 
             out[label].append(u)
             log(f"  rep {rep + 1} {label}: {u.seconds:.2f} s ({u.objects} objects)")
     return out
+
+
+# ---------------------------------------------------------------- part 3: a run synced during training
+
+def make_synced_folder(parent: Path, checkpoints_mb: int) -> tuple[Path, dict[str, int]]:
+    """The run folder of part 2 with ``save_period``-style checkpoints of 100 MB each (best,
+    last and epochN) adding up to ``checkpoints_mb``."""
+    parent.mkdir(parents=True, exist_ok=True)
+    run, files = make_run_folder(parent, seed=11)
+    names = ["best.pt", "last.pt"] + [f"epoch{i}.pt" for i in range(1, max(0, checkpoints_mb // 100 - 2) + 1)]
+    for name in names[:max(1, checkpoints_mb // 100)]:
+        with open(run / "weights" / name, "wb") as f:
+            for _ in range(100):
+                f.write(os.urandom(1_000_000))
+        files[f"weights/{name}"] = 100_000_000
+    return run, files
+
+
+def via_synced_epilog(run: Path, files: dict[str, int], store: Store, spool: Path, workers: int, check_client,
+                      verify: bool) -> Upload:
+    """The epilog of a run whose folder an in-training sync already uploaded (``s5cmd sync`` of
+    the folder, untimed) and whose results.csv grew since: timed from the epilog's start to the
+    run archived (and, with ``verify``, read back and checked against its manifest, untimed)."""
+    from slurm_yolo.archive.manifest import MANIFEST, verify_tree
+    from slurm_yolo.epilog import archiver
+
+    tag = uuid.uuid4().hex[:8]
+    site = SiteConfig(path="(benchmark)", store=store,
+                      allowed_prefix=f"s3://{BUCKET}/{tag}/runs/{{user}}/", index_url=f"s3://{BUCKET}/{tag}/index/",
+                      spool_dir=str(spool / tag), log_file=str(spool.parent / "epilog.log"), s5cmd_workers=workers,
+                      scontrol=False)
+    env = {"SLURM_JOB_ID": "4243", "SLURM_JOB_UID": str(os.getuid()), "SLURM_JOB_GID": str(os.getgid()),
+           "SLURM_JOB_COMMENT": epilog_main.MARKER_PREFIX + str(run), "SLURM_JOB_EXIT_CODE2": "0:0",
+           "SLURMD_NODENAME": "node1", "SLURM_JOB_NODELIST": "node1"}
+    dest, _ = archiver.destination(json.loads((run / "run.json").read_text()), site, archiver.Job(env, "b").user()[0])
+    synced = s5cmd.run(s5cmd.base_argv(store, workers=workers) + ["sync", "--exclude", "run.json", f"{run}/", dest],
+                       store)
+    if not synced.ok:
+        raise RuntimeError(f"the sync before the epilog failed: {synced.summary()}")
+    with open(run / "results.csv", "a") as f:  # trained on after the last sync
+        f.write(",".join(["0.5"] * 14) + "\n")
+    files["results.csv"] = (run / "results.csv").stat().st_size
+    t0 = time.perf_counter()
+    summary = epilog_main.archive_job(env, site, deadline=time.monotonic() + 600)
+    seconds = time.perf_counter() - t0
+    if not summary["shipped"] or not summary["complete"]:
+        raise RuntimeError(f"slurm-yolo did not ship everything: {summary}")
+    bucket_prefix = dest.removeprefix(f"s3://{BUCKET}/")
+    stored = {k.removeprefix(bucket_prefix): v for k, v in list_sizes(check_client, bucket_prefix).items()}
+    if any(stored.get(rel) != size for rel, size in files.items()) or MANIFEST not in stored:
+        raise RuntimeError("synced run: missing or wrong size in the store")
+    if verify:
+        with tempfile.TemporaryDirectory(prefix="bench-verify-") as back:
+            got = s5cmd.run(s5cmd.base_argv(store, workers=workers) + ["cp", dest + "*", back + "/"], store)
+            problems = verify_tree(back, json.loads(Path(back, MANIFEST).read_text())) if got.ok else ["download"]
+            if problems:
+                raise RuntimeError(f"synced run: the archive does not verify: {problems[:3]}")
+    delete_keys(check_client, list(list_sizes(check_client, f"{tag}/")))
+    return Upload(seconds, len(stored), sum(stored.values()), {"sent": float(summary["bytes"])})
+
+
+def bench_synced(server: S3Server, endpoint: str, work: Path, reps: int, workers: int, checkpoints_mb: int,
+                 log: Callable[[str], None]) -> tuple[dict[str, list[Upload]], int]:
+    """Bare copy of the synced run's folder against its epilog, ``reps`` each, interleaved."""
+    check_client = server.store().boto3_client()
+    store = dataclasses.replace(server.store(), endpoint_url=endpoint)
+    run, files = make_synced_folder(work / "synced", checkpoints_mb)
+    out: dict[str, list[Upload]] = {BARE: [], "slurm-yolo epilog after the sync": []}
+    for rep in range(reps):
+        out[BARE].append(via_bare_s5cmd(run, files, store, workers, check_client))
+        out["slurm-yolo epilog after the sync"].append(
+            via_synced_epilog(run, files, store, work / "spool", workers, check_client, verify=rep == 0))
+        log(f"  synced rep {rep + 1}: bare {out[BARE][-1].seconds:.2f} s, epilog "
+            f"{out['slurm-yolo epilog after the sync'][-1].seconds:.2f} s, "
+            f"{out['slurm-yolo epilog after the sync'][-1].extra['sent'] / 1e6:.2f} MB sent")
+    total = sum(files.values())
+    shutil.rmtree(run)
+    return out, total
+
+
+def synced_table(label: str, by: dict[str, list[Upload]], total: int) -> str:
+    bare = statistics.median(u.seconds for u in by[BARE])
+    lines = [f"| {label} | median s | min–max s | vs bare s5cmd | MB sent at job end |", "|---|---:|---:|---:|---:|"]
+    for name, ups in by.items():
+        secs = [u.seconds for u in ups]
+        sent = statistics.median(u.extra.get("sent", float(total)) for u in ups)
+        lines.append(f"| {name} | {statistics.median(secs):.2f} | {min(secs):.2f}–{max(secs):.2f} | "
+                     f"{statistics.median(secs) / bare:.2f}× | {sent / 1e6:.1f} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- report
@@ -316,20 +407,24 @@ def noop_table(rows: list[tuple[str, float, float]], n: int) -> str:
 
 
 def archive_table(results: dict[str, dict[str, list[Upload]]], total_bytes: int) -> str:
-    lines = ["| store, network | approach | objects | median s | min–max s | MB/s | time vs sequential boto3 |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| store, network | approach | objects | median s | min–max s | MB/s | vs bare s5cmd | "
+             "vs boto3 ×5 | vs sequential boto3 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for net, by in results.items():
-        ref = statistics.median(u.seconds for u in by["boto3 sequential upload_file"])
+        def med_of(label: str) -> float:
+            return statistics.median(u.seconds for u in by[label])
+
+        ref, bare, pool = med_of(SEQUENTIAL), med_of(BARE), med_of(POOL)
         for label, ups in by.items():
             secs = [u.seconds for u in ups]
             med = statistics.median(secs)
             lines.append(f"| {net} | {label} | {ups[0].objects} | {med:.2f} | {min(secs):.2f}–{max(secs):.2f} | "
-                         f"{total_bytes / 1e6 / med:.0f} | {med / ref:.2f}× |")
+                         f"{total_bytes / 1e6 / med:.0f} | {med / bare:.2f}× | {med / pool:.2f}× | {med / ref:.2f}× |")
             if ups and "copy_s" in ups[0].extra:  # the part of the epilog's time that is not upload
                 copy = [u.extra["copy_s"] for u in ups]
                 lines.append(f"| {net} | ↳ of which: safe copy + sha256 into the spool (timed alone) | — | "
                              f"{statistics.median(copy):.2f} | {min(copy):.2f}–{max(copy):.2f} | "
-                             f"{total_bytes / 1e6 / statistics.median(copy):.0f} | — |")
+                             f"{total_bytes / 1e6 / statistics.median(copy):.0f} | — | — | — |")
     return "\n".join(lines)
 
 
@@ -344,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
                         "slurm_yolo.archive.s5cmd.binary())")
     parser.add_argument("--stores", default=",".join(STORES), help="comma-separated: seaweedfs,moto (default both)")
     parser.add_argument("--markdown", help="also write the results as a markdown section to this file")
+    parser.add_argument("--synced-mb", type=int, default=800,
+                        help="checkpoints of the synced run (part 3), MB; 0: skip part 3")
+    parser.add_argument("--synced-reps", type=int, default=2)
+    parser.add_argument("--skip-noop", action="store_true", help="leave out part 1")
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -352,9 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     log(f"no-op path: {args.noop_runs} runs each …")
-    noop = bench_noop(args.noop_runs)
+    noop = [] if args.skip_noop else bench_noop(args.noop_runs)
     work = Path(tempfile.mkdtemp(prefix="bench-epilog-"))
     results: dict[str, dict[str, list[Upload]]] = {}
+    synced: dict[str, tuple[dict[str, list[Upload]], int]] = {}
     try:
         run, files = make_run_folder(work)
         total = sum(files.values())
@@ -373,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
                         with latency_proxy(server.endpoint, args.delay_ms) as proxied:
                             results[label] = bench_archive(run, files, server, proxied, spool, args.reps,
                                                            args.workers, args.s5cmd, log)
+                            if args.synced_mb and kind == "seaweedfs":
+                                log(f"{label}: the synced run ({args.synced_mb} MB of checkpoints)")
+                                synced[label] = bench_synced(server, proxied, work, args.synced_reps, args.workers,
+                                                             args.synced_mb, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - started
@@ -388,11 +492,17 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine}. Benchmark wall time {elapsed:.0f} s; 1-min load average {load_before:.1f} "
         f"before, {load_after:.1f} after (anything above ~0.5 means other processes shared the 2 cores).", "",
         "Reproduce: `/opt/slurm-yolo/venv/bin/python benchmarks/bench_epilog.py --markdown /tmp/epilog-benchmarks.md`",
-        "", noop_table(noop, args.noop_runs), "",
+        "", noop_table(noop, args.noop_runs) if noop else "(no-op path not run: --skip-noop)", "",
         f"Run folder: {folder}. s5cmd `{args.s5cmd or s5cmd.binary()}` --numworkers {args.workers}. "
         "Each run to a fresh prefix; "
         f"object count and bytes checked after every run.", "",
         archive_table(results, total), "",
+        *[part for label, (by, size) in synced.items() for part in (
+            f"A run synced during training ({label}): the folder above with {args.synced_mb} MB of 100 MB "
+            f"checkpoints, {size / 1e6:.0f} MB in all, uploaded by `s5cmd sync` before the epilog (untimed), "
+            "results.csv grown since; the epilog's time is to the run archived (the first repetition also "
+            "read back and verified against its manifest, untimed).", "",
+            synced_table(f"{label}, synced run", by, size), "")],
     ])
     print(text)
     if args.markdown:
