@@ -391,7 +391,8 @@ def remove_from_index(cat: IndexLocation, records: Iterable[Mapping[str, Any]]) 
         commit_quarter(cat, client, quarter, drop)
         removed += counts[-1] if counts else 0
     # Their pending updates go whatever their age: readers would otherwise bring them back.
-    delete_keys(client, cat.bucket, [k for k, rec in read_pending(cat, client) if rec["run_id"] in gone])
+    delete_keys(client, cat.bucket, [k for k, rec in read_pending(cat, client, writers_checked=False)
+                                     if rec["run_id"] in gone])
     return removed
 
 
