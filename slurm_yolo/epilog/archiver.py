@@ -331,17 +331,21 @@ def _claim(site: SiteConfig, key: AttemptKey, env: Mapping[str, str], by: str) -
 
 
 def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by: str,
-                node_down: bool = False) -> ArchiveResult:
+                node_down: bool = False, slurm: Mapping[str, str] | None = None) -> ArchiveResult:
     """Archive the attempt of the job ``env`` describes, unless someone else claimed it.
 
     ``node_down``: the caller saw the job's node die (the controller path); the attempt
-    ends as ``NODE_FAIL`` even where Slurm already requeued the job.
+    ends as ``NODE_FAIL`` even where Slurm already requeued the job. ``slurm``: what the caller
+    already knows in ``scontrol show job``'s words (the reconciler, from sacct, for a job
+    slurmctld forgot): used instead of asking scontrol.
 
     Raises:
         Refused: the marker or folder cannot be trusted (nothing copied).
     """
     job = Job(env, by)
     run = resolve_run(job, site, deadline)
+    if slurm is not None and not run.scontrol:
+        run.scontrol = dict(slurm)
     try:
         user, _ = job.user()
         key = AttemptKey.of(job.uid, job.job_id, run.run_id, run.attempt)

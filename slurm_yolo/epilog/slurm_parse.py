@@ -87,6 +87,76 @@ def parse_squeue(text: str) -> list[QueuedJob]:
     return jobs
 
 
+# sacct's fields for the reconciler, the comment last (the user's text may hold the separator).
+# JobIDRaw is what the epilog sees as SLURM_JOB_ID (an array element's own ID); JobID is
+# ``123_4`` for it. Identical in Slurm 22.05 and 24.11 (tests/data/slurm*/sacct-*.txt).
+SACCT_FIELDS = ("JobIDRaw", "JobID", "State", "UID", "End", "ExitCode", "NodeList", "Reason", "Comment")
+# Ended jobs only: sacct -s with a window (-S/-E) keeps the jobs that were in one of these
+# states within it, i.e. that ended after its start (states: SLURM_ENDED's short names).
+SACCT_ENDED = "BF,CA,CD,DL,F,NF,OOM,PR,TO"
+# What sacct prints when the cluster keeps no accounting (AccountingStorageType=none).
+NO_ACCOUNTING = re.compile(r"accounting storage is disabled|slurmdbd.*(not|n't) (running|responding)", re.I)
+
+
+@dataclass(frozen=True)
+class AccountedJob:
+    """One line of ``sacct``: a job that ended, as Slurm's accounting recorded it.
+
+    It answers what :class:`QueuedJob` answers (the reconciler picks due jobs from either), and
+    ``fields`` carries what ``scontrol show job`` would have said, for the end-state rules.
+    """
+
+    job_id: str
+    state: str
+    uid: int
+    end: str
+    comment: str
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def scontrol(self) -> dict[str, str]:
+        """The job in ``scontrol show job``'s words (JobId, JobState, Reason, ExitCode, NodeList)."""
+        return dict(self.fields)
+
+    def ids(self) -> set[str]:
+        """The names squeue may print for it: its own ID, and ``123_4`` for an array element."""
+        f = self.scontrol()
+        return {self.job_id} | ({f"{f['ArrayJobId']}_{f['ArrayTaskId']}"} if f.get("ArrayTaskId") else set())
+
+
+def sacct_argv(sacct: str, start: str, *, uid: int | None = None) -> list[str]:
+    """The jobs that ended since ``start`` (``YYYY-MM-DDTHH:MM:SS``, the controller's local
+    time), every user's, or only ``uid``'s; allocations only (no steps), as ``|``-separated lines."""
+    if not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", start):
+        raise ValueError(f"sacct start {start!r} is not YYYY-MM-DDTHH:MM:SS")
+    who = ["-u", str(uid)] if uid is not None else ["-a"]
+    return [sacct, "-X", "-n", "-P", *who, "-S", start, "-E", "now", "-s", SACCT_ENDED,
+            "-o", ",".join(SACCT_FIELDS)]
+
+
+def parse_sacct(text: str) -> list[AccountedJob]:
+    """``sacct -P -o SACCT_FIELDS`` output → ended jobs (lines that do not parse are skipped).
+
+    ``State`` is Slurm's word alone (``CANCELLED by 1001`` → ``CANCELLED``; the whole text is
+    kept as ``StateText``), ``Reason`` as accounting stored it (``None`` where there was none).
+    """
+    jobs = []
+    for line in text.splitlines():
+        parts = line.split("|", len(SACCT_FIELDS) - 1)
+        if len(parts) != len(SACCT_FIELDS):
+            continue
+        raw, job_id, state, uid, end, exit_code, nodes, reason, comment = parts
+        if not raw.strip().isdigit() or not uid.strip().isdigit():
+            continue
+        word = state.strip().split()[0] if state.strip() else ""
+        array_job, _, task = job_id.strip().partition("_")
+        fields = (("JobId", raw.strip()), *((("ArrayJobId", array_job), ("ArrayTaskId", task)) if task else ()),
+                  ("JobState", word),
+                  ("StateText", state.strip()), ("ExitCode", exit_code.strip()), ("NodeList", nodes.strip()),
+                  ("Reason", reason.strip() or "None"), ("source", "sacct"))
+        jobs.append(AccountedJob(raw.strip(), word, int(uid), end.strip(), comment, fields))
+    return jobs
+
+
 def scontrol_node_argv(scontrol: str, nodelist: str) -> list[str] | None:
     """``scontrol show node <list>``; ``None`` for a node list that does not look like Slurm's."""
     if not nodelist or not NODELIST_RE.fullmatch(nodelist):

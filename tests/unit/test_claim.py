@@ -104,6 +104,10 @@ def test_prune_deletes_old_done_claims_only(tmp_path):
 
 # Refused markers (epilog/refusals.py): remembered apart from the claims, never retried.
 
+
+def NO_ACCOUNTING(site, since, uid):  # noqa: N802 - a stand-in for list_accounted: the cluster keeps none
+    return None
+
 def _reconcile_site(tmp_path: Path):
     from slurm_yolo.site import SiteConfig
     from slurm_yolo.store import Store
@@ -134,7 +138,7 @@ def test_a_refused_marker_is_opened_once_however_many_rounds(tmp_path):
     said: list[str] = []
     window = budget.stale_after_s(site.time_budget_s)
     for offset in (0.0, 60.0, window + 1, 10 * window, 86400.0):
-        results = reconcile(site, now=start + timedelta(seconds=offset), say=said.append, jobs=lambda s: queued)
+        results = reconcile(site, now=start + timedelta(seconds=offset), say=said.append, jobs=lambda s: queued, accounted=NO_ACCOUNTING)
         assert all("error" not in r for r in results), results
     refused = [line for line in said if "refused" in line]
     assert len(refused) == 1 and refused[0].startswith("job 501: refused: "), said
@@ -142,13 +146,13 @@ def test_a_refused_marker_is_opened_once_however_many_rounds(tmp_path):
     assert claim.stale_claims(site.claim_dir, stale_after_s=window, now=time.time() + 10 * window) == []
 
     said.clear()
-    listed = reconcile(site, dry_run=True, now=start, say=said.append, jobs=lambda s: queued)
+    listed = reconcile(site, dry_run=True, now=start, say=said.append, jobs=lambda s: queued, accounted=NO_ACCOUNTING)
     assert listed == [{"job": "501", "uid": os.getuid(), "refused": listed[0]["refused"],
                        "since": listed[0]["since"], "remembered": True}]
     assert len(said) == 1 and said[0].startswith("job 501: refused since ") and "not retried" in said[0]
 
     # A week later slurmctld has long forgotten the job, and the record goes.
-    reconcile(site, now=start + timedelta(seconds=refusals.KEEP_S + 60), say=said.append, jobs=lambda s: [])
+    reconcile(site, now=start + timedelta(seconds=refusals.KEEP_S + 60), say=said.append, jobs=lambda s: [], accounted=NO_ACCOUNTING)
     assert refusals.listing(site.claim_dir) == []
 
 
@@ -170,7 +174,7 @@ def test_a_refusal_kept_as_a_claim_by_an_older_version_is_not_retried_either(tmp
     ended = (start - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
     said: list[str] = []
     assert reconcile(site, now=start, say=said.append,
-                     jobs=lambda s: [QueuedJob("502", "FAILED", uid, ended, marker)]) == []
+                     jobs=lambda s: [QueuedJob("502", "FAILED", uid, ended, marker)], accounted=NO_ACCOUNTING) == []
     assert said == []
     week = time.time() - refusals.KEEP_S - 60
     os.utime(old.path, (week, week))
