@@ -11,13 +11,19 @@ S3 static hosting under any prefix, presigned links and a reverse proxy)::
     run/<run_id>.html         one page per run: its task's metrics, curves and plots
     run/<run_id>/data.js      params, task metrics and metric curves of the run (for the compare view)
     run/<run_id>/files/...    copies of the run's images and small text files
+    usage.html                what the archive holds and what the runs used, per project
     static/portal.css|js      shipped in the package (no CDN: clusters are often offline)
     .portal-state.json        the incremental build state (not published)
 
-Incremental: a run page is rebuilt only when the run's index record changed (its digest is
-kept in ``.portal-state.json``), so a rebuild over 10,000 runs reads the index
-plus the few changed runs' files. The cross-run pages are always rewritten from the index
-(cheap), and a file is written (and published) only when its bytes changed.
+Incremental: a build first lists the index (pending updates and quarterly files, with their
+ETags, :func:`index_fingerprint`); when that is what the last complete build saw, it stops there
+(two or three requests, whatever the number of runs). Otherwise a run page is rebuilt only when
+the run's index record changed (its digest is kept in ``.portal-state.json``). The changed runs'
+text files are downloaded in bulk (one s5cmd per batch of runs, straight into the site folder)
+while the previous batch is rendered; their images follow, newest runs first, at most
+:data:`MAX_IMAGES` per build, so a first build over a year of runs pages every run within a
+minute or so and the older runs' images arrive with the next builds. The cross-run pages are
+rewritten from the index, and a file is written (and published) only when its bytes changed.
 """
 
 from __future__ import annotations
@@ -26,21 +32,27 @@ import hashlib
 import json
 import mimetypes
 import os
+import queue
+import re
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import yaml
 
-from slurm_yolo.archive import layout
+from slurm_yolo.archive import layout, s5cmd
+from slurm_yolo.archive.index_format import PARTS
+from slurm_yolo.archive.index_store import LEGACY_JSONL, etag_now
 from slurm_yolo.store import split_url
-from slurm_yolo.catalog.index import IndexLocation, get_object, list_keys, load_records, store_error
+from slurm_yolo.catalog import usage
+from slurm_yolo.catalog.index import PENDING, IndexLocation, get_object, list_keys, load_records, store_error
 from slurm_yolo.catalog.runs import PER_RUN_ARGS
 from slurm_yolo.errors import ConfigError, StoreError
 from slurm_yolo.record import read_metrics
@@ -50,12 +62,20 @@ from slurm_yolo.site import site_config_path
 from slurm_yolo.tasks import installed_tasks
 
 STATE_FILE = ".portal-state.json"
-STATE_VERSION = 3  # bump when page templates change shape: every run page is rebuilt once
+STATE_VERSION = 4  # bump when page templates change shape: every run page is rebuilt once
 STATIC_FILES = ("portal.css", "portal.js")
+# The pages rewritten from the whole index by every build that is not skipped as unchanged.
+CROSS_RUN_PAGES = ("index.html", "runs.html", "compare.html", "usage.html", "data/runs.js", "data/tasks.js")
 # Small text files copied next to the run page so they open from the site itself.
 TEXT_FILES = (RESULTS_CSV, ARGS_YAML, RUN_JSON, layout.MANIFEST)
-# Runs built at once: each run is a handful of latency-bound GETs.
+# boto3 requests at once (listings, files s5cmd cannot be given, fetch="boto3"): latency-bound.
 WORKERS = 8
+# Images copied per build. A run's images are its most numerous objects (15-20 plots for a
+# detect run); a first build over 10,000 runs copies those of the newest ~330 and pages every
+# run, and each later build copies the next batch (see build_site).
+MAX_IMAGES = 5_000
+# Runs per download batch: the next batch downloads while this one is rendered.
+CHUNK = 500
 CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".html": "text/html; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".json": "application/json", ".csv": "text/csv; charset=utf-8",
                  ".yaml": "text/plain; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
@@ -72,6 +92,8 @@ class BuildResult:
         unlinked: ``{run_id: reason}`` of runs listed without a page (see :func:`pages.linkable`).
         removed: run pages deleted (runs gone from the index).
         errors: ``{run_id: message}`` of runs whose archive could not be read (retried next build).
+        deferred: runs whose pages wait for their images (copied by the next builds).
+        unchanged: the index was as the last complete build left it: nothing was read or written.
         published: files uploaded (``None``: not published).
         publish_url: where it was published.
         seconds: wall time.
@@ -83,6 +105,8 @@ class BuildResult:
     unlinked: dict[str, str]
     removed: int
     errors: dict[str, str]
+    deferred: int = 0
+    unchanged: bool = False
     published: int | None = None
     deleted: int = 0
     publish_url: str | None = None
@@ -94,12 +118,16 @@ class BuildResult:
 
 @dataclass
 class _State:
-    """The build state file: run digests, and the sha256 of every file written/published."""
+    """The build state file: run digests, the sha256 of every file written/published, the
+    index fingerprint of the last complete build, and the runs whose images are still to come."""
 
     runs: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     published: dict[str, str] = field(default_factory=dict)
     publish_url: str | None = None
+    fingerprint: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    deferred: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, out: Path) -> "_State":
@@ -109,12 +137,15 @@ class _State:
             return cls()
         if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
             return cls()  # another layout: rebuild everything once
-        return cls(raw.get("runs") or {}, raw.get("files") or {}, raw.get("published") or {}, raw.get("publish_url"))
+        return cls(raw.get("runs") or {}, raw.get("files") or {}, raw.get("published") or {}, raw.get("publish_url"),
+                   raw.get("fingerprint"), raw.get("summary") or {}, raw.get("deferred") or [])
 
     def save(self, out: Path) -> None:
         tmp = out / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps({"version": STATE_VERSION, "runs": self.runs, "files": self.files,
-                                   "published": self.published, "publish_url": self.publish_url},
+                                   "published": self.published, "publish_url": self.publish_url,
+                                   "fingerprint": self.fingerprint, "summary": self.summary,
+                                   "deferred": self.deferred},
                                   sort_keys=True), encoding="utf-8")
         os.replace(tmp, out / STATE_FILE)  # atomic: a killed build leaves the old state, never a torn one
 
@@ -133,6 +164,7 @@ def templates():
                              autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True,
                              lstrip_blocks=True)
     env.filters["script_json"] = lambda obj: markupsafe.Markup(pages.script_json(obj))
+    env.filters["human_bytes"] = pages.human_bytes
     env.filters["num"] = lambda v, d=4: (f"{v:.{d}f}" if isinstance(v, float) else ("" if v is None else v))
     return env
 
@@ -171,8 +203,17 @@ class _Writer:
 
 
 def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | None = None, force: bool = False,
-               client=None, workers: int = WORKERS) -> BuildResult:
+               client=None, workers: int = WORKERS, fetch: str = "s5cmd", max_images: int | None = MAX_IMAGES,
+               ) -> BuildResult:
     """Build (or update) the static portal in ``out`` from the index and the archives.
+
+    A build first lists the index (its pending updates and quarterly files, with their
+    ETags): when that listing is the one the last complete build saw, nothing changed and
+    nothing else is read. Otherwise it reads the index, and for the runs whose record
+    changed downloads their small text files in bulk, then the images their pages show,
+    newest runs first, at most ``max_images`` per build: the images of older runs come with
+    the next builds (their pages list their files meanwhile, and are rebuilt when the images
+    arrive), so a first build over a year of runs does not wait for every plot.
 
     Args:
         cat: the catalog (index URL + store).
@@ -181,7 +222,11 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
             a run whose archive is outside its user's prefix is listed but gets no page.
         force: rebuild every run page.
         client: a boto3 client (default: the catalog store's).
-        workers: runs read from the store at once.
+        workers: runs read from the store at once with boto3 (the listings of runs without
+            a manifest, files whose names s5cmd cannot be given, ``fetch="boto3"``).
+        fetch: ``"s5cmd"`` (bulk downloads by one s5cmd process per phase) or ``"boto3"``
+            (a thread pool of GETs); the same files either way.
+        max_images: images copied per build (``None``: all).
 
     Raises:
         StoreError: the index cannot be read (a run whose archive cannot be read is only
@@ -192,6 +237,11 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
     out.mkdir(parents=True, exist_ok=True)
     client = client or cat.store.boto3_client()
     state = _State() if force else _State.load(out)
+    fingerprint = index_fingerprint(cat, client, allowed_prefix)
+    if state.fingerprint == fingerprint and state.summary and all((out / p).is_file() for p in CROSS_RUN_PAGES):
+        return BuildResult(out=str(out), runs=int(state.summary.get("runs") or 0), rebuilt=0,
+                           unlinked=dict(state.summary.get("unlinked") or {}), removed=0, errors={},
+                           unchanged=True, seconds=round(time.monotonic() - started, 3))
     writer = _Writer(out, state)
     records = sorted(load_records(cat, client), key=lambda record: str(record.get("run_id")))
     unlinked = {str(record.get("run_id")): why for record in records if (why := pages.linkable(record, allowed_prefix))}
@@ -202,26 +252,26 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
         writer.write(f"static/{name}", resources.files("slurm_yolo.report").joinpath("static", name).read_bytes())
 
     digests = {record["run_id"]: pages.record_digest(record) for record in linked}
-    todo = [record for record in linked if state.runs.get(record["run_id"]) != digests[record["run_id"]]
-            or not (out / f"run/{record['run_id']}.html").is_file()]
+    deferred = set(state.deferred)
+    # Newest first: when the image budget runs out, the runs people look at have theirs.
+    todo = sorted((record for record in linked if state.runs.get(record["run_id"]) != digests[record["run_id"]]
+                   or record["run_id"] in deferred or not (out / f"run/{record['run_id']}.html").is_file()),
+                  key=lambda record: str(record["run_id"]), reverse=True)
+    fetcher = _Fetcher(cat, client, writer, fetch, workers)
+    runs = [_RunFiles(record, f"run/{record['run_id']}/files/") for record in todo]
     errors: dict[str, str] = {}
-
-    def one(record: Mapping[str, Any]) -> tuple[str, dict[str, bytes] | None, str | None]:
-        try:
-            return record["run_id"], _run_files(cat, client, env, record, selection), None
-        except StoreError as e:
-            return record["run_id"], None, str(e)
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for run_id, files, error in pool.map(one, todo):
-            if error is not None:
-                # Its old page (if any) stays, with its old digest: the run is retried next build.
-                errors[run_id] = error
-                continue
-            assert files is not None
-            for rel, data in files.items():
-                writer.write(rel, data)
-            state.runs[run_id] = digests[run_id]
+    for run in fetcher.pipeline(runs, max_images):
+        run_id = run.record["run_id"]
+        if run.error:
+            # Its old page (if any) stays, with its old digest: the run is retried next build.
+            errors[run_id] = run.error
+            continue
+        for rel, data in _render_run(cat, env, run, selection, writer.out).items():
+            writer.write(rel, data)
+        state.runs[run_id] = digests[run_id]
+        deferred.discard(run_id)
+        if run.images_deferred:
+            deferred.add(run_id)
 
     # Runs that left the index (pruned) or lost their link: their pages go.
     keep = {record["run_id"] for record in linked}
@@ -230,6 +280,8 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
         del state.runs[run_id]
         writer.remove(f"run/{run_id}")
         writer.remove(f"run/{run_id}.html")
+    deferred &= keep
+    state.deferred = sorted(deferred)
 
     now = pages.now_utc()
     rows = [pages.table_row(record, record["run_id"] in state.runs) for record in records]
@@ -248,9 +300,51 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
         states=dict(Counter(str(record.get("end_state")) for record in records).most_common())))
     writer.write("runs.html", env.get_template("runs.html").render(**common, page="runs", runs=len(records)))
     writer.write("compare.html", env.get_template("compare.html").render(**common, page="compare"))
+    writer.write("usage.html", usage_page(env, common, records))
+    # Saved only when nothing is left for a later build: then an unchanged index means an unchanged site.
+    state.fingerprint = fingerprint if not errors and not deferred else None
+    state.summary = {"runs": len(records), "unlinked": unlinked}
     state.save(out)
     return BuildResult(out=str(out), runs=len(records), rebuilt=len(todo) - len(errors), unlinked=unlinked,
-                       removed=len(gone), errors=errors, seconds=round(time.monotonic() - started, 3))
+                       removed=len(gone), errors=errors, deferred=len(deferred),
+                       seconds=round(time.monotonic() - started, 3))
+
+
+def usage_page(env, common: Mapping[str, Any], records: list[dict[str, Any]]) -> str:
+    """The usage page: ``store usage``'s table per project (:func:`slurm_yolo.catalog.usage.usage_table`)
+    and each project's bytes in the store over time."""
+    rows = usage.usage_table(records, by="project")
+    unit, first, series = pages.bytes_over_time(records)
+    top = max((y for pts in series.values() for _, y in pts), default=0.0)
+    scale, name = next(((10 ** e, n) for e, n in ((12, "TB"), (9, "GB"), (6, "MB"), (3, "kB")) if top >= 10 ** e),
+                       (1, "bytes"))
+    # In the unit of the largest value: axis ticks of 1.2e+09 bytes read badly.
+    scaled = {p: [(x, y / scale) for x, y in pts] for p, pts in series.items()}
+    chart = pages.line_chart(f"{name} kept per project", scaled, x_label=f"{unit}s since {first}",
+                             box=pages.ChartBox(width=760)) if series else ""
+    return env.get_template("usage.html").render(**common, page="usage", rows=rows, total=usage.totals(rows),
+                                                 chart=chart)
+
+
+def index_fingerprint(cat: IndexLocation, client, allowed_prefix: str | None) -> str:
+    """What the site depends on, in a few listing requests: every key of the index's pending
+    updates and quarterly files with its ETag (a legacy ``INDEX.jsonl``'s when there is no
+    quarter), the allowed prefix and the page layout version.
+
+    An epilog's update is a new pending key, a compaction rewrites a quarter (new ETag) and
+    deletes pending keys, a prune rewrites quarters: each changes this value, so an equal value
+    means the index holds the records the last build read.
+
+    Raises:
+        StoreError: the index cannot be listed.
+    """
+    parts: list[Any] = [STATE_VERSION, allowed_prefix, cat.index_url]
+    for prefix in (PENDING, PARTS):
+        parts.append([(obj["Key"], obj.get("ETag"), obj.get("Size")) for obj in list_keys(client, cat.bucket,
+                                                                                          cat.key(prefix))])
+    if not parts[-1]:
+        parts.append(etag_now(client, cat.bucket, cat.key(LEGACY_JSONL)))
+    return _sha(json.dumps(parts, default=str).encode())
 
 
 def task_selection() -> dict[str, str]:
@@ -263,21 +357,187 @@ def task_selection() -> dict[str, str]:
         return {}
 
 
+class _RunFiles:
+    """One run being built: its index record, what its archive holds, what was copied."""
+
+    def __init__(self, record: Mapping[str, Any], files_rel: str):
+        self.record, self.files_rel = record, files_rel
+        self.url: str = record["archive_url"]
+        self.copied: set[str] = set()  # archived paths now in the site folder
+        self.archived: dict[str, int] | None = None  # {path: size} from the manifest or a listing
+        self.error: str | None = None
+        self.images_deferred = False
+
+    def site_rel(self, rel: str) -> str:
+        return self.files_rel + (pages.safe_rel(rel) or "")
+
+    def manifest(self, out: Path) -> dict[str, Any]:
+        if layout.MANIFEST not in self.copied:
+            return {}
+        return _load_json((out / self.site_rel(layout.MANIFEST)).read_bytes())
+
+    def resolve(self, out: Path) -> None:
+        """What the archive holds, from its manifest (``archived`` stays ``None`` without one)."""
+        files = self.manifest(out).get("files")
+        if isinstance(files, dict) and files:
+            self.archived = {rel: int(f.get("size") or 0) for rel, f in files.items() if isinstance(f, dict)}
+            self._add_records(out)
+
+    def _add_records(self, out: Path) -> None:
+        assert self.archived is not None
+        # The manifest lists every file but run.json and itself (both are uploaded last).
+        for name in (layout.MANIFEST, RUN_JSON):
+            if name in self.copied:
+                self.archived[name] = (out / self.site_rel(name)).stat().st_size
+        # A text file the archive does not list is not shown (it was fetched on the chance it exists).
+        self.copied = {rel for rel in self.copied if rel in self.archived}
+
+    def wanted_images(self) -> list[str]:
+        assert self.archived is not None
+        sections = pages.image_sections(r for r in self.archived if pages.safe_rel(r))
+        return sorted(rel for rel in {r for rs in sections.values() for r in rs}
+                      if self.archived.get(rel, 0) <= pages.MAX_IMAGE_BYTES)
+
+
+# Characters of a URL or site path given to s5cmd: its run files are split on spaces and its
+# error lines print commands unquoted; anything else goes through boto3.
+_S5CMD_SAFE = re.compile(r"[A-Za-z0-9_.,=+@:/-]+")
+
+
+class _Fetcher:
+    """Downloads archived files into the site folder, in bulk, and records what arrived."""
+
+    def __init__(self, cat: IndexLocation, client, writer: _Writer, how: str, workers: int):
+        if how not in ("s5cmd", "boto3"):
+            raise ConfigError(f"fetch={how!r}: use 's5cmd' or 'boto3'")
+        self.cat, self.client, self.writer, self.how, self.workers = cat, client, writer, how, max(1, workers)
+
+    def pipeline(self, runs: list[_RunFiles], max_images: int | None) -> Iterator[_RunFiles]:
+        """Yield ``runs`` with their files in the site folder, :data:`CHUNK` at a time.
+
+        The downloads of the next chunk run in a thread while the caller renders this one: s5cmd
+        and the store then use the CPU the renderer leaves (pages are Python, under one lock).
+        """
+        chunks: queue.Queue = queue.Queue(maxsize=2)
+
+        def fetch_all() -> None:
+            budget = max_images
+            try:
+                for i in range(0, len(runs), CHUNK):
+                    budget = self.fetch_chunk(runs[i:i + CHUNK], budget)
+                    chunks.put(runs[i:i + CHUNK])
+            except BaseException as e:  # handed to the caller's thread, raised there
+                chunks.put(e)
+            chunks.put(None)
+
+        thread = threading.Thread(target=fetch_all, name="portal-fetch", daemon=True)
+        thread.start()
+        try:
+            while (chunk := chunks.get()) is not None:
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                yield from chunk
+        finally:
+            while thread.is_alive():  # a caller that stops early must not leave the thread blocked on put
+                try:
+                    chunks.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+
+    def fetch_chunk(self, runs: list[_RunFiles], budget: int | None) -> int | None:
+        """Text files, then the images of ``runs`` within ``budget``; returns the budget left."""
+        self.get([(run, rel) for run in runs for rel in TEXT_FILES])
+        self.list_unlisted([run for run in runs if not run.error])
+        wanted = []
+        for run in runs:
+            if run.error:
+                continue
+            images = run.wanted_images()
+            if budget is not None and len(images) > budget:
+                run.images_deferred = True
+                budget = 0  # later (older) runs wait too: newest first, whatever their size
+                continue
+            budget = None if budget is None else budget - len(images)
+            wanted += [(run, rel) for rel in images]
+        self.get(wanted)
+        return budget
+
+    def get(self, jobs: list[tuple[_RunFiles, str]]) -> None:
+        """Copy ``(run, archived path)`` pairs; a missing object is skipped, a failure marks its run."""
+        jobs = [(run, rel) for run, rel in jobs if pages.safe_rel(rel)]
+        bulk = [(run, rel) for run, rel in jobs if self.how == "s5cmd" and _S5CMD_SAFE.fullmatch(run.url + rel)
+                and _S5CMD_SAFE.fullmatch(run.site_rel(rel))]
+        chosen = {(id(run), rel) for run, rel in bulk}
+        rest = [(run, rel) for run, rel in jobs if (id(run), rel) not in chosen]
+        retry = self._s5cmd(bulk) if bulk else []
+        self._boto3(rest + retry)
+        for run, _ in jobs:
+            if run.archived is None and not run.error:
+                run.resolve(self.writer.out)
+
+    def _s5cmd(self, jobs: list[tuple[_RunFiles, str]]) -> list[tuple[_RunFiles, str]]:
+        """Download ``jobs`` with one s5cmd; return those that failed for another reason than a missing key."""
+        out = self.writer.out
+        by_dest = {str(out / run.site_rel(rel)): (run, rel) for run, rel in jobs}
+        for dest in by_dest:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        lines = "".join(f"cp --raw {run.url + rel} {dest}\n" for dest, (run, rel) in by_dest.items())
+        result = s5cmd.run(s5cmd.base_argv(self.cat.store) + ["run"], self.cat.store, stdin_text=lines,
+                           timeout=max(600.0, len(jobs) / 20))
+        done = set()
+        for o in result.outcomes:
+            if o.ok and o.destination in by_dest:
+                done.add(o.destination)
+                run, rel = by_dest[o.destination]
+                self._arrived(run, rel, Path(o.destination))
+            elif not o.ok and o.error_class == s5cmd.ErrorClass.MISSING_SOURCE and o.destination in by_dest:
+                done.add(o.destination)
+        return [job for dest, job in by_dest.items() if dest not in done]
+
+    def _boto3(self, jobs: list[tuple[_RunFiles, str]]) -> None:
+        def one(job: tuple[_RunFiles, str]) -> tuple[_RunFiles, str, bytes | None, str | None]:
+            run, rel = job
+            try:
+                return run, rel, _get(self.client, run.url + rel), None
+            except StoreError as e:
+                return run, rel, None, str(e)
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            for run, rel, data, error in pool.map(one, jobs):
+                if error is not None:
+                    run.error = run.error or error
+                elif data is not None:
+                    self.writer.write(run.site_rel(rel), data)
+                    run.copied.add(rel)
+
+    def _arrived(self, run: _RunFiles, rel: str, path: Path) -> None:
+        # s5cmd wrote the file in place: only its digest is recorded (what publish compares).
+        self.writer.state.files[run.site_rel(rel)] = _sha(path.read_bytes())
+        run.copied.add(rel)
+
+    def list_unlisted(self, runs: list[_RunFiles]) -> None:
+        """The archived files of runs without a manifest, by listing their folders."""
+        def one(run: _RunFiles) -> tuple[_RunFiles, dict[str, int] | None, str | None]:
+            bucket, prefix = split_url(run.url)
+            try:
+                return run, {obj["Key"][len(prefix):]: int(obj.get("Size") or 0)
+                             for obj in list_keys(self.client, bucket, prefix)}, None
+            except StoreError as e:
+                return run, None, str(e)
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            for run, listed, error in pool.map(one, [r for r in runs if r.archived is None]):
+                if error is not None:
+                    run.error = error
+                else:
+                    run.archived = listed
+                    run._add_records(self.writer.out)
+
+
 def _get(client, url: str) -> bytes | None:
     bucket, key = split_url(url)
     got = get_object(client, bucket, key)
     return got[0] if got else None
-
-
-def _archived_files(client, url: str, manifest: Mapping[str, Any] | None) -> dict[str, int]:
-    """``{relative path: size}`` of the archived run: from its manifest, else by listing."""
-    files = (manifest or {}).get("files")
-    if isinstance(files, dict) and files:
-        out = {rel: int(f.get("size") or 0) for rel, f in files.items() if isinstance(f, dict)}
-    else:
-        bucket, prefix = split_url(url)
-        out = {obj["Key"][len(prefix):]: int(obj.get("Size") or 0) for obj in list_keys(client, bucket, prefix)}
-    return out
 
 
 def _load_json(data: bytes | None) -> dict[str, Any]:
@@ -288,34 +548,23 @@ def _load_json(data: bytes | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _run_files(cat: IndexLocation, client, env, indexed: Mapping[str, Any],
-               selection: Mapping[str, str]) -> dict[str, bytes]:
-    """Every site file of one run: its page, its data.js, and the copied images/text files."""
-    run_id, url = indexed["run_id"], indexed["archive_url"]
-    fetched = {name: _get(client, url + name) for name in (layout.MANIFEST, RUN_JSON)}
-    manifest, record = _load_json(fetched[layout.MANIFEST]), _load_json(fetched[RUN_JSON])
-    archived = _archived_files(client, url, manifest)
-    # The manifest lists every file but run.json and itself (both are uploaded last).
-    archived.update({name: len(data) for name, data in fetched.items() if data is not None})
-    out: dict[str, bytes] = {}
-    copied: set[str] = set()
-    for rel in TEXT_FILES:
-        if rel in archived:
-            data = fetched[rel] if rel in fetched else _get(client, url + rel)
-            if data is not None:
-                out[f"run/{run_id}/files/{rel}"] = data
-                copied.add(rel)
+def _render_run(cat: IndexLocation, env, run: _RunFiles, selection: Mapping[str, str], out: Path) -> dict[str, bytes]:
+    """The run's page and its data.js, from its index record and the files copied into the site."""
+    indexed, url, run_id = run.record, run.url, run.record["run_id"]
+    archived = run.archived or {}
+    copied = run.copied
+
+    def read(rel: str) -> bytes | None:
+        return (out / run.site_rel(rel)).read_bytes() if rel in copied else None
+
+    record = _load_json(read(RUN_JSON))
     sections = pages.image_sections(r for r in archived if pages.safe_rel(r))
-    for rel in sorted({r for rs in sections.values() for r in rs}):
-        if archived.get(rel, 0) <= pages.MAX_IMAGE_BYTES:
-            data = _get(client, url + rel)
-            if data is not None:
-                out[f"run/{run_id}/files/{pages.safe_rel(rel)}"] = data
-                copied.add(rel)
-    csv_text = out.get(f"run/{run_id}/files/{RESULTS_CSV}", b"").decode("utf-8", "replace")
+    csv_path = out / run.site_rel(RESULTS_CSV)
+    csv_text = csv_path.read_text(encoding="utf-8", errors="replace") if RESULTS_CSV in copied else ""
     cols = pages.parse_results_csv(csv_text)
-    args = yaml_mapping(out.get(f"run/{run_id}/files/{ARGS_YAML}"))
-    best = _best_epoch(csv_text, pages.fitness_column(indexed, list(cols), selection, record))
+    args = yaml_mapping(read(ARGS_YAML))
+    column = pages.fitness_column(indexed, list(cols), selection, record)
+    best = read_metrics(csv_path, column) if csv_text.strip() else None
     metrics = pages.task_metrics(indexed, cols, best)
     charts = [pages.line_chart(title, series) for title, series in pages.curve_groups(cols, metrics.column)]
     files = [{"rel": rel, "size": size, "href": f"{run_id}/files/{pages.safe_rel(rel)}" if rel in copied else None,
@@ -326,12 +575,12 @@ def _run_files(cat: IndexLocation, client, env, indexed: Mapping[str, Any],
         indexed=indexed, record=record, args=args, metrics=metrics, charts=charts, files=files,
         sections={k: [(r, f"{run_id}/files/{pages.safe_rel(r)}") for r in v if r in copied]
                   for k, v in sections.items()},
+        images_deferred=run.images_deferred,
         attempts=attempts, timeline=pages.timeline_chart(attempts),
-        config=yaml.safe_dump(record.get("config"), sort_keys=False) if record.get("config") else "",
+        config=_yaml_dump(record.get("config")) if record.get("config") else "",
         commands={"fetch": f"slurm-yolo runs fetch {run_id} --to ./{run_id}",
                   "reproduce": f"slurm-yolo reproduce {run_id}",
                   "show": f"slurm-yolo runs show {run_id}"})
-    out[f"run/{run_id}.html"] = page.encode("utf-8")
     run_data = {"run_id": run_id, "project": indexed.get("project"), "task": indexed.get("task"),
                 "end_state": indexed.get("end_state"), "epochs_done": indexed.get("epochs_done"),
                 "fitness_metric": metrics.field, "fitness_column": metrics.column, "fitness": metrics.value,
@@ -339,8 +588,8 @@ def _run_files(cat: IndexLocation, client, env, indexed: Mapping[str, Any],
                 "metrics": [[f, v] for f, _, v in metrics.rows],
                 "args": {k: v for k, v in args.items() if k not in PER_RUN_ARGS},
                 "curves": pages.metric_curves(cols)}
-    out[f"run/{run_id}/data.js"] = ("window.portalRunData(" + pages.script_json(run_data) + ");\n").encode()
-    return out
+    return {f"run/{run_id}.html": page.encode("utf-8"),
+            f"run/{run_id}/data.js": ("window.portalRunData(" + pages.script_json(run_data) + ");\n").encode()}
 
 
 def _best_epoch(csv_text: str, column: str | None) -> dict[str, Any] | None:
@@ -357,10 +606,15 @@ def _best_epoch(csv_text: str, column: str | None) -> dict[str, Any] | None:
 def yaml_mapping(data: bytes | None) -> dict[str, Any]:
     """``args.yaml`` as a dict (``{}`` when missing or not a mapping: a torn upload must not stop the build)."""
     try:
-        value = yaml.safe_load(data) if data else None
+        # libyaml's parser where PyYAML has it: the pure-Python one costs milliseconds per args.yaml.
+        value = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if data else None
     except yaml.YAMLError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _yaml_dump(value: Any) -> str:
+    return yaml.dump(value, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
 
 
 def default_publish_url(cat: IndexLocation) -> str:

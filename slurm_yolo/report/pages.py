@@ -395,14 +395,16 @@ def line_chart(title: str, series: Mapping[str, Sequence[tuple[float, float]]], 
                    f'text-anchor="middle">{_fmt(t)}</text>')
     out.append(f'<text class="axis-label" x="{box.left + pw / 2:.1f}" y="{box.height - 4}" '
                f'text-anchor="middle">{escape(x_label)}</text>')
+    label = escape(x_label)
     for i, (name, pts) in enumerate(series.items()):
         colour = PALETTE[i % len(PALETTE)]
-        d = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(pts))
-        out.append(f'<path class="curve" data-series="{escape(name)}" d="{d}" fill="none" stroke="{colour}" '
+        safe = escape(name)  # once per series: a page of 10,000 runs' worth of points adds up
+        xy = [(sx(x), sy(y), x, y) for x, y in pts]
+        d = " ".join(f"{'M' if j == 0 else 'L'}{px:.1f},{py:.1f}" for j, (px, py, _, _) in enumerate(xy))
+        out.append(f'<path class="curve" data-series="{safe}" d="{d}" fill="none" stroke="{colour}" '
                    f'stroke-width="2"/>')
-        for x, y in pts:
-            out.append(f'<circle class="point" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}">'
-                       f'<title>{escape(name)} {x_label} {_fmt(x)}: {_fmt(y)}</title></circle>')
+        out.extend(f'<circle class="point" cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{colour}">'
+                   f'<title>{safe} {label} {x:.4g}: {y:.4g}</title></circle>' for px, py, x, y in xy)
         out.append(f'<text class="legend" x="{box.left + 8}" y="{box.top - 14 * (len(series) - i) + 4}" '
                    f'fill="{colour}">{escape(name)}</text>')
     out.append("</svg>")
@@ -540,3 +542,52 @@ def table_row(record: Mapping[str, Any], link: bool) -> dict[str, Any]:
 def now_utc() -> datetime:
     """The build time stamp shown in every page's footer."""
     return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------------------- usage page
+
+def human_bytes(n: Any) -> str:
+    """``1.5 GB``-style text of a byte count (decimal units, as storage is billed)."""
+    if not _is_num(n):
+        return ""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} PB"  # pragma: no cover - the loop returns at TB
+
+
+def bytes_over_time(records: Iterable[Mapping[str, Any]], max_points: int = 60
+                    ) -> tuple[str, str, dict[str, list[tuple[float, float]]]]:
+    """What each project keeps in the store over time: cumulative bytes of its runs by the day
+    (the week, over a long span) each run ended (else was submitted). Runs without a size
+    (indexed before sizes were recorded) are left out, as :func:`slurm_yolo.catalog.usage.usage_table`
+    counts them apart.
+
+    Returns:
+        ``(unit, first day, {project: [(units since the first day, bytes)]})``; a point per
+        unit from each project's first run on.
+    """
+    sized = [(t, str(record.get("project")), int(record["bytes"])) for record in records
+             if _is_num(record.get("bytes"))
+             for t in [parse_time(record.get("end") or record.get("submitted_at") or record.get("start"))]
+             if t is not None]
+    if not sized:
+        return "day", "", {}
+    first, last = min(t for t, _, _ in sized), max(t for t, _, _ in sized)
+    unit, step = ("day", 1) if (last - first).days < max_points else ("week", 7)
+    start = first.date() - timedelta(days=first.weekday() if unit == "week" else 0)
+    n = (last.date() - start).days // step + 1
+    added: dict[str, Counter] = defaultdict(Counter)
+    for t, project, size in sized:
+        added[project][(t.date() - start).days // step] += size
+    out: dict[str, list[tuple[float, float]]] = {}
+    for project in sorted(added):
+        total, points = 0, []
+        begin = min(added[project])
+        for i in range(begin, n):
+            total += added[project].get(i, 0)
+            points.append((float(i), float(total)))
+        out[project] = points
+    return unit, start.isoformat(), out

@@ -103,3 +103,37 @@ def allowed(cat: Catalog) -> str:
 
 def dumps(x) -> str:
     return json.dumps(x)
+
+
+def seed_usage(client, cat: Catalog) -> dict[str, dict]:
+    """Four runs in two projects, indexed as the archiver indexes them: ``bytes`` and ``objects``
+    from a listing of each run's folder, GPU- and CPU-hours from its attempts; one more run
+    indexed before sizes were recorded (``bytes`` unknown). Returns the index records by key."""
+    from slurm_yolo.archive import layout
+
+    b = cat.bucket
+    specs = {
+        "pcb1": ("20261119_100000_pcbuse01", "pcb", 2, 4, [("2026-11-19T10:00:00Z", "2026-11-19T12:00:00Z")],
+                 {"results.csv": results_csv([0.1, 0.2]), "weights/best.pt": b"\1" * 5000}),
+        "pcb2": ("20261120_100000_pcbuse02", "pcb", 1, 8, [("2026-11-20T10:00:00Z", "2026-11-20T10:30:00Z"),
+                                                           ("2026-11-20T11:00:00Z", "2026-11-20T12:00:00Z")],
+                 {"results.csv": results_csv([0.3]), "weights/best.pt": b"\2" * 20000, "train.log": b"x" * 700}),
+        "weld1": ("20261121_100000_welduse1", "weld", 0, 2, [("2026-11-21T08:00:00Z", "2026-11-21T11:00:00Z")],
+                  {"results.csv": results_csv([0.5]), "weights/last.pt": b"\3" * 123456}),
+        "old": ("20261118_100000_olduse01", "weld", 1, 1, [("2026-11-18T08:00:00Z", "2026-11-18T09:00:00Z")],
+                {"results.csv": results_csv([0.4])}),
+    }
+    lines = {}
+    for key, (run_id, project, gpus, cpus, spans, files) in specs.items():
+        rec = record(b, run_id, project=project)
+        rec["config"]["slurm"].update(gpus=gpus, cpus_per_task=cpus)
+        rec["attempts"] = [{"attempt": i, "node": "n1", "start": s, "end": e, "end_state": "COMPLETED"}
+                           for i, (s, e) in enumerate(spans)]
+        line = archive_run(client, b, rec, files, cat.index_url)
+        if key != "old":
+            prefix = rec["archive_url"].split("/", 3)[3]
+            listed = client.list_objects_v2(Bucket=b, Prefix=prefix)["Contents"]
+            line.update(layout.stored_totals(listed))
+        lines[key] = line
+    write_index(client, cat, list(lines.values()))
+    return lines

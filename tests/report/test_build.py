@@ -75,6 +75,57 @@ def test_rebuild_is_incremental(cat, seeded, tmp_path):
     assert forced.rebuilt == 3
 
 
+def test_unchanged_index_is_decided_from_its_listing_without_reading_runs(cat, seeded, tmp_path, store):
+    client, lines = seeded
+    first = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    assert not first.unchanged and first.rebuilt == 4
+    requests: list[str] = []
+    counted = store.boto3_client()
+    counted.meta.events.register("before-call.s3", lambda model, **_: requests.append(model.name))
+    again = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat), client=counted)
+    assert again.unchanged and again.rebuilt == 0 and again.runs == 5
+    assert set(again.unlinked) == {lines["foreign"]["run_id"]}
+    assert requests == ["ListObjectsV2", "ListObjectsV2"]  # pending/ and parquet/: no run, no quarter read
+    # Another allowed prefix is another site: not skipped; the foreign run gets its page now.
+    other = build.build_site(cat, tmp_path, allowed_prefix=None)
+    assert not other.unchanged and other.rebuilt == 1 and not other.unlinked
+    # A new pending update (an epilog indexed a run) changes the listing: the build reads the index.
+    lines["oom"]["attempts"] = 4
+    from slurm_yolo.catalog.index import add_to_index
+    add_to_index(cat.store, cat.index_url, lines["oom"])
+    after = build.build_site(cat, tmp_path, allowed_prefix=None)
+    assert not after.unchanged and after.rebuilt == 1
+
+
+@pytest.mark.parametrize("fetch", ["s5cmd", "boto3"])
+def test_images_beyond_the_budget_come_with_the_next_builds(cat, seeded, tmp_path, fetch):
+    _, lines = seeded
+    good = lines["good"]["run_id"]
+    first = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat), max_images=2, fetch=fetch)
+    # good has 5 images (the newest runs are first in line, hostile's one image fits): it waits.
+    assert first.deferred == 1 and first.rebuilt == 4 and not first.errors
+    page = (tmp_path / f"run/{good}.html").read_text()
+    assert 'id="images-deferred"' in page and "<img" not in page and "train_batch0.jpg" in page
+    assert not (tmp_path / f"run/{good}/files/train_batch0.jpg").exists()
+    assert (tmp_path / f"run/{good}/files/results.csv").is_file()  # the text files came at once
+    assert not build.build_site(cat, tmp_path, allowed_prefix=allowed(cat), max_images=2).unchanged
+    done = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat), max_images=5, fetch=fetch)
+    assert done.deferred == 0 and done.rebuilt == 1
+    page = (tmp_path / f"run/{good}.html").read_text()
+    assert 'id="images-deferred"' not in page and f'src="{good}/files/train_batch0.jpg"' in page
+    assert (tmp_path / f"run/{good}/files/train_batch0.jpg").stat().st_size > 0
+    assert build.build_site(cat, tmp_path, allowed_prefix=allowed(cat)).unchanged
+
+
+def test_both_fetchers_build_the_same_site(cat, seeded, tmp_path):
+    build.build_site(cat, tmp_path / "a", allowed_prefix=allowed(cat), fetch="s5cmd")
+    build.build_site(cat, tmp_path / "b", allowed_prefix=allowed(cat), fetch="boto3")
+    state = [json.loads((tmp_path / d / build.STATE_FILE).read_text())["files"] for d in "ab"]
+    # The same files with the same bytes (the pages' "built at" minute aside).
+    assert set(state[0]) == set(state[1])
+    assert {k: v for k, v in state[0].items() if "/files/" in k} == {k: v for k, v in state[1].items() if "/files/" in k}
+
+
 def test_publish_uploads_only_what_changed(cat, seeded, tmp_path):
     client, lines = seeded
     build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
