@@ -93,6 +93,28 @@ def with_task_metrics(run: dict[str, Any], results_csv: Path) -> dict[str, Any]:
     return {**run, "metrics": {**(metrics if isinstance(metrics, dict) else {}), **fresh}} if fresh else run
 
 
+def _add_sizes(store: Store, roots: Sequence[str], records: dict[str, dict[str, Any]],
+               folders: Mapping[str, tuple[str, str]]) -> None:
+    """Give each rebuilt record the ``bytes`` and ``objects`` the store holds in the folder its
+    run.json was found in (one listing per root: what the archiver records after each ship,
+    :func:`slurm_yolo.archive.layout.stored_totals`)."""
+    by_folder = {folder: records[run_id] for run_id, folder in folders.items() if run_id in records}
+    for rec in by_folder.values():
+        rec.update(bytes=0, objects=0)
+    client = store.boto3_client()
+    for root in roots:
+        bucket, prefix = split_url(root.rstrip("/") + "/")
+        for obj in list_keys(client, bucket, prefix):
+            key, cut = obj["Key"], obj["Key"].find("/")
+            while cut >= 0:  # the run folder is some "/"-ended head of the key
+                rec = by_folder.get((bucket, key[:cut + 1]))
+                if rec is not None:
+                    rec["bytes"] += int(obj.get("Size") or 0)
+                    rec["objects"] += 1
+                    break
+                cut = key.find("/", cut + 1)
+
+
 def rebuild(cat: IndexLocation, archive_roots: Sequence[str] = (), *, force: bool = False) -> int:
     """Recreate the index from the ``run.json`` files in the store; return the number of runs.
 
@@ -113,6 +135,7 @@ def rebuild(cat: IndexLocation, archive_roots: Sequence[str] = (), *, force: boo
     """
     roots = list(archive_roots) or [f"s3://{cat.bucket}/"]
     records: dict[str, dict] = {}
+    folders: dict[str, tuple[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="slurm-yolo-rebuild-") as tmp:
         for n, root in enumerate(roots):
             split_url(root)
@@ -133,6 +156,10 @@ def rebuild(cat: IndexLocation, archive_roots: Sequence[str] = (), *, force: boo
                 # run.json is written by the user's job: a run ID that is not a safe name is not ours.
                 if isinstance(run, dict) and isinstance(run.get("run_id"), str) and NAME_RE.fullmatch(run["run_id"]):
                     records[run["run_id"]] = layout.index_record(with_task_metrics(run, path.parent / RESULTS_CSV))
+                    # s5cmd keeps the keys' folders below the root: where this run.json lies
+                    bucket, prefix = split_url(root.rstrip("/") + "/")
+                    folders[run["run_id"]] = (bucket, f"{prefix}{path.parent.relative_to(dest).as_posix()}/")
+        _add_sizes(cat.store, roots, records, folders)
         if records:
             out = Path(tmp, "out")
             out.mkdir()

@@ -408,9 +408,14 @@ def test_rebuild_from_run_json_files(cat, client, bucket):
     with pytest.raises(ConfigError, match="rebuild would drop 1 of the 1 runs"):
         index.rebuild(cat)
     assert index.rebuild(cat, force=True) == 3
-    assert index_lines(client, cat) == [full(layout.index_record(r)) for r in recs]
+
+    def sized(r):  # rebuild also records what the store holds under each run (store usage)
+        listed = index_store.list_keys(client, bucket, r["archive_url"].split("/", 3)[3])
+        return {**layout.index_record(r), **layout.stored_totals(listed)}
+
+    assert index_lines(client, cat) == [full(sized(r)) for r in recs]
     got = client.get_object(Bucket=bucket, Key=cat.key(layout.index_key(recs[0]["run_id"])))["Body"].read()
-    assert json.loads(got) == layout.index_record(recs[0])
+    assert json.loads(got) == sized(recs[0])
 
 
 def test_rebuild_of_an_empty_root_gives_an_empty_index(cat, client):

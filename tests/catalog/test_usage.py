@@ -150,3 +150,13 @@ def test_store_usage_bytes_equal_a_listing_of_the_store(seaweedfs_server, tmp_pa
     assert main(["store", "usage", "--by", "user"]) == 0
     text = capsys.readouterr()
     assert "root" in text.out and "indexed before" in text.err
+    # a rebuilt index sizes every run it finds from the listing it makes: its records
+    # (runs/<run_id>.json) say what the archiver said (the old hand-added record has no
+    # run.json in the store: --force drops it)
+    assert main(["index", "rebuild", "--force", "--json"]) == 0
+    capsys.readouterr()
+    for url in (a, b, c):
+        run_id = url.rstrip("/").rsplit("/", 1)[1]
+        rebuilt = json.loads(client.get_object(Bucket=bucket, Key=f"index/runs/{run_id}.json")["Body"].read())
+        assert (rebuilt["bytes"], rebuilt["objects"]) == _listing(client, url)
+        assert rebuilt["gpu_hours"] == pytest.approx(2 * 4 * (2.0 if "bbbb" in run_id else 1.5))
