@@ -35,6 +35,11 @@ def add_commands(sub) -> None:
                    help="link a run only if its archive is under this prefix ({user} = its user); "
                         "default: allowed_prefix of the site config")
     p.add_argument("--force", action="store_true", help="rebuild every run page")
+    p.add_argument("--max-images", type=int, default=build.MAX_IMAGES, metavar="N",
+                   help=f"images copied per build, newest runs first (default {build.MAX_IMAGES}; 0: none, "
+                        "-1: all); the older runs' images come with the next builds")
+    p.add_argument("--fetch", choices=("s5cmd", "boto3"), default="s5cmd",
+                   help="how archived files are downloaded (default s5cmd: in bulk, by one process per batch)")
     p.set_defaults(func=cmd_build)
 
     p = rsub.add_parser("serve", help="view a built portal in a browser (loopback only by default)")
@@ -64,7 +69,8 @@ def _emit(obj: Any) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     cat = index.locate(args.index)
     allowed = args.allowed_prefix or build.site_allowed_prefix()
-    result = build.build_site(cat, args.out, allowed_prefix=allowed, force=args.force)
+    result = build.build_site(cat, args.out, allowed_prefix=allowed, force=args.force, fetch=args.fetch,
+                              max_images=None if args.max_images < 0 else args.max_images)
     out = result.to_dict()
     if args.publish:
         url = args.publish_url or build.default_publish_url(cat)
@@ -73,9 +79,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         _emit(out)
     else:
-        print(f"{result.out}: {result.runs} runs, {result.rebuilt} run pages rebuilt, {result.removed} removed "
-              f"in {result.seconds:.1f}s" + (f"; published {out['published']} files to {out['publish_url']}"
-                                              if args.publish else ""))
+        print(f"{result.out}: {result.runs} runs, " + ("index unchanged, nothing to do" if result.unchanged else
+              f"{result.rebuilt} run pages rebuilt, {result.removed} removed")
+              + f" in {result.seconds:.1f}s" + (f"; published {out['published']} files to {out['publish_url']}"
+                                               if args.publish else ""))
+        if result.deferred:
+            print(f"{result.deferred} runs wait for their images (--max-images {args.max_images}): "
+                  "the next builds copy them, newest first")
         for run_id, why in result.unlinked.items():
             print(f"slurm-yolo: warning: {run_id} listed without a page: {why}", file=sys.stderr)
         print(f"open: slurm-yolo report serve --dir {result.out}   (or {result.out}/index.html)")
