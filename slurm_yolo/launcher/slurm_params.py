@@ -60,9 +60,19 @@ def slurm_parameters(config: Config, *, job_name: str, marker: str) -> dict[str,
     return params
 
 
-def submit_command(python: str, folder: str) -> str:
-    """The command submitit puts in the batch script (what runs the pickled job)."""
-    return " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(folder)])
+def submit_command(python: str, folder: str, *, self_archive: bool = False) -> str:
+    """The command submitit puts in the batch script (what runs the pickled job); with
+    ``self_archive`` (user mode) srun runs in the background and the shell waits for it
+    (:data:`SELF_ARCHIVE_WAIT`)."""
+    command = " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(folder)])
+    return command + SELF_ARCHIVE_WAIT if self_archive else command
+
+
+# Appended to submitit's srun line in user mode: bash runs a trap only once its foreground
+# command returned, and SIGKILL follows SIGTERM KillWait later while the training step still
+# runs; so srun goes to the background and the `wait` builtin, which a trapped signal
+# interrupts, waits for it.
+SELF_ARCHIVE_WAIT = " &\n_slurm_yolo_wait $!"
 
 
 def self_archive_setup(python: str, folder: str) -> dict[str, list[str]]:
@@ -70,10 +80,10 @@ def self_archive_setup(python: str, folder: str) -> dict[str, list[str]]:
 
     The batch step outlives the training step (a Python error, an OOM-killed srun step), so
     after srun the teardown archives with srun's exit status. A SIGTERM (scancel, time
-    limit, requeue, pre-emption) reaches every process of the job at once and SIGKILL follows
-    ``KillWait`` later, while the training step is still running: so a watcher started in
-    setup, not the shell (bash runs a trap only once its foreground srun returned), archives
-    then. The claim makes it one archive when both fire (a requeue ends the step too).
+    limit, requeue, pre-emption) reaches the batch shell at once and SIGKILL follows
+    ``KillWait`` later, while the training step is still running: the shell's trap archives
+    then (srun runs in the background: :data:`SELF_ARCHIVE_WAIT`), and the teardown does not
+    archive again. The claim makes it one archive whatever else runs.
 
     Args:
         python: the interpreter that submitted (the job's own).
@@ -84,20 +94,19 @@ def self_archive_setup(python: str, folder: str) -> dict[str, list[str]]:
         "setup": [
             "# slurm-yolo user mode: this cluster has no slurm-yolo epilog, so the job archives itself",
             f"_slurm_yolo_archive() {{ {archive} \"$@\" || true; }}",
-            "( trap '_slurm_yolo_archive --why SIGTERM; exit 0' TERM; while :; do sleep 3600 & wait $!; done ) &",
-            "_slurm_yolo_watcher=$!",
-            "disown",  # bash would report the watcher's end (killed below) in the job's log
+            "trap '_slurm_yolo_termed=1; _slurm_yolo_archive --why SIGTERM' TERM",
+            # wait returns early on a trapped signal: wait again until srun itself has ended.
+            '_slurm_yolo_wait() { while :; do wait "$1"; _slurm_yolo_step=$?; kill -0 "$1" 2>/dev/null || break; done; }',
         ],
         "teardown": [
-            "_slurm_yolo_step=$?",
-            "kill -KILL \"$_slurm_yolo_watcher\" 2>/dev/null",
-            "_slurm_yolo_archive --why exit --step-exit \"$_slurm_yolo_step\"",
-            "exit \"$_slurm_yolo_step\"",
+            '[ -n "${_slurm_yolo_termed:-}" ] || _slurm_yolo_archive --why exit --step-exit "$_slurm_yolo_step"',
+            'exit "$_slurm_yolo_step"',
         ],
     }
 
 
-def batch_script(params: dict[str, Any], *, python: str, folder: str, array_size: int | None = None) -> str:
+def batch_script(params: dict[str, Any], *, python: str, folder: str, array_size: int | None = None,
+                 self_archive: bool = False) -> str:
     """The sbatch script submitit would submit for these parameters (for ``--dry-run``).
 
     Uses submitit's own renderer so what is printed is what would be submitted.
@@ -105,7 +114,8 @@ def batch_script(params: dict[str, Any], *, python: str, folder: str, array_size
     from submitit.slurm.slurm import _make_sbatch_string  # submitit's renderer; pure
 
     extra = {"map_count": array_size} if array_size else {}
-    return _make_sbatch_string(command=submit_command(python, folder), folder=folder, **params, **extra)
+    return _make_sbatch_string(command=submit_command(python, folder, self_archive=self_archive), folder=folder,
+                               **params, **extra)
 
 
 def local_command(python: str, folder: str) -> str:

@@ -41,7 +41,8 @@ from slurm_yolo.commands import run_command
 from slurm_yolo.config import Config, load_config
 from slurm_yolo.errors import CommandError, ConfigError, SiteConfigError, SubmitError
 from slurm_yolo.launcher.slurm_params import (
-    batch_script, local_command, make_marker, sbatch_reason, sbatch_refusal, self_archive_setup, slurm_parameters,
+    SELF_ARCHIVE_WAIT, batch_script, local_command, make_marker, sbatch_reason, sbatch_refusal, self_archive_setup,
+    slurm_parameters,
 )
 from slurm_yolo.mode import Mode, detect, user_index_url
 from slurm_yolo.names import new_run_id, new_sweep_id, validate_name
@@ -416,7 +417,8 @@ def _draw(configs: list[Config], elements: list[Any], *, executor: str, user: st
     folder = sweep_dir if sweep_dir is not None else runs[0].run_dir
     params = slurm_parameters(configs[0], job_name=f"yolo-{sweep_id or runs[0].run_id}",
                               marker=make_marker(str(folder)))
-    if mode is not None and mode.user_mode and executor == Executor.SLURM:
+    self_archive = mode is not None and mode.user_mode and executor == Executor.SLURM
+    if self_archive:
         params = {**params, **self_archive_setup(_python(), str(folder))}
     logs = str(folder / SLURM_LOGS)
     if executor == Executor.LOCAL:
@@ -424,7 +426,7 @@ def _draw(configs: list[Config], elements: list[Any], *, executor: str, user: st
     else:
         # submitit submits a single job, not a one-element array: render what it will send.
         script = batch_script(params, python=_python(), folder=logs,
-                              array_size=len(runs) if len(runs) > 1 else None)
+                              array_size=len(runs) if len(runs) > 1 else None, self_archive=self_archive)
     return SubmitPlan(executor, user, tuple(runs), params, script, sweep_id, sweep_dir, run_id, reproduces, mode)
 
 
@@ -524,14 +526,21 @@ def _python() -> str:
     return sys.executable
 
 
-def make_executor(kind: str, folder: Path, config: Config, params: Mapping[str, Any]):
-    """A submitit executor of ``kind`` writing its logs and pickles to ``folder``."""
+def make_executor(kind: str, folder: Path, config: Config, params: Mapping[str, Any], *,
+                  self_archive: bool = False):
+    """A submitit executor of ``kind`` writing its logs and pickles to ``folder``; with
+    ``self_archive`` (user mode), one whose srun line is :data:`SELF_ARCHIVE_WAIT`'s."""
     import submitit  # imported here: a few hundred ms, only paid when submitting
+
+    class SelfArchiving(submitit.SlurmExecutor):  # type: ignore[misc]
+        @property
+        def _submitit_command_str(self) -> str:
+            return str(super()._submitit_command_str) + SELF_ARCHIVE_WAIT
 
     if kind == Executor.SLURM:
         try:
-            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=config.slurm["max_requeues"],
-                                              python=_python())
+            executor = (SelfArchiving if self_archive else submitit.SlurmExecutor)(
+                folder=folder, max_num_timeout=config.slurm["max_requeues"], python=_python())
         except RuntimeError as e:  # submitit: no srun on PATH
             raise SubmitError(f"Slurm is not available here ({e}); use --executor local or run on a login node") from e
         executor.update_parameters(**params)
@@ -546,7 +555,8 @@ def make_executor(kind: str, folder: Path, config: Config, params: Mapping[str, 
 
 def _submit_jobs(p: SubmitPlan, job: Callable[[str], Any]) -> list[Any]:
     """Submit the plan's runs (one array for a sweep) with submitit; its jobs, in run order."""
-    ex = make_executor(p.executor, p.folder / SLURM_LOGS, p.runs[0].config, p.params)
+    ex = make_executor(p.executor, p.folder / SLURM_LOGS, p.runs[0].config, p.params,
+                       self_archive=p.mode is not None and p.mode.user_mode)
     # submitit prints a refused sbatch's stderr itself before raising it: held back here so
     # that the user reads Slurm's reason once, in our error line.
     held = io.StringIO()

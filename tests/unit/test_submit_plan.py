@@ -320,12 +320,14 @@ def test_user_mode_says_so_and_the_job_archives_itself(cfg, tmp_path):
     assert script == shown["script"]
     archive = f"-m slurm_yolo.epilog.usermode archive {json.loads(real.stdout)['run_dir']}"
     assert archive in script
-    # The watcher (SIGTERM) is started before srun, the exit-status archive right after it.
+    # The SIGTERM trap is set before srun, which runs in the background so that the trap fires
+    # at once; the exit-status archive comes after it, unless the trap archived.
     lines = script.splitlines()
     srun = next(i for i, line in enumerate(lines) if line.startswith("srun "))
-    assert any("trap '_slurm_yolo_archive --why SIGTERM" in line for line in lines[:srun])
-    after = [line for line in lines[srun + 1:] if line.strip() and not line.startswith("#")]
-    assert after[0] == "_slurm_yolo_step=$?" and after[-1] == 'exit "$_slurm_yolo_step"'
+    assert any(line.startswith("trap ") and "--why SIGTERM' TERM" in line for line in lines[:srun])
+    assert lines[srun].endswith(" &") and lines[srun + 1] == "_slurm_yolo_wait $!"
+    after = [line for line in lines[srun + 2:] if line.strip() and not line.startswith("#")]
+    assert "--why exit" in after[0] and after[-1] == 'exit "$_slurm_yolo_step"'
 
 
 def test_with_the_epilog_the_script_is_as_before(cfg, tmp_path):
