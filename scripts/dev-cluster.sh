@@ -2,7 +2,7 @@
 # A real one-node Slurm cluster plus a loopback S3 server (SeaweedFS or moto) for development, tests and
 # the demo, on one Debian 12 machine, as root. Every piece of state lives in ONE folder.
 #
-# Usage: scripts/dev-cluster.sh [--slurm 22.05|24.11] up [--nodes N] [--store seaweedfs|moto]|down|status|env|logs [N]|crash NODE|revive NODE|epilog off|on
+# Usage: scripts/dev-cluster.sh [--slurm 22.05|24.11] up [--nodes N] [--store seaweedfs|moto] [--accounting]|down|status|env|logs [N]|crash NODE|revive NODE|epilog off|on
 #   --slurm 24.11 (anywhere on the line; or SLURM_YOLO_DEV_SLURM=24.11): the Slurm 24.11 cluster
 #           instead: one node (s2411) from Debian 13's packages in a cached debootstrap root
 #           (scripts/slurm-root.sh, scripts/dev-cluster-2411.sh), state in
@@ -20,6 +20,11 @@
 #           `up` without --nodes keeps the remembered number (and restarts what of it died).
 #           Whatever else runs, `up` restarts a store that died (the nodes' forwarder steps
 #           aside while it starts: SeaweedFS refuses a port any address of this host holds).
+#           --accounting (22.05; remembered; --no-accounting forgets it): Slurm accounting
+#           (slurmdbd on MariaDB, both on loopback; their Debian packages are installed then, not
+#           by setup.sh), AccountingStoreFlags=job_comment, and MinJobAge=2 (ended jobs leave
+#           squeue within about a minute). Without it, `up` is as before (no accounting).
+#   accounting on|off  the same as `up --accounting` / `up --no-accounting`
 #   crash NODE   kill a namespace node the hard way (slurmd, slurmstepd, the job's processes,
 #           by PID): what a kernel panic or a power cut looks like to Slurm
 #   revive NODE  start that node's slurmd again (it returns to service by itself)
@@ -302,7 +307,7 @@ SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
-AccountingStorageType=accounting_storage/none
+$(accounting_lines)
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 EOF
@@ -321,13 +326,113 @@ epilog_lines() {
   fi
 }
 
+# --- accounting (up --accounting; 22.05 only) --------------------------------------------------
+# slurmdbd on MariaDB (Debian 12's slurmdbd + mariadb-server, installed only when asked for: the
+# default `up` stays as it was), both on loopback, their state under $STATE. The choice is
+# remembered in $accounting_file; `up --no-accounting` (or `accounting off`) forgets it.
+accounting_file="$STATE/accounting"
+db_port=${SLURM_YOLO_DB_PORT:-3307}
+dbd_port=${SLURM_YOLO_DBD_PORT:-6819}
+accounting_on() { [ -e "$accounting_file" ]; }
+accounting_lines() {
+  if accounting_on; then
+    cat <<EOF
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$dbd_port
+# The marker lives in the job's comment: stored, so that the reconciler finds its jobs in sacct.
+AccountingStoreFlags=job_comment
+EOF
+  else
+    echo "AccountingStorageType=accounting_storage/none"
+  fi
+}
+# mariadbd runs as mysql: its socket, pid file and log live in its own folder, beside its data.
+db_dir="$STATE/mariadb"
+db_sock() { echo "$db_dir/mariadb.sock"; }
+# no_inherited_fds CMD...: run CMD with nothing open but 0-2. mariadbd and slurmdbd keep
+# whatever they inherit: a caller's flock on the test suite's cluster lock would live on in them.
+no_inherited_fds() {
+  local fd
+  for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done
+  exec "$@"
+}
+
+start_accounting() {
+  local dbd_conf="$STATE/etc/slurmdbd.conf" pw
+  for p in slurmdbd mariadb-server; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
+    log "accounting: apt-get install slurmdbd mariadb-server"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmdbd mariadb-server >/dev/null 2>&1 \
+      || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmdbd mariadb-server >/dev/null; }
+    break
+  done
+  install -d -o mysql -g mysql -m 0700 "$db_dir" "$db_dir/data"
+  if [ ! -d "$db_dir/data/mysql" ]; then
+    log "accounting: mariadb-install-db into $db_dir/data"
+    mariadb-install-db --user=mysql --datadir="$db_dir/data" --skip-test-db >/dev/null 2>&1 \
+      || die "mariadb-install-db failed"
+  fi
+  if ! pid_alive "$db_dir/mariadb.pid" mariadbd; then
+    log "accounting: starting mariadbd on 127.0.0.1:$db_port"
+    ( no_inherited_fds setsid nohup /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$db_dir/data" \
+      --socket="$(db_sock)" --port="$db_port" --bind-address=127.0.0.1 --pid-file="$db_dir/mariadb.pid" \
+      --log-error="$db_dir/mariadb.log" --innodb-buffer-pool-size=32M --performance-schema=off \
+      >/dev/null 2>&1 </dev/null ) &
+    for _ in $(seq 1 150); do mariadb -S "$(db_sock)" -e 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
+  fi
+  mariadb -S "$(db_sock)" -e 'select 1' >/dev/null 2>&1 || { tail -n 20 "$db_dir/mariadb.log" >&2; die "mariadbd does not answer"; }
+  [ -s "$STATE/etc/db.pass" ] || { head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$STATE/etc/db.pass"; chmod 0600 "$STATE/etc/db.pass"; }
+  pw=$(cat "$STATE/etc/db.pass")
+  mariadb -S "$(db_sock)" -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$pw';
+    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" || die "mariadb: cannot create the slurm user"
+  # slurmdbd reads slurmdbd.conf next to slurm.conf (SLURM_CONF's folder), root-only.
+  write_atomic "$dbd_conf" 0600 <<EOF
+# written by scripts/dev-cluster.sh (up --accounting)
+AuthType=auth/munge
+DbdAddr=127.0.0.1
+DbdHost=localhost
+DbdPort=$dbd_port
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$db_port
+StorageUser=slurm
+StoragePass=$pw
+StorageLoc=slurm_acct_db
+PidFile=$STATE/run/slurmdbd.pid
+LogFile=$STATE/log/slurmdbd.log
+DebugLevel=info
+EOF
+  if [ "$written" = 1 ] && pid_alive "$STATE/run/slurmdbd.pid" slurmdbd; then
+    stop_pidfile slurmdbd "$STATE/run/slurmdbd.pid" slurmdbd
+  fi
+  if ! pid_alive "$STATE/run/slurmdbd.pid" slurmdbd; then
+    log "accounting: starting slurmdbd on 127.0.0.1:$dbd_port"
+    ( export SLURM_CONF=$conf; no_inherited_fds slurmdbd ) || { tail -n 20 "$STATE/log/slurmdbd.log" >&2; die "slurmdbd failed to start"; }
+  fi
+  for _ in $(seq 1 100); do SLURM_CONF=$conf timeout 10 sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
+  # slurmctld sends its jobs only for a cluster slurmdbd knows.
+  if ! SLURM_CONF=$conf timeout 20 sacctmgr -n -P list cluster format=cluster 2>/dev/null | grep -qx slurmyolo; then
+    SLURM_CONF=$conf timeout 20 sacctmgr -i add cluster slurmyolo >/dev/null || die "sacctmgr add cluster slurmyolo failed"
+  fi
+}
+
+stop_accounting() {
+  stop_pidfile slurmdbd "$STATE/run/slurmdbd.pid" slurmdbd
+  stop_pidfile mariadbd "$db_dir/mariadb.pid" mariadbd
+}
+
 write_slurm_conf() {
   # RealMemory must not exceed what slurmd finds, or the node is drained ("Low RealMemory").
   local mem found
   found=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -n1)
   mem=8000
   if [ -n "$found" ] && [ "$found" -lt "$mem" ]; then mem=$found; fi
-  local n ctl_addr=127.0.0.1 extra_nodes="" multi=""
+  local n ctl_addr=127.0.0.1 extra_nodes="" multi="" min_job_age=600
+  # With accounting, slurmctld forgets an ended job after 2 s (Slurm's smallest safe value; its
+  # purge runs about once a minute): tests of a reconciler started after MinJobAge stay short.
+  accounting_on && min_job_age=2
   n=$(extra_nodes)
   if [ "$n" -gt 0 ]; then
     # Namespace nodes reach the controller on the bridge, not on loopback.
@@ -346,7 +451,7 @@ SlurmUser=root
 SlurmdUser=root
 SlurmctldPort=6817
 SlurmdPort=6818
-$(slurm_conf_scheduling)
+$(slurm_conf_scheduling | sed "s/^MinJobAge=.*/MinJobAge=$min_job_age/")
 $(epilog_lines)
 $(slurm_conf_state)
 NodeName=$node NodeAddr=127.0.0.1 CPUs=2 RealMemory=$mem State=UNKNOWN
@@ -717,17 +822,28 @@ cmd_up() {
   write_epilog
   write_site_files
   start_store
+  if accounting_on; then start_accounting; else stop_accounting_if_running; fi
   # The bridge first: slurmctld's address is on it when there are namespace nodes.
   [ "$(extra_nodes)" -gt 0 ] && setup_network "$(extra_nodes)"
   start_slurm
   start_nodes
+  # The namespace nodes were not restarted with slurmctld: they read the new file now.
+  if [ "$conf_changed" = 1 ] && [ "$(extra_nodes)" -gt 0 ]; then slurm_cmd scontrol reconfigure || true; fi
   log "up: state in $STATE; now run: eval \"\$($here/scripts/dev-cluster.sh env)\""
+}
+
+stop_accounting_if_running() {
+  if pid_alive "$STATE/run/slurmdbd.pid" slurmdbd || pid_alive "$db_dir/mariadb.pid" mariadbd; then
+    log "accounting: off; stopping slurmdbd and mariadbd"
+    stop_accounting
+  fi
 }
 
 cmd_down() {
   stop_nodes
   stop_pidfile slurmd "$(host_slurmd_pid)" slurmd
   stop_pidfile slurmctld "$STATE/run/slurmctld.pid" slurmctld
+  stop_accounting_if_running
   adopt_legacy_moto
   if pid_alive "$state2411/run/slurmctld.pid" slurmctld; then
     log "s3: the Slurm 24.11 cluster uses it too; left running"
@@ -786,6 +902,13 @@ cmd_status() {
       echo "slurmd:    DOWN, node n$i ${st_n:-unknown} (namespace syn$i)"; ok=1
     fi
   done
+  if accounting_on; then
+    if pid_alive "$STATE/run/slurmdbd.pid" slurmdbd && pid_alive "$db_dir/mariadb.pid" mariadbd; then
+      echo "slurmdbd:  up (pid $(cat "$STATE/run/slurmdbd.pid")), MariaDB 127.0.0.1:$db_port"
+    else
+      echo "slurmdbd:  DOWN (accounting is on: up restarts it)"; ok=1
+    fi
+  fi
   return $ok
 }
 
@@ -829,6 +952,8 @@ parse_up_args() {
         mkdir -p "$STATE"
         if [ "$2" -ge 2 ]; then echo "$2" >"$nodes_file"; else rm -f "$nodes_file"; fi
         shift 2 ;;
+      --accounting) mkdir -p "$STATE"; touch "$accounting_file"; shift ;;
+      --no-accounting) rm -f "$accounting_file"; shift ;;
       *) die "up: unknown option $1 (see the usage at the top of $0)" ;;
     esac
   done
@@ -841,7 +966,8 @@ if [ "$slurm_version" = 24.11 ]; then
   . "$here/scripts/dev-cluster-2411.sh"
   case "${1:-}" in
     up) shift; store_choice=${SLURM_YOLO_STORE:-}
-        for a in "$@"; do [ "$a" != --nodes ] || die "--slurm 24.11: one node only (no --nodes)"; done
+        for a in "$@"; do [ "$a" != --nodes ] || die "--slurm 24.11: one node only (no --nodes)"
+          [ "$a" != --accounting ] || die "--slurm 24.11: no accounting (up --accounting is the 22.05 cluster's)"; done
         parse_up_args "$@"; cmd_up_2411 ;;
     down) cmd_down_2411 ;;
     status) cmd_status_2411 ;;
@@ -863,5 +989,9 @@ case "${1:-}" in
   env) cmd_env ;;
   logs) cmd_logs "${2:-}" ;;
   epilog) cmd_epilog "${2:-}" ;;
-  *) echo "usage: $0 up [--nodes N] [--store seaweedfs|moto]|down|status|env|logs [N]|crash NODE|revive NODE|epilog off|on" >&2; exit 2 ;;
+  accounting)
+    case "${2:-}" in on) parse_up_args --accounting ;; off) parse_up_args --no-accounting ;;
+      *) die "usage: $0 accounting on|off" ;; esac
+    cmd_up ;;
+  *) echo "usage: $0 up [--nodes N] [--store seaweedfs|moto]|down|status|env|logs [N]|crash NODE|revive NODE|epilog off|on|accounting on|off" >&2; exit 2 ;;
 esac
