@@ -81,7 +81,8 @@ class CompactResult:
             or their quarter changed since: a later compaction deletes them).
         refused: one line per pending update refused (``<key>: <why>``), not folded in.
         skipped: why nothing was done (another compaction holds the lease), else ``""``.
-        lease: ``"held"``, ``"off"`` (not asked for), or why it could not be used.
+        lease: ``"held"``, ``"free"`` (nothing pending: not taken), ``"busy"`` (skipped),
+            ``"off"`` (not asked for), or why it could not be used.
     """
 
     updates: int
@@ -100,7 +101,7 @@ class CompactResult:
                 f"({self.runs_changed} runs changed); {self.left} kept pending for now")
         if self.refused:
             line += f"; REFUSED {len(self.refused)}: " + "; ".join(self.refused)
-        if self.lease not in ("held", "off"):
+        if self.lease not in ("held", "off", "free"):
             line += f" (without the lease: {self.lease})"
         return line
 
@@ -242,7 +243,11 @@ def compact(cat: IndexLocation, *, client: Any = None, grace_s: float | None = N
     client = client or cat.store.boto3_client()
     if not lease:
         return _checked(cat, client, grace_s, now, sleep, lambda: None, "off")
-    got = index_lease.acquire(cat, client, ttl_s=lease_ttl_s)
+    got = index_lease.look(cat, client)
+    if isinstance(got, index_lease.Free):
+        if not _anything_pending(cat, client):  # an idle index: two reads, no write
+            return CompactResult(0, 0, (), 0, lease="free")
+        got = index_lease.take(cat, client, got, ttl_s=lease_ttl_s)
     if isinstance(got, index_lease.Busy):
         held = f" by {got.holder}" if got.holder else ""
         left = f", {got.left_s:.0f} s left" if got.left_s is not None else ""
@@ -261,6 +266,14 @@ def compact(cat: IndexLocation, *, client: Any = None, grace_s: float | None = N
     finally:
         if held[-1] is not None:
             index_lease.release(cat, client, held[-1])
+
+
+def _anything_pending(cat: IndexLocation, client: Any) -> bool:
+    prefix = cat.key(PENDING)
+    try:
+        return bool(client.list_objects_v2(Bucket=cat.bucket, Prefix=prefix, MaxKeys=1).get("Contents"))
+    except Exception as e:  # botocore raises ClientError and connection errors
+        raise store_error("list", f"s3://{cat.bucket}/{prefix}", e) from e
 
 
 def _checked(cat: IndexLocation, client: Any, grace_s: float | None, now: datetime | None,

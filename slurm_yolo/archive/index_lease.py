@@ -8,6 +8,8 @@ would do a thousand times the work of one. The lease makes that work one compact
     <index_url>lease/compact.json   {"holder": "...", "ttl_s": 120, "released": false}
 
 - **Skip: one request.** A drain GETs the lease; held and not expired, it skips.
+- **Nothing to do: one more.** Free, the drain lists ``pending/`` (one key at most): nothing
+  pending, it stops there without writing anything.
 - **Take: one more.** Missing: ``PUT If-None-Match: *``. Expired or released: ``PUT If-Match:
   <the ETag just read>``. Of any number of racing takers the store lets exactly one win (on a
   store whose conditional writes are atomic); the others get 412 and skip.
@@ -137,13 +139,15 @@ def left_s(modified: datetime, ttl_s: float, server_date: str | None, now: datet
     return (modified - store_now).total_seconds() + ttl_s
 
 
-def acquire(cat: IndexLocation, client: Any, *, holder: str | None = None,
-            ttl_s: float = LEASE_TTL_S) -> Lease | Busy | Unavailable:
-    """Take the compaction lease, or learn that someone holds it.
+@dataclass(frozen=True)
+class Free:
+    """Nobody holds the lease: it may be taken with ``condition`` (the PUT's precondition)."""
 
-    One GET when it is held; a GET and a conditional PUT otherwise.
-    """
-    holder = holder or holder_name()
+    condition: tuple[tuple[str, str], ...]
+
+
+def look(cat: IndexLocation, client: Any) -> Free | Busy | Unavailable:
+    """Whether the lease is held, by one GET (a skipping drain's whole cost)."""
     key = cat.key(LEASE_KEY)
     try:
         got = client.get_object(Bucket=cat.bucket, Key=key)
@@ -151,15 +155,30 @@ def acquire(cat: IndexLocation, client: Any, *, holder: str | None = None,
     except Exception as e:  # botocore raises ClientError and connection errors
         if error_code(e) not in ("NoSuchKey", "404"):
             return Unavailable(f"cannot read the lease s3://{cat.bucket}/{key}: {error_code(e) or type(e).__name__}")
-        condition: dict[str, str] = {"IfNoneMatch": "*"}
-    else:
-        other, their_ttl, released = parse(text)
-        if not released:
-            left = left_s(got["LastModified"], their_ttl, got["ResponseMetadata"]["HTTPHeaders"].get("date"))
-            if left > 0:
-                return Busy(other, left)
-        condition = {"IfMatch": got["ETag"]}
-    return _write(cat, client, key, holder, ttl_s, condition)
+        return Free((("IfNoneMatch", "*"),))
+    other, their_ttl, released = parse(text)
+    if not released:
+        left = left_s(got["LastModified"], their_ttl, got["ResponseMetadata"]["HTTPHeaders"].get("date"))
+        if left > 0:
+            return Busy(other, left)
+    return Free((("IfMatch", got["ETag"]),))
+
+
+def take(cat: IndexLocation, client: Any, free: Free, *, holder: str | None = None,
+         ttl_s: float = LEASE_TTL_S) -> Lease | Busy | Unavailable:
+    """Take a lease :func:`look` found free: one conditional PUT; :class:`Busy` when another
+    taker won the race."""
+    return _write(cat, client, cat.key(LEASE_KEY), holder or holder_name(), ttl_s, dict(free.condition))
+
+
+def acquire(cat: IndexLocation, client: Any, *, holder: str | None = None,
+            ttl_s: float = LEASE_TTL_S) -> Lease | Busy | Unavailable:
+    """Take the compaction lease, or learn that someone holds it (:func:`look`, then :func:`take`).
+
+    One GET when it is held; a GET and a conditional PUT otherwise.
+    """
+    seen = look(cat, client)
+    return take(cat, client, seen, holder=holder, ttl_s=ttl_s) if isinstance(seen, Free) else seen
 
 
 def _write(cat: IndexLocation, client: Any, key: str, holder: str, ttl_s: float, condition: dict[str, str], *,

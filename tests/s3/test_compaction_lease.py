@@ -103,15 +103,17 @@ def test_fifty_drains_at_once_do_the_work_of_one_compaction(weed_cat):
     # Exactly one drain read and folded the pending updates; any other that got the lease
     # after it was released found nothing left to do.
     assert [r.updates for r, _ in workers if r.updates] == [PENDING] and len(skippers) >= DRAINS - 3
-    assert all(r.lease == "held" for r, _ in workers)
+    assert all(r.lease in ("held", "free") for r, _ in workers)  # free: came after the round, nothing pending
     # Together they read each pending update once and each quarter once, as one compaction does.
     total = sum((d.calls for d in drains), Counter())
     assert total[("GET", "pending/")] == solo.calls[("GET", "pending/")] == PENDING
     assert total[("GET", "parquet/")] == solo.calls[("GET", "parquet/")]
     assert total[("PUT", "parquet/")] == solo.calls[("PUT", "parquet/")]
-    # A skipping drain costs one GET of the lease, plus the losing PUT when it found it free.
+    # A skipping drain costs one GET of the lease; one that found it free also listed pending/
+    # (one key) and lost the race for it (a conditional PUT).
     for d in skippers:
-        assert set(d.calls) <= {("GET", "lease/"), ("PUT", "lease/")} and sum(d.calls.values()) <= 2, d.calls
+        assert set(d.calls) <= {("GET", "lease/"), ("GET", "other"), ("PUT", "lease/")}, d.calls
+        assert sum(d.calls.values()) <= 3, d.calls
         assert d.bytes < 2_000
     extra = sum(d.bytes for d in skippers)
     assert extra < 0.05 * solo.bytes + 2_000 * len(skippers)
