@@ -42,7 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from slurm_yolo.archive.manifest import MANIFEST
 from slurm_yolo.epilog.entry import EntryInfo
@@ -202,7 +202,7 @@ def render(state: State, spool: SpoolGauges) -> str:
             return families
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families())  # type: ignore[arg-type]
+    registry.register(_Families())
     return generate_latest(registry).decode()
 
 
@@ -303,7 +303,7 @@ def archive_outcome(result: Mapping[str, Any]) -> tuple[str, str] | None:
     return (ARCHIVED if result.get("shipped") else SPOOLED), str(result.get("state") or NO_STATE)
 
 
-def archives_event(results: list[Mapping[str, Any]], *, duration_s: float | None = None,
+def archives_event(results: Sequence[Mapping[str, Any]], *, duration_s: float | None = None,
                    now: float | None = None) -> Event:
     """The event of archiver summaries (an epilog's one, a reconciler round's several)."""
     outcomes = tuple(o for o in (archive_outcome(r) for r in results) if o is not None)
@@ -312,7 +312,7 @@ def archives_event(results: list[Mapping[str, Any]], *, duration_s: float | None
                  duration_s=duration_s, archived_at=(time.time() if now is None else now) if shipped else None)
 
 
-def drain_event(results: list[Any], now: float | None = None) -> Event:
+def drain_event(results: Sequence[Any], now: float | None = None) -> Event:
     """The event of a drain's :class:`~slurm_yolo.epilog.ship.ShipResult` list."""
     drained = tuple((SHIPPED if r.ok else FAILED, getattr(r, "end_state", "") or NO_STATE) for r in results)
     shipped = any(r.ok for r in results)
