@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": (LAUNCHER, "submit one training run"),
     "sweep": (LAUNCHER, "submit a grid of runs as one Slurm job array"),
     "status": (LAUNCHER, "show a run's record"),
+    "doctor": ("slurm_yolo.launcher.doctor", "check your set-up end to end: store, mode, reconciler, a check job"),
     "spool": (EPILOG, "admin: list or drain the epilog's spool of pending uploads"),
     "reconcile": (EPILOG, "admin: archive ended runs no epilog archived (dead nodes); for a timer"),
     "runs": (CATALOG, "find, show, compare and fetch archived runs"),
