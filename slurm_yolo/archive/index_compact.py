@@ -294,7 +294,10 @@ def _compact(cat: IndexLocation, client: Any, grace_s: float | None, now: dateti
     keyed: list[tuple[str, dict[str, Any]]] = []
     for k, rec in pending:
         why = refusal(k, rec, cat.allowed_prefix, prefix)
-        (refused.append((k, why)) if why else keyed.append((k, rec)))
+        if why:
+            refused.append((k, why))
+        else:
+            keyed.append((k, rec))
     unchecked = {k for k, _ in refused}  # refused whatever the quarters hold
     claimed: list[tuple[Mapping[str, Any], str]] = []
     etags, changed = fold(cat, client, [rec for _, rec in keyed], sleep=sleep, between=between, refused=claimed)
