@@ -102,8 +102,11 @@ class Ahead:
         return self._held.result()
 
     def etag_wanted(self, rel: str, size: int) -> bool:
-        """Whether hashing ``rel`` should also give its upload's ETag: only if the store holds
-        an object of that size at its key (otherwise the file is sent anyway)."""
+        """Whether hashing ``rel`` should also give its upload's ETag: if the store holds an
+        object of that size at its key (otherwise the file is sent anyway), or the listing has
+        not answered yet (the walk never waits for it: an md5 too many costs less)."""
+        if not self._held.done():
+            return True
         held = self.held()
         return held is not None and rel in held and held[rel].size == size
 
