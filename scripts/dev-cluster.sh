@@ -569,7 +569,7 @@ cmd_logs() {
   [ -f "$conf" ] || { echo "no $conf: the Slurm $slurm_version dev cluster was never set up (run: $0 --slurm $slurm_version up)" >&2; return 1; }
   echo "==> nodes (Slurm $slurm_version): name, state, reason <=="
   { slurm_cmd sinfo -N -h -o '%N %T %E' 2>&1 || echo "(sinfo failed: is slurmctld up?)"; } | sort -u
-  for f in "$STATE/log/slurmctld.log" "$STATE"/log/slurmd-*.log "$STATE/log/epilog.log"; do
+  for f in "$STATE/log/slurmctld.log" "$STATE"/log/slurmd-*.log "$STATE/log/slurmdbd.log" "$STATE/log/epilog.log"; do
     [ -f "$f" ] && { printf '==> %s <==\n' "$f"; tail -n "$n" "$f"; }
   done
   return 0
