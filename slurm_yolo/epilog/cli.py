@@ -42,8 +42,11 @@ def add_commands(sub: Any) -> None:
     r = sub.add_parser("reconcile", help="admin: archive ended runs no epilog archived (dead nodes); for a timer",
                        description="Archive the runs of ended jobs that no epilog claimed: NODE_FAIL jobs at "
                                    "once, others once their node epilogs had their time budget; and take over "
-                                   "claims whose holder died mid-archive. Run it as root every minute on a host "
-                                   "that mounts the users' filesystem and reaches slurmctld (docs/admin.md).")
+                                   "claims whose holder died mid-archive. Ended jobs come from squeue and, so that "
+                                   "a reconciler that was stopped forgets none, from sacct since its last completed "
+                                   "round where the cluster keeps accounting, else from a walk of the site's "
+                                   "runs_roots. Run it as root every minute on a host that mounts the users' "
+                                   "filesystem and reaches slurmctld (docs/admin.md).")
     r.add_argument("--site-config", default=None, help="default: $SLURM_YOLO_SITE_CONFIG or /etc/slurm-yolo/site.yaml")
     r.add_argument("--dry-run", action="store_true",
                    help="say what would be archived, and list the refused markers remembered (never retried, "
