@@ -200,3 +200,30 @@ def test_install_and_uninstall_the_users_reconciler(cluster, test_user, user_env
         assert "not installed" in again.stdout
     finally:
         crontab("-r")
+
+
+@pytest.mark.cluster_wide
+def test_without_the_epilog_a_preempted_run_is_archived_per_attempt(cluster, s3, dataset, runs_root, tmp_path,
+                                                                     test_user, user_env):
+    """Real pre-emption (PreemptMode=REQUEUE, the debug partition's GraceTime): the urgent job
+    takes the node's memory, the run gets SIGTERM, is killed and requeued; its job archives the
+    pre-empted attempt on that SIGTERM and the resumed one at its end."""
+    user = test_user.pw_name
+    config = demo_config(tmp_path, dataset)
+    with epilog_off(cluster):
+        (out,) = standins(user_env, user, config, [([], {"epochs": 100, "epoch_s": 0.5, "requeued_epoch_s": 0.02})],
+                          runs_root)
+        wait_epochs(Path(out["run_dir"]), 2, timeout=120)
+        node = subprocess.run(["scontrol", "show", "node", "-o", "vm"], capture_output=True, text=True, check=True,
+                              env=cluster).stdout
+        memory = node.split("RealMemory=")[1].split()[0]
+        urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", f"--mem={memory}M", "-o", "/dev/null",
+                                 "--wrap", "sleep 2"], capture_output=True, text=True, check=True, env=cluster)
+        wait_job_over(cluster, urgent.stdout.strip().split(";")[0], timeout=180)
+        wait_job_over(cluster, out["job_id"], timeout=180)
+        record = archived_record(s3, out["archive_url"], timeout=60, state="COMPLETED")
+        assert [(a["end_state"], a["epilog"]["node"].split("@")[0]) for a in record["attempts"]] == \
+            [("REQUEUED", "job"), ("COMPLETED", "job")], record["attempts"]
+        assert "SIGTERM" in [s["signal"] for s in record["attempts"][0]["signals"]]
+        verify_archive(s3, out["archive_url"])
+        assert index_record(s3, user_env, out["run_id"])["end_state"] == "COMPLETED"
