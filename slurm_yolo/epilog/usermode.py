@@ -263,7 +263,7 @@ def reconcile_user(env: Mapping[str, str] | None = None, *, dry_run: bool = Fals
     def my_jobs(s: SiteConfig) -> list[Any]:
         return [j for j in list_jobs(s) if j.uid == uid and j.comment.startswith(MARKER_PREFIX) and keep(j)]
 
-    results = reconcile(site, dry_run=dry_run, settle_s=0.0, say=say, jobs=my_jobs)
+    results = reconcile(site, uid=uid, dry_run=dry_run, settle_s=0.0, say=say, jobs=my_jobs)
     if not dry_run and Path(site.spool_dir).is_dir():
         for shipped in ship.drain(site, budget_s=site.time_budget_s, log=say):
             results.append({"entry": shipped.entry, "shipped": shipped.ok, "detail": shipped.detail})
