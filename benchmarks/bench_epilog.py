@@ -55,7 +55,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# A profiled epilog child may run another tree's slurm_yolo (--profile-tree).
+sys.path.insert(0, os.environ.get("SLURM_YOLO_TREE") or str(ROOT))
 
 from slurm_yolo.archive import s5cmd  # noqa: E402
 from slurm_yolo.store import Store  # noqa: E402
@@ -386,6 +387,112 @@ def synced_table(label: str, by: dict[str, list[Upload]], total: int) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- part 4: where the epilog's time goes
+
+# (module, function) pairs timed in the profiled epilog; names missing in a tree are left out.
+PROFILED = (("archiver", "_claim"), ("archiver", "_stage"), ("snapshot", "copy_tree"), ("archiver", "_finish"),
+            ("archiver", "_write_back"), ("writeback", "update_as_user"), ("spool", "write_entry"),
+            ("ship", "ship"), ("ship", "_upload"), ("ship", "ship_direct"), ("index_store", "index_run"),
+            ("index_store", "get_object"), ("index_store", "add_to_index"), ("claim", "mark_done"))
+
+
+def profile_child(cfg: dict) -> dict:
+    """One epilog (``archive_job``) in this fresh process, each step timed (start, end) from the
+    process start: the imports, every function of :data:`PROFILED`, every s5cmd process."""
+    import functools
+    import importlib
+
+    t0 = time.perf_counter()
+    events: list[tuple[str, float, float]] = []
+
+    def timed(name: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                events.append((name, start - t0, time.perf_counter() - t0))
+        return inner
+
+    mods = {m: importlib.import_module(f"slurm_yolo.epilog.{m}") for m in
+            ("archiver", "snapshot", "writeback", "spool", "ship", "claim")}
+    mods["index_store"] = importlib.import_module("slurm_yolo.archive.index_store")
+    events.append(("import the archiver", 0.0, time.perf_counter() - t0))
+    for mod, name in PROFILED:
+        if hasattr(mods[mod], name):
+            setattr(mods[mod], name, timed(name, getattr(mods[mod], name)))
+    if hasattr(mods["ship"], "index_run"):
+        mods["ship"].index_run = mods["index_store"].index_run
+    plain_run = s5cmd.run
+
+    def s5cmd_run(argv, *a, **k):
+        what = next((w for w in ("run", "ls", "cp") if w in argv), "?")
+        what += " (commit marker)" if what == "cp" and argv[-2].endswith("/meta/*") else ""
+        return timed(f"s5cmd {what}", plain_run)(argv, *a, **k)
+
+    s5cmd.run = s5cmd_run
+    store = Store(endpoint_url=cfg["endpoint"], keys=tuple(map(tuple, cfg["keys"])), atomic_conditional_writes=True)
+    site = SiteConfig(path="(profile)", store=store, allowed_prefix=cfg["prefix"], index_url=cfg["index"],
+                      spool_dir=cfg["spool"], log_file=cfg["spool"] + ".log", s5cmd_workers=cfg["workers"],
+                      scontrol=False)
+    start = time.perf_counter()
+    result = mods["archiver"].archive_job(cfg["env"], site, deadline=time.monotonic() + 600, by="node1")
+    events.append(("archive_job", start - t0, time.perf_counter() - t0))
+    return {"events": events, "shipped": result.shipped}
+
+
+def bench_profile(run: Path, server: S3Server, endpoint: str, work: Path, reps: int, workers: int,
+                  trees: dict[str, str], log: Callable[[str], None]) -> dict[str, dict[str, list[float]]]:
+    """Each tree's epilog in a fresh process (``python bench_epilog.py --profile-child``), and a
+    bare copy, ``reps`` times interleaved: step name → durations; ``wall`` the whole process."""
+    out: dict[str, dict[str, list[float]]] = {tree: {} for tree in trees}
+    out["bare"] = {"wall": []}
+    store = dataclasses.replace(server.store(), endpoint_url=endpoint)
+    for rep in range(reps):
+        for tree, root in trees.items():
+            tag = uuid.uuid4().hex[:8]
+            cfg = {"endpoint": endpoint, "keys": server.keys, "prefix": f"s3://{BUCKET}/{tag}/runs/{{user}}/",
+                   "index": f"s3://{BUCKET}/{tag}/index/", "spool": str(work / "spool" / tag), "workers": workers,
+                   "env": {"SLURM_JOB_ID": "4242", "SLURM_JOB_UID": str(os.getuid()),
+                           "SLURM_JOB_GID": str(os.getgid()), "SLURM_JOB_COMMENT": epilog_main.MARKER_PREFIX + str(run),
+                           "SLURM_JOB_EXIT_CODE2": "0:0", "SLURMD_NODENAME": "node1", "SLURM_JOB_NODELIST": "node1"}}
+            t = time.perf_counter()
+            done = subprocess.run([VENV_PY, str(Path(__file__).resolve()), "--profile-child", json.dumps(cfg)],
+                                  capture_output=True, text=True, env={**os.environ, "SLURM_YOLO_TREE": root})
+            wall = time.perf_counter() - t
+            if done.returncode != 0:
+                raise RuntimeError(f"profiled epilog of {tree} failed: {done.stderr[-2000:]}")
+            got = json.loads(done.stdout.splitlines()[-1])
+            if not got["shipped"]:
+                raise RuntimeError(f"profiled epilog of {tree} did not ship")
+            out[tree].setdefault("wall", []).append(wall)
+            per_run: dict[str, float] = {}
+            for name, a, b in got["events"]:
+                per_run[name] = per_run.get(name, 0.0) + b - a
+            for name, seconds in per_run.items():
+                out[tree].setdefault(name, []).append(seconds)
+        t = time.perf_counter()
+        s5cmd.run(s5cmd.base_argv(store, workers=workers) + ["cp", f"{run}/*", f"s3://{BUCKET}/bare-{tag}/"], store)
+        out["bare"]["wall"].append(time.perf_counter() - t)
+        log(f"  profile rep {rep + 1}: " + ", ".join(f"{k} {v['wall'][-1]:.2f} s" for k, v in out.items()))
+    return out
+
+
+def profile_table(prof: dict[str, dict[str, list[float]]]) -> str:
+    trees = [t for t in prof if t != "bare"]
+    names = [n for n in dict.fromkeys(n for t in trees for n in prof[t]) if n != "wall"]
+    lines = ["| step (median s; several calls of one step summed per run) | " + " | ".join(trees) + " |",
+             "|---|" + "---:|" * len(trees)]
+    for name in ["wall"] + names:
+        cells = [f"{statistics.median(prof[t][name]):.3f}" if name in prof[t] else "—" for t in trees]
+        label = "whole epilog process (start to exit)" if name == "wall" else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(f"| bare `s5cmd cp` of the folder, same moments | {statistics.median(prof['bare']['wall']):.3f} |"
+                 + " |" * (len(trees) - 1))
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- report
 
 def server_versions(kinds: list[str]) -> str:
@@ -443,7 +550,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="checkpoints of the synced run (part 3), MB; 0: skip part 3")
     parser.add_argument("--synced-reps", type=int, default=2)
     parser.add_argument("--skip-noop", action="store_true", help="leave out part 1")
+    parser.add_argument("--profile-reps", type=int, default=0,
+                        help="part 4: time each step of the epilog in a fresh process, this many times (0: skip)")
+    parser.add_argument("--profile-tree", action="append", default=[], metavar="NAME=PATH",
+                        help="part 4: also profile the slurm_yolo of another checkout (e.g. before=/tmp/old)")
+    parser.add_argument("--profile-only", action="store_true", help="run part 4 alone (SeaweedFS, proxy)")
+    parser.add_argument("--profile-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.profile_child:
+        print(json.dumps(profile_child(json.loads(args.profile_child))))
+        return 0
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -451,15 +567,23 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     log(f"no-op path: {args.noop_runs} runs each …")
-    noop = [] if args.skip_noop else bench_noop(args.noop_runs)
+    noop = [] if args.skip_noop or args.profile_only else bench_noop(args.noop_runs)
     work = Path(tempfile.mkdtemp(prefix="bench-epilog-"))
     results: dict[str, dict[str, list[Upload]]] = {}
     synced: dict[str, tuple[dict[str, list[Upload]], int]] = {}
+    profile: dict[str, dict[str, list[float]]] = {}
+    trees = {"this tree": str(ROOT), **dict(t.split("=", 1) for t in args.profile_tree)}
     try:
         run, files = make_run_folder(work)
         total = sum(files.values())
         log(f"run folder: {len(files)} files, {total / 1e6:.1f} MB")
-        for net in ("loopback", f"proxy +{args.delay_ms:g} ms/request"):
+        if args.profile_reps:
+            with s3_server("seaweedfs") as server:
+                server.store().boto3_client().create_bucket(Bucket=BUCKET)
+                with latency_proxy(server.endpoint, args.delay_ms) as proxied:
+                    log(f"profile (seaweedfs, proxy +{args.delay_ms:g} ms): {', '.join(trees)}")
+                    profile = bench_profile(run, server, proxied, work, args.profile_reps, args.workers, trees, log)
+        for net in () if args.profile_only else ("loopback", f"proxy +{args.delay_ms:g} ms/request"):
             for kind in args.stores.split(","):
                 with s3_server(kind) as server:  # a fresh server per store and network: bounded memory
                     server.store().boto3_client().create_bucket(Bucket=BUCKET)
@@ -496,7 +620,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Run folder: {folder}. s5cmd `{args.s5cmd or s5cmd.binary()}` --numworkers {args.workers}. "
         "Each run to a fresh prefix; "
         f"object count and bytes checked after every run.", "",
-        archive_table(results, total), "",
+        archive_table(results, total) if results else "", "",
+        *([f"Where the epilog's time goes (SeaweedFS, proxy +{args.delay_ms:g} ms/request, each epilog a fresh "
+           f"process, {args.profile_reps} runs interleaved with a bare copy; steps overlap where they run beside "
+           "each other):", "", profile_table(profile), ""] if profile else []),
         *[part for label, (by, size) in synced.items() for part in (
             f"A run synced during training ({label}): the folder above with {args.synced_mb} MB of 100 MB "
             f"checkpoints, {size / 1e6:.0f} MB in all, uploaded by `s5cmd sync` before the epilog (untimed), "
