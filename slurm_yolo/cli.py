@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": (LAUNCHER, "show a run's record"),
     "doctor": ("slurm_yolo.launcher.doctor", "check your set-up end to end: store, mode, reconciler, a check job"),
     "spool": (EPILOG, "admin: list or drain the epilog's spool of pending uploads"),
-    "reconcile": (EPILOG, "admin: archive ended runs no epilog archived (dead nodes); for a timer"),
+    "reconcile": (EPILOG, "archive ended runs no epilog archived (admin: dead nodes, for a timer; --user: yours, on a cluster without the epilog)"),
     "runs": (CATALOG, "find, show, compare and fetch archived runs"),
     "reproduce": (CATALOG, "resubmit an archived run's config as a new run"),
     "index": (CATALOG, "maintain the store's run index (quarterly Parquet files + pending updates)"),

@@ -39,7 +39,7 @@ def add_commands(sub: Any) -> None:
     ls.add_argument("--site-config", default=None)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
-    r = sub.add_parser("reconcile", help="admin: archive ended runs no epilog archived (dead nodes); for a timer",
+    r = sub.add_parser("reconcile", help="archive ended runs no epilog archived (admin: dead nodes, for a timer; --user: yours, on a cluster without the epilog)",
                        description="Archive the runs of ended jobs that no epilog claimed: NODE_FAIL jobs at "
                                    "once, others once their node epilogs had their time budget; and take over "
                                    "claims whose holder died mid-archive. Ended jobs come from squeue and, so that "
