@@ -225,7 +225,8 @@ def reconcile(site: SiteConfig, *, uid: int | None = None, dry_run: bool = False
     else:
         claims.prune(site.claim_dir, now=clock)
         refusals.prune(site.claim_dir, now=clock)
-        if completed:
+        # A job that failed to archive this round must stay in the next round's sacct window.
+        if completed and not any(r and "error" in r for r in results):
             record_completed(state, clock)
     return [r for r in results if r]
 

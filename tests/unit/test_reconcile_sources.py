@@ -116,3 +116,49 @@ def test_the_walk_finds_runs_whose_last_attempt_was_never_archived_and_whose_job
                                ("46", f"slurm-yolo:v1:{requeued}", "1", "n2")]
     assert all(e["SLURM_JOB_UID"] == str(uid) for e in envs)
     assert reconcile.forgotten_runs([str(root)], uid + 1, known=set()) == []     # another user's round
+
+
+def test_a_round_asks_sacct_from_its_last_completed_round_and_records_it(tmp_path):
+    from datetime import timedelta
+
+    from slurm_yolo.errors import CommandError
+    from slurm_yolo.site import SiteConfig
+    from slurm_yolo.store import Store
+
+    site = SiteConfig(path="(test)", store=Store(), allowed_prefix="s3://b/runs/{user}/", index_url="s3://b/index/",
+                      spool_dir=str(tmp_path / "spool"), claim_dir=str(tmp_path / "claims"), scontrol=False)
+    asked: list[tuple[float, int | None]] = []
+    answer: list[slurm_parse.AccountedJob] = []
+
+    def sacct(s, since, uid):
+        asked.append((since, uid))
+        return list(answer)
+
+    def state() -> float | None:
+        return reconcile.last_completed(reconcile.state_path(site, 1001))
+
+    start = datetime.now().astimezone()
+    one = start.timestamp()
+    reconcile.reconcile(site, uid=1001, now=start, jobs=lambda s: [], accounted=sacct)
+    assert asked[-1] == (one - reconcile.SACCT_LOOKBACK_S, 1001) and state() == one
+    assert reconcile.last_completed(reconcile.state_path(site, None)) is None  # another scope's state
+    later = start + timedelta(minutes=5)
+    reconcile.reconcile(site, uid=1001, now=later, jobs=lambda s: [], accounted=sacct, dry_run=True)
+    assert asked[-1][0] == one - reconcile.SACCT_MARGIN_S and state() == one  # a dry run is no round
+    # A job sacct lists whose marker cannot be followed: refused once, remembered, and the round counts.
+    ended = (start - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    answer.append(slurm_parse.AccountedJob("77", "NODE_FAIL", 1001, ended, f"slurm-yolo:v1:{tmp_path}/gone/r1",
+                                           (("JobId", "77"), ("JobState", "NODE_FAIL"), ("ExitCode", "0:0"))))
+    results = reconcile.reconcile(site, uid=1001, now=later, jobs=lambda s: [], accounted=sacct)
+    assert [(r["job"], "refused" in r) for r in results] == [("77", True)] and state() == later.timestamp()
+    assert reconcile.reconcile(site, uid=1001, now=later, jobs=lambda s: [], accounted=sacct) == []
+    # Another user's job is not this round's, whatever sacct says.
+    answer[:] = [slurm_parse.AccountedJob("78", "NODE_FAIL", 1002, ended, "slurm-yolo:v1:/x/r", ())]
+    assert reconcile.reconcile(site, uid=1001, now=later, jobs=lambda s: [], accounted=sacct) == []
+
+    # sacct failing (slurmdbd down): squeue only, and the round is not counted.
+    def failing(s, since, uid):
+        raise CommandError("reconcile", ["sacct"], "slurmdbd unreachable")
+
+    reconcile.reconcile(site, uid=1001, now=later + timedelta(minutes=5), jobs=lambda s: [], accounted=failing)
+    assert state() == later.timestamp()
