@@ -15,13 +15,17 @@ ultralytics are imported only inside the default workload, on the node.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import sys
+import threading
 import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from slurm_yolo import record as rec
 from slurm_yolo.store import Store
@@ -80,19 +84,56 @@ def _start_attempt(r: dict[str, Any], attempt: dict[str, Any]) -> None:
     }.items() if v is not None})
 
 
+class Terminated(SystemExit):
+    """Raised in the main thread after SIGTERM so that the attempt ends now, not at Slurm's
+    SIGKILL ``KillWait`` later; a ``SystemExit``, so no ``except Exception`` in a library keeps
+    training. Its code is the shell's for death by that signal (143)."""
+
+
+# Functions that write the run's files in place: Ultralytics' checkpoint and results.csv
+# writes, pathlib's, torch.save, the stand-in's. A stop raised inside one would leave a
+# truncated last.pt or a half row, so the stop waits until the main thread is out of them.
+IN_PLACE_WRITERS = frozenset({"save_model", "save_metrics", "strip_optimizer", "final_eval", "write_bytes",
+                              "write_text", "save", "_write_checkpoint", "_append_row"})
+# How soon a stop deferred by a write in flight looks again (checkpoint writes take ~10-500 ms).
+STOP_RETRY_S = 0.05
+
+
+def writing_in_place(frame) -> bool:
+    """Whether the interrupted stack ``frame`` is inside one of :data:`IN_PLACE_WRITERS`."""
+    while frame is not None:
+        if frame.f_code.co_name in IN_PLACE_WRITERS:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class SignalRecorder:
-    """Records every signal in ``run.json`` (with time), then hands it to the previous handler.
+    """Records every signal in ``run.json`` (with time), hands it to the previous handler, and
+    ends the attempt promptly on SIGTERM.
 
     submitit installs its own USR2 handler (checkpoint + requeue) before calling the job; we
-    chain to it so both happen. SIGTERM (scancel, time limit, requeue) is only recorded:
-    raising from a signal handler lands anywhere in the main thread, e.g. between
-    Ultralytics truncating ``last.pt`` and writing it, so the job trains on until Slurm's
-    SIGKILL (``KillWait`` later) and the epilog decides the end state from the record.
+    chain to it so both happen. SIGTERM (scancel, time limit, requeue, pre-emption) is recorded
+    first, so the epilog can tell a cancel from a crash; then, while :meth:`armed`, the main
+    thread gets :class:`Terminated` at the next point where it is not writing the run's files
+    (:data:`IN_PLACE_WRITERS`; it looks again every :data:`STOP_RETRY_S` until then). Training
+    on until Slurm's SIGKILL only delayed the epilog by ``KillWait`` (30 s by default), and
+    the archive is the epilog's, not this process's: the last completed epoch's checkpoint is
+    on disk either way.
+
+    Args:
+        run_dir: the run folder whose ``run.json`` records the signals.
+        on_terminate: called once, from the handler, when SIGTERM first arrives (stops the
+            monitor's syncs: nothing new should start while the job ends).
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, on_terminate: Callable[[], None] | None = None) -> None:
         self.run_dir = run_dir
+        self.on_terminate = on_terminate
         self.previous: dict[int, Any] = {}
+        self.terminating = False
+        self._armed = False
+        self._retry_pending = False
 
     def install(self) -> None:
         for name in RECORDED_SIGNALS:
@@ -100,14 +141,55 @@ class SignalRecorder:
             self.previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
 
+    @contextmanager
+    def armed(self) -> Iterator[None]:
+        """While inside, SIGTERM raises :class:`Terminated` (at a safe point); outside it is
+        only recorded: the attempt's own end (its record, the monitor) must not be cut short."""
+        self._armed = True
+        try:
+            if self.terminating:  # it came before we were armed
+                raise Terminated(128 + signal.SIGTERM)
+            yield
+        finally:
+            self._armed = False
+
     def _handle(self, signum: int, frame) -> None:
+        retry, self._retry_pending = self._retry_pending and signum == signal.SIGTERM, False
+        if not retry:
+            self._record(signum, frame)
+        if signum != signal.SIGTERM:
+            return
+        if not self.terminating:
+            self.terminating = True
+            if self.on_terminate:
+                try:
+                    self.on_terminate()
+                except Exception as e:  # stopping the side thread must never be what fails the stop
+                    print(f"[slurm-yolo] on SIGTERM: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        if not self._armed:
+            return
+        if writing_in_place(frame):
+            self._retry_pending = True
+            retry_timer = threading.Timer(STOP_RETRY_S, signal.pthread_kill,
+                                          (threading.main_thread().ident, signal.SIGTERM))
+            retry_timer.daemon = True
+            retry_timer.start()
+            return
+        print("[slurm-yolo] ending the attempt on SIGTERM (the epilog archives the run folder)",
+              file=sys.stderr, flush=True)
+        raise Terminated(128 + signum)
+
+    def _record(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
+        now = datetime.now(timezone.utc)
         entry = {"signal": name, "time": rec.utc_now()}
         try:
             rec.update_record(self.run_dir, lambda r: _current_attempt(r).setdefault("signals", []).append(entry))
         except Exception as e:  # recording must never be what kills the job
             print(f"[slurm-yolo] could not record {name}: {e}", file=sys.stderr, flush=True)
-        print(f"[slurm-yolo] received {name} at {entry['time']}", file=sys.stderr, flush=True)
+        # Milliseconds in the log line: the teardown's timeline (benchmarks/bench_time_to_safe.py) reads it.
+        print(f"[slurm-yolo] received {name} at {now.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z",
+              file=sys.stderr, flush=True)
         prev = self.previous.get(signum)
         if callable(prev):
             prev(signum, frame)
@@ -189,30 +271,40 @@ class TrainJob:
         started = time.time()
         attempt = _new_attempt()
         record = rec.update_record(run_dir, lambda r: _start_attempt(r, attempt))
-        SignalRecorder(run_dir).install()
+        recorder = SignalRecorder(run_dir)
+        recorder.install()
         log = open(run_dir / TRAIN_LOG, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the job
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
         print(attempt_banner(record["run_id"], attempt["attempt"], attempt["node"]), flush=True)
         status, error = JobStatus.FAILED, None
         config = record["config"]
         monitor = start_monitor(run_dir, record)
+        recorder.on_terminate = monitor.halt
+        local = os.environ.get("SUBMITIT_EXECUTOR") == "local"
         try:
-            if not may_train(config, attempt["attempt"]):
-                raise RuntimeError(f"attempt {attempt['attempt']} exceeds slurm.max_requeues+1="
-                                   f"{attempt_limit(config)}; not training")
-            env = self.workload.environment()
-            rec.update_record(run_dir, lambda r: r.update(environment=env))
-            self.workload.train(run_dir, config, attempt["attempt"])
+            with recorder.armed():
+                if not may_train(config, attempt["attempt"]):
+                    raise RuntimeError(f"attempt {attempt['attempt']} exceeds slurm.max_requeues+1="
+                                       f"{attempt_limit(config)}; not training")
+                env = self.workload.environment()
+                rec.update_record(run_dir, lambda r: r.update(environment=env))
+                self.workload.train(run_dir, config, attempt["attempt"])
             status = JobStatus.COMPLETED
         except BaseException as e:
             if self.requeuing:  # submitit checkpointed us and asked Slurm to requeue: not a failure
                 status = JobStatus.REQUEUING
+            elif isinstance(e, Terminated):
+                # Not a failure of the job's own: the status stays RUNNING and the epilog decides
+                # the end state (cancel, time limit, requeue, pre-emption) from the signal recorded.
+                status = None
             else:
                 error = f"{type(e).__name__}: {e}"[:500]
             raise
         finally:
-            monitor.stop()
-            if monitor.syncing and os.environ.get("SUBMITIT_EXECUTOR") == "local":
+            # Ending on SIGTERM: Slurm signalled every process of the step, an s5cmd in flight
+            # included, and the epilog copies the folder; waiting on the side thread only delays it.
+            monitor.stop(timeout=1.0 if recorder.terminating and not local else 10.0)
+            if monitor.syncing and local:
                 # No epilog runs after a local job: one last sync is its archive.
                 monitor.sync(len(rec.read_results_rows(run_dir / RESULTS_CSV)))
             if status == JobStatus.COMPLETED:
@@ -221,11 +313,12 @@ class TrainJob:
 
             def finish(r: dict[str, Any]) -> None:
                 a = _current_attempt(r)
-                a.update(end=rec.utc_now(), status=status, duration_s=round(time.time() - started, 1))
+                a.update(end=rec.utc_now(), duration_s=round(time.time() - started, 1))
                 a["epoch"] = metrics["epochs_done"] if metrics else a.get("epoch")
                 if error:
                     a["error"] = error
-                r["status"] = status
+                if status is not None:
+                    a["status"] = r["status"] = status
                 if metrics:
                     r["metrics"] = metrics
 
@@ -233,6 +326,8 @@ class TrainJob:
                 rec.update_record(run_dir, finish)
             except Exception as e:
                 print(f"[slurm-yolo] could not record the end of the attempt: {e}", file=sys.stderr, flush=True)
+            if recorder.terminating and status is None and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+                exit_now(128 + signal.SIGTERM)
         return {"run_dir": str(run_dir), "status": status, "metrics": metrics}
 
     def _follow(self, run_dir: Path) -> dict[str, Any]:
@@ -296,6 +391,24 @@ def train_multinode(run_dir: Path, config: dict[str, Any], env: Mapping[str, str
         raise SlurmYoloError(f"torchrun on node {launch.node_rank} ({socket.gethostname()}) exited with {code}; "
                              f"see {run_dir / SLURM_LOGS} for every node's log")
     return launch
+
+
+def exit_now(code: int) -> None:
+    """End this process at once, without the interpreter's own shutdown.
+
+    After a training, CPython's finalization (module teardown, collecting torch's and
+    Ultralytics' object graphs, thread pools) took 12-33 s of a loaded 2-core node here
+    (docs/benchmarks.md): past Slurm's ``KillWait``, so the job waited for SIGKILL anyway, and the
+    epilog with it. Everything the run needs is on disk by now (run.json, the last checkpoint,
+    train.log); only the streams are flushed. The kernel returns the memory.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed stream: nothing left to lose
+            pass
+    logging.shutdown()
+    os._exit(code)
 
 
 def start_monitor(run_dir: Path, record: dict[str, Any]) -> RunMonitor:

@@ -1,13 +1,28 @@
-"""The job monitor's checkpoint keeping and sync command (pure parts, real files)."""
+"""The job monitor's checkpoint keeping and sync command, and the job's teardown on SIGTERM
+(pure parts, real files, the stand-in workload in a child process; no servers)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import zipfile
+from pathlib import Path
 
+import pytest
+
+from slurm_yolo import record as rec
 from slurm_yolo.store import Store
-from slurm_yolo.job.monitor import checkpoint_complete, keep_good_checkpoint, sync_argv
+from slurm_yolo.archive import manifest, remote, s5cmd
+from slurm_yolo.job.monitor import (checkpoint_complete, keep_good_checkpoint, local_etag, run_files, sync_plan,
+                                    synced, upload_argv, upload_commands)
 from slurm_yolo.runfolder import GOOD_CHECKPOINT
-from slurm_yolo.job.train import truncate_results
+from slurm_yolo.job.train import IN_PLACE_WRITERS, truncate_results, writing_in_place
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _ckpt(path, payload=b"x" * 1000):
@@ -43,10 +58,164 @@ def test_truncate_results_drops_redone_epochs(tmp_path):
     assert truncate_results(tmp_path / "missing.csv", 2) == 0
 
 
-def test_sync_argv_excludes_and_does_not_follow_links(tmp_path):
-    argv = sync_argv(Store(endpoint_url="http://127.0.0.1:1"), tmp_path, "s3://b/p/")
-    assert argv[:3] == ["/usr/bin/nice", "-n", "19"] and argv[3].endswith("/s5cmd")
-    assert argv[argv.index("sync") + 1] == "--no-follow-symlinks"
-    assert "*/.run.lock" in argv and "*/weights/last.good.pt" in argv
-    assert "*/.placement.json" in argv  # not in the epilog's archive either
-    assert argv[-2:] == [f"{tmp_path}/", "s3://b/p/"]
+def test_upload_argv_and_commands(tmp_path):
+    argv = upload_argv(Store(endpoint_url="http://127.0.0.1:1"))
+    assert argv[:3] == ["/usr/bin/nice", "-n", "19"] and argv[3].endswith("/s5cmd") and argv[-1] == "run"
+    assert "--json" in argv and argv[argv.index("--numworkers") + 1] == "4"
+    text = upload_commands(tmp_path, "s3://b/p/run", ["weights/best.pt", "a b;$x.png"])
+    assert text.splitlines() == [
+        f'cp --raw --part-size {s5cmd.PART_SIZE_MIB} "{tmp_path}/weights/best.pt" "s3://b/p/run/weights/best.pt"',
+        f'cp --raw --part-size {s5cmd.PART_SIZE_MIB} "{tmp_path}/a b;$x.png" "s3://b/p/run/a b;$x.png"']
+
+
+def test_run_files_leave_out_locks_temp_files_the_spare_checkpoint_and_links(tmp_path):
+    (tmp_path / "weights").mkdir()
+    for rel in ("results.csv", "weights/best.pt", "weights/last.good.pt", ".run.lock", ".placement.json",
+                "weights/.last.pt.123.tmp", "sub/x.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "weights" / "best.pt")
+    (tmp_path / "linked").symlink_to(tmp_path / "sub", target_is_directory=True)
+    assert sorted(run_files(tmp_path)) == ["results.csv", "sub/x.jpg", "weights/best.pt"]
+    assert not synced("x/.run.lock") and synced("weights/last.pt") and not synced("weights/last.good.pt")
+
+
+def _held(run: Path, rel: str) -> remote.RemoteObject:
+    """The object an upload of the file leaves (the store's ETag computed as the store does)."""
+    fd = os.open(run / rel, os.O_RDONLY)
+    try:
+        meta = manifest.hash_fd(fd, part_size=s5cmd.PART_SIZE)
+    finally:
+        os.close(fd)
+    return remote.RemoteObject(meta["size"], meta["etag"])
+
+
+def test_sync_plan_sends_what_the_store_does_not_hold_as_is(tmp_path):
+    (tmp_path / "weights").mkdir()
+    for rel, data in {"weights/best.pt": os.urandom(3000), "weights/last.pt": os.urandom(3000),
+                      "results.csv": b"epoch\n1\n", "results.png": os.urandom(500)}.items():
+        (tmp_path / rel).write_bytes(data)
+    held = {rel: _held(tmp_path, rel) for rel in ("weights/best.pt", "weights/last.pt", "results.csv", "results.png")}
+    known: dict = {}
+    files = run_files(tmp_path)
+    assert sync_plan(tmp_path, files, held, known) == {}  # all in the store already
+    assert set(known) == set(held)  # each hashed once ...
+    (tmp_path / "weights" / "last.pt").write_bytes(os.urandom(3000))  # same size, other bytes
+    with open(tmp_path / "results.csv", "ab") as f:
+        f.write(b"2\n")  # grown
+    (tmp_path / "val_batch0.jpg").write_bytes(b"new")
+    held["results.png"] = remote.RemoteObject(500, "0" * 32)  # replaced behind our back
+    plan = sync_plan(tmp_path, run_files(tmp_path), held, known)
+    assert plan == {"weights/last.pt": 3000, "results.csv": 10, "val_batch0.jpg": 3, "results.png": 500}
+
+
+def test_local_etag_is_read_again_only_when_the_file_changed(tmp_path):
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"a" * 100)
+    known: dict = {}
+    first = local_etag(path, os.lstat(path), known, "best.pt")
+    known["best.pt"] = (known["best.pt"][0], "cached")
+    assert local_etag(path, os.lstat(path), known, "best.pt") == "cached"  # same identity: not read
+    path.write_bytes(b"b" * 100)
+    assert local_etag(path, os.lstat(path), known, "best.pt") not in (first, "cached")
+
+
+# ---------------------------------------------------------------- the job's teardown on SIGTERM
+
+_JOB = ("import sys, json; from slurm_yolo.job.train import TrainJob; from slurm_yolo.job.workloads import StandIn; "
+        "TrainJob(StandIn(**json.loads(sys.argv[2])))(sys.argv[1])")
+
+
+def _start_job(run: Path, code: str = _JOB, executor: str | None = None, **standin) -> subprocess.Popen:
+    rec.write_record(run, {"run_id": "r1", "config": {"slurm": {}, "train": {"epochs": 10**6}, "archive": {}},
+                           "attempts": [], "slurm": {}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
+    if executor:
+        env["SUBMITIT_EXECUTOR"] = executor
+    return subprocess.Popen([sys.executable, "-c", code, str(run), json.dumps({"epochs": 10**6, **standin})],
+                            cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_rows(run: Path, proc: subprocess.Popen, n: int) -> None:
+    for _ in range(600):
+        if len(rec.read_results_rows(run / "results.csv")) >= n:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} epochs in 30 s")
+
+
+def _terminate(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(60)  # a job that trains on would train a million epochs: the wait fails
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("executor", [None, "slurm"])  # under Slurm the process skips the interpreter's shutdown
+def test_sigterm_ends_the_attempt_instead_of_training_on(tmp_path, executor):
+    proc = _start_job(tmp_path, executor=executor, epoch_s=0.05)
+    _wait_rows(tmp_path, proc, 2)
+    assert _terminate(proc) == 128 + signal.SIGTERM
+    record = rec.read_record(tmp_path)
+    attempt = record["attempts"][-1]
+    assert [s["signal"] for s in attempt["signals"]] == ["SIGTERM"]  # recorded once, for the epilog's verdict
+    # Not a failure of its own: the epilog decides the end state (cancel, time limit, requeue).
+    assert attempt["status"] == record["status"] == "RUNNING" and "error" not in attempt
+    assert attempt["end"] and attempt["epoch"] == len(rec.read_results_rows(tmp_path / "results.csv"))
+    assert checkpoint_complete(tmp_path / "weights" / "last.pt")
+
+
+# A workload whose epochs are nothing but an in-place write of last.pt in 1 MB pieces: Python
+# runs signal handlers between the pieces, so an unguarded stop would truncate the file.
+_WRITER = """
+import sys
+from pathlib import Path
+from slurm_yolo.job.train import TrainJob
+
+def write_bytes(path, mb):
+    with open(path, "wb") as f:
+        for _ in range(mb):
+            f.write(b"x" * (1 << 20))
+
+class Writer:
+    def environment(self):
+        return {}
+
+    def train(self, run_dir, config, attempt):
+        (run_dir / "weights").mkdir(exist_ok=True)
+        while True:
+            write_bytes(run_dir / "weights" / "last.pt", 32)
+            with open(run_dir / "epochs", "a") as f:
+                f.write("x")
+
+TrainJob(Writer())(sys.argv[1])
+"""
+
+
+def test_sigterm_during_a_checkpoint_write_waits_for_it(tmp_path):
+    proc = _start_job(tmp_path, code=_WRITER)
+    epochs = tmp_path / "epochs"
+    for _ in range(600):
+        if epochs.exists() and epochs.stat().st_size >= 1:
+            break
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    time.sleep(0.05)  # inside the next write (the loop does nothing else)
+    assert _terminate(proc) == 128 + signal.SIGTERM
+    assert (tmp_path / "weights" / "last.pt").stat().st_size == 32 << 20  # whole, not cut short
+
+
+def test_writing_in_place_sees_the_writers_on_the_stack():
+    def write_bytes():  # named as pathlib's
+        return inner()
+
+    def inner():
+        return writing_in_place(sys._getframe())
+
+    assert write_bytes() is True
+    assert inner() is False
+    assert {"save_model", "save_metrics", "write_bytes", "_write_checkpoint", "_append_row"} <= IN_PLACE_WRITERS
