@@ -46,10 +46,10 @@ def test_sacct_argv():
         slurm_parse.sacct_argv("/s", "now; rm -rf /")
 
 
-@pytest.mark.parametrize("text", ["Slurm accounting storage is disabled\n",
-                                  "sacct: error: Problem talking to the database: slurmdbd isn't running\n"])
-def test_no_accounting_is_recognised(text):
-    assert slurm_parse.NO_ACCOUNTING.search(text)
+@pytest.mark.parametrize("name", ["slurm/sacct_no_accounting.stderr", "slurm-24.11/sacct_no_accounting.stderr"])
+def test_no_accounting_is_recognised(name):
+    assert slurm_parse.NO_ACCOUNTING.search((DATA.parent / name).read_text())
+    assert not slurm_parse.NO_ACCOUNTING.search((DATA / "sacct_ended.txt").read_text())
 
 
 @pytest.mark.parametrize("job_id, record_status, want", [
