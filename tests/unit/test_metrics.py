@@ -6,6 +6,7 @@ import json
 import os
 import stat
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -86,3 +87,28 @@ def test_metrics_off_or_unwritable_never_raise(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert m.record(str(blocker / "x.prom"), str(tmp_path)) is False
+
+
+def test_spool_gauges_count_entries_bytes_age_and_those_needing_a_person(tmp_path):
+    from slurm_yolo.archive import manifest
+    from slurm_yolo.epilog import spool
+    from slurm_yolo.epilog.entry import ENTRY_JSON, EntryInfo
+    from slurm_yolo.runfolder import AttemptKey
+
+    def stage(run_id, created, size, **info):
+        entry = spool.entry_path(tmp_path, AttemptKey.of(0, "7", run_id, 1))
+        entry.mkdir()
+        spool.write_entry(entry, EntryInfo(run_id=run_id, attempt=1, job_id="7", uid=0, dest="s3://b/r/",
+                                           created=created, **info),
+                          {"run_id": run_id}, manifest.build(run_id, 1, {"a": {"size": size, "sha256": "x"}}), {})
+        return entry
+
+    assert m.spool_gauges(tmp_path / "none") == m.SpoolGauges()
+    stage("20261101_000000_aaaaaaaa", "2026-11-01T00:00:00Z", 100)
+    stage("20261101_000000_bbbbbbbb", "2026-11-01T00:10:00Z", 50, permanent=True, last_error="AccessDenied")
+    broken = stage("20261101_000000_cccccccc", "2026-11-01T00:20:00Z", 7)
+    (broken / ENTRY_JSON).write_text("{torn")
+    now = datetime(2026, 11, 1, 1, 0, tzinfo=timezone.utc).timestamp()
+    got = m.spool_gauges(tmp_path, now=now)
+    # the unreadable entry counts as needing a person, and its size is unknown (not counted)
+    assert got == m.SpoolGauges(entries=3, bytes=150, oldest_s=3600.0, needs_attention=2)
