@@ -160,3 +160,10 @@ def test_store_usage_bytes_equal_a_listing_of_the_store(seaweedfs_server, tmp_pa
         rebuilt = json.loads(client.get_object(Bucket=bucket, Key=f"index/runs/{run_id}.json")["Body"].read())
         assert (rebuilt["bytes"], rebuilt["objects"]) == _listing(client, url)
         assert rebuilt["gpu_hours"] == pytest.approx(2 * 4 * (2.0 if "bbbb" in run_id else 1.5))
+    # with the site's rates, a monthly cost: these runs are in STANDARD (no lifecycle rule moved them)
+    site_yaml = tmp_path / "site.yaml"
+    site_yaml.write_text("storage_cost_per_gb_month: {STANDARD: 0.023, standard_ia: 0.0125}\n")
+    monkeypatch.setenv("SLURM_YOLO_SITE_CONFIG", str(site_yaml))
+    assert main(["store", "usage", "--json", "--by", "task"]) == 0
+    (detect,) = json.loads(capsys.readouterr().out)["groups"]
+    assert detect["cost_per_month"] == pytest.approx(detect["bytes"] / 1e9 * 0.023, abs=1e-4)
