@@ -105,7 +105,10 @@ def check_store(setup: Setup, client: Any) -> Check:
     try:
         client.head_bucket(Bucket=bucket)
     except Exception as e:  # botocore's errors: translated to one line with its fix
-        return Check("store", FAIL, f"bucket {bucket} at {where}: {store_error('reach', f's3://{bucket}', e)}")
+        status = str((getattr(e, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        fix = {"403": "the store refused these keys for this bucket: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+               "404": "no such bucket: check archive.url"}.get(status, "check AWS_ENDPOINT_URL and your keys")
+        return Check("store", FAIL, f"bucket {bucket} at {where}: {store_error('reach', f's3://{bucket}', e)}", fix)
     return Check("store", OK, f"bucket {bucket} answers at {where}")
 
 
@@ -179,7 +182,7 @@ def check_runs_root(setup: Setup, mounts_text: str) -> Check:
     if not os.access(real, os.W_OK):
         return Check("runs_root", FAIL, f"{root}: {real} is not writable", "set runs_root to a folder you can write")
     return Check("runs_root", WARN, f"{root} is on {fstype or 'an unknown filesystem'} ({point}), not a known shared "
-                                    "one: compute nodes may not see it (the check job below tells)",
+                                    "one: compute nodes may not see it (the check job tells)",
                  "set runs_root to a shared filesystem (your home or project space) if the check job fails")
 
 
