@@ -15,6 +15,7 @@ ultralytics are imported only inside the default workload, on the node.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -326,8 +327,15 @@ class TrainJob:
                 rec.update_record(run_dir, finish)
             except Exception as e:
                 print(f"[slurm-yolo] could not record the end of the attempt: {e}", file=sys.stderr, flush=True)
-            if recorder.terminating and status is None and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-                exit_now(128 + signal.SIGTERM)
+            if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+                if recorder.terminating and status is None:
+                    exit_now(128 + signal.SIGTERM)
+                in_flight = sys.exc_info()[1]
+                # Ended as the job (training done, or its own error): submitit still writes the
+                # result or the error after we return, then the interpreter would shut down.
+                # Not after a SystemExit or KeyboardInterrupt, whose exit codes must stay theirs.
+                if (status == JobStatus.COMPLETED and in_flight is None) or isinstance(in_flight, Exception):
+                    atexit.register(exit_at_interpreter_exit)
         return {"run_dir": str(run_dir), "status": status, "metrics": metrics}
 
     def _follow(self, run_dir: Path) -> dict[str, Any]:
@@ -409,6 +417,14 @@ def exit_now(code: int) -> None:
             pass
     logging.shutdown()
     os._exit(code)
+
+
+def exit_at_interpreter_exit() -> None:
+    """An ``atexit`` handler: :func:`exit_now` with the code the interpreter would have exited
+    with, 1 after an uncaught exception (Python sets ``sys.last_value`` when it prints one), else 0.
+    Registered last, it runs first: the handlers registered before it (logging's aside, which
+    :func:`exit_now` calls) are skipped along with the shutdown."""
+    exit_now(1 if getattr(sys, "last_value", None) is not None else 0)
 
 
 def start_monitor(run_dir: Path, record: dict[str, Any]) -> RunMonitor:

@@ -219,3 +219,20 @@ def test_writing_in_place_sees_the_writers_on_the_stack():
     assert write_bytes() is True
     assert inner() is False
     assert {"save_model", "save_metrics", "write_bytes", "_write_checkpoint", "_append_row"} <= IN_PLACE_WRITERS
+
+
+@pytest.mark.parametrize(("fail_after", "code"), [(None, 0), (1, 1)])
+def test_under_slurm_the_job_exits_with_its_own_code_without_the_interpreter_shutdown(tmp_path, fail_after, code):
+    """The process ends in an atexit handler (os._exit) once the job returned or raised: the
+    exit code is still 0 for a completed job and 1 for one that failed."""
+    rec.write_record(tmp_path, {"run_id": "r1", "config": {"slurm": {}, "train": {"epochs": 2}, "archive": {}},
+                                "attempts": [], "slurm": {}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
+    out = subprocess.run([sys.executable, "-c", _JOB + "; print('after the job')", str(tmp_path),
+                          json.dumps({"epochs": 2, "epoch_s": 0, "fail_after": fail_after})],
+                         cwd=REPO, env={**env, "PYTHONPATH": str(REPO), "SUBMITIT_EXECUTOR": "slurm"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == code, out.stderr
+    assert rec.read_record(tmp_path)["status"] == ("COMPLETED" if code == 0 else "FAILED")
+    assert ("after the job" in out.stdout) == (code == 0)  # flushed before the process ended
+    assert ("stand-in failure" in out.stderr) == (code == 1)
