@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import re
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from slurm_yolo.commands import run_command
@@ -46,6 +48,11 @@ SCONTROL_TIMEOUT_S = 20
 SLURM_CONF_DEFAULTS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/usr/local/etc/slurm.conf")
 # KillWait when scontrol does not say (Slurm's default).
 DEFAULT_KILL_WAIT_S = 30
+# The user's own folder in user mode (claims, spool, the reconciler's files), on the shared
+# filesystem: ``$SLURM_YOLO_USER_STATE``, else ``~/.slurm-yolo``.
+USER_STATE_ENV, USER_STATE_DIR = "SLURM_YOLO_USER_STATE", ".slurm-yolo"
+# In it: the runs_roots the user submitted to in user mode, one a line (the reconciler's walk).
+RUNS_ROOTS_FILE = "runs_roots"
 
 
 def parse_show_config(text: str) -> dict[str, list[str]]:
@@ -234,6 +241,37 @@ def user_index_url(env: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     site = public_site(env)
     return env.get("SLURM_YOLO_INDEX") or (site.index_url if site else None)
+
+
+def user_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The user's folder for user mode's claims, spool and reconciler files."""
+    env = os.environ if env is None else env
+    if env.get(USER_STATE_ENV):
+        return Path(env[USER_STATE_ENV])
+    return Path(env.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir) / USER_STATE_DIR
+
+
+def remembered_runs_roots(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The runs_roots this user submitted to in user mode (what their reconciler walks)."""
+    try:
+        text = (user_state_dir(env) / RUNS_ROOTS_FILE).read_text()
+    except OSError:
+        return ()
+    return tuple(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip().startswith("/")))
+
+
+def remember_runs_root(root: str, env: Mapping[str, str] | None = None) -> None:
+    """Add ``root`` to :func:`remembered_runs_roots`; a folder that cannot be written is skipped
+    (the reconciler still finds the jobs Slurm lists)."""
+    if root in remembered_runs_roots(env):
+        return
+    state = user_state_dir(env)
+    try:
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(state / RUNS_ROOTS_FILE, "a", encoding="utf-8") as f:
+            f.write(root + "\n")
+    except OSError:
+        pass
 
 
 def detect(env: Mapping[str, str] | None = None) -> Mode:

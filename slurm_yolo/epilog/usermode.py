@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import os
-import pwd
 import shlex
 import shutil
 import signal
@@ -58,9 +57,7 @@ from slurm_yolo.store import Store, join_url, split_url
 
 log = logging.getLogger("slurm_yolo.epilog")
 
-# The user's own folder for claims, spool and the reconciler's log (``$SLURM_YOLO_USER_STATE``).
-STATE_ENV = "SLURM_YOLO_USER_STATE"
-STATE_DIR = ".slurm-yolo"
+STATE_ENV = mode.USER_STATE_ENV
 # One archiver in user mode: the normal end has time (the job's own), a SIGTERM has KillWait.
 TIME_BUDGET_S = 120.0
 # s5cmd's parallel uploads from a job: it shares the node with the user's next jobs.
@@ -79,12 +76,8 @@ SCHEDULE = "*/2 * * * *"
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """The user's folder for claims, spool and the reconciler's files."""
-    env = os.environ if env is None else env
-    if env.get(STATE_ENV):
-        return Path(env[STATE_ENV])
-    home = env.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
-    return Path(home) / STATE_DIR
+    """The user's folder for claims, spool and the reconciler's files (:func:`slurm_yolo.mode.user_state_dir`)."""
+    return mode.user_state_dir(env)
 
 
 def user_site(env: Mapping[str, str] | None = None, *, endpoint_url: str | None = None,
@@ -122,6 +115,10 @@ def user_site(env: Mapping[str, str] | None = None, *, endpoint_url: str | None 
         scontrol_path=shutil.which("scontrol", path=path) or "/usr/bin/scontrol",
         claim_dir=str(root / "claims"), slurm_conf=env.get("SLURM_CONF") or None,
         squeue_path=shutil.which("squeue", path=path) or "/usr/bin/squeue",
+        sacct_path=shutil.which("sacct", path=path) or "/usr/bin/sacct",
+        metrics_textfile=None,  # node_exporter's folder is root's
+        # Without accounting the round walks these: the site's shared ones and the user's own.
+        runs_roots=tuple(dict.fromkeys((*(public.runs_roots if public else ()), *mode.remembered_runs_roots(env)))),
     )
 
 

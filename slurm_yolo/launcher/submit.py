@@ -44,7 +44,7 @@ from slurm_yolo.launcher.slurm_params import (
     SELF_ARCHIVE_WAIT, batch_script, local_command, make_marker, sbatch_reason, sbatch_refusal, self_archive_setup,
     slurm_parameters,
 )
-from slurm_yolo.mode import Mode, detect, user_index_url
+from slurm_yolo.mode import Mode, detect, remember_runs_root, user_index_url
 from slurm_yolo.names import new_run_id, new_sweep_id, validate_name
 from slurm_yolo.provenance import code_version, dataset_identity
 from slurm_yolo.runfolder import ARRAY_JSON, SLURM_LOGS, SWEEPS_DIR
@@ -615,6 +615,9 @@ def execute(p: SubmitPlan, job: Callable[[str], Any]) -> list[RunHandle]:
         if isinstance(e, (SubmitError, ConfigError, KeyboardInterrupt)):
             raise
         raise submission_error(e, p.sweep_id or p.runs[0].run_id) from e
+    if p.mode is not None and p.mode.user_mode:  # what the user's reconciler walks without accounting
+        for root in dict.fromkeys(str(r.config.runs_root) for r in p.runs):
+            remember_runs_root(root)
     handles = []
     for r, j in zip(p.runs, jobs):
         job_id = str(j.job_id)

@@ -140,6 +140,8 @@ def test_without_the_epilog_every_ending_is_archived_once(cluster, s3, dataset, 
         assert record["end_state"] == "CANCELLED" and record["epilog"]["by"].startswith("reconciler@")
         assert index_record(s3, user_env, killed["run_id"])["end_state"] == "CANCELLED"
 
+        # Where the user's round walks when Slurm keeps no accounting: the runs_root submitted to.
+        assert (Path(user_env["SLURM_YOLO_USER_STATE"]) / "runs_roots").read_text() == f"{runs_root}\n"
         second = cli(user_env, user, "reconcile", "--user", "--json")
         assert second.returncode == 0, second.stderr
         assert [r for r in json.loads(second.stdout) if r.get("run") or r.get("entry")] == [], second.stdout

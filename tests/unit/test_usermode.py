@@ -74,6 +74,10 @@ def test_user_site_keeps_everything_in_the_users_folder(tmp_path):
     root = tmp_path / ".slurm-yolo"
     assert (site.claim_dir, site.spool_dir) == (str(root / "claims"), str(root / "spool"))
     assert site.index_url == "s3://b/index/" and site.allowed_prefix == "s3://"
-    assert dict(site.store.keys)["AWS_ACCESS_KEY_ID"] == "k"
+    assert dict(site.store.keys)["AWS_ACCESS_KEY_ID"] == "k" and site.metrics_textfile is None
+    # The runs_roots the user submitted to are what the round walks without accounting.
+    usermode.mode.remember_runs_root("/shared/runs", env)
+    usermode.mode.remember_runs_root("/shared/runs", env)
+    assert usermode.user_site(env).runs_roots == ("/shared/runs",)
     with pytest.raises(usermode.ConfigError, match="SLURM_YOLO_INDEX"):
         usermode.user_site({k: v for k, v in env.items() if k != "SLURM_YOLO_INDEX"})
