@@ -18,7 +18,19 @@ them), plus 20 pending updates as right after a burst of job ends. Measured, end
   the old one at each size;
 * the new design's compaction of 100 fresh updates.
 
-Run: ``python benchmarks/bench_index.py [--sizes 1000,10000,100000,1000000] [--plot docs/img/index-scale.png]``.
+``--compaction`` measures compaction across a cluster instead (SeaweedFS; requests and bytes
+counted per boto3 client, on botocore's send and receive events, i.e. every request each drain
+sends):
+
+* **pending reads**: 1,000 pending updates read one GET at a time, 16 and 32 at a time
+  (boto3 threads on one client), and by one ``s5cmd cp 'pending/*' DIR``;
+* **drains at once**: 1 / 10 / 50 / 200 drains (threads, each its own client, released together
+  by a barrier) compact an index of 10,000 runs with 1,000 pending updates, with the lease and
+  without it (every drain compacts, as before the lease): requests, bytes, pending GETs,
+  quarter GETs, wall time, and whether every run is in the quarters exactly once.
+
+Run: ``python benchmarks/bench_index.py [--sizes 1000,10000,100000,1000000] [--plot docs/img/index-scale.png]``,
+or ``python benchmarks/bench_index.py --compaction [--nodes 1,10,50,200] [--nodes-without-lease 1,10,50]``.
 The old design at 1M runs moves ~600 MB per epilog: expect the whole run to take ~15 minutes.
 """
 
@@ -34,6 +46,7 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -45,9 +58,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.helpers.catalog_seed import make_record  # noqa: E402
 from slurm_yolo.archive import index_compact, index_format, index_store  # noqa: E402
+from slurm_yolo.archive.index_location import IndexLocation  # noqa: E402
 from slurm_yolo.catalog import index, query  # noqa: E402
 from slurm_yolo.catalog.index import Catalog  # noqa: E402
 from slurm_yolo.cli import main as cli_main  # noqa: E402
+from slurm_yolo.errors import SlurmYoloError  # noqa: E402
 
 from _services import s3_server  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
@@ -235,6 +250,171 @@ def bench_size(kind: str, n: int, epilogs: int, repeat: int, old: ModuleType) ->
     return row
 
 
+class Requests:
+    """Requests a boto3 client sent, by (method, part of the index), and the bytes it moved
+    (bodies both ways plus the request line and headers, as :class:`Counter`)."""
+
+    PARTS = ("lease/", "pending/", "parquet/", "refused/")
+
+    def __init__(self, client):
+        self.client = client
+        self.reset()
+        client.meta.events.register("before-send.s3.*", self._sent)
+        client.meta.events.register("after-call.s3.*", self._got)
+
+    def reset(self) -> None:
+        self.calls: dict[tuple[str, str], int] = {}
+        self.bytes = 0
+
+    def _sent(self, request, **_):
+        body = request.body
+        self.bytes += len(body) if isinstance(body, (bytes, bytearray)) else 0
+        self.bytes += len(request.method) + len(request.url) + 12
+        self.bytes += sum(len(str(k)) + len(str(v)) + 4 for k, v in request.headers.items())
+        path = request.url.split("?")[0]
+        part = next((p for p in self.PARTS if f"/{p}" in path), "other")
+        self.calls[(request.method, part)] = self.calls.get((request.method, part), 0) + 1
+
+    def _got(self, http_response, **_):
+        self.bytes += int(http_response.headers.get("content-length") or 0) + 17
+        self.bytes += sum(len(str(k)) + len(str(v)) + 4 for k, v in http_response.headers.items())
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def __getattr__(self, name):  # the client's own methods: every request goes through its events
+        return getattr(self.client, name)
+
+
+def seed_pending(cat: IndexLocation, client, n: int, i0: int) -> list[dict]:
+    rng = random.Random(i0)
+    recs = [fresh_line(i0 + i, rng) for i in range(n)]
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda r: index_store.add_to_index(cat.store, cat.index_url, r, client=client), recs))
+    return recs
+
+
+def bench_pending_reads(store, n: int, reps: int) -> dict:
+    """Wall time of reading ``n`` pending updates: listing included, each way, interleaved."""
+    client = store.boto3_client()
+    client.create_bucket(Bucket="bench-pending")
+    cat = IndexLocation.at(store, "s3://bench-pending/index/")
+    seed_pending(cat, client, n, 40_000_000)
+
+    def pool(width):
+        def read():
+            keys = [o["Key"] for o in index_store.list_keys(client, cat.bucket, cat.key(index_store.PENDING))]
+            if width == 1:
+                return index_store.parse_pending(keys, [index_store.get_object(client, cat.bucket, k) for k in keys])
+            with ThreadPoolExecutor(width) as ex:
+                return index_store.parse_pending(keys, list(ex.map(lambda k: index_store.get_object(client, cat.bucket, k), keys)))
+        return read
+
+    ways = {"one GET at a time (boto3)": pool(1), "16 at a time (boto3 threads, before)": pool(16),
+            "32 at a time (boto3 threads, now: `read_pending`)": pool(32),
+            "one `s5cmd cp 'pending/*' DIR`": lambda: index_store.read_pending_s5cmd(cat)}
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(reps):
+        for name, read in ways.items():
+            t0 = time.perf_counter()
+            got = read()
+            times[name].append(time.perf_counter() - t0)
+            assert len(got) == n, (name, len(got))
+    row = {name: statistics.median(t) for name, t in times.items()}
+    print(json.dumps({"pending_reads": row}), file=sys.stderr)
+    return row
+
+
+def bench_drains(store, clients: list[Requests], nodes: int, lease: bool, runs: int, pending: int, tag: str) -> dict:
+    """``nodes`` drains released at once on a fresh index of ``runs`` runs and ``pending`` updates."""
+    client = clients[0].client
+    cat = IndexLocation.at(store, f"s3://bench-drains/{tag}/")
+    seed_new(cat, site_lines(runs + 20))  # 20 of them pending already, the rest in quarters
+    fresh = seed_pending(cat, client, pending - 20, 50_000_000)
+    expected = {x["run_id"] for x in site_lines(runs + 20)} | {x["run_id"] for x in fresh}
+    mine = clients[:nodes]
+    for c in mine:
+        c.reset()
+    start = threading.Barrier(nodes)
+
+    def drain(c):
+        start.wait()
+        try:
+            return index_compact.compact(cat, client=c, grace_s=0, lease=lease)
+        except SlurmYoloError as e:  # an overwhelmed store times out: a figure too
+            return e
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(nodes) as ex:
+        results = list(ex.map(drain, mine))
+    wall = time.perf_counter() - t0
+    # Read back with another client: the drains' counts stay theirs.
+    check = store.boto3_client()
+    ids: list[str] = []
+    for quarter in index_compact.quarters(cat, check):
+        ids += index_compact.read_quarter(cat, check, quarter)[0]["run_id"].to_pylist()
+    left = len(index_store.list_keys(check, cat.bucket, cat.key(index_store.PENDING)))
+    calls: dict[tuple[str, str], int] = {}
+    for c in mine:
+        for k, v in c.calls.items():
+            calls[k] = calls.get(k, 0) + v
+    failed = [r for r in results if isinstance(r, SlurmYoloError)]
+    results = [r for r in results if not isinstance(r, SlurmYoloError)]
+    skippers = [c for c, r in zip(mine, results) if r.skipped]
+    row = {"nodes": nodes, "lease": lease, "wall_s": round(wall, 2), "requests": sum(c.total for c in mine),
+           "bytes": sum(c.bytes for c in mine), "pending_gets": calls.get(("GET", "pending/"), 0),
+           "quarter_gets": calls.get(("GET", "parquet/"), 0), "quarter_puts": calls.get(("PUT", "parquet/"), 0),
+           "compacted": sum(1 for r in results if r.updates), "skipped": len(skippers),
+           "skipper_requests_max": max((c.total for c in skippers), default=0),
+           "skipper_requests_mean": round(statistics.mean(c.total for c in skippers), 2) if skippers else 0,
+           "lost": len(expected - set(ids)), "twice": len(ids) - len(set(ids)), "left_pending": left,
+           "failed": len(failed), "first_error": str(failed[0])[:160] if failed else ""}
+    print(json.dumps(row), file=sys.stderr)
+    return row
+
+
+def compaction_markdown(reads: dict, rows: list[dict], pending: int, runs: int, load: tuple[float, ...]) -> str:
+    out = []
+    if reads:
+        out = [f"Pending reads, {pending} updates on SeaweedFS (listing included, median):", "",
+               "| how | s | vs one GET at a time |", "|---|---:|---:|"]
+        base = reads["one GET at a time (boto3)"]
+        out += [f"| {k} | {v:.2f} | {v / base:.2f}× |" for k, v in reads.items()]
+    solo = {r["lease"]: r for r in rows if r["nodes"] == 1}
+    out += ["", f"Drains at once on an index of {runs:,} runs with {pending:,} pending updates (SeaweedFS; "
+            "'vs one': against one drain alone with the lease):", "",
+            "| drains | lease | requests | vs one | bytes | vs one | pending GETs | quarter GETs | compacted | "
+            "skipper requests (mean/max) | wall s | lost / twice / left | drains failed |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    one = solo.get(True) or solo.get(False) or rows[0]
+    for r in rows:
+        out.append(f"| {r['nodes']} | {'yes' if r['lease'] else 'no (before)'} | {r['requests']:,} | "
+                   f"{r['requests'] / one['requests']:.2f}× | {fmt_b(r['bytes'])} | {r['bytes'] / one['bytes']:.2f}× | "
+                   f"{r['pending_gets']:,} | {r['quarter_gets']} | {r['compacted']} | "
+                   f"{r['skipper_requests_mean']}/{r['skipper_requests_max']} | {r['wall_s']} | "
+                   f"{r['lost']} / {r['twice']} / {r['left_pending']} | {r['failed']} |")
+    out += ["", f"1-minute load average: {load[0]:.2f} at start, {load[-1]:.2f} at end "
+            f"({os.cpu_count()} cores, shared with other work)."]
+    return "\n".join(out)
+
+
+def main_compaction(args: argparse.Namespace) -> str:
+    load0 = os.getloadavg()[0]
+    with s3_server("seaweedfs") as server:
+        store = server.store()
+        reads = bench_pending_reads(store, args.pending, args.repeat) if args.repeat else {}
+        most = max(int(n) for n in (args.nodes + "," + args.nodes_without_lease).split(",") if n)
+        clients = [Requests(store.boto3_client()) for _ in range(most)]
+        clients[0].client.create_bucket(Bucket="bench-drains")
+        rows = []
+        for lease, spec in ((True, args.nodes), (False, args.nodes_without_lease)):
+            for n in (int(x) for x in spec.split(",") if x):
+                rows.append(bench_drains(store, clients, n, lease, args.runs, args.pending,
+                                         f"{'lease' if lease else 'nolease'}-{n}"))
+    return compaction_markdown(reads, rows, args.pending, args.runs, (load0, os.getloadavg()[0]))
+
+
 def fmt_s(x: float) -> str:
     return f"{x:.3f} s" if x < 10 else f"{x:.1f} s"
 
@@ -305,7 +485,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="reader timings per size (median; 1 at 1M)")
     ap.add_argument("--plot", metavar="PNG")
     ap.add_argument("--markdown", metavar="FILE")
+    ap.add_argument("--compaction", action="store_true", help="measure compaction across drains instead (see above)")
+    ap.add_argument("--nodes", default="1,10,50,200", help="--compaction: drains at once, with the lease")
+    ap.add_argument("--nodes-without-lease", default="1,10,50", help="--compaction: drains at once, without it")
+    ap.add_argument("--pending", type=int, default=1000, help="--compaction: pending updates")
+    ap.add_argument("--runs", type=int, default=10_000, help="--compaction: runs in the quarters")
     args = ap.parse_args()
+    if args.compaction:
+        text = main_compaction(args)
+        print(text)
+        if args.markdown:
+            Path(args.markdown).write_text(text)
+        return
     old = load_old()
     load0 = os.getloadavg()[0]
     rows = [bench_size(args.store, int(n), args.epilogs, args.repeat, old) for n in args.sizes.split(",")]
