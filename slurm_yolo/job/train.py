@@ -91,11 +91,13 @@ class Terminated(SystemExit):
     training. Its code is the shell's for death by that signal (143)."""
 
 
-# Functions that write the run's files in place: Ultralytics' checkpoint and results.csv
-# writes, pathlib's, torch.save, the stand-in's. A stop raised inside one would leave a
-# truncated last.pt or a half row, so the stop waits until the main thread is out of them.
-IN_PLACE_WRITERS = frozenset({"save_model", "save_metrics", "strip_optimizer", "final_eval", "write_bytes",
-                              "write_text", "save", "_write_checkpoint", "_append_row"})
+# Functions that write the run's files: pathlib's (Ultralytics writes last.pt and best.pt with
+# Path.write_bytes), results.csv's row, the final stripped checkpoint (torch.save to its path,
+# through Ultralytics' torch_save too), the stand-in's. A stop raised inside one would leave a
+# truncated file, so the stop waits until the main thread is out of them. Not save_model as a
+# whole: its deepcopy and serialisation write nothing and take seconds on a loaded node.
+IN_PLACE_WRITERS = frozenset({"write_bytes", "write_text", "save_metrics", "strip_optimizer", "torch_save",
+                              "_write_checkpoint", "_append_row"})
 # How soon a stop deferred by a write in flight looks again (checkpoint writes take ~10-500 ms).
 STOP_RETRY_S = 0.05
 
@@ -176,24 +178,27 @@ class SignalRecorder:
             retry_timer.daemon = True
             retry_timer.start()
             return
-        print("[slurm-yolo] ending the attempt on SIGTERM (the epilog archives the run folder)",
+        print(f"[slurm-yolo] ending the attempt on SIGTERM at {_utc_ms()} (the epilog archives the run folder)",
               file=sys.stderr, flush=True)
         raise Terminated(128 + signum)
 
     def _record(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
-        now = datetime.now(timezone.utc)
         entry = {"signal": name, "time": rec.utc_now()}
         try:
             rec.update_record(self.run_dir, lambda r: _current_attempt(r).setdefault("signals", []).append(entry))
         except Exception as e:  # recording must never be what kills the job
             print(f"[slurm-yolo] could not record {name}: {e}", file=sys.stderr, flush=True)
-        # Milliseconds in the log line: the teardown's timeline (benchmarks/bench_time_to_safe.py) reads it.
-        print(f"[slurm-yolo] received {name} at {now.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z",
-              file=sys.stderr, flush=True)
+        print(f"[slurm-yolo] received {name} at {_utc_ms()}", file=sys.stderr, flush=True)
         prev = self.previous.get(signum)
         if callable(prev):
             prev(signum, frame)
+
+
+def _utc_ms() -> str:
+    """Now in UTC with milliseconds, for log lines (the teardown's timeline in
+    benchmarks/bench_time_to_safe.py reads them); records keep rec.utc_now's seconds."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def environment() -> dict[str, Any]:
