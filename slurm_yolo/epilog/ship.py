@@ -88,12 +88,12 @@ def _failed(entry: Path, info: EntryInfo, problem: Problem, started: float) -> S
 class Ahead:
     """What shipping needs from the store, asked while the run folder is still being copied:
     the listing of the run's prefix (what the store already holds: :mod:`slurm_yolo.archive.remote`),
-    and boto3 imported for the index step. One per ship; its threads end by themselves."""
+    by an s5cmd process (a thread importing boto3 here instead would slow the walk: it holds
+    the GIL for ~0.3 s). One per ship; its thread ends by itself."""
 
     def __init__(self, site: SiteConfig, dest: str, deadline: float) -> None:
-        pool = ThreadPoolExecutor(2, thread_name_prefix="ahead")
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ahead")
         self._held: Future[dict[str, remote.RemoteObject] | None] = pool.submit(_held, site, dest, deadline)
-        pool.submit(_import_boto3)
         pool.shutdown(wait=False)
 
     def held(self) -> dict[str, remote.RemoteObject] | None:
@@ -117,11 +117,6 @@ def _held(site: SiteConfig, dest: str, deadline: float) -> dict[str, remote.Remo
     except StoreError as e:
         log.info("listing %s failed (%s): every file is uploaded", dest, e)
         return None
-
-
-def _import_boto3() -> None:
-    # The index step's boto3 costs ~0.2 s of imports: paid here, beside the copy of the folder.
-    import boto3  # noqa: F401
 
 
 @dataclass(frozen=True)
