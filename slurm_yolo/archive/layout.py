@@ -7,7 +7,7 @@
         MANIFEST.json   size + sha256 of every other file        (uploaded last: commit marker)
         attempts/attempt-<n>.json   run.json as attempt n ended (requeued runs have several)
     <index_url>runs/<run_id>.json                                one index record per run
-    <index_url>pending/<run_id>/<utc>-<rand>.json                an update not compacted yet
+    <index_url>pending/<run_id>/<user>/<utc>-<rand>.json         an update not compacted yet, by <user>
     <index_url>parquet/quarter=YYYY-Qn/runs.parquet                compacted records, by quarter
 
 Per-run index objects mean concurrent epilogs never write the same key; compaction folds the
