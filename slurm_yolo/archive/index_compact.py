@@ -243,29 +243,34 @@ def compact(cat: IndexLocation, *, client: Any = None, grace_s: float | None = N
     client = client or cat.store.boto3_client()
     if not lease:
         return _checked(cat, client, grace_s, now, sleep, lambda: None, "off")
-    got = index_lease.look(cat, client)
-    if isinstance(got, index_lease.Free):
+    seen = index_lease.look(cat, client)
+    got: index_lease.Lease | index_lease.Busy | index_lease.Unavailable
+    if isinstance(seen, index_lease.Free):
         if not _anything_pending(cat, client):  # an idle index: two reads, no write
             return CompactResult(0, 0, (), 0, lease="free")
-        got = index_lease.take(cat, client, got, ttl_s=lease_ttl_s)
+        got = index_lease.take(cat, client, seen, ttl_s=lease_ttl_s)
+    else:
+        got = seen
     if isinstance(got, index_lease.Busy):
-        held = f" by {got.holder}" if got.holder else ""
+        by = f" by {got.holder}" if got.holder else ""
         left = f", {got.left_s:.0f} s left" if got.left_s is not None else ""
-        return CompactResult(0, 0, (), 0, skipped=f"another compaction holds the lease{held}{left}", lease="busy")
+        return CompactResult(0, 0, (), 0, skipped=f"another compaction holds the lease{by}{left}", lease="busy")
     if isinstance(got, index_lease.Unavailable):
         log.info("index compaction without the lease: %s", got.reason)
         return _checked(cat, client, grace_s, now, sleep, lambda: None, got.reason)
-    held = [got]
+    held: list[index_lease.Lease | None] = [got]
 
     def renew() -> None:
-        if held[-1] is not None and index_lease.due(held[-1]):
-            held.append(index_lease.renew(cat, client, held[-1]))
+        last = held[-1]
+        if last is not None and index_lease.due(last):
+            held.append(index_lease.renew(cat, client, last))
 
     try:
         return _checked(cat, client, grace_s, now, sleep, renew, "held")
     finally:
-        if held[-1] is not None:
-            index_lease.release(cat, client, held[-1])
+        last = held[-1]
+        if last is not None:
+            index_lease.release(cat, client, last)
 
 
 def _anything_pending(cat: IndexLocation, client: Any) -> bool:
