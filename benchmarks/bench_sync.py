@@ -197,7 +197,7 @@ def write_config(path: Path, *, data: Path, runs_root: Path, args: argparse.Name
     config = {
         "run": {"task": "detect", "project": "bench-sync", "model_name": "yolov8n"},
         "train": {"model": args.model, "data": str(data), "epochs": args.epochs, "imgsz": args.imgsz,
-                  "batch": args.batch, "workers": 0, "plots": False, "amp": False, "seed": 0},
+                  "batch": args.batch, "workers": 0, "plots": args.plots, "amp": False, "seed": 0},
         "slurm": {"partition": "debug", "gpus": 0, "cpus_per_task": 2, "mem": "4G", "time": "01:00:00"},
         "archive": {"url": f"s3://{BUCKET}/runs/{{user}}/bench", "endpoint_url": endpoint, "sync_every": sync_every},
         "runs_root": str(runs_root),
@@ -220,6 +220,8 @@ def run_job(mode: str, index: int, *, work: Path, data: Path, args: argparse.Nam
     write_config(cfg, data=data, runs_root=work / "runs", args=args, endpoint=endpoint,
                  sync_every=f"{args.interval:g}s" if mode == "on" else None)
     env = {**os.environ, **ACCESS}
+    if args.code:  # the job imports slurm_yolo from there (submitit's local executor passes the environment on)
+        env["PYTHONPATH"] = str(args.code)
     argv = [str(VENV_BIN / "slurm-yolo"), "submit", str(cfg), "--executor", "local", "--wait", "--json",
             "--run-id", run_id]
     run_dir = work / "runs" / run_id
@@ -341,17 +343,19 @@ def report(runs: list[Run], args: argparse.Namespace, load: tuple[float, float])
     lines = []
     w = lines.append
     w("| run | sync | epoch times, s (first = warm-up, dropped) | median, s | job wall, s "
-      "| CPU-s/epoch: job / s5cmd / moto | syncs | PUTs | objects / MB stored | MB sent to store | sync failures |")
-    w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| CPU-s/epoch: job / s5cmd / moto | syncs | PUTs | objects / MB stored | MB sent to store "
+      "| MB sent per sync | sync failures |")
+    w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         times = ", ".join(f"{t:.2f}" for t in r.epoch_times)
         sync = f"every {args.interval:g} s" if r.mode == "on" else "off"
         cpu = " / ".join(f"{r.cpu[k]:.2f}" for k in ("job", "s5cmd", "moto")) if r.cpu else "n/a"
         if r.mode == "on":
+            # Per sync: the final sync the local executor does after training included.
             extra = (f"{r.syncs} | {r.puts} | {r.objects} / {r.stored_bytes / 1e6:.1f} | {r.sent_bytes / 1e6:.1f} "
-                     f"| {r.sync_failures}")
+                     f"| {r.sent_bytes / (r.syncs + 1) / 1e6:.1f} | {r.sync_failures}")
         else:
-            extra = "– | – | – | – | –"
+            extra = "– | – | – | – | – | –"
         w(f"| {r.run_id.rsplit('_', 1)[-1]} | {sync} | {times} | {r.median:.2f} | {r.wall_s:.0f} | {cpu} | {extra} |")
     w("")
     w("| | sync off | sync on | overhead |")
@@ -394,14 +398,17 @@ def markdown(table: str, args: argparse.Namespace, verdict: str) -> str:
     code = git("rev-parse", "--short", "HEAD") or "unknown"
     if git("status", "--porcelain", "--", "slurm_yolo"):
         code += " + uncommitted changes in slurm_yolo/"
+    if args.code:
+        code = f"the jobs' slurm_yolo from {args.code}"
     cmd = ("/opt/slurm-yolo/venv/bin/python benchmarks/bench_sync.py "
-           f"--epochs {args.epochs} --interval {args.interval:g} --pairs {args.pairs} --markdown FILE")
+           f"--epochs {args.epochs} --interval {args.interval:g} --pairs {args.pairs}"
+           + (" --plots" if args.plots else "") + (" --code DIR" if args.code else "") + " --markdown FILE")
     return f"""## In-training sync: epoch time with sync on vs off
 
 What: a real slurm-yolo job (`slurm-yolo submit … --executor local --wait`, i.e. `TrainJob` with its
 `RunMonitor` side thread, no Slurm) training `{args.model}` from scratch on the synthetic PCB
 dataset ({args.train} train / {args.val} val images, {args.size} px), `imgsz={args.imgsz}`,
-`batch={args.batch}`, `workers=0`, `amp=false`, `plots=false`, {args.epochs} epochs, CPU.
+`batch={args.batch}`, `workers=0`, `amp=false`, `plots={str(args.plots).lower()}`, {args.epochs} epochs, CPU.
 **off** = `archive.sync_every: null` (the monitor thread still runs and keeps `last.good.pt`);
 **on** = `archive.sync_every: {args.interval:g}s` — {600 / args.interval:.0f} × more often than the
 10 min default, a deliberate worst case — to a `moto_server` on loopback (on the same 2 cores,
@@ -409,7 +416,8 @@ so the store's own CPU is counted against training too). Runs interleaved off, o
 epoch time = differences of Ultralytics' cumulative `time` column in `results.csv` (train + val
 + checkpoint save), first epoch dropped as warm-up. "syncs" counts the s5cmd syncs during training
 (destination listings in moto's log, minus the one final sync the local executor does after
-training); "MB sent" is every byte s5cmd sent to the store (a counting relay in between).
+training); "MB sent" is every byte s5cmd sent to the store (a counting relay in between), "per sync"
+the same divided by the syncs plus that final one.
 
 {table}
 
@@ -446,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", type=Path, help="reuse this synthetic dataset folder (made if missing)")
     p.add_argument("--markdown", type=Path, help="also write the section as markdown to this file")
     p.add_argument("--keep", action="store_true", help="keep the work folder (run folders, moto log)")
+    p.add_argument("--plots", action="store_true", help="Ultralytics plots on (label and batch images: files "
+                   "that do not change after the first epoch)")
+    p.add_argument("--code", type=Path, help="run the jobs with slurm_yolo from this folder (PYTHONPATH), e.g. "
+                   "an older commit's `git archive`, for a before/after")
     args = p.parse_args(argv)
     if args.epochs < 3 or args.pairs < 2:
         p.error("need --epochs >= 3 and --pairs >= 2 (two off runs give the noise)")

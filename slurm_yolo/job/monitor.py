@@ -261,6 +261,9 @@ class RunMonitor(threading.Thread):
         if not done.ok:
             self.failures += 1
             _log(f"sync to {self.archive_url} failed ({done.detail}); will retry")
+        elif done.sent_files:
+            _log(f"sync: {done.sent_files} file(s), {done.sent_bytes / 1e6:.1f} MB sent; "
+                 f"{done.unchanged} already in the store")
         return done.ok
 
     def send(self, deadline: float) -> SyncRound:
