@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from slurm_yolo import record as rec
 from slurm_yolo.store import Store
-from slurm_yolo.commands import run_foreground
+from slurm_yolo.commands import run_command, run_foreground
 from slurm_yolo.timeparse import duration_seconds
 from slurm_yolo.errors import SlurmYoloError
 from slurm_yolo.runfolder import GOOD_CHECKPOINT, RESULTS_CSV, SLURM_LOGS, TRAIN_LOG, WEIGHTS, attempt_banner
@@ -111,6 +112,38 @@ def writing_in_place(frame) -> bool:
     return False
 
 
+def job_state_argv(job_id: str) -> list[str]:
+    """``scontrol -o show job ID``: one line, whose ``JobState=`` tells why the SIGTERM came."""
+    return ["scontrol", "-o", "show", "job", job_id]
+
+
+def ended_by_slurm(scontrol_text: str) -> bool:
+    """Whether ``scontrol -o show job`` output says Slurm no longer runs the job: cancelled,
+    timed out, being requeued or completing. ``RUNNING`` is a pre-emption's grace time (a job
+    that ends then by itself is not requeued: Slurm counts it as finished) or a bare
+    ``scancel --signal=TERM``; unknown output keeps the job training too."""
+    m = re.search(r"\bJobState=(\S+)", scontrol_text)
+    return bool(m) and m.group(1) not in ("RUNNING", "SUSPENDED", "CONFIGURING")
+
+
+def should_stop(env: Mapping[str, str], ask: Callable[[list[str]], str]) -> bool:
+    """Whether SIGTERM ends the attempt now: always outside Slurm (nobody else will end it);
+    under Slurm only when the job's state says Slurm is ending it (:func:`ended_by_slurm`),
+    asked through ``ask`` (runs argv, returns stdout; raises on failure: then keep training,
+    and Slurm's own SIGKILL ends the job as before)."""
+    job_id = env.get("SLURM_JOB_ID")
+    if not job_id:
+        return True
+    try:
+        return ended_by_slurm(ask(job_state_argv(job_id)))
+    except Exception:  # no scontrol, no answer: the old behaviour, never a lost requeue
+        return False
+
+
+def _ask(argv: list[str]) -> str:
+    return run_command(argv, "check why SIGTERM came", timeout=15).stdout
+
+
 class SignalRecorder:
     """Records every signal in ``run.json`` (with time), hands it to the previous handler, and
     ends the attempt promptly on SIGTERM.
@@ -130,11 +163,14 @@ class SignalRecorder:
             monitor's syncs: nothing new should start while the job ends).
     """
 
-    def __init__(self, run_dir: Path, on_terminate: Callable[[], None] | None = None) -> None:
+    def __init__(self, run_dir: Path, on_terminate: Callable[[], None] | None = None,
+                 ask: Callable[[list[str]], str] = _ask) -> None:
         self.run_dir = run_dir
         self.on_terminate = on_terminate
+        self.ask = ask
         self.previous: dict[int, Any] = {}
-        self.terminating = False
+        self.terminating = False  # SIGTERM came
+        self.stopping = False  # ... and ends the attempt (should_stop)
         self._armed = False
         self._retry_pending = False
 
@@ -150,7 +186,7 @@ class SignalRecorder:
         only recorded: the attempt's own end (its record, the monitor) must not be cut short."""
         self._armed = True
         try:
-            if self.terminating:  # it came before we were armed
+            if self.stopping:  # it came before we were armed
                 raise Terminated(128 + signal.SIGTERM)
             yield
         finally:
@@ -169,18 +205,32 @@ class SignalRecorder:
                     self.on_terminate()
                 except Exception as e:  # stopping the side thread must never be what fails the stop
                     print(f"[slurm-yolo] on SIGTERM: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        if not self._armed:
+            # Asking Slurm takes a subprocess: off the main thread, which trains on meanwhile.
+            threading.Thread(target=self._decide, name="slurm-yolo-sigterm", daemon=True).start()
+            return
+        if not (self._armed and self.stopping):
             return
         if writing_in_place(frame):
-            self._retry_pending = True
-            retry_timer = threading.Timer(STOP_RETRY_S, signal.pthread_kill,
-                                          (threading.main_thread().ident, signal.SIGTERM))
-            retry_timer.daemon = True
-            retry_timer.start()
+            self._poke(STOP_RETRY_S)
             return
         print(f"[slurm-yolo] ending the attempt on SIGTERM at {_utc_ms()} (the epilog archives the run folder)",
               file=sys.stderr, flush=True)
         raise Terminated(128 + signum)
+
+    def _decide(self) -> None:
+        if should_stop(os.environ, self.ask):
+            self.stopping = True
+            self._poke(0)
+        else:
+            print("[slurm-yolo] SIGTERM while Slurm still runs the job (pre-emption grace time?): "
+                  "training on until Slurm ends it", file=sys.stderr, flush=True)
+
+    def _poke(self, after_s: float) -> None:
+        """SIGTERM to the main thread ``after_s`` from now, marked as ours (not recorded again)."""
+        self._retry_pending = True
+        timer = threading.Timer(after_s, signal.pthread_kill, (threading.main_thread().ident, signal.SIGTERM))
+        timer.daemon = True
+        timer.start()
 
     def _record(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name

@@ -20,7 +20,7 @@ from slurm_yolo.archive import manifest, remote, s5cmd
 from slurm_yolo.job.monitor import (checkpoint_complete, keep_good_checkpoint, local_etag, run_files, sync_plan,
                                     synced, upload_argv, upload_commands)
 from slurm_yolo.runfolder import GOOD_CHECKPOINT
-from slurm_yolo.job.train import IN_PLACE_WRITERS, truncate_results, writing_in_place
+from slurm_yolo.job.train import IN_PLACE_WRITERS, ended_by_slurm, should_stop, truncate_results, writing_in_place
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -236,3 +236,26 @@ def test_under_slurm_the_job_exits_with_its_own_code_without_the_interpreter_shu
     assert rec.read_record(tmp_path)["status"] == ("COMPLETED" if code == 0 else "FAILED")
     assert ("after the job" in out.stdout) == (code == 0)  # flushed before the process ended
     assert ("stand-in failure" in out.stderr) == (code == 1)
+
+
+def test_sigterm_stops_the_job_only_when_slurm_is_ending_it():
+    # Captured shapes of `scontrol -o show job` (22.05): a cancel, a time-out, a requeue, a pre-emption's grace.
+    line = "JobId=7 JobName=x UserId=root(0) JobState={} Reason=None Dependency=(null) ExitCode=0:0"
+    for state, stop in (("CANCELLED", True), ("TIMEOUT", True), ("COMPLETING", True), ("PENDING", True),
+                        ("REQUEUED", True), ("RUNNING", False), ("SUSPENDED", False)):
+        assert ended_by_slurm(line.format(state)) is stop, state
+    assert not ended_by_slurm("slurm_load_jobs error: Invalid job id specified")
+    asked = []
+
+    def ask(argv):
+        asked.append(argv)
+        return line.format("RUNNING")
+
+    assert should_stop({"SLURM_JOB_ID": "7"}, ask) is False and asked == [["scontrol", "-o", "show", "job", "7"]]
+    assert should_stop({"SLURM_JOB_ID": "7"}, lambda argv: line.format("CANCELLED")) is True
+    assert should_stop({}, ask) is True  # no Slurm: nobody else ends the process
+
+    def broken(argv):
+        raise OSError("no scontrol")
+
+    assert should_stop({"SLURM_JOB_ID": "7"}, broken) is False  # never a lost requeue
