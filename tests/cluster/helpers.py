@@ -156,6 +156,16 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 1.0):
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def running_node(cluster, job_id: str) -> str:
+    """The node list of job ``job_id`` once it runs (waits up to 2 minutes)."""
+    def node():
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %N"], capture_output=True, text=True,
+                             env=cluster, timeout=30).stdout.split()
+        return out[1] if len(out) == 2 and out[0] == "RUNNING" else None
+
+    return wait_for(node, 120, f"job {job_id} to run")
+
+
 def job_state(env, job_id: str) -> str | None:
     """Slurm's state of the job (``squeue -t all``), or ``None`` once it is gone."""
     out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True,

@@ -22,7 +22,7 @@ import pytest
 from slurm_yolo.config import load_config
 from slurm_yolo.launcher.slurm_params import make_marker
 from slurm_yolo.launcher.submit import prepare_run
-from tests.cluster.helpers import (DEV, archived_record, demo_config, index_record, job_state, list_keys,
+from tests.cluster.helpers import (running_node, DEV, archived_record, demo_config, index_record, job_state, list_keys,
                                    read_object, results_rows as rows, slurm_yolo as cli, submit_standin,
                                    verify_archive, wait_for, wait_job_over)
 
@@ -59,15 +59,6 @@ def crasher(cluster, nodes):
         state = subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%T"], capture_output=True, text=True,
                                env=cluster, timeout=30).stdout.strip()
         assert state in ("idle", "mixed", "allocated"), f"{node} did not return to service: {state}"
-
-
-def running_node(cluster, job_id: str) -> str:
-    def node():
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %N"], capture_output=True, text=True,
-                             env=cluster, timeout=30).stdout.split()
-        return out[1] if len(out) == 2 and out[0] == "RUNNING" else None
-
-    return wait_for(node, 120, f"job {job_id} to run")
 
 
 def attempt_record(s3, archive_url: str, n: int, state: str, timeout: float = 150) -> dict:

@@ -29,7 +29,7 @@ import pytest
 from slurm_yolo.config import load_config
 from slurm_yolo.launcher.slurm_params import make_marker
 from slurm_yolo.launcher.submit import prepare_run
-from tests.cluster.helpers import (DEV, SLURM_VERSION, archived_record, demo_config, results_rows, slurm_yolo,
+from tests.cluster.helpers import (running_node, DEV, SLURM_VERSION, archived_record, demo_config, results_rows, slurm_yolo,
                                    submit_standin, verify_archive, wait_for)
 
 pytestmark = [
@@ -71,15 +71,6 @@ def accounted_state(cluster, job_id: str) -> str:
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True,
                          env=cluster, timeout=30)
     return out.stdout.strip().split(" ")[0] if out.returncode == 0 else ""
-
-
-def running_node(cluster, job_id: str) -> str:
-    def node():
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %N"], capture_output=True, text=True,
-                             env=cluster, timeout=30).stdout.split()
-        return out[1] if len(out) == 2 and out[0] == "RUNNING" else None
-
-    return wait_for(node, 120, f"job {job_id} to run")
 
 
 def reconcile_round(cluster, *args: str) -> dict[str, dict]:
