@@ -165,12 +165,13 @@ def index_store_line(run: dict) -> dict:
 
 def test_a_file_of_a_newer_schema_is_refused_with_the_upgrade(cli_env, client, bucket, capsys):
     table = index_format.to_table([index_store_line(run_json("20261101_000000_newer0", bucket))])
-    table = table.replace_schema_metadata({index_format.SCHEMA_KEY: b"3"})
+    newer = index_format.SCHEMA_VERSION + 1
+    table = table.replace_schema_metadata({index_format.SCHEMA_KEY: str(newer).encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     key = cli_env.key(index_format.part_rel("2026-Q4"))
     client.put_object(Bucket=bucket, Key=key, Body=sink.getvalue().to_pybytes())
-    with pytest.raises(ConfigError, match=r"quarter=2026-Q4/runs.parquet: .*schema version 3.*upgrade slurm-yolo"):
+    with pytest.raises(ConfigError, match=rf"quarter=2026-Q4/runs.parquet: .*schema version {newer}.*upgrade slurm-yolo"):
         index.load_records(cli_env)
     assert main(["runs", "list"]) == 2
     assert "upgrade slurm-yolo" in capsys.readouterr().err

@@ -92,3 +92,14 @@ def test_markers_come_from_the_folder_and_from_the_fixtures_taken():
     assert needs(None, {"mlflow_server"}) == {"mlflow"}
     assert folder_of(TESTS / "s3" / "test_x.py") == "s3"
     assert folder_of(TESTS / "conftest.py") is None and folder_of(Path("/elsewhere/test_x.py")) is None
+
+
+def test_test_files_in_folders_without_a_package_have_unique_names():
+    # pytest imports a test file of a folder without __init__.py by its bare name: two such files
+    # of one name make the second fail to collect ("import file mismatch") in one session.
+    seen: dict[str, Path] = {}
+    for path in sorted(TESTS.rglob("test_*.py")):
+        if (path.parent / "__init__.py").exists():
+            continue
+        assert path.name not in seen, f"{path} and {seen[path.name]}: rename one"
+        seen[path.name] = path
