@@ -173,6 +173,7 @@ def test_sigterm_ends_the_attempt_instead_of_training_on(tmp_path, executor):
 # runs signal handlers between the pieces, so an unguarded stop would truncate the file.
 _WRITER = """
 import sys
+import time
 from pathlib import Path
 from slurm_yolo.job.train import TrainJob
 
@@ -187,10 +188,11 @@ class Writer:
 
     def train(self, run_dir, config, attempt):
         (run_dir / "weights").mkdir(exist_ok=True)
-        while True:
-            write_bytes(run_dir / "weights" / "last.pt", 32)
+        while True:  # an epoch: mark it, write its checkpoint, then "compute" (where a stop may land)
             with open(run_dir / "epochs", "a") as f:
                 f.write("x")
+            write_bytes(run_dir / "weights" / "last.pt", 128)
+            time.sleep(0.3)
 
 TrainJob(Writer())(sys.argv[1])
 """
@@ -198,15 +200,16 @@ TrainJob(Writer())(sys.argv[1])
 
 def test_sigterm_during_a_checkpoint_write_waits_for_it(tmp_path):
     proc = _start_job(tmp_path, code=_WRITER)
-    epochs = tmp_path / "epochs"
-    for _ in range(600):
-        if epochs.exists() and epochs.stat().st_size >= 1:
+    last = tmp_path / "weights" / "last.pt"
+    for _ in range(1200):  # until a checkpoint write is half-way
+        if last.exists() and 0 < last.stat().st_size < 128 << 20:
             break
         assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
-    time.sleep(0.05)  # inside the next write (the loop does nothing else)
+        time.sleep(0.005)
+    else:
+        pytest.fail("never saw a checkpoint write in flight")
     assert _terminate(proc) == 128 + signal.SIGTERM
-    assert (tmp_path / "weights" / "last.pt").stat().st_size == 32 << 20  # whole, not cut short
+    assert last.stat().st_size == 128 << 20  # whole, not cut short
 
 
 def test_writing_in_place_sees_the_writers_on_the_stack():
