@@ -4,6 +4,7 @@ the loopback S3 servers (SeaweedFS, moto) that the benchmarks compare side by si
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,3 +74,21 @@ def s3_server(kind: str) -> Iterator[S3Server]:
                            int(Path(folder, "server.pid").read_text()))
         finally:
             subprocess.run(["bash", str(STORE_SH), "stop", folder], capture_output=True, timeout=60)
+
+
+def poll(what: str, fn: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
+    """Call ``fn`` every ``every`` s until it returns something truthy; raise after ``timeout``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def slurm_setting(env: dict[str, str], name: str) -> str:
+    """One setting of ``scontrol show config`` (``?`` when absent), for a benchmark's header."""
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, env=env, check=True).stdout
+    m = re.search(rf"^{name}\s*=\s*(.+)$", out, re.M)
+    return m.group(1).strip() if m else "?"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / "scripts" / "dev-cluster.sh"
 BIN = Path(sys.executable).parent
+from _services import poll, slurm_setting  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 
 def cluster_env() -> dict[str, str]:
@@ -44,22 +44,6 @@ def cluster_env() -> dict[str, str]:
     env = dict(x.split("=", 1) for x in out.stdout.split("\0") if "=" in x)
     env["PATH"] = f"{BIN}:{env['PATH']}"
     return env
-
-
-def poll(what: str, fn, timeout: float, every: float = 0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-def slurm_setting(env: dict[str, str], name: str) -> str:
-    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, env=env, check=True).stdout
-    m = re.search(rf"^{name}\s*=\s*(.+)$", out, re.M)
-    return m.group(1).strip() if m else "?"
 
 
 def trial(env: dict[str, str], s3, dataset: str, runs_root: Path) -> dict[str, float]:
@@ -99,7 +83,7 @@ def trial(env: dict[str, str], s3, dataset: str, runs_root: Path) -> dict[str, f
                 down = time.monotonic() - t0
             return archived()
 
-        poll("the NODE_FAIL commit marker", state, 300)
+        poll("the NODE_FAIL commit marker", state, 300, 0.2)
         done = time.monotonic() - t0
     finally:
         subprocess.run(["bash", str(DEV), "revive", node], env=env, check=True, capture_output=True)

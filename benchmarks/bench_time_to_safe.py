@@ -45,7 +45,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import boto3
 import yaml
@@ -53,6 +53,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DEV = REPO / "scripts" / "dev-cluster.sh"
+from _services import poll, slurm_setting  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 BIN = Path(sys.executable).parent
 LOCK = Path("/tmp/slurm-yolo-cluster-tests.lock")  # tests/cluster/conftest.py's
 PAD_NAME = "pad-epoch{:03d}.pt"
@@ -74,22 +75,6 @@ def shared_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def poll(what: str, fn: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def slurm_setting(env: dict[str, str], name: str) -> str:
-    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, env=env, check=True).stdout
-    m = re.search(rf"^{name}\s*=\s*(.+)$", out, re.M)
-    return m.group(1).strip() if m else "?"
 
 
 def job_state(env: dict[str, str], job: str) -> str:
