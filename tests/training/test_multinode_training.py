@@ -23,6 +23,7 @@ from slurm_yolo import record as rec
 from slurm_yolo import runfolder
 from slurm_yolo.config import resolve_config
 from slurm_yolo.job.distributed import RDZV_PORT_BASE, RDZV_PORT_SPAN
+from slurm_yolo.job.monitor import checkpoint_complete
 from slurm_yolo.launcher.submit import prepare_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,9 +80,9 @@ def _start_task(node: int, run_dir: Path, job_id: str, log: Path, restarts: int 
                             env=_task_env(node, job_id, restarts), stdout=log.open("a"), stderr=subprocess.STDOUT)
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every descendant, as Slurm kills a step: torchrun starts its workers
-    in sessions of their own, so killing the task's process group alone would orphan them."""
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every descendant: torchrun starts its workers in sessions of their own,
+    so signalling the task's process group alone would miss them."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -94,11 +95,20 @@ def _kill_tree(pid: int) -> None:
         p = todo.pop()
         tree.append(p)
         todo += children.get(p, [])
-    for p in tree:
+    return tree
+
+
+def _signal_tree(pid: int, sig: int) -> None:
+    for p in _tree(pid):
         try:
-            os.kill(p, signal.SIGKILL)
+            os.kill(p, sig)
         except ProcessLookupError:
             pass
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant, as Slurm kills a step."""
+    _signal_tree(pid, signal.SIGKILL)
 
 
 def _wait_tasks(tasks: list[subprocess.Popen], logs: list[Path], timeout: float = 240) -> None:
@@ -158,11 +168,21 @@ def test_requeued_multinode_run_resumes_from_its_checkpoint(tmp_path, dataset):
     job_id = _free_job_id()
     logs = [tmp_path / f"task{n}.log" for n in (0, 1)]
     tasks = [_start_task(n, run_dir, job_id, logs[n]) for n in (0, 1)]
+    last = run_dir / runfolder.WEIGHTS / runfolder.LAST_PT
     try:
         deadline = time.monotonic() + 180
-        # The job's monitor keeps a verified copy of each new last.pt: one exists = resumable.
-        while not (run_dir / runfolder.WEIGHTS / runfolder.GOOD_CHECKPOINT).exists():
+        # Kill once an epoch is done and last.pt is whole. Not on the monitor's last.good.pt: its
+        # copier runs at nice 19, and on a loaded CI machine all epochs ended before it ran once.
+        # The tasks are frozen (SIGSTOP) before the check, so no write can start between check and kill.
+        while True:
             assert time.monotonic() < deadline and all(t.poll() is None for t in tasks), logs[0].read_text()[-3000:]
+            if rec.read_results_rows(run_dir / runfolder.RESULTS_CSV) and last.is_file():
+                for t in tasks:
+                    _signal_tree(t.pid, signal.SIGSTOP)
+                if checkpoint_complete(last):
+                    break
+                for t in tasks:
+                    _signal_tree(t.pid, signal.SIGCONT)
             time.sleep(0.2)
     finally:
         for t in tasks:
