@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from slurm_yolo.errors import SlurmYoloError
 
 DESCRIPTION = """\
-Launch Ultralytics YOLO training on Slurm with run IDs; every run is archived to S3 by the
-node epilog however it ends. Typical use:
+Launch Ultralytics YOLO training on Slurm with run IDs; every run is archived to S3 however it
+ends: by the node epilog where the admins installed it, else by the job itself and your
+`reconcile --user` (`slurm-yolo doctor` says which). Typical use:
 
   slurm-yolo submit configs/pcb.yaml --set train.epochs=50 --wait
   slurm-yolo sweep configs/pcb.yaml --grid train.lr0=0.01,0.001 --grid train.batch=8,16

@@ -20,7 +20,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from slurm_yolo import budget, runfolder
 from slurm_yolo.archive import manifest
@@ -322,22 +322,26 @@ def _write_back(job: Job, run: Run, fields: dict[str, Any], deadline: float) -> 
 NO_CLAIM = claims.Claim(Path("/nonexistent"), {})
 
 
-def _claim(site: SiteConfig, key: AttemptKey, env: Mapping[str, str], by: str) -> claims.Claim | None:
+def _claim(site: SiteConfig, key: AttemptKey, env: Mapping[str, str], by: str,
+           holder_gone: Callable[[Mapping[str, Any]], bool] | None = None) -> claims.Claim | None:
     try:
-        return claims.try_claim(site.claim_dir, key, env, by=by, stale_after_s=budget.stale_after_s(site.time_budget_s))
+        return claims.try_claim(site.claim_dir, key, env, by=by, stale_after_s=budget.stale_after_s(site.time_budget_s),
+                                holder_gone=holder_gone)
     except OSError as e:
         log.warning("claims folder %s unusable (%s): archiving %s without a claim", site.claim_dir, e, key)
         return NO_CLAIM
 
 
 def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by: str,
-                node_down: bool = False, slurm: Mapping[str, str] | None = None) -> ArchiveResult:
+                node_down: bool = False, slurm: Mapping[str, str] | None = None,
+                holder_gone: Callable[[Mapping[str, Any]], bool] | None = None) -> ArchiveResult:
     """Archive the attempt of the job ``env`` describes, unless someone else claimed it.
 
     ``node_down``: the caller saw the job's node die (the controller path); the attempt
     ends as ``NODE_FAIL`` even where Slurm already requeued the job. ``slurm``: what the caller
     already knows in ``scontrol show job``'s words (the reconciler, from sacct, for a job
-    slurmctld forgot): used instead of asking scontrol.
+    slurmctld forgot): used instead of asking scontrol. ``holder_gone``: see
+    :func:`slurm_yolo.epilog.claim.try_claim`.
 
     Raises:
         Refused: the marker or folder cannot be trusted (nothing copied).
@@ -349,7 +353,7 @@ def archive_job(env: Mapping[str, str], site: SiteConfig, *, deadline: float, by
     try:
         user, _ = job.user()
         key = AttemptKey.of(job.uid, job.job_id, run.run_id, run.attempt)
-        held = _claim(site, key, env, by)
+        held = _claim(site, key, env, by, holder_gone)
         if held is None:
             return ArchiveResult(job.job_id, run.run_id, by, claimed=False,
                                  detail=f"claimed by another archiver: {claims.claim_path(site.claim_dir, key)}")

@@ -28,7 +28,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from slurm_yolo.record import utc_now, write_json_atomic
 from slurm_yolo.runfolder import AttemptKey
@@ -87,7 +87,8 @@ def _generation(data: Mapping[str, Any]) -> str:
 
 
 def try_claim(claim_dir: str | os.PathLike[str], key: AttemptKey | str, env: Mapping[str, str], *, by: str,
-              stale_after_s: float, now: float | None = None) -> Claim | None:
+              stale_after_s: float, now: float | None = None,
+              holder_gone: Callable[[Mapping[str, Any]], bool] | None = None) -> Claim | None:
     """Claim the attempt ``key``; ``None`` if someone else has it (or has archived it).
 
     Args:
@@ -98,6 +99,8 @@ def try_claim(claim_dir: str | os.PathLike[str], key: AttemptKey | str, env: Map
         stale_after_s: a ``claimed`` (not ``done``) claim older than this belongs to a holder
             that died: take it over.
         now: ``time.time()`` (tests pass their own).
+        holder_gone: says, from a ``claimed`` claim's content, that its holder is certainly dead
+            (a job's own archiver once Slurm runs the job's next attempt): take it over at once.
     """
     now = time.time() if now is None else now
     root = Path(claim_dir)
@@ -108,7 +111,7 @@ def try_claim(claim_dir: str | os.PathLike[str], key: AttemptKey | str, env: Map
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except FileExistsError:
-        return _take_over(path, data, stale_after_s, now)
+        return _take_over(path, data, stale_after_s, now, holder_gone)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f)
         f.flush()
@@ -116,9 +119,12 @@ def try_claim(claim_dir: str | os.PathLike[str], key: AttemptKey | str, env: Map
     return Claim(path, data)
 
 
-def _take_over(path: Path, data: dict[str, Any], stale_after_s: float, now: float) -> Claim | None:
+def _take_over(path: Path, data: dict[str, Any], stale_after_s: float, now: float,
+               holder_gone: Callable[[Mapping[str, Any]], bool] | None) -> Claim | None:
     held = read_claim(path)
-    if held is None or held.get("state") == DONE or _age_s(held, now) < stale_after_s:
+    if held is None or held.get("state") == DONE:
+        return None
+    if _age_s(held, now) < stale_after_s and not (holder_gone and not held.get("torn") and holder_gone(held)):
         return None
     # Several takers may judge the same claim stale: the one that creates this generation's
     # marker (O_EXCL) replaces it; a fresh claim has another generation, so it is never hit.

@@ -19,7 +19,10 @@ script the launcher writes in user mode (:func:`slurm_yolo.launcher.slurm_params
 - from a watcher in the batch step on SIGTERM (``scancel``, the time limit, a requeue or a
   pre-emption: Slurm signals every process of the job, then SIGKILLs them ``KillWait``
   later), within ``KillWait``. It records the SIGTERM in run.json first, as the job's own
-  signal handler does: the end-state rules read it as the cancel it is.
+  signal handler does: the end-state rules read it as the cancel it is;
+- at the start of a requeued job's batch step, before training resumes, for the attempt
+  before it when nothing finished archiving that one (a pre-emption's SIGTERM archive cut
+  short by SIGKILL, a node that died): the folder then holds exactly that attempt's end.
 
 Before archiving it asks Slurm again whether a slurm-yolo epilog is configured: if one was
 put back since the job was submitted, the epilog archives the attempt and the job does not.
@@ -64,7 +67,7 @@ TIME_BUDGET_S = 120.0
 WORKERS = 16
 # Kept from what SIGTERM leaves (KillWait) for the process to start and the last write to land.
 KILL_SLACK_S = 1.0
-WHY_EXIT, WHY_TERM = "exit", "SIGTERM"
+WHY_EXIT, WHY_TERM, WHY_REQUEUED = "exit", "SIGTERM", "requeued"
 # The variables the scheduled reconciler needs from the shell it was installed from (cron and
 # scrontab start it with an almost empty environment), written 0600 next to the claims.
 ENV_KEYS = ("PATH", "SLURM_CONF", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
@@ -177,13 +180,28 @@ def record_sigterm(run_dir: Path, job_id: str) -> None:
         log.warning("%s: could not record SIGTERM (%s)", run_dir, e)
 
 
+def previous_attempt_gone(job_id: str, restart_count: int) -> Callable[[Mapping[str, Any]], bool]:
+    """For a claim: whether its holder was this job's own archiver in an earlier attempt. Slurm
+    starts attempt ``restart_count + 1`` only once every process of the earlier ones is gone, so
+    such a holder (the SIGTERM archive that KillWait's SIGKILL cut short) is dead."""
+    def gone(held: Mapping[str, Any]) -> bool:
+        job = held.get("job") if isinstance(held.get("job"), dict) else {}
+        restarts = str(job.get("SLURM_JOB_RESTART_COUNT", ""))
+        return str(held.get("by", "")).startswith("job@") and str(job.get("SLURM_JOB_ID")) == job_id \
+            and restarts.isdigit() and int(restarts) < restart_count
+    return gone
+
+
 def archive_self(folder: str, *, why: str, step_exit: int | None, env: Mapping[str, str] | None = None,
                  started: float | None = None) -> dict[str, Any]:
     """Archive this job's attempt from inside the job (user mode). Returns a summary.
 
     Args:
         folder: the job's marker folder (the run folder, or the sweep folder of an array).
-        why: ``exit`` (the training step ended, with ``step_exit``) or ``SIGTERM``.
+        why: ``exit`` (the training step ended, with ``step_exit``), ``SIGTERM``, or
+            ``requeued``: the batch step of a requeued job, before training resumes, archives the
+            attempt before it if nothing finished that (its SIGTERM archive did not fit in
+            ``KillWait``, or its node died). The folder then holds exactly that attempt's end.
         step_exit: the shell's exit status of the training step (``None``: still running).
         env: the job's environment (default ``os.environ``).
         started: ``time.monotonic()`` when this process started (default: now).
@@ -202,13 +220,21 @@ def archive_self(folder: str, *, why: str, step_exit: int | None, env: Mapping[s
         except (OSError, ValueError):
             config = {}  # a damaged record: the archiver's placeholder path handles it
     site = user_site(env, endpoint_url=(config.get("archive") or {}).get("endpoint_url"))
+    by = f"job@{env.get('SLURMD_NODENAME') or socket.gethostname()}"
+    if why == WHY_REQUEUED:
+        restarts = env.get("SLURM_RESTART_COUNT") or "0"
+        if not restarts.isdigit() or int(restarts) < 1:
+            return {"skipped": "not a requeued job: no earlier attempt"}
+        earlier = {**env, "SLURM_RESTART_COUNT": str(int(restarts) - 1)}
+        gone = previous_attempt_gone(env.get("SLURM_JOB_ID", ""), int(restarts))
+        return archive_job(job_env(folder, earlier, None), site, by=by, holder_gone=gone,
+                           deadline=budget.epilog_deadline(started, site.time_budget_s)).to_dict()
     if why == WHY_TERM:
         if run_dir is not None:
             record_sigterm(run_dir, env.get("SLURM_JOB_ID", ""))
         deadline = started + max(1.0, setup.kill_wait_s - KILL_SLACK_S)
     else:
         deadline = budget.epilog_deadline(started, site.time_budget_s)
-    by = f"job@{env.get('SLURMD_NODENAME') or socket.gethostname()}"
     return archive_job(job_env(folder, env, step_exit), site, deadline=deadline, by=by).to_dict()
 
 
@@ -418,7 +444,7 @@ def cmd_reconcile_user(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m slurm_yolo.epilog.usermode archive FOLDER --why exit|SIGTERM [--step-exit N]``:
+    """``python -m slurm_yolo.epilog.usermode archive FOLDER --why exit|SIGTERM|requeued [--step-exit N]``:
     the batch script's self-archive. Never fails the job: exit 0, one line on stderr."""
     started = time.monotonic()
     # SIGKILL follows KillWait after the SIGTERM that may have started us: every second is the copy's.
@@ -426,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m slurm_yolo.epilog.usermode")
     p.add_argument("action", choices=["archive"])
     p.add_argument("folder")
-    p.add_argument("--why", choices=[WHY_EXIT, WHY_TERM], default=WHY_EXIT)
+    p.add_argument("--why", choices=[WHY_EXIT, WHY_TERM, WHY_REQUEUED], default=WHY_EXIT)
     p.add_argument("--step-exit", default="")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     handler = logging.StreamHandler(sys.stderr)

@@ -83,7 +83,8 @@ def self_archive_setup(python: str, folder: str) -> dict[str, list[str]]:
     limit, requeue, pre-emption) reaches the batch shell at once and SIGKILL follows
     ``KillWait`` later, while the training step is still running: the shell's trap archives
     then (srun runs in the background: :data:`SELF_ARCHIVE_WAIT`), and the teardown does not
-    archive again. The claim makes it one archive whatever else runs.
+    archive again. A requeued job's batch step first archives the attempt before it, if that
+    archive did not finish. The claim makes it one archive whatever else runs.
 
     Args:
         python: the interpreter that submitted (the job's own).
@@ -97,6 +98,9 @@ def self_archive_setup(python: str, folder: str) -> dict[str, list[str]]:
             "trap '_slurm_yolo_termed=1; _slurm_yolo_archive --why SIGTERM' TERM",
             # wait returns early on a trapped signal: wait again until srun itself has ended.
             '_slurm_yolo_wait() { while :; do wait "$1"; _slurm_yolo_step=$?; kill -0 "$1" 2>/dev/null || break; done; }',
+            # A requeued job: archive the attempt before this one if nothing finished that (its
+            # SIGTERM archive cut short by SIGKILL, its node dead), before training touches the folder.
+            '[ "${SLURM_RESTART_COUNT:-0}" = 0 ] || _slurm_yolo_archive --why requeued',
         ],
         "teardown": [
             '[ -n "${_slurm_yolo_termed:-}" ] || _slurm_yolo_archive --why exit --step-exit "$_slurm_yolo_step"',

@@ -70,6 +70,32 @@ def test_a_fresh_claim_is_respected_a_stale_one_taken_over(tmp_path):
     assert json.loads((tmp_path / KEY).read_text())["by"] == "reconciler"
 
 
+def test_a_requeued_job_takes_over_its_own_earlier_attempts_fresh_claim_only(tmp_path):
+    """The pre-emption's SIGTERM archive, cut short by SIGKILL, leaves a fresh claim; the job's
+    next attempt may take it at once (Slurm starts it only once that attempt's processes are
+    gone), but nobody else may, and never a done claim."""
+    from slurm_yolo.epilog.usermode import previous_attempt_gone
+
+    attempt1 = {**ENV, "SLURM_JOB_RESTART_COUNT": "0"}
+    claim.try_claim(tmp_path, KEY, attempt1, by="job@n1", stale_after_s=100, now=1000.0)
+    other_job = previous_attempt_gone("43", 1)
+    same_attempt = previous_attempt_gone("42", 0)
+    assert claim.try_claim(tmp_path, KEY, ENV, by="job@n2", stale_after_s=100, now=1001.0, holder_gone=other_job) is None
+    assert claim.try_claim(tmp_path, KEY, ENV, by="job@n2", stale_after_s=100, now=1001.0,
+                           holder_gone=same_attempt) is None
+    taker = claim.try_claim(tmp_path, KEY, ENV, by="job@n2", stale_after_s=100, now=1001.0,
+                            holder_gone=previous_attempt_gone("42", 1))
+    assert taker is not None and taker.data["took_over"]["by"] == "job@n1"
+    claim.mark_done(taker, {"state": "REQUEUED"})
+    assert claim.try_claim(tmp_path, KEY, ENV, by="job@n3", stale_after_s=100, now=1002.0,
+                           holder_gone=lambda held: True) is None
+    # A reconciler's claim is never judged dead by the job: it may still be archiving.
+    key2 = "1000.42.r1.a2"
+    claim.try_claim(tmp_path, key2, attempt1, by="reconciler@login", stale_after_s=100, now=1000.0)
+    assert claim.try_claim(tmp_path, key2, ENV, by="job@n2", stale_after_s=100, now=1001.0,
+                           holder_gone=previous_attempt_gone("42", 1)) is None
+
+
 def test_racing_takers_of_a_stale_claim_one_winner(tmp_path):
     for round_ in range(5):
         d = tmp_path / f"round{round_}"
