@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from slurm_yolo.epilog.slurm_parse import JOB_ID_RE
 from slurm_yolo.record import utc_now
 
 REFUSED_DIR = "refused"
 KEEP_S = 7 * 86400.0
 # Before this folder existed, a refusal was a claim named so, in the claims folder itself.
 _LEGACY_SUFFIX = ".refused"
-_JOB_ID_RE = re.compile(r"\d+(_\d+)?")
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def _name(uid: str | int, job_id: str) -> str | None:
     known only by squeue's ``123_4``, which names it as well.
     """
     uid, job_id = str(uid), str(job_id)
-    return f"{uid}.{job_id}.json" if uid.isdigit() and _JOB_ID_RE.fullmatch(job_id) else None
+    return f"{uid}.{job_id}.json" if uid.isdigit() and JOB_ID_RE.fullmatch(job_id) else None
 
 
 def folder(claim_dir: str | os.PathLike[str]) -> Path:

@@ -17,6 +17,8 @@ from slurm_yolo import runfolder
 # The comment is last: it is the user's text and may contain the separator.
 SQUEUE_FORMAT = "%i|%T|%U|%e|%k"
 # What a Slurm node list may look like before it is handed to scontrol (``n[1-2],gpu3``).
+# A Slurm job ID as squeue and scontrol show it: 123, or an array element 123_4.
+JOB_ID_RE = re.compile(r"\d+(_\d+)?")
 NODELIST_RE = re.compile(r"[A-Za-z0-9_.,\[\]-]{1,4096}")
 
 
@@ -53,7 +55,7 @@ def parse_scontrol(text: str, job_id: str | None = None) -> dict[str, str]:
 
 def scontrol_argv(scontrol: str, job_id: str) -> list[str]:
     """``scontrol show job <id>`` — one query per job, by absolute path (the epilog has no PATH)."""
-    if not re.fullmatch(r"\d+(_\d+)?", job_id):
+    if not JOB_ID_RE.fullmatch(job_id):
         raise ValueError(f"job id {job_id!r} is not a Slurm job ID (123 or 123_4)")
     return [scontrol, "show", "job", job_id]
 
