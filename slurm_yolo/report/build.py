@@ -18,12 +18,22 @@ S3 static hosting under any prefix, presigned links and a reverse proxy)::
 Incremental: a build first lists the index (pending updates and quarterly files, with their
 ETags, :func:`index_fingerprint`); when that is what the last complete build saw, it stops there
 (two or three requests, whatever the number of runs). Otherwise a run page is rebuilt only when
-the run's index record changed (its digest is kept in ``.portal-state.json``). The changed runs'
-text files are downloaded in bulk (one s5cmd per batch of runs, straight into the site folder)
-while the previous batch is rendered; their images follow, newest runs first, at most
-:data:`MAX_IMAGES` per build, so a first build over a year of runs pages every run within a
-minute or so and the older runs' images arrive with the next builds. The cross-run pages are
-rewritten from the index, and a file is written (and published) only when its bytes changed.
+the run's index record changed (its digest is kept in ``.portal-state.json``).
+
+A run page fills in over three tiers, each fetched in bulk (one s5cmd per batch of runs, straight
+into the site folder) while the previous batch is rendered, newest runs first:
+
+1. **summary**, every changed run in every build: its index record and its ``run.json``
+   (metrics, attempts, config, commands); one object per run;
+2. **details**, at most :data:`MAX_DETAILS` runs per build: ``results.csv`` (curves),
+   ``args.yaml`` (parameters) and the manifest (the file list);
+3. **images**, at most :data:`MAX_IMAGES` per build, of runs that have their details.
+
+A page whose details or images are not copied yet says so, and the next builds (the drain
+timer's) fill it in, so a first build over a year of runs pages every run in about a minute
+(fetching every object of 10,000 runs costs minutes here: see docs/benchmarks.md). The
+cross-run pages are rewritten from the index, and a file is written (and published) only when
+its bytes changed.
 """
 
 from __future__ import annotations
@@ -62,18 +72,25 @@ from slurm_yolo.site import site_config_path
 from slurm_yolo.tasks import installed_tasks
 
 STATE_FILE = ".portal-state.json"
-STATE_VERSION = 4  # bump when page templates change shape: every run page is rebuilt once
+STATE_VERSION = 5  # bump when page templates change shape: every run page is rebuilt once
 STATIC_FILES = ("portal.css", "portal.js")
 # The pages rewritten from the whole index by every build that is not skipped as unchanged.
 CROSS_RUN_PAGES = ("index.html", "runs.html", "compare.html", "usage.html", "data/runs.js", "data/tasks.js")
-# Small text files copied next to the run page so they open from the site itself.
-TEXT_FILES = (RESULTS_CSV, ARGS_YAML, RUN_JSON, layout.MANIFEST)
+# Small text files copied next to the run page so they open from the site itself: the run's
+# record for every page at once (tier 1), the others under the details budget (tier 2).
+SUMMARY_FILES = (RUN_JSON,)
+DETAIL_FILES = (RESULTS_CSV, ARGS_YAML, layout.MANIFEST)
+TEXT_FILES = SUMMARY_FILES + DETAIL_FILES
 # boto3 requests at once (listings, files s5cmd cannot be given, fetch="boto3"): latency-bound.
 WORKERS = 8
 # Images copied per build. A run's images are its most numerous objects (15-20 plots for a
 # detect run); a first build over 10,000 runs copies those of the newest ~330 and pages every
 # run, and each later build copies the next batch (see build_site).
 MAX_IMAGES = 5_000
+# Runs whose details (results.csv, args.yaml, manifest: 3 objects and the curves to draw) are
+# copied per build. Each costs ~3 ms of store and client CPU and ~4 ms of rendering here: with
+# the run records of 10,000 runs this keeps a first build within a minute on 2 cores.
+MAX_DETAILS = 1_000
 # Runs per download batch: the next batch downloads while this one is rendered.
 CHUNK = 500
 CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".html": "text/html; charset=utf-8",
@@ -93,6 +110,8 @@ class BuildResult:
         removed: run pages deleted (runs gone from the index).
         errors: ``{run_id: message}`` of runs whose archive could not be read (retried next build).
         deferred: runs whose pages wait for their images (copied by the next builds).
+        pending: runs whose pages wait for their details (curves, parameters, file list; the
+            next builds copy them, newest first); their images wait too.
         unchanged: the index was as the last complete build left it: nothing was read or written.
         published: files uploaded (``None``: not published).
         publish_url: where it was published.
@@ -106,6 +125,7 @@ class BuildResult:
     removed: int
     errors: dict[str, str]
     deferred: int = 0
+    pending: int = 0
     unchanged: bool = False
     published: int | None = None
     deleted: int = 0
@@ -119,7 +139,8 @@ class BuildResult:
 @dataclass
 class _State:
     """The build state file: run digests, the sha256 of every file written/published, the
-    index fingerprint of the last complete build, and the runs whose images are still to come."""
+    index fingerprint of the last complete build, the runs whose details (``pending``) and
+    images (``deferred``) are still to come."""
 
     runs: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
@@ -128,6 +149,7 @@ class _State:
     fingerprint: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     deferred: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, out: Path) -> "_State":
@@ -138,14 +160,15 @@ class _State:
         if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
             return cls()  # another layout: rebuild everything once
         return cls(raw.get("runs") or {}, raw.get("files") or {}, raw.get("published") or {}, raw.get("publish_url"),
-                   raw.get("fingerprint"), raw.get("summary") or {}, raw.get("deferred") or [])
+                   raw.get("fingerprint"), raw.get("summary") or {}, raw.get("deferred") or [],
+                   raw.get("pending") or [])
 
     def save(self, out: Path) -> None:
         tmp = out / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps({"version": STATE_VERSION, "runs": self.runs, "files": self.files,
                                    "published": self.published, "publish_url": self.publish_url,
                                    "fingerprint": self.fingerprint, "summary": self.summary,
-                                   "deferred": self.deferred},
+                                   "deferred": self.deferred, "pending": self.pending},
                                   sort_keys=True), encoding="utf-8")
         os.replace(tmp, out / STATE_FILE)  # atomic: a killed build leaves the old state, never a torn one
 
@@ -203,17 +226,17 @@ class _Writer:
 
 
 def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | None = None, force: bool = False,
-               client=None, workers: int = WORKERS, fetch: str = "s5cmd", max_images: int | None = MAX_IMAGES,
-               ) -> BuildResult:
+               client=None, workers: int = WORKERS, fetch: str = "presigned", max_images: int | None = MAX_IMAGES,
+               max_details: int | None = MAX_DETAILS) -> BuildResult:
     """Build (or update) the static portal in ``out`` from the index and the archives.
 
     A build first lists the index (its pending updates and quarterly files, with their
     ETags): when that listing is the one the last complete build saw, nothing changed and
     nothing else is read. Otherwise it reads the index, and for the runs whose record
-    changed downloads their small text files in bulk, then the images their pages show,
-    newest runs first, at most ``max_images`` per build: the images of older runs come with
-    the next builds (their pages list their files meanwhile, and are rebuilt when the images
-    arrive), so a first build over a year of runs does not wait for every plot.
+    changed downloads their ``run.json`` in bulk, then (newest runs first) the details of at
+    most ``max_details`` runs and at most ``max_images`` images: the older runs' pages say
+    what they still wait for and are rebuilt when it arrives, so a first build over a year of
+    runs pages every run without waiting for every curve and plot.
 
     Args:
         cat: the catalog (index URL + store).
@@ -222,11 +245,15 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
             a run whose archive is outside its user's prefix is listed but gets no page.
         force: rebuild every run page.
         client: a boto3 client (default: the catalog store's).
-        workers: runs read from the store at once with boto3 (the listings of runs without
-            a manifest, files whose names s5cmd cannot be given, ``fetch="boto3"``).
-        fetch: ``"s5cmd"`` (bulk downloads by one s5cmd process per phase) or ``"boto3"``
-            (a thread pool of GETs); the same files either way.
+        workers: requests at once from threads (GETs with ``fetch="presigned"`` or
+            ``"boto3"``, the listings of runs without a manifest, files whose names s5cmd
+            cannot be given).
+        fetch: ``"presigned"`` (a thread pool of GETs of presigned URLs: the least CPU per
+            object), ``"s5cmd"`` (one s5cmd process per batch) or ``"boto3"`` (a thread pool of
+            ``get_object``); the same files either way.
         max_images: images copied per build (``None``: all).
+        max_details: runs whose ``results.csv``, ``args.yaml`` and manifest are copied per
+            build (``None``: all).
 
     Raises:
         StoreError: the index cannot be read (a run whose archive cannot be read is only
@@ -252,15 +279,22 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
         writer.write(f"static/{name}", resources.files("slurm_yolo.report").joinpath("static", name).read_bytes())
 
     digests = {record["run_id"]: pages.record_digest(record) for record in linked}
-    deferred = set(state.deferred)
-    # Newest first: when the image budget runs out, the runs people look at have theirs.
+    deferred, pending = set(state.deferred), set(state.pending)
+    # Newest first: when a budget runs out, the runs people look at have theirs.
     todo = sorted((record for record in linked if state.runs.get(record["run_id"]) != digests[record["run_id"]]
-                   or record["run_id"] in deferred or not (out / f"run/{record['run_id']}.html").is_file()),
+                   or record["run_id"] in deferred or record["run_id"] in pending
+                   or not (out / f"run/{record['run_id']}.html").is_file()),
                   key=lambda record: str(record["run_id"]), reverse=True)
     fetcher = _Fetcher(cat, client, writer, fetch, workers)
-    runs = [_RunFiles(record, f"run/{record['run_id']}/files/") for record in todo]
+    runs = []
+    for record in todo:
+        run = _RunFiles(record, f"run/{record['run_id']}/files/")
+        if state.runs.get(record["run_id"]) == digests[record["run_id"]]:
+            # The same record as when its files were copied: what is in the site is current.
+            run.reuse(out, state.files, details=record["run_id"] not in pending)
+        runs.append(run)
     errors: dict[str, str] = {}
-    for run in fetcher.pipeline(runs, max_images):
+    for run in fetcher.pipeline(runs, max_images, max_details):
         run_id = run.record["run_id"]
         if run.error:
             # Its old page (if any) stays, with its old digest: the run is retried next build.
@@ -270,7 +304,10 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
             writer.write(rel, data)
         state.runs[run_id] = digests[run_id]
         deferred.discard(run_id)
-        if run.images_deferred:
+        pending.discard(run_id)
+        if run.details_pending:
+            pending.add(run_id)
+        elif run.images_deferred:
             deferred.add(run_id)
 
     # Runs that left the index (pruned) or lost their link: their pages go.
@@ -281,7 +318,8 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
         writer.remove(f"run/{run_id}")
         writer.remove(f"run/{run_id}.html")
     deferred &= keep
-    state.deferred = sorted(deferred)
+    pending &= keep
+    state.deferred, state.pending = sorted(deferred), sorted(pending)
 
     now = pages.now_utc()
     rows = [pages.table_row(record, record["run_id"] in state.runs) for record in records]
@@ -302,11 +340,11 @@ def build_site(cat: IndexLocation, out: str | Path, *, allowed_prefix: str | Non
     writer.write("compare.html", env.get_template("compare.html").render(**common, page="compare"))
     writer.write("usage.html", usage_page(env, common, records))
     # Saved only when nothing is left for a later build: then an unchanged index means an unchanged site.
-    state.fingerprint = fingerprint if not errors and not deferred else None
+    state.fingerprint = fingerprint if not errors and not deferred and not pending else None
     state.summary = {"runs": len(records), "unlinked": unlinked}
     state.save(out)
     return BuildResult(out=str(out), runs=len(records), rebuilt=len(todo) - len(errors), unlinked=unlinked,
-                       removed=len(gone), errors=errors, deferred=len(deferred),
+                       removed=len(gone), errors=errors, deferred=len(deferred), pending=len(pending),
                        seconds=round(time.monotonic() - started, 3))
 
 
@@ -364,9 +402,19 @@ class _RunFiles:
         self.record, self.files_rel = record, files_rel
         self.url: str = record["archive_url"]
         self.copied: set[str] = set()  # archived paths now in the site folder
+        self.data: dict[str, bytes] = {}  # the text files this build fetched, by archived path
         self.archived: dict[str, int] | None = None  # {path: size} from the manifest or a listing
         self.error: str | None = None
         self.images_deferred = False
+        self.details_pending = False
+        self.details_here = False  # its details are in the site already (a build before copied them)
+
+    def reuse(self, out: Path, files: Mapping[str, str], *, details: bool) -> None:
+        """Take the text files a build before copied (its run.json, and the details if ``details``)."""
+        for rel in SUMMARY_FILES + (DETAIL_FILES if details else ()):
+            if self.site_rel(rel) in files and (out / self.site_rel(rel)).is_file():
+                self.copied.add(rel)
+        self.details_here = details
 
     def site_rel(self, rel: str) -> str:
         return self.files_rel + (pages.safe_rel(rel) or "")
@@ -374,7 +422,8 @@ class _RunFiles:
     def manifest(self, out: Path) -> dict[str, Any]:
         if layout.MANIFEST not in self.copied:
             return {}
-        return _load_json((out / self.site_rel(layout.MANIFEST)).read_bytes())
+        data = self.data.get(layout.MANIFEST)
+        return _load_json(data if data is not None else (out / self.site_rel(layout.MANIFEST)).read_bytes())
 
     def resolve(self, out: Path) -> None:
         """What the archive holds, from its manifest (``archived`` stays ``None`` without one)."""
@@ -404,15 +453,71 @@ class _RunFiles:
 _S5CMD_SAFE = re.compile(r"[A-Za-z0-9_.,=+@:/-]+")
 
 
+class _PresignedGet:
+    """GETs of presigned URLs over one urllib3 pool: ``get(url)`` is the object's bytes, ``None``
+    when it does not exist.
+
+    Why not boto3's ``get_object``: here it costs ~1.4 ms of client CPU per object (its event
+    system, parsers and signer), a presigned URL and a bare GET ~0.6 ms, and a first build
+    fetches one run record per run. The URL is signed by the same boto3 client (its
+    credentials, region and endpoint); TLS trusts ``AWS_CA_BUNDLE`` as botocore does, and a
+    proxy from the environment (``HTTPS_PROXY``, ``NO_PROXY``) is used as urllib does.
+    """
+
+    def __init__(self, client, workers: int, env: Mapping[str, str] | None = None):
+        import urllib.request
+        from urllib.parse import urlsplit
+
+        import urllib3
+
+        env = dict(os.environ if env is None else env)
+        self.client = client
+        endpoint = urlsplit(client.meta.endpoint_url)
+        kw: dict[str, Any] = {"maxsize": max(1, workers), "retries": urllib3.Retry(
+            total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)), "timeout": urllib3.Timeout(
+            connect=5, read=30)}
+        if env.get("AWS_CA_BUNDLE"):
+            kw["ca_certs"] = env["AWS_CA_BUNDLE"]
+        proxy = urllib.request.getproxies().get(endpoint.scheme)
+        if proxy and not urllib.request.proxy_bypass(endpoint.hostname or ""):
+            self.http: Any = urllib3.ProxyManager(proxy, **kw)
+        else:
+            self.http = urllib3.PoolManager(**kw)
+
+    def __call__(self, url: str) -> bytes | None:
+        bucket, key = split_url(url)
+        try:
+            signed = self.client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                        ExpiresIn=3600)
+            got = self.http.request("GET", signed, preload_content=True)
+        except Exception as e:  # urllib3's connection and retry errors, botocore's credential errors
+            raise store_error("read", url, e) from e
+        if got.status == 200:
+            return got.data
+        if got.status == 404:
+            return None
+        # S3's XML error text names the cause (AccessDenied, SignatureDoesNotMatch...).
+        code = re.search(rb"<Code>([^<]{1,64})</Code>", got.data or b"")
+        raise StoreError(f"cannot read {url}: HTTP {got.status}"
+                         + (f" {code[1].decode(errors='replace')}" if code else "")
+                         + "; check the store's credentials and endpoint (or try --fetch boto3)")
+
+
+# How a build downloads archived files (see :class:`_Fetcher`).
+FETCHERS = ("presigned", "s5cmd", "boto3")
+
+
 class _Fetcher:
     """Downloads archived files into the site folder, in bulk, and records what arrived."""
 
     def __init__(self, cat: IndexLocation, client, writer: _Writer, how: str, workers: int):
-        if how not in ("s5cmd", "boto3"):
-            raise ConfigError(f"fetch={how!r}: use 's5cmd' or 'boto3'")
+        if how not in FETCHERS:
+            raise ConfigError(f"fetch={how!r}: use one of {', '.join(FETCHERS)}")
         self.cat, self.client, self.writer, self.how, self.workers = cat, client, writer, how, max(1, workers)
+        self.read = _PresignedGet(client, self.workers) if how == "presigned" else lambda url: _get(client, url)
 
-    def pipeline(self, runs: list[_RunFiles], max_images: int | None) -> Iterator[_RunFiles]:
+    def pipeline(self, runs: list[_RunFiles], max_images: int | None,
+                 max_details: int | None = None) -> Iterator[_RunFiles]:
         """Yield ``runs`` with their files in the site folder, :data:`CHUNK` at a time.
 
         The downloads of the next chunk run in a thread while the caller renders this one: s5cmd
@@ -421,10 +526,10 @@ class _Fetcher:
         chunks: queue.Queue = queue.Queue(maxsize=2)
 
         def fetch_all() -> None:
-            budget = max_images
+            budget: tuple[int | None, int | None] = (max_details, max_images)
             try:
                 for i in range(0, len(runs), CHUNK):
-                    budget = self.fetch_chunk(runs[i:i + CHUNK], budget)
+                    budget = self.fetch_chunk(runs[i:i + CHUNK], *budget)
                     chunks.put(runs[i:i + CHUNK])
             except BaseException as e:  # handed to the caller's thread, raised there
                 chunks.put(e)
@@ -444,12 +549,28 @@ class _Fetcher:
                 except queue.Empty:
                     pass
 
-    def fetch_chunk(self, runs: list[_RunFiles], budget: int | None) -> int | None:
-        """Text files, then the images of ``runs`` within ``budget``; returns the budget left."""
-        self.get([(run, rel) for run in runs for rel in TEXT_FILES])
-        self.list_unlisted([run for run in runs if not run.error])
-        wanted = []
+    def fetch_chunk(self, runs: list[_RunFiles], details: int | None, budget: int | None
+                    ) -> tuple[int | None, int | None]:
+        """The run records, then the details of ``details`` runs, then their images within
+        ``budget``; returns the budgets left (runs, images)."""
+        self.get([(run, rel) for run in runs for rel in SUMMARY_FILES if rel not in run.copied])
+        fetch = []
         for run in runs:
+            if run.error or run.details_here:
+                continue
+            if details is not None and details <= 0:
+                run.details_pending = run.images_deferred = True
+                continue
+            details = None if details is None else details - 1
+            fetch.append(run)
+        self.get([(run, rel) for run in fetch for rel in DETAIL_FILES])
+        with_details = [run for run in runs if not run.error and not run.details_pending]
+        for run in with_details:
+            if run.archived is None:
+                run.resolve(self.writer.out)
+        self.list_unlisted(with_details)
+        wanted = []
+        for run in with_details:
             if run.error:
                 continue
             images = run.wanted_images()
@@ -460,7 +581,7 @@ class _Fetcher:
             budget = None if budget is None else budget - len(images)
             wanted += [(run, rel) for rel in images]
         self.get(wanted)
-        return budget
+        return details, budget
 
     def get(self, jobs: list[tuple[_RunFiles, str]]) -> None:
         """Copy ``(run, archived path)`` pairs; a missing object is skipped, a failure marks its run."""
@@ -470,7 +591,7 @@ class _Fetcher:
         chosen = {(id(run), rel) for run, rel in bulk}
         rest = [(run, rel) for run, rel in jobs if (id(run), rel) not in chosen]
         retry = self._s5cmd(bulk) if bulk else []
-        self._boto3(rest + retry)
+        self._threads(rest + retry)
         for run, _ in jobs:
             if run.archived is None and not run.error:
                 run.resolve(self.writer.out)
@@ -494,11 +615,11 @@ class _Fetcher:
                 done.add(o.destination)
         return [job for dest, job in by_dest.items() if dest not in done]
 
-    def _boto3(self, jobs: list[tuple[_RunFiles, str]]) -> None:
+    def _threads(self, jobs: list[tuple[_RunFiles, str]]) -> None:
         def one(job: tuple[_RunFiles, str]) -> tuple[_RunFiles, str, bytes | None, str | None]:
             run, rel = job
             try:
-                return run, rel, _get(self.client, run.url + rel), None
+                return run, rel, self.read(run.url + rel), None
             except StoreError as e:
                 return run, rel, None, str(e)
 
@@ -509,11 +630,16 @@ class _Fetcher:
                 elif data is not None:
                     self.writer.write(run.site_rel(rel), data)
                     run.copied.add(rel)
+                    if rel in TEXT_FILES:
+                        run.data[rel] = data  # rendered from memory: no second open of the file
 
     def _arrived(self, run: _RunFiles, rel: str, path: Path) -> None:
         # s5cmd wrote the file in place: only its digest is recorded (what publish compares).
-        self.writer.state.files[run.site_rel(rel)] = _sha(path.read_bytes())
+        data = path.read_bytes()
+        self.writer.state.files[run.site_rel(rel)] = _sha(data)
         run.copied.add(rel)
+        if rel in TEXT_FILES:
+            run.data[rel] = data
 
     def list_unlisted(self, runs: list[_RunFiles]) -> None:
         """The archived files of runs without a manifest, by listing their folders."""
@@ -555,12 +681,15 @@ def _render_run(cat: IndexLocation, env, run: _RunFiles, selection: Mapping[str,
     copied = run.copied
 
     def read(rel: str) -> bytes | None:
-        return (out / run.site_rel(rel)).read_bytes() if rel in copied else None
+        if rel not in copied:
+            return None
+        return run.data[rel] if rel in run.data else (out / run.site_rel(rel)).read_bytes()
 
     record = _load_json(read(RUN_JSON))
     sections = pages.image_sections(r for r in archived if pages.safe_rel(r))
     csv_path = out / run.site_rel(RESULTS_CSV)
-    csv_text = csv_path.read_text(encoding="utf-8", errors="replace") if RESULTS_CSV in copied else ""
+    csv_bytes = read(RESULTS_CSV)
+    csv_text = csv_bytes.decode("utf-8", errors="replace") if csv_bytes is not None else ""
     cols = pages.parse_results_csv(csv_text)
     args = yaml_mapping(read(ARGS_YAML))
     column = pages.fitness_column(indexed, list(cols), selection, record)
@@ -575,7 +704,8 @@ def _render_run(cat: IndexLocation, env, run: _RunFiles, selection: Mapping[str,
         indexed=indexed, record=record, args=args, metrics=metrics, charts=charts, files=files,
         sections={k: [(r, f"{run_id}/files/{pages.safe_rel(r)}") for r in v if r in copied]
                   for k, v in sections.items()},
-        images_deferred=run.images_deferred,
+        images_deferred=run.images_deferred, details_pending=run.details_pending,
+        hparams=indexed.get("hparams") if isinstance(indexed.get("hparams"), Mapping) else {},
         attempts=attempts, timeline=pages.timeline_chart(attempts),
         config=_yaml_dump(record.get("config")) if record.get("config") else "",
         commands={"fetch": f"slurm-yolo runs fetch {run_id} --to ./{run_id}",
@@ -588,6 +718,10 @@ def _render_run(cat: IndexLocation, env, run: _RunFiles, selection: Mapping[str,
                 "metrics": [[f, v] for f, _, v in metrics.rows],
                 "args": {k: v for k, v in args.items() if k not in PER_RUN_ARGS},
                 "curves": pages.metric_curves(cols)}
+    if run.details_pending:
+        # What the compare view may say: this run's curves and parameters are not copied yet
+        # (not "none"): a later build brings them.
+        run_data["pending"] = True
     return {f"run/{run_id}.html": page.encode("utf-8"),
             f"run/{run_id}/data.js": ("window.portalRunData(" + pages.script_json(run_data) + ");\n").encode()}
 

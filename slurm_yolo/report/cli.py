@@ -38,8 +38,14 @@ def add_commands(sub) -> None:
     p.add_argument("--max-images", type=int, default=build.MAX_IMAGES, metavar="N",
                    help=f"images copied per build, newest runs first (default {build.MAX_IMAGES}; 0: none, "
                         "-1: all); the older runs' images come with the next builds")
-    p.add_argument("--fetch", choices=("s5cmd", "boto3"), default="s5cmd",
-                   help="how archived files are downloaded (default s5cmd: in bulk, by one process per batch)")
+    p.add_argument("--max-details", type=int, default=build.MAX_DETAILS, metavar="N",
+                   help=f"runs whose curves, parameters and file list (results.csv, args.yaml, manifest) are "
+                        f"copied per build, newest first (default {build.MAX_DETAILS}; 0: none, -1: all); every "
+                        "changed run is paged at once from the index and its run.json, the older runs' pages "
+                        "say what is pending and the next builds fill them in")
+    p.add_argument("--fetch", choices=build.FETCHERS, default="presigned",
+                   help="how archived files are downloaded (default presigned: GETs of presigned URLs from a "
+                        "thread pool, the least CPU per object; s5cmd: one process per batch; boto3: get_object)")
     p.set_defaults(func=cmd_build)
 
     p = rsub.add_parser("serve", help="view a built portal in a browser (loopback only by default)")
@@ -70,7 +76,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     cat = index.locate(args.index)
     allowed = args.allowed_prefix or build.site_allowed_prefix()
     result = build.build_site(cat, args.out, allowed_prefix=allowed, force=args.force, fetch=args.fetch,
-                              max_images=None if args.max_images < 0 else args.max_images)
+                              max_images=None if args.max_images < 0 else args.max_images,
+                              max_details=None if args.max_details < 0 else args.max_details)
     out = result.to_dict()
     if args.publish:
         url = args.publish_url or build.default_publish_url(cat)
@@ -83,6 +90,9 @@ def cmd_build(args: argparse.Namespace) -> int:
               f"{result.rebuilt} run pages rebuilt, {result.removed} removed")
               + f" in {result.seconds:.1f}s" + (f"; published {out['published']} files to {out['publish_url']}"
                                                if args.publish else ""))
+        if result.pending:
+            print(f"{result.pending} runs wait for their curves, parameters and files (--max-details "
+                  f"{args.max_details}): their pages say so; the next builds copy them, newest first")
         if result.deferred:
             print(f"{result.deferred} runs wait for their images (--max-images {args.max_images}): "
                   "the next builds copy them, newest first")

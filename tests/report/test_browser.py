@@ -135,3 +135,43 @@ def test_compare_view_overlays_curves(browser, site, artifacts):
     assert chart.find_elements("css selector", "circle.point")
     table = browser.find_element("id", "compare-table").text
     assert "lr0" in table and "0.001" in table and "imgsz" not in table  # only what differs
+
+
+@pytest.fixture(scope="module")
+def pending_site(moto_server, tmp_path_factory):
+    """A portal whose details budget ran out: the two newest linked runs (empty, hostile) have
+    their curves and files, good and oom only what the index and their run.json hold."""
+    with served_portal(moto_server, tmp_path_factory.mktemp("pending"), seed, allowed, max_details=2) as (
+            url, records, _, result):
+        assert result.pending == 2
+        yield url, records
+
+
+def test_a_page_whose_details_are_pending_says_so(browser, pending_site, artifacts):
+    base, lines = pending_site
+    good, oom = lines["good"]["run_id"], lines["oom"]["run_id"]
+    visit(browser, base + f"run/{good}.html", artifacts, "run-pending")
+    assert errors(browser) == []
+    note = browser.find_element("id", "details-pending")
+    assert note.is_displayed() and "Not copied into the portal yet" in note.text
+    assert not browser.find_elements("css selector", "path.curve") and not browser.find_elements("css selector", "img")
+    assert "Pending" in browser.find_element("id", "curves").text
+    assert "0.6200" in browser.find_element("id", "metrics").text  # the index's metrics meanwhile
+    assert "lr0" in browser.find_element("id", "params").text  # and its key hyper-parameters
+    browser.find_element("link text", "run.json").click()  # the run's record, copied at once
+    # (not checked for console errors: a bare JSON document has no icon link, Chromium asks for /favicon.ico)
+    assert f'"run_id": "{good}"' in browser.page_source
+    visit(browser, base + f"compare.html?runs={good},{oom}", artifacts, "compare-pending")
+    until(browser, lambda: "not copied into the portal yet" in browser.find_element("id", "compare-help").text)
+    help_text = browser.find_element("id", "compare-help").text
+    assert good in help_text and oom in help_text and errors(browser) == []
+    assert not browser.find_elements("css selector", "#compare-charts svg")
+
+
+def test_a_page_whose_details_arrived_draws_its_curves(browser, pending_site, artifacts):
+    base, lines = pending_site
+    visit(browser, base + f"run/{lines['hostile']['run_id']}.html", artifacts, "run-details-in")
+    assert errors(browser) == []
+    assert not browser.find_elements("id", "details-pending")
+    assert browser.find_elements("css selector", "#curves path.curve")
+    not_pwned(browser)

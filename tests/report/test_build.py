@@ -97,7 +97,7 @@ def test_unchanged_index_is_decided_from_its_listing_without_reading_runs(cat, s
     assert not after.unchanged and after.rebuilt == 1
 
 
-@pytest.mark.parametrize("fetch", ["s5cmd", "boto3"])
+@pytest.mark.parametrize("fetch", build.FETCHERS)
 def test_images_beyond_the_budget_come_with_the_next_builds(cat, seeded, tmp_path, fetch):
     _, lines = seeded
     good = lines["good"]["run_id"]
@@ -117,13 +117,81 @@ def test_images_beyond_the_budget_come_with_the_next_builds(cat, seeded, tmp_pat
     assert build.build_site(cat, tmp_path, allowed_prefix=allowed(cat)).unchanged
 
 
-def test_both_fetchers_build_the_same_site(cat, seeded, tmp_path):
-    build.build_site(cat, tmp_path / "a", allowed_prefix=allowed(cat), fetch="s5cmd")
-    build.build_site(cat, tmp_path / "b", allowed_prefix=allowed(cat), fetch="boto3")
-    state = [json.loads((tmp_path / d / build.STATE_FILE).read_text())["files"] for d in "ab"]
+@pytest.mark.parametrize("fetch", build.FETCHERS)
+def test_details_beyond_the_budget_come_with_the_next_builds(cat, seeded, tmp_path, fetch, store):
+    _, lines = seeded
+    good, oom, hostile = (lines[k]["run_id"] for k in ("good", "oom", "hostile"))
+    # The 2 newest linked runs (empty, hostile) get their details; good and oom are paged from
+    # the index and their run.json only.
+    first = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat), max_details=2, fetch=fetch)
+    assert first.rebuilt == 4 and first.pending == 2 and first.deferred == 0 and not first.errors
+    page = (tmp_path / f"run/{good}.html").read_text()
+    assert 'id="details-pending"' in page and 'class="curve"' not in page and "<img" not in page
+    assert "No results.csv in the archive" not in page and "No args.yaml" not in page  # pending, not "none"
+    assert "0.6200" in page and f"slurm-yolo reproduce {good}" in page  # the index's metrics, the commands
+    assert "lr0" in page  # the index's key hyper-parameters stand in for args.yaml meanwhile
+    assert (tmp_path / f"run/{good}/files/run.json").is_file()
+    assert not (tmp_path / f"run/{good}/files/results.csv").exists()
+    assert "USR2" in (tmp_path / f"run/{oom}.html").read_text()  # the attempts come from run.json at once
+    data = (tmp_path / f"run/{good}/data.js").read_text()
+    assert '"pending": true' in data and '"curves": {}' in data
+    assert 'id="details-pending"' not in (tmp_path / f"run/{hostile}.html").read_text()
+    # The next build copies only what is missing: no run.json again, no file of the runs already done.
+    requests: list[tuple[str, str]] = []
+    counted = store.boto3_client()
+    counted.meta.events.register("before-parameter-build.s3", lambda model, params, **_: requests.append(
+        (model.name, params.get("Key", ""))))
+    second = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat), max_details=2, fetch=fetch, client=counted)
+    assert second.rebuilt == 2 and second.pending == 0 and second.deferred == 0 and not second.errors
+    if fetch == "boto3":
+        got = sorted(key.rsplit("/", 2)[-2] + "/" + key.rsplit("/", 1)[-1] for name, key in requests
+                     if name == "GetObject" and key.startswith("runs/"))
+        assert not [k for k in got if k.endswith("/run.json") or hostile in k], got
+        assert f"{good}/results.csv" in got and f"{oom}/args.yaml" in got and f"{good}/train_batch0.jpg" in got
+    page = (tmp_path / f"run/{good}.html").read_text()
+    assert 'id="details-pending"' not in page and '<path class="curve" data-series="metrics/mAP50-95(B)"' in page
+    assert f'src="{good}/files/train_batch0.jpg"' in page and "weights/best.pt" in page
+    assert '"pending"' not in (tmp_path / f"run/{good}/data.js").read_text()
+    assert build.build_site(cat, tmp_path, allowed_prefix=allowed(cat), max_details=2).unchanged
+
+
+def test_a_changed_record_takes_its_details_again(cat, seeded, tmp_path):
+    client, lines = seeded
+    good = lines["good"]["run_id"]
+    build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    # A requeued attempt ended: new record, new results.csv. With no details budget left the page
+    # must not keep the old curves as if current: it says they are pending.
+    lines["good"]["attempts"] = 2
+    rewrite_index(client, cat, lines)
+    again = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat), max_details=0)
+    assert again.rebuilt == 1 and again.pending == 1
+    page = (tmp_path / f"run/{good}.html").read_text()
+    assert 'id="details-pending"' in page and 'class="curve"' not in page
+
+
+def test_every_fetcher_builds_the_same_site(cat, seeded, tmp_path):
+    for how in build.FETCHERS:
+        build.build_site(cat, tmp_path / how, allowed_prefix=allowed(cat), fetch=how)
+    state = [json.loads((tmp_path / how / build.STATE_FILE).read_text())["files"] for how in build.FETCHERS]
     # The same files with the same bytes (the pages' "built at" minute aside).
-    assert set(state[0]) == set(state[1])
-    assert {k: v for k, v in state[0].items() if "/files/" in k} == {k: v for k, v in state[1].items() if "/files/" in k}
+    assert set(state[0]) == set(state[1]) == set(state[2])
+    copied = [{k: v for k, v in files.items() if "/files/" in k} for files in state]
+    assert copied[0] == copied[1] == copied[2] and len(copied[0]) > 10
+
+
+def test_presigned_gets_say_what_the_store_refused(cat, seeded, store, s3_server):
+    from slurm_yolo.errors import StoreError
+    from slurm_yolo.store import Store
+
+    _, lines = seeded
+    url = lines["good"]["archive_url"]
+    get = build._PresignedGet(store.boto3_client(), 2)
+    assert get(url + "results.csv").startswith(b"epoch,") and get(url + "no-such-file") is None
+    wrong = Store(endpoint_url=store.endpoint_url, keys=(("AWS_ACCESS_KEY_ID", "SYWRONG0000000000000"),
+                                                          ("AWS_SECRET_ACCESS_KEY", "0" * 48)))
+    if s3_server.checks_keys:  # SeaweedFS does; moto accepts any key
+        with pytest.raises(StoreError, match=r"HTTP 403.*credentials"):
+            build._PresignedGet(wrong.boto3_client(), 2)(url + "results.csv")
 
 
 def test_publish_uploads_only_what_changed(cat, seeded, tmp_path):
@@ -161,6 +229,11 @@ def test_cli_build_and_publish(cat, seeded, tmp_path, monkeypatch, store, capsys
     rc = main(["report", "build", "--out", str(out), "--publish", "--allowed-prefix", allowed(cat), "--json"])
     got = json.loads(capsys.readouterr().out)
     assert rc == 0 and got["runs"] == 5 and got["published"] > 10 and got["publish_url"].endswith("/portal/")
+    assert got["pending"] == 0
+    rc = main(["report", "build", "--out", str(tmp_path / "small"), "--max-details", "1", "--allowed-prefix",
+               allowed(cat)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "3 runs wait for their curves, parameters and files (--max-details 1)" in text
 
 
 # --------------------------------------------------------------------------- pure parts

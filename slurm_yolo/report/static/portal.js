@@ -218,8 +218,13 @@
 
   function renderCompare(ids, loaded) {
     var runs = ids.map(function (id) { return loaded[id] || {run_id: id, missing: true, args: {}, metrics: [], curves: {}}; });
+    // A run whose details a later build copies has no curves or parameters yet: say so, so that
+    // a missing curve does not read as "this run logged none".
+    var waiting = runs.filter(function (r) { return r.pending; }).map(function (r) { return r.run_id; });
     document.getElementById("compare-help").textContent = runs.length + " runs" +
-      (runs.some(function (r) { return r.missing; }) ? " (some have no page: not in the portal)" : "");
+      (runs.some(function (r) { return r.missing; }) ? " (some have no page: not in the portal)" : "") +
+      (waiting.length ? "; not copied into the portal yet (a later build brings them): the curves and " +
+        "parameters of " + waiting.join(", ") : "");
     var head = document.getElementById("compare-head");
     head.appendChild(el("th", {}, ""));
     runs.forEach(function (r) {
