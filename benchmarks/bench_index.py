@@ -37,6 +37,7 @@ The old design at 1M runs moves ~600 MB per epilog: expect the whole run to take
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib.util
 import io
@@ -57,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.catalog_seed import make_record  # noqa: E402
+from tests.helpers.s3_requests import RequestLog  # noqa: E402
 from slurm_yolo.archive import index_compact, index_format, index_store  # noqa: E402
 from slurm_yolo.archive.index_location import IndexLocation  # noqa: E402
 from slurm_yolo.catalog import index, query  # noqa: E402
@@ -104,30 +106,10 @@ def fresh_line(i: int, rng: random.Random) -> dict:
     return {**line, "run_id": f"{NOW:%Y%m%d_%H%M%S}_e{i:08d}", "user": "ana"}
 
 
-class Counter:
-    """Bytes a boto3 client sent and received: request line, headers and body; response headers
-    (approximated by their text) and body (Content-Length)."""
-
-    def __init__(self, client):
-        self.bytes = 0
-        client.meta.events.register("before-send.s3.*", self._sent)
-        client.meta.events.register("after-call.s3.*", self._got)
-
-    def _sent(self, request, **_):
-        body = request.body
-        self.bytes += len(body) if isinstance(body, (bytes, bytearray)) else 0
-        self.bytes += len(request.method) + len(request.url) + 12
-        self.bytes += sum(len(str(k)) + len(str(v)) + 4 for k, v in request.headers.items())
-
-    def _got(self, http_response, **_):
-        self.bytes += int(http_response.headers.get("content-length") or 0) + 17
-        self.bytes += sum(len(str(k)) + len(str(v)) + 4 for k, v in http_response.headers.items())
-
-
 def counted_store(store):
     """The store, whose ``boto3_client()`` returns one shared client with a byte counter."""
     client = store.boto3_client()
-    counter = Counter(client)
+    counter = RequestLog(client, wire=True)
     counted = type("CountedStore", (), {"__getattr__": lambda self, k: getattr(store, k),
                                         "boto3_client": lambda self: client})()
     return counted, counter
@@ -250,41 +232,7 @@ def bench_size(kind: str, n: int, epilogs: int, repeat: int, old: ModuleType) ->
     return row
 
 
-class Requests:
-    """Requests a boto3 client sent, by (method, part of the index), and the bytes it moved
-    (bodies both ways plus the request line and headers, as :class:`Counter`)."""
-
-    PARTS = ("lease/", "pending/", "parquet/", "refused/")
-
-    def __init__(self, client):
-        self.client = client
-        self.reset()
-        client.meta.events.register("before-send.s3.*", self._sent)
-        client.meta.events.register("after-call.s3.*", self._got)
-
-    def reset(self) -> None:
-        self.calls: dict[tuple[str, str], int] = {}
-        self.bytes = 0
-
-    def _sent(self, request, **_):
-        body = request.body
-        self.bytes += len(body) if isinstance(body, (bytes, bytearray)) else 0
-        self.bytes += len(request.method) + len(request.url) + 12
-        self.bytes += sum(len(str(k)) + len(str(v)) + 4 for k, v in request.headers.items())
-        path = request.url.split("?")[0]
-        part = next((p for p in self.PARTS if f"/{p}" in path), "other")
-        self.calls[(request.method, part)] = self.calls.get((request.method, part), 0) + 1
-
-    def _got(self, http_response, **_):
-        self.bytes += int(http_response.headers.get("content-length") or 0) + 17
-        self.bytes += sum(len(str(k)) + len(str(v)) + 4 for k, v in http_response.headers.items())
-
-    @property
-    def total(self) -> int:
-        return sum(self.calls.values())
-
-    def __getattr__(self, name):  # the client's own methods: every request goes through its events
-        return getattr(self.client, name)
+INDEX_PARTS = ("lease/", "pending/", "parquet/", "refused/")
 
 
 def seed_pending(cat: IndexLocation, client, n: int, i0: int) -> list[dict]:
@@ -355,10 +303,7 @@ def bench_drains(store, clients: list[Requests], nodes: int, lease: bool, runs: 
     for quarter in index_compact.quarters(cat, check):
         ids += index_compact.read_quarter(cat, check, quarter)[0]["run_id"].to_pylist()
     left = len(index_store.list_keys(check, cat.bucket, cat.key(index_store.PENDING)))
-    calls: dict[tuple[str, str], int] = {}
-    for c in mine:
-        for k, v in c.calls.items():
-            calls[k] = calls.get(k, 0) + v
+    calls = sum((c.by_kind(INDEX_PARTS) for c in mine), collections.Counter())
     failed = [r for r in results if isinstance(r, SlurmYoloError)]
     results = [r for r in results if not isinstance(r, SlurmYoloError)]
     skippers = [c for c, r in zip(mine, results) if r.skipped]
@@ -405,7 +350,7 @@ def main_compaction(args: argparse.Namespace) -> str:
         store = server.store()
         reads = bench_pending_reads(store, args.pending, args.repeat) if args.repeat else {}
         most = max(int(n) for n in (args.nodes + "," + args.nodes_without_lease).split(",") if n)
-        clients = [Requests(store.boto3_client()) for _ in range(most)]
+        clients = [RequestLog(store.boto3_client(), wire=True) for _ in range(most)]
         clients[0].client.create_bucket(Bucket="bench-drains")
         rows = []
         for lease, spec in ((True, args.nodes), (False, args.nodes_without_lease)):

@@ -8,13 +8,13 @@ import dataclasses
 import json
 import random
 import threading
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from tests.helpers.catalog_seed import NOW, archive_run, make_record, run_json, write_index, write_legacy_index
+from tests.helpers.s3_requests import RequestLog
 from slurm_yolo.archive import index_compact, index_format, index_store, layout
 from slurm_yolo.catalog import index, query, scan
 from slurm_yolo.catalog.index import Catalog
@@ -45,27 +45,6 @@ def pending_keys(client, cat) -> list[str]:
 def full(line: dict) -> dict:
     """A line as the index returns it: every column present."""
     return strip(index_format.from_table(index_format.to_table([line]))[0])
-
-
-class Recorder:
-    """A boto3 client that records each request (operation, key) and the bytes it moved."""
-
-    def __init__(self, client):
-        self.client, self.calls, self.bytes = client, [], 0
-        client.meta.events.register("before-send.s3.*", self._sent)
-        client.meta.events.register("after-call.s3.*", self._got)
-
-    def _sent(self, request, **_):
-        body = request.body
-        self.bytes += len(body) if isinstance(body, (bytes, bytearray)) else 0
-        path = urllib.parse.unquote(request.url.split("?")[0])
-        self.calls.append((request.method, path.rsplit("/", 2)[-2:]))
-
-    def _got(self, http_response, **_):  # the header, not the body: that stream is the caller's to read
-        self.bytes += int(http_response.headers.get("content-length") or 0)
-
-    def __getattr__(self, name):
-        return getattr(self.client, name)
 
 
 def test_twenty_epilogs_and_three_compactions_at_once_lose_and_duplicate_nothing(s3_server, cat, client):
@@ -288,11 +267,11 @@ def test_the_epilogs_index_step_costs_the_same_at_any_index_size(cat, client):
     dozen (the run IDs and stamps differ), all well under the 20 KB goal."""
     def cost(i):
         line = {**make_record(i, random.Random(i)), "user": "ana"}
-        rec = Recorder(cat.store.boto3_client())
+        rec = RequestLog(cat.store.boto3_client())
         store = dataclasses.replace(cat.store)
         object.__setattr__(store, "boto3_client", lambda: rec)  # the same client, recorded
         assert index_store.index_run(store, cat.index_url, line) is None
-        return [m for m, _ in rec.calls], rec.bytes
+        return [m for m, _ in rec.requests], rec.bytes
 
     empty = cost(1)
     rng = random.Random(11)
@@ -313,10 +292,10 @@ def test_a_since_query_opens_only_the_quarters_it_needs(cat, client):
     write_index(client, cat, lines[5:])
     for x in lines[:5]:
         index_store.add_to_index(cat.store, cat.index_url, x)
-    rec = Recorder(cat.store.boto3_client())
+    rec = RequestLog(cat.store.boto3_client())
     q = query.Query(since=NOW - timedelta(days=60), where=(query.parse_where("map50_95>0.5"),), sort=("run_id",))
     got = scan.select(cat, q, rec)
-    quarters_read = sorted(k[0] for m, k in rec.calls if m == "GET" and k[1] == index_format.PART_FILE)
+    quarters_read = sorted(k[0] for m, k in rec.tails() if m == "GET" and k[1] == index_format.PART_FILE)
     assert quarters_read == ["quarter=2026-Q3", "quarter=2026-Q4"]
     expected = query.select([full(x) for x in lines], q)
     assert [strip(x) for x in got] == expected and len(expected) > 100

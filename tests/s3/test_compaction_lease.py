@@ -13,7 +13,6 @@ import json
 import random
 import threading
 import time
-import urllib.parse
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,31 +22,13 @@ from slurm_yolo.archive import index_compact, index_format, index_lease, index_s
 from slurm_yolo.archive.index_location import IndexLocation
 from slurm_yolo.catalog import scan
 from tests.helpers.catalog_seed import make_record
+from tests.helpers.s3_requests import RequestLog
 
 DRAINS = 50  # 200 in benchmarks/bench_index.py; 50 threads keep this test short on 2 cores
 PENDING = 300
 
 
-class Counted:
-    """A boto3 client that counts its requests by (method, kind of key) and the bytes moved."""
-
-    def __init__(self, client):
-        self.client, self.calls, self.bytes = client, Counter(), 0
-        client.meta.events.register("before-send.s3.*", self._sent)
-        client.meta.events.register("after-call.s3.*", self._got)
-
-    def _sent(self, request, **_):
-        body = request.body
-        self.bytes += len(body) if isinstance(body, (bytes, bytearray)) else 0
-        path = urllib.parse.unquote(request.url.split("?")[0])
-        kind = next((k for k in ("lease/", "pending/", "parquet/", "refused/") if f"/{k}" in path), "other")
-        self.calls[(request.method, kind)] += 1
-
-    def _got(self, http_response, **_):
-        self.bytes += int(http_response.headers.get("content-length") or 0)
-
-    def __getattr__(self, name):
-        return getattr(self.client, name)
+KINDS = ("lease/", "pending/", "parquet/", "refused/")
 
 
 def seed(cat, client, n: int, rng: random.Random) -> list[dict]:
@@ -85,10 +66,11 @@ def test_fifty_drains_at_once_do_the_work_of_one_compaction(weed_cat):
     solo_cat = IndexLocation.at(cat.store, f"s3://{cat.bucket}/solo/", cat.allowed_prefix)
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda r: index_store.add_to_index(cat.store, solo_cat.index_url, r, client=client), records))
-    solo = Counted(cat.store.boto3_client())
+    solo = RequestLog(cat.store.boto3_client())
     assert index_compact.compact(solo_cat, client=solo).updates == PENDING
+    solo_calls = solo.by_kind(KINDS)
 
-    drains = [Counted(cat.store.boto3_client()) for _ in range(DRAINS)]
+    drains = [RequestLog(cat.store.boto3_client()) for _ in range(DRAINS)]
     start = threading.Barrier(DRAINS)
 
     def drain(counted):
@@ -105,15 +87,15 @@ def test_fifty_drains_at_once_do_the_work_of_one_compaction(weed_cat):
     assert [r.updates for r, _ in workers if r.updates] == [PENDING] and len(skippers) >= DRAINS - 3
     assert all(r.lease in ("held", "free") for r, _ in workers)  # free: came after the round, nothing pending
     # Together they read each pending update once and each quarter once, as one compaction does.
-    total = sum((d.calls for d in drains), Counter())
-    assert total[("GET", "pending/")] == solo.calls[("GET", "pending/")] == PENDING
-    assert total[("GET", "parquet/")] == solo.calls[("GET", "parquet/")]
-    assert total[("PUT", "parquet/")] == solo.calls[("PUT", "parquet/")]
+    total = sum((d.by_kind(KINDS) for d in drains), Counter())
+    assert total[("GET", "pending/")] == solo_calls[("GET", "pending/")] == PENDING
+    assert total[("GET", "parquet/")] == solo_calls[("GET", "parquet/")]
+    assert total[("PUT", "parquet/")] == solo_calls[("PUT", "parquet/")]
     # A skipping drain costs one GET of the lease; one that found it free also listed pending/
     # (one key) and lost the race for it (a conditional PUT).
     for d in skippers:
-        assert set(d.calls) <= {("GET", "lease/"), ("GET", "other"), ("PUT", "lease/")}, d.calls
-        assert sum(d.calls.values()) <= 3, d.calls
+        assert set(d.by_kind(KINDS)) <= {("GET", "lease/"), ("GET", "other"), ("PUT", "lease/")}, d.requests
+        assert d.total <= 3, d.requests
         assert d.bytes < 2_000
     extra = sum(d.bytes for d in skippers)
     assert extra < 0.05 * solo.bytes + 2_000 * len(skippers)
@@ -131,10 +113,10 @@ def test_a_holder_that_dies_mid_round_loses_nothing_and_its_lease_expires(weed_c
     # It folded part of the updates into their quarter, then died before deleting any.
     index_compact.fold(cat, client, [rec for _, rec in index_store.read_pending(cat, client)][:15])
 
-    counted = Counted(cat.store.boto3_client())
+    counted = RequestLog(cat.store.boto3_client())
     skipped = index_compact.compact(cat, client=counted)
     assert "node7:123:dead" in skipped.skipped and skipped.updates == 0
-    assert dict(counted.calls) == {("GET", "lease/"): 1}  # a skipping drain: one request
+    assert dict(counted.by_kind(KINDS)) == {("GET", "lease/"): 1}  # a skipping drain: one request
     assert len(pending_keys(cat, client)) == 40  # nothing lost meanwhile: still visible to readers
     assert {r["run_id"] for r in scan.load_records(cat)} == {r["run_id"] for r in records}
 
