@@ -32,6 +32,7 @@ from slurm_yolo.epilog.entry import EntryInfo
 from slurm_yolo.site import SiteConfig
 from slurm_yolo.errors import CommandError, Refused
 from slurm_yolo.names import MARKER_PREFIX, NAME_RE
+from slurm_yolo.scontrol import parse_scontrol
 from slurm_yolo.record import PLACEMENT_KEYS, fitness_candidates, read_metrics, utc_now
 from slurm_yolo.runfolder import AttemptKey
 from slurm_yolo.states import EndState
@@ -141,7 +142,7 @@ def scontrol_fields(site: SiteConfig, job_id: str, deadline: float, env: Mapping
         proc = run_command(slurm_parse.scontrol_argv(site.scontrol_path, job_id), "epilog",
                            timeout=budget.command_timeout(deadline),
                            env={"PATH": "/usr/bin:/bin", **({"SLURM_CONF": conf} if conf else {})})
-        return slurm_parse.parse_scontrol(proc.stdout, job_id)
+        return parse_scontrol(proc.stdout, job_id)
     except (CommandError, ValueError) as e:
         log.warning("job %s: scontrol unavailable (%s); deciding without it", job_id, e)
         return {}

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from slurm_yolo.epilog.slurm_parse import JOB_ID_RE
 from slurm_yolo.record import utc_now
+from slurm_yolo.scontrol import JOB_ID_RE
 
 REFUSED_DIR = "refused"
 KEEP_S = 7 * 86400.0

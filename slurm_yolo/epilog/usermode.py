@@ -185,7 +185,7 @@ def previous_attempt_gone(job_id: str, restart_count: int) -> Callable[[Mapping[
     starts attempt ``restart_count + 1`` only once every process of the earlier ones is gone, so
     such a holder (the SIGTERM archive that KillWait's SIGKILL cut short) is dead."""
     def gone(held: Mapping[str, Any]) -> bool:
-        job = held.get("job") if isinstance(held.get("job"), dict) else {}
+        job: Mapping[str, Any] = held["job"] if isinstance(held.get("job"), dict) else {}
         restarts = str(job.get("SLURM_JOB_RESTART_COUNT", ""))
         return str(held.get("by", "")).startswith("job@") and str(job.get("SLURM_JOB_ID")) == job_id \
             and restarts.isdigit() and int(restarts) < restart_count

@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -34,6 +33,7 @@ from slurm_yolo.store import Store
 from slurm_yolo.commands import run_command, run_foreground
 from slurm_yolo.timeparse import duration_seconds
 from slurm_yolo.errors import SlurmYoloError
+from slurm_yolo.scontrol import parse_scontrol
 from slurm_yolo.runfolder import GOOD_CHECKPOINT, RESULTS_CSV, SLURM_LOGS, TRAIN_LOG, WEIGHTS, attempt_banner
 from slurm_yolo.states import JobStatus
 from slurm_yolo.job.distributed import PREEMPT_SIGNAL, NodeLaunch, node_launch, torchrun_argv, torchrun_env
@@ -122,8 +122,8 @@ def ended_by_slurm(scontrol_text: str) -> bool:
     timed out, being requeued or completing. ``RUNNING`` is a pre-emption's grace time (a job
     that ends then by itself is not requeued: Slurm counts it as finished) or a bare
     ``scancel --signal=TERM``; unknown output keeps the job training too."""
-    m = re.search(r"\bJobState=(\S+)", scontrol_text)
-    return bool(m) and m.group(1) not in ("RUNNING", "SUSPENDED", "CONFIGURING")
+    state = parse_scontrol(scontrol_text).get("JobState")
+    return bool(state) and state not in ("RUNNING", "SUSPENDED", "CONFIGURING")
 
 
 def should_stop(env: Mapping[str, str], ask: Callable[[list[str]], str]) -> bool:

@@ -18,7 +18,8 @@ from slurm_yolo.archive import s5cmd
 from slurm_yolo.commands import run_command
 from slurm_yolo.epilog.endstate import Evidence, decide, node_failed
 from slurm_yolo.epilog.reconcile import due, job_env
-from slurm_yolo.epilog.slurm_parse import QueuedJob, down_nodes, parse_scontrol, parse_squeue
+from slurm_yolo.epilog.slurm_parse import QueuedJob, down_nodes, parse_squeue
+from slurm_yolo.scontrol import parse_scontrol
 from slurm_yolo.states import SLURM_ENDED as ENDED
 from slurm_yolo.errors import CommandError
 from slurm_yolo.job.steps import _epoch_of, truncate_results

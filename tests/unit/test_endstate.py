@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from slurm_yolo.epilog.endstate import Evidence, decide
-from slurm_yolo.epilog.slurm_parse import parse_scontrol
+from slurm_yolo.scontrol import parse_scontrol
 
 # Real captures (tests/data/slurm/README.md): an OOM-killed job seen during its epilog, with
 # spaces in its comment and work dir; an array of two, by its array ID (both elements).

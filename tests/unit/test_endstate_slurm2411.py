@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from slurm_yolo.epilog.endstate import Evidence, decide
-from slurm_yolo.epilog.slurm_parse import oom_in_log_text, parse_scontrol
+from slurm_yolo.epilog.slurm_parse import oom_in_log_text
+from slurm_yolo.scontrol import parse_scontrol
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "slurm-24.11"
 
