@@ -50,8 +50,13 @@ EXCLUDE = frozenset({runfolder.RUN_JSON, manifest.MANIFEST, runfolder.RUN_LOCK, 
 MAX_DEPTH = 32
 MAX_ENTRIES = 200_000
 MAX_JSON_BYTES = 16 << 20
-# Large files hashed at once (see _Hasher).
-HASH_THREADS = 2
+# The cores the epilog may use (its CPU affinity), fixed at start.
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# Large files hashed at once (see _Hasher): one per core, at most 8 (each holds a descriptor
+# and up to :data:`PART_THREADS` + 1 read-ahead queues: slurm_yolo.archive.manifest.AHEAD_CHUNKS).
+HASH_THREADS = max(2, min(CORES, 8))
+# Threads for the md5 of one file's upload parts, beside its sha256 (manifest.hash_fd).
+PART_THREADS = max(1, min(CORES, 4))
 # Files at least this large go to the store straight from the run folder (see the module doc).
 DIRECT_MIN_BYTES = 4 << 20
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -75,8 +80,11 @@ class Snapshot:
 
 
 # Whether to compute the upload's ETag of a file (archive path, size) while hashing it: an md5
-# costs more than the sha256 here (SHA-NI), so only where it can spare an upload.
-EtagWanted = Callable[[str, int], bool]
+# costs more than the sha256 here (SHA-NI), so only where it can spare an upload. ``None``: not
+# known yet (the store's listing has not answered): the walk takes it as yes (it never waits);
+# a large file's hash, on its own thread, waits up to ETAG_WAIT_S for the answer first.
+EtagWanted = Callable[[str, int], "bool | None"]
+ETAG_WAIT_S = 2.0
 
 
 def identity(st: os.stat_result) -> dict[str, int]:
@@ -219,16 +227,25 @@ def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: fr
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _Hasher() as hasher:
         walk = _Walk(uid, dest, deadline, exclude, direct_root, hasher, etag_wanted)
-        walk.folder(src_fd, "", 0)
+        if direct_root is not None:
+            # The large files first, so their hashes run on the hasher's threads while the walk
+            # copies the small ones (sorted, weights/ comes last: its hashes were the tail).
+            walk.large_only = True
+            walk.folder(src_fd, "", 0)
+            walk.large_only, walk.entries = False, 0
+        if walk.snap.complete:
+            walk.folder(src_fd, "", 0)
     return walk.snap
 
 
 class _Hasher:
     """Hashes large files in place on :data:`HASH_THREADS` threads while the walk goes on.
 
-    sha256 is most of the epilog's own time on a run of big checkpoints (~1.2 s per GB on one
-    core); hashlib releases the GIL, so two files hash at once. Each job holds a ``dup`` of the
-    checked descriptor (the walk closes its own); at most :data:`HASH_THREADS` * 2 are open.
+    Hashing is most of the epilog's own time on a run of big checkpoints (sha256 ~0.65 s per
+    GB on one core here, the md5 of the upload's ETag ~1.5 s, where it is wanted); hashlib
+    releases the GIL, so :data:`HASH_THREADS` files hash at once, each with its parts' md5 on
+    threads of its own (:func:`hash_fd`). Each job holds a ``dup`` of the checked descriptor
+    (the walk closes its own); at most :data:`HASH_THREADS` * 2 are open.
     Leaving the ``with`` waits for every hash and raises the first error, as hashing inline did.
     """
 
@@ -238,13 +255,13 @@ class _Hasher:
         self.jobs: list[Future[None]] = []
 
     def submit(self, fd: int, st: os.stat_result, relpath: str, root: str, src_rel: str, snap: Snapshot,
-               etag: bool = False) -> None:
+               etag_wanted: EtagWanted | None = None) -> None:
         self.slots.acquire()
         own = os.dup(fd)
 
         def job() -> None:
             try:
-                _hash_in_place(own, st, relpath, root, src_rel, snap, etag)
+                _hash_in_place(own, st, relpath, root, src_rel, snap, _etag_answer(etag_wanted, relpath, st.st_size))
             finally:
                 os.close(own)
                 self.slots.release()
@@ -273,10 +290,14 @@ class _Walk:
     etag_wanted: EtagWanted | None = None
     snap: Snapshot = field(default_factory=Snapshot)
     entries: int = 0
+    # The first pass takes only the large files (copy_tree); the second skips what it took.
+    large_only: bool = False
+    taken: set[str] = field(default_factory=set)
 
     def folder(self, dir_fd: int, rel: str, depth: int) -> None:
         if depth > MAX_DEPTH:
-            self.snap.skipped.append(f"{rel}: deeper than {MAX_DEPTH} levels")
+            if not self.large_only:
+                self.snap.skipped.append(f"{rel}: deeper than {MAX_DEPTH} levels")
             return
         with os.scandir(dir_fd) as it:
             names = sorted(e.name for e in it)
@@ -290,10 +311,11 @@ class _Walk:
                 return
 
     def entry(self, dir_fd: int, name: str, relpath: str, depth: int) -> None:
-        if relpath in self.exclude:
+        if relpath in self.exclude or relpath in self.taken:
             return
         if not _safe_component(name):
-            self.snap.skipped.append(f"{relpath!r}: control characters in name")
+            if not self.large_only:  # said once, by the second pass
+                self.snap.skipped.append(f"{relpath!r}: control characters in name")
             return
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -301,6 +323,11 @@ class _Walk:
             return  # vanished meanwhile
         if stat.S_ISDIR(st.st_mode):
             self.subfolder(dir_fd, name, relpath, depth)
+        elif self.large_only:
+            if stat.S_ISREG(st.st_mode) and st.st_size >= DIRECT_MIN_BYTES and can_upload_direct(relpath):
+                self.taken.add(relpath)  # whatever the checks on the open file say, it is handled now
+                _copy_file(dir_fd, name, relpath, self.uid, self.dest, self.snap, direct_root=self.direct_root,
+                           src_rel=relpath, hasher=self.hasher, etag_wanted=self.etag_wanted)
         elif stat.S_ISREG(st.st_mode):
             _copy_file(dir_fd, name, relpath, self.uid, self.dest, self.snap, direct_root=self.direct_root,
                        src_rel=relpath, hasher=self.hasher, etag_wanted=self.etag_wanted)
@@ -312,11 +339,13 @@ class _Walk:
         try:
             sub = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
         except OSError as e:
-            self.snap.skipped.append(f"{relpath}/: {e.strerror}")
+            if not self.large_only:
+                self.snap.skipped.append(f"{relpath}/: {e.strerror}")
             return
         try:
             if os.fstat(sub).st_uid != self.uid:
-                self.snap.skipped.append(f"{relpath}/: not owned by the job's user")
+                if not self.large_only:
+                    self.snap.skipped.append(f"{relpath}/: not owned by the job's user")
                 return
             self.folder(sub, relpath + "/", depth + 1)
         finally:
@@ -371,13 +400,13 @@ def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap:
             snap.skipped.append(f"{relpath}: owned by uid {st.st_uid}, not the job's user")
             return
         os.set_blocking(fd, True)
-        etag = etag_wanted is not None and etag_wanted(relpath, st.st_size)
         root = direct_root if direct_root is not None and can_upload_direct(relpath) else None
+        if root is not None and st.st_size >= DIRECT_MIN_BYTES and hasher is not None:
+            hasher.submit(fd, st, relpath, root, src_rel or relpath, snap, etag_wanted)
+            return
+        etag = _etag_answer(etag_wanted, relpath, st.st_size, wait=False)
         if root is not None and st.st_size >= DIRECT_MIN_BYTES:
-            if hasher is not None:
-                hasher.submit(fd, st, relpath, root, src_rel or relpath, snap, etag)
-            else:
-                _hash_in_place(fd, st, relpath, root, src_rel or relpath, snap, etag)
+            _hash_in_place(fd, st, relpath, root, src_rel or relpath, snap, etag)
             return
         try:
             snap.files[relpath] = _keep_etag(snap, relpath, _copy_hashed(fd, dest / relpath, etag))
@@ -390,6 +419,18 @@ def _copy_file(dir_fd: int, name: str, relpath: str, uid: int, dest: Path, snap:
             _hash_in_place(fd, os.fstat(fd), relpath, root, src_rel or relpath, snap, etag)
     finally:
         os.close(fd)
+
+
+def _etag_answer(etag_wanted: EtagWanted | None, relpath: str, size: int, wait: bool = True) -> bool:
+    """Whether to compute the file's ETag: ``etag_wanted``'s answer; while it has none yet,
+    asked again every few ms for up to :data:`ETAG_WAIT_S` (``wait``: on a hashing thread,
+    never the walk), then yes (an md5 too many costs less than an upload too many)."""
+    if etag_wanted is None:
+        return False
+    end = time.monotonic() + (ETAG_WAIT_S if wait else 0.0)
+    while (answer := etag_wanted(relpath, size)) is None and time.monotonic() < end:
+        time.sleep(0.005)
+    return True if answer is None else answer
 
 
 def _keep_etag(snap: Snapshot, relpath: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -409,15 +450,16 @@ def _copy_hashed(fd: int, target: Path, etag: bool = False) -> dict[str, Any]:
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        return manifest.hash_fd(fd, copy_to=out, part_size=s5cmd.PART_SIZE if etag else None)
+        return manifest.hash_fd(fd, copy_to=out, part_size=s5cmd.PART_SIZE if etag else None, threads=PART_THREADS)
     finally:
         os.close(out)
 
 
 def hash_fd(fd: int, etag: bool = False) -> dict[str, Any]:
     """Size and sha256 of an open file, read from its start (:func:`slurm_yolo.archive.manifest.hash_fd`);
-    with ``etag``, also the ETag of its upload (``"etag"``)."""
-    return manifest.hash_fd(fd, part_size=s5cmd.PART_SIZE if etag else None)
+    with ``etag``, also the ETag of its upload (``"etag"``), its parts hashed on
+    :data:`PART_THREADS` threads beside the sha256."""
+    return manifest.hash_fd(fd, part_size=s5cmd.PART_SIZE if etag else None, threads=PART_THREADS)
 
 
 def _hash_in_place(fd: int, st: os.stat_result, relpath: str, root: str, src_rel: str, snap: Snapshot,
