@@ -432,6 +432,8 @@ def profile_child(cfg: dict) -> dict:
         return timed(f"s5cmd {what}", plain_run)(argv, *a, **k)
 
     s5cmd.run = s5cmd_run
+    if hasattr(s5cmd, "run_then"):  # the files and the commit marker by one process
+        s5cmd.run_then = timed("s5cmd run (files, then the commit marker)", s5cmd.run_then)
     store = Store(endpoint_url=cfg["endpoint"], keys=tuple(map(tuple, cfg["keys"])), atomic_conditional_writes=True)
     site = SiteConfig(path="(profile)", store=store, allowed_prefix=cfg["prefix"], index_url=cfg["index"],
                       spool_dir=cfg["spool"], log_file=cfg["spool"] + ".log", s5cmd_workers=cfg["workers"],

@@ -9,10 +9,13 @@ timeout (for training, :func:`run_foreground`: Slurm's time limit), and failures
 from __future__ import annotations
 
 import errno
+import queue
 import signal
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence
 
 from slurm_yolo.errors import CommandError
 
@@ -108,6 +111,105 @@ def run_until(argv: Sequence[str], *, limit_s: float, env: Mapping[str, str], st
         stdout, stderr = proc.communicate()
         timed_out = True
     return Finished(proc.returncode, stdout or "", stderr or "", timed_out)
+
+
+def run_fed(argv: Sequence[str], *, limit_s: float, env: Mapping[str, str], first: str, then: str,
+            ready: Callable[[str], bool | None], pass_fds: Sequence[int] = ()) -> tuple[Finished, bool]:
+    """:func:`run_until` for a command that reads its work from stdin as it comes (s5cmd
+    ``run``): ``first`` is written, stdin stays open, and each line the command prints
+    (stdout or stderr) goes to ``ready`` as it arrives. When ``ready`` says ``True``, ``then``
+    is written and stdin closed; ``False`` closes it without; ``None`` waits for more. So a
+    second batch of work starts only after the command reported the first done, in the same
+    process (no second start, no second connection). Killed at ``limit_s`` like run_until.
+
+    Returns:
+        How it ended, and whether ``then`` was written.
+    """
+    if limit_s <= 0:
+        return Finished(-1, "", "", timed_out=True), False
+    end = time.monotonic() + limit_s
+    try:
+        proc = subprocess.Popen(
+            [str(a) for a in argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=dict(env), close_fds=True, pass_fds=tuple(pass_fds),
+        )
+    except (FileNotFoundError, PermissionError) as e:
+        return Finished(127, "", f"{argv[0]}: {e.strerror}", missing=True), False
+    except OSError as e:
+        if e.errno != errno.ENOEXEC:
+            raise
+        return Finished(127, "", f"{argv[0]}: {e.strerror}", missing=True), False
+    lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
+    readers = [threading.Thread(target=_lines_to, args=(stream, n, lines), daemon=True)
+               for n, stream in enumerate((proc.stdout, proc.stderr))]
+    for reader in readers:
+        reader.start()
+    out: tuple[list[str], list[str]] = ([], [])
+    stdin = proc.stdin
+    assert stdin is not None
+    decided, sent, open_streams, timed_out = False, False, 2, False
+
+    def write(text: str) -> None:
+        try:
+            stdin.write(text)
+            stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):  # it died (or stdin is closed): its output tells
+            pass
+
+    # From a thread: a command that stops reading cannot hold this one past its deadline.
+    writer = threading.Thread(target=write, args=(first,), daemon=True)
+    writer.start()
+
+    def finish_input(text: str) -> None:
+        writer.join(max(0.0, end - time.monotonic()))
+        if text and not writer.is_alive():
+            write(text)
+        try:
+            stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+    try:
+        while open_streams:
+            left = end - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            try:
+                n, line = lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                open_streams -= 1
+                if open_streams == 1 and not decided:  # it closed its output: nothing more will come
+                    decided = True
+                    finish_input("")
+                continue
+            out[n].append(line)
+            if not decided:
+                verdict = ready(line)
+                if verdict is not None:
+                    decided, sent = True, verdict
+                    finish_input(then if verdict else "")
+    finally:
+        if timed_out:
+            proc.kill()
+        if not decided or timed_out:
+            finish_input("")
+        proc.wait()
+        for reader in readers:
+            reader.join(5)
+    return Finished(proc.returncode, "".join(out[0]), "".join(out[1]), timed_out), sent
+
+
+def _lines_to(stream: IO[str] | None, n: int, lines: queue.Queue[tuple[int, str | None]]) -> None:
+    """Each line of ``stream`` onto ``lines`` as ``(n, line)``, then ``(n, None)`` at its end."""
+    try:
+        if stream is not None:
+            for line in stream:
+                lines.put((n, line))
+    finally:
+        lines.put((n, None))
 
 
 def run_foreground(

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from slurm_yolo.commands import run_until
+from slurm_yolo.commands import run_fed, run_until
 from slurm_yolo.errors import StoreError
 from slurm_yolo.store import CREDENTIALS_HINT, UNREACHABLE_HINT, Store
 
@@ -269,6 +269,53 @@ def run(
                                  f"{ERROR_HINTS[ErrorClass.NO_BINARY]}",
             error_class=ErrorClass.NO_BINARY),))
     return Result(done.returncode, parse_output(done.stdout, done.stderr), done.timed_out, done.stderr[-2000:])
+
+
+def run_then(argv: Sequence[str], store: Store, *, deadline: float, first: Sequence[str], then: Sequence[str],
+             proceed: Callable[[], bool] = lambda: True, pass_fds: Sequence[int] = ()) -> tuple[Result, bool]:
+    """One ``s5cmd run`` for two batches in order: the ``then`` commands are given to it only once
+    every command of ``first`` has reported success, and ``proceed()`` (called then) agrees.
+    One process and its connections serve both: a commit marker after the files it commits,
+    without a second s5cmd start.
+
+    Args:
+        argv: from :func:`base_argv` plus ``run``.
+        first: ``run`` lines, each one operation that prints one success line (no wildcards).
+        then: ``run`` lines sent after them (any).
+        proceed: a last check before ``then`` is sent (e.g. the files did not change meanwhile).
+
+    Returns:
+        Every outcome of the process, and whether ``then`` was sent (not when a line of
+        ``first`` failed, the process ended early, or ``proceed()`` said no).
+    """
+    done = 0
+
+    def ready(line: str) -> bool | None:
+        nonlocal done
+        outcome = parse_line(line) if line.lstrip().startswith("{") else None
+        if outcome is None:  # a WARN line of the Go SDK on stderr: not an outcome
+            return None
+        if not outcome.ok:
+            return False
+        done += 1
+        return proceed() if done >= len(first) else None
+
+    if not first:  # nothing to wait for
+        if not proceed():
+            return Result(0, ()), False
+        return run(argv, store, deadline=deadline, stdin_text="".join(f"{line}\n" for line in then),
+                   pass_fds=pass_fds), True
+    finished, sent = run_fed(argv, limit_s=deadline - time.monotonic(), env=store.environment(),
+                             first="".join(f"{line}\n" for line in first),
+                             then="".join(f"{line}\n" for line in then), ready=ready, pass_fds=pass_fds)
+    if finished.missing:
+        return Result(returncode=127, outcomes=(Outcome(
+            False, "exec", error=f"s5cmd binary {argv[0]} is missing or not executable ({finished.stderr}): "
+                                 f"{ERROR_HINTS[ErrorClass.NO_BINARY]}",
+            error_class=ErrorClass.NO_BINARY),)), False
+    result = Result(finished.returncode, parse_output(finished.stdout, finished.stderr), finished.timed_out,
+                    finished.stderr[-2000:])
+    return result, sent
 
 
 def check_s5cmd(result: Result, what: str, *, allow_empty: bool = False) -> None:

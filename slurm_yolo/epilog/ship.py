@@ -101,12 +101,13 @@ class Ahead:
         everything is uploaded)."""
         return self._held.result()
 
-    def etag_wanted(self, rel: str, size: int) -> bool:
+    def etag_wanted(self, rel: str, size: int) -> bool | None:
         """Whether hashing ``rel`` should also give its upload's ETag: if the store holds an
-        object of that size at its key (otherwise the file is sent anyway), or the listing has
-        not answered yet (the walk never waits for it: an md5 too many costs less)."""
+        object of that size at its key (otherwise the file is sent anyway); ``None`` while the
+        listing has not answered (:data:`slurm_yolo.epilog.snapshot.EtagWanted`: the walk takes
+        it as yes, a large file's hashing thread waits for the answer)."""
         if not self._held.done():
-            return True
+            return None
         held = self.held()
         return held is not None and rel in held and held[rel].size == size
 
@@ -164,8 +165,8 @@ def ship(entry: Path, site: SiteConfig, *, deadline: float, ahead: Ahead | None 
             # The index record beside the copy: readers open run.json (the commit marker)
             # before they rely on any file, and a failed copy leaves the entry to the drain.
             indexed = pool.submit(_index, site, dest, index, held is None)
-            problem = _upload(entry, info, site, base, plan, direct, deadline)
-            if problem is None:
+            problem, committed = _upload(entry, info, site, base, plan, direct, deadline)
+            if problem is None and not committed:
                 # Last: the commit marker. A reader that sees run.json sees every file of the manifest.
                 result = s5cmd.run(base + ["cp", f"{entry / META}/*", dest], site.store, deadline=deadline)
                 problem = None if result.ok else Problem.of("commit marker", result)
@@ -215,16 +216,19 @@ def _plan(entry: Path, direct: dict[str, dict[str, Any]], opened: list[tuple[str
     """
     manifest = json.loads((entry / META / MANIFEST).read_text())
     etags = json.loads((entry / ETAGS_JSON).read_text()) if (entry / ETAGS_JSON).is_file() else {}
+    rehashed = False
     for rel, fd in opened:
         if _identity_changed(fd, direct[rel]):
             meta = snapshot.hash_fd(fd)
             direct[rel].update(meta, **snapshot.identity(os.fstat(fd)))
             manifest["files"][rel] = meta
             etags.pop(rel, None)
+            rehashed = True
     for rel in dropped:
         manifest["files"].pop(rel, None)
         direct.pop(rel, None)
-    _note_dropped(entry, manifest, direct, dropped)
+    if rehashed or dropped:  # else the entry says it already (two fsyncs saved)
+        _note_dropped(entry, manifest, direct, dropped)
 
     def send(rel: str) -> bool:
         meta = manifest["files"][rel]
@@ -249,14 +253,19 @@ def _after(entry: Path, held: dict[str, remote.RemoteObject]) -> list[dict[str, 
 
 
 def _upload(entry: Path, info: EntryInfo, site: SiteConfig, base: list[str], plan: _Plan,
-            direct: dict[str, dict[str, Any]], deadline: float) -> Problem | None:
+            direct: dict[str, dict[str, Any]], deadline: float) -> tuple[Problem | None, bool]:
     """Send the plan's files with one s5cmd (``run``: a ``cp`` per file; more than
-    :data:`DIRECT_BATCH` descriptors go in batches); ``None`` if all landed unchanged.
+    :data:`DIRECT_BATCH` descriptors go in batches), and the commit marker after them by the
+    same process where it can (:func:`slurm_yolo.archive.s5cmd.run_then`: the marker's lines
+    are given to s5cmd only once every file has reported success and no large file changed).
 
     Large files go as ``/proc/self/fd/N`` of the checked descriptor; one that changed while it
     was uploaded fails this round and is sent again by the drain. Small files are named by
     their spool path (``--raw``: a ``*`` in a name is no wildcard); the rare name a ``run``
-    line cannot quote goes by its own ``cp``.
+    line cannot quote goes by its own ``cp`` (and the marker by its own process, after it).
+
+    Returns:
+        The problem (``None`` if all landed unchanged), and whether the commit marker landed too.
     """
     flags = " ".join(s5cmd.cp_flags())
     lines, odd = [], []
@@ -266,28 +275,42 @@ def _upload(entry: Path, info: EntryInfo, site: SiteConfig, base: list[str], pla
                          f"{s5cmd.quote_run_arg(info.dest + rel)}")
         except ValueError:
             odd.append(rel)
+    try:
+        marker = [] if odd else [f"cp {s5cmd.quote_run_arg(f'{entry / META}/*')} {s5cmd.quote_run_arg(info.dest)}"]
+    except ValueError:  # a spool path a run line cannot quote: the marker goes by its own cp
+        marker = []
     batches = [plan.direct[i:i + DIRECT_BATCH] for i in range(0, len(plan.direct), DIRECT_BATCH)] or [[]]
+    committed = False
     for n, batch in enumerate(batches):
         todo = (lines if n == 0 else []) + [
             f"cp {flags} {s5cmd.quote_run_arg(f'/proc/self/fd/{fd}')} {s5cmd.quote_run_arg(info.dest + rel)}"
             for rel, fd in batch]
-        if todo:
-            result = s5cmd.run(base + ["run"], site.store, deadline=deadline, stdin_text="\n".join(todo) + "\n",
-                               pass_fds=tuple(fd for _, fd in batch))
+        then = marker if n == len(batches) - 1 else []
+
+        def unmoved(batch: list[tuple[str, int]] = batch) -> bool:
+            return not any(_identity_changed(fd, direct[rel]) for rel, fd in batch)
+
+        if todo or then:
+            result, committed = s5cmd.run_then(base + ["run"], site.store, deadline=deadline, first=todo, then=then,
+                                               proceed=unmoved, pass_fds=tuple(fd for _, fd in batch))
+            if not result.ok and committed:  # every file had landed: what failed is the marker
+                return Problem.of("commit marker", result), False
             if not result.ok:
                 failed = sorted(_archive_path(info.dest, url) for url in result.failed_destinations)
                 return Problem.of("files" + (f" ({', '.join(failed[:3])}{' …' if len(failed) > 3 else ''})"
-                                             if failed else ""), result)
+                                             if failed else ""), result), False
+            if committed:  # the files were checked unchanged once all had landed (unmoved), then the marker went
+                return None, True
         moved = [rel for rel, fd in batch if _identity_changed(fd, direct[rel])]
         if moved:
             return Problem(f"large files: {moved[0]} changed while it was uploaded; uploaded again on the "
-                           "next try", "changed", True)
+                           "next try", "changed", True), False
     for rel in odd:
         result = s5cmd.run(base + ["cp", "--raw", *s5cmd.cp_flags(), str(entry / FILES / rel), info.dest + rel],
                            site.store, deadline=deadline)
         if not result.ok:
-            return Problem.of(f"files ({rel})", result)
-    return None
+            return Problem.of(f"files ({rel})", result), False
+    return None, committed
 
 
 def _meta_bytes(entry: Path) -> int:
