@@ -130,7 +130,7 @@ def test_without_the_epilog_every_ending_is_archived_once(cluster, s3, dataset, 
             (["slurm.mem=300M"], {"epochs": 2, "epoch_s": 0.2, "allocate_mb": 700}),
             ([], LONG),
             ([], {"epochs": 6, "epoch_s": 1.0, "requeued_epoch_s": 0.05}),
-            ([], {"epochs": 400, "epoch_s": 0.5, "requeued_epoch_s": 0.02}),
+            ([], {"epochs": 60, "epoch_s": 0.5, "requeued_epoch_s": 0.01}),
         ], runs_root)
         for out in (cancelled, killed, requeued):
             wait_epochs(Path(out["run_dir"]), 1, timeout=120)
