@@ -91,8 +91,10 @@ MAX_IMAGES = 5_000
 # copied per build. Each costs ~3 ms of store and client CPU and ~4 ms of rendering here: with
 # the run records of 10,000 runs this keeps a first build within a minute on 2 cores.
 MAX_DETAILS = 1_000
-# Runs per download batch: the next batch downloads while this one is rendered.
-CHUNK = 500
+# Runs per download batch: the next batches download while this one is rendered (a small
+# first batch: the renderer starts as soon as the newest runs' files are in).
+CHUNK = 200
+CHUNKS_AHEAD = 4
 CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".html": "text/html; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".json": "application/json", ".csv": "text/csv; charset=utf-8",
                  ".yaml": "text/plain; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
@@ -201,6 +203,7 @@ class _Writer:
 
     def __init__(self, out: Path, state: _State):
         self.out, self.state = out, state
+        self.folders: set[Path] = set()  # made by this build: a first build writes 20,000 files into 10,000
 
     def write(self, rel: str, data: bytes | str) -> None:
         data = data.encode("utf-8") if isinstance(data, str) else data
@@ -208,10 +211,21 @@ class _Writer:
         path = self.out / rel
         if self.state.files.get(rel) == digest and path.is_file():
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        if path.parent not in self.folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.folders.add(path.parent)
+        try:
+            # A new file is written in place (one open, no rename): a build killed half-way
+            # saves no state, so the next build writes it again.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            # One that a reader (serve, publish) may be reading is replaced whole, never torn.
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
         self.state.files[rel] = digest
 
     def remove(self, rel: str) -> None:
@@ -219,6 +233,7 @@ class _Writer:
         path = self.out / rel
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+            self.folders = {f for f in self.folders if f != path and path not in f.parents}
         else:
             path.unlink(missing_ok=True)
         for known in [r for r in self.state.files if r == rel or r.startswith(rel + "/")]:
@@ -523,7 +538,7 @@ class _Fetcher:
         The downloads of the next chunk run in a thread while the caller renders this one: s5cmd
         and the store then use the CPU the renderer leaves (pages are Python, under one lock).
         """
-        chunks: queue.Queue = queue.Queue(maxsize=2)
+        chunks: queue.Queue = queue.Queue(maxsize=CHUNKS_AHEAD)
 
         def fetch_all() -> None:
             budget: tuple[int | None, int | None] = (max_details, max_images)
@@ -707,7 +722,7 @@ def _render_run(cat: IndexLocation, env, run: _RunFiles, selection: Mapping[str,
         images_deferred=run.images_deferred, details_pending=run.details_pending,
         hparams=indexed.get("hparams") if isinstance(indexed.get("hparams"), Mapping) else {},
         attempts=attempts, timeline=pages.timeline_chart(attempts),
-        config=_yaml_dump(record.get("config")) if record.get("config") else "",
+        config=pages.yaml_text(record["config"]) + "\n" if record.get("config") else "",
         commands={"fetch": f"slurm-yolo runs fetch {run_id} --to ./{run_id}",
                   "reproduce": f"slurm-yolo reproduce {run_id}",
                   "show": f"slurm-yolo runs show {run_id}"})
@@ -745,10 +760,6 @@ def yaml_mapping(data: bytes | None) -> dict[str, Any]:
     except yaml.YAMLError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _yaml_dump(value: Any) -> str:
-    return yaml.dump(value, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
 
 
 def default_publish_url(cat: IndexLocation) -> str:

@@ -160,9 +160,10 @@ def test_a_page_whose_details_are_pending_says_so(browser, pending_site, artifac
     assert "lr0" in browser.find_element("id", "params").text  # and its key hyper-parameters
     browser.find_element("link text", "run.json").click()  # the run's record, copied at once
     # (not checked for console errors: a bare JSON document has no icon link, Chromium asks for /favicon.ico)
-    assert f'"run_id": "{good}"' in browser.page_source
+    until(browser, lambda: f'"run_id": "{good}"' in browser.page_source, timeout=15)
     visit(browser, base + f"compare.html?runs={good},{oom}", artifacts, "compare-pending")
-    until(browser, lambda: "not copied into the portal yet" in browser.find_element("id", "compare-help").text)
+    until(browser, lambda: "not copied into the portal yet" in browser.find_element("id", "compare-help").text,
+          timeout=15)
     help_text = browser.find_element("id", "compare-help").text
     assert good in help_text and oom in help_text and errors(browser) == []
     assert not browser.find_elements("css selector", "#compare-charts svg")

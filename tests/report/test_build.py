@@ -279,6 +279,28 @@ def test_results_csv_as_ultralytics_writes_it():
                                          "metrics/mAP50-95(B)": [[1, 0.002]]}
 
 
+@pytest.mark.parametrize("value", [
+    {"run": {"task": "detect", "project": "pcb", "notes": None}, "train": {"lr0": 0.01, "epochs": 3, "amp": True,
+                                                                        "imgsz": [640, 480], "extra": {}}},
+    {"strings": ["yes", "No", "null", "~", "1e5", "0x1f", "2026-12-04", "1:20", ".inf", "-1", "a: b", "#c", "",
+                 " lead", "quote'\"", "back\\slash", "tab\tnew\nline", "\u2028", "ünïcode", "data/x.yaml",
+                 "/abs/path", "<script>", "@at", "s3://b/runs/"]},
+    {"nested": [{"a": 1, "b": [1, 2]}, [3, [4]], {}], "floats": [1.5, -0.0, 1e-300, float("inf")], 7: "int key"},
+])
+def test_yaml_text_reads_back_as_the_value(value):
+    import yaml
+
+    text = pages.yaml_text(value)
+    expected = {str(k): v for k, v in value.items()}
+    assert yaml.safe_load(text) == expected
+    if "run" in value:  # reads like PyYAML's block style
+        assert "train:\n  lr0: 0.01\n  epochs: 3\n  amp: true\n  imgsz:\n  - 640\n  - 480\n  extra: {}" in text
+
+
+def test_script_json_keeps_strings_that_look_non_finite():
+    assert json.loads(pages.script_json({"s": "NaN Infinity", "x": float("nan")})) == {"s": "NaN Infinity", "x": None}
+
+
 def test_line_chart_escapes_labels():
     svg = str(pages.line_chart("<b>", {HOSTILE: [(1, 0.1), (2, 0.2)]}))
     assert "<script>" not in svg and "&lt;b&gt;" in svg and svg.count("<circle") == 2
