@@ -97,6 +97,22 @@ def test_unchanged_index_is_decided_from_its_listing_without_reading_runs(cat, s
     assert not after.unchanged and after.rebuilt == 1
 
 
+def test_a_build_stopped_half_way_is_not_taken_for_a_complete_one(cat, seeded, tmp_path, store):
+    build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    assert build.build_site(cat, tmp_path, allowed_prefix=allowed(cat)).unchanged
+    failing = store.boto3_client()
+
+    def gone(**_):
+        raise RuntimeError("the store went away")
+
+    failing.meta.events.register("before-call.s3.GetObject", gone)
+    with pytest.raises(Exception, match="went away"):  # a forced rebuild that stops after it began to write
+        build.build_site(cat, tmp_path, allowed_prefix=allowed(cat), force=True, client=failing)
+    again = build.build_site(cat, tmp_path, allowed_prefix=allowed(cat))
+    assert not again.unchanged and not again.errors
+    assert build.build_site(cat, tmp_path, allowed_prefix=allowed(cat)).unchanged
+
+
 @pytest.mark.parametrize("fetch", build.FETCHERS)
 def test_images_beyond_the_budget_come_with_the_next_builds(cat, seeded, tmp_path, fetch):
     _, lines = seeded
