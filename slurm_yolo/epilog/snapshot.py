@@ -57,6 +57,8 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 HASH_THREADS = max(2, min(CORES, 8))
 # Threads for the md5 of one file's upload parts, beside its sha256 (manifest.hash_fd).
 PART_THREADS = max(1, min(CORES, 4))
+# Large files handed to the hasher before the small files are copied: what it holds at once.
+LARGE_FIRST = HASH_THREADS * 2
 # Files at least this large go to the store straight from the run folder (see the module doc).
 DIRECT_MIN_BYTES = 4 << 20
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -228,8 +230,10 @@ def copy_tree(src_fd: int, uid: int, dest: Path, *, deadline: float, exclude: fr
     with _Hasher() as hasher:
         walk = _Walk(uid, dest, deadline, exclude, direct_root, hasher, etag_wanted)
         if direct_root is not None:
-            # The large files first, so their hashes run on the hasher's threads while the walk
-            # copies the small ones (sorted, weights/ comes last: its hashes were the tail).
+            # The first large files first, so their hashes run on the hasher's threads while the
+            # walk copies the small ones (sorted, weights/ comes last: its hashes were the tail).
+            # As many as the hasher takes without waiting: the small files are never held up
+            # (results.csv and args.yaml are in a snapshot cut short by the deadline).
             walk.large_only = True
             walk.folder(src_fd, "", 0)
             walk.large_only, walk.entries = False, 0
@@ -251,7 +255,7 @@ class _Hasher:
 
     def __init__(self) -> None:
         self.pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="sha256")
-        self.slots = threading.BoundedSemaphore(HASH_THREADS * 2)
+        self.slots = threading.BoundedSemaphore(LARGE_FIRST)
         self.jobs: list[Future[None]] = []
 
     def submit(self, fd: int, st: os.stat_result, relpath: str, root: str, src_rel: str, snap: Snapshot,
@@ -302,6 +306,8 @@ class _Walk:
         with os.scandir(dir_fd) as it:
             names = sorted(e.name for e in it)
         for name in names:
+            if self.large_only and len(self.taken) >= LARGE_FIRST:
+                return
             self.entries += 1
             if time.monotonic() > self.deadline or self.entries > MAX_ENTRIES:
                 self.snap.complete = False
