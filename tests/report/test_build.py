@@ -340,8 +340,10 @@ def test_serve_hides_the_build_state_and_refuses_an_unbuilt_folder(tmp_path):
     try:
         with urllib.request.urlopen(base + "index.html", timeout=5) as r:
             assert r.status == 200 and server.server_address[0] == "127.0.0.1"
-        with pytest.raises(urllib.error.HTTPError, match="404"):
-            urllib.request.urlopen(base + build.STATE_FILE, timeout=5)
+        for hidden in (build.STATE_FILE, build.STATE_HEAD):
+            (tmp_path / hidden).write_text("{}")
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(base + hidden, timeout=5)
     finally:
         server.shutdown()
         server.server_close()
