@@ -94,8 +94,8 @@ def yaml_text(value: Any, indent: int = 0) -> str:
         lines = []
         for v in value:
             if _yaml_block(v):
-                inner = yaml_text(v, indent + 2)
-                lines.append(f"{pad}- " + inner[indent + 2:])
+                block = yaml_text(v, indent + 2)
+                lines.append(f"{pad}- " + block[indent + 2:])
             else:
                 lines.append(f"{pad}- {_yaml_scalar(v)}")
         return "\n".join(lines)
