@@ -14,7 +14,10 @@ Two pytest-xdist workers may share one cluster (scripts/test.sh runs them so): e
 a shared lock on the cluster for its whole run, and a test marked ``cluster_wide`` (it crashes
 a node, stops the store, points the site config elsewhere, pre-empts the host node's jobs,
 reconciles every ended job or floods the nodes) holds it alone, so no other test's job sees
-what it does; the 24.11 cluster's tests take the same lock (the store is one for both). Session fixtures run once per worker: what they create is made under a lock.
+what it does; the 24.11 cluster's tests take the same lock (the store is one for both). A test
+that changes only its own cluster (its host node pre-empted, its epilog taken out of slurm.conf)
+is ``cluster_wide(scope="cluster")``: alone on that cluster, beside the other cluster's tests.
+Session fixtures run once per worker: what they create is made under a lock.
 """
 
 from __future__ import annotations
@@ -59,12 +62,17 @@ def cluster():
 # index, is cluster-wide for the other cluster's tests too). Another session's tests (the other
 # xdist worker, the other Slurm version's stage, another person's pytest here) take it too.
 LOCK = Path("/tmp/slurm-yolo-cluster-tests.lock")
+# And one per cluster: a test that changes only its own cluster (its host node pre-empted, its
+# slurm.conf's epilog taken out) is ``cluster_wide(scope="cluster")``: alone on that cluster, while
+# the other cluster's tests go on (they share only the store, which it leaves alone).
+CLUSTER_LOCK = LOCK.with_name(f"slurm-yolo-cluster-tests-{SLURM_VERSION}.lock")
 CLUSTER_WIDE = "cluster_wide"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", f"{CLUSTER_WIDE}: changes what every job on the dev cluster sees (a node "
-                            "crash, the store down, pre-emption, a flood of jobs): runs with no other cluster test")
+                            "crash, the store down, pre-emption, a flood of jobs): runs with no other cluster test; "
+                            "scope='cluster': only this Slurm version's cluster changes (not the store)")
 
 
 @contextmanager
@@ -82,8 +90,11 @@ def locked(path: Path, mode: int):
 def cluster_share(request):
     """Shared hold on the cluster for the test (alone for ``cluster_wide``); autouse fixtures are
     set up in name order, so this one wraps node_stays_usable and the test's own fixtures."""
-    mode = fcntl.LOCK_EX if request.node.get_closest_marker(CLUSTER_WIDE) else fcntl.LOCK_SH
-    with locked(LOCK, mode):
+    marker = request.node.get_closest_marker(CLUSTER_WIDE)
+    own_cluster_only = marker is not None and marker.kwargs.get("scope") == "cluster"
+    # Always the shared lock first, then this cluster's: one order, no deadlock.
+    with locked(LOCK, fcntl.LOCK_EX if marker and not own_cluster_only else fcntl.LOCK_SH), \
+            locked(CLUSTER_LOCK, fcntl.LOCK_EX if marker else fcntl.LOCK_SH):
         yield
 
 

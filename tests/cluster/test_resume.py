@@ -79,7 +79,7 @@ def test_preemption_signal_requeues_and_resumes(cluster, s3, dataset, runs_root,
     assert "SIGUSR2" in [s["signal"] for s in record["attempts"][0]["signals"]]
 
 
-@pytest.mark.cluster_wide
+@pytest.mark.cluster_wide(scope="cluster")
 @pytest.mark.endstate
 def test_slurm_preemption_requeues_and_resumes(cluster, s3, dataset, runs_root, tmp_path):
     """Real pre-emption: a job in the higher-tier ``urgent`` partition asks for the whole

@@ -9,7 +9,7 @@ nothing; with the epilog put back, a job submitted in user mode leaves its attem
 epilog and the user's round leaves it alone. The stand-in workload (job/workloads.py) takes
 the place of training: the end state, not the training, is the point.
 
-Each test that changes slurm.conf is ``cluster_wide`` (no other cluster test runs meanwhile)
+Each test that changes slurm.conf is ``cluster_wide(scope="cluster")`` (no other test of this cluster runs meanwhile)
 and puts the epilog back however it ends.
 """
 
@@ -110,7 +110,7 @@ def oom_killed_job(env, user, config, runs_root) -> dict:
     return {**out, "job_id": job.stdout.strip().split(";")[0]}
 
 
-@pytest.mark.cluster_wide
+@pytest.mark.cluster_wide(scope="cluster")
 def test_without_the_epilog_every_ending_is_archived_once(cluster, s3, dataset, runs_root, tmp_path, test_user,
                                                           user_env):
     user = test_user.pw_name
@@ -199,7 +199,7 @@ def test_without_the_epilog_every_ending_is_archived_once(cluster, s3, dataset, 
                 ["attempts/attempt-1.json"]
 
 
-@pytest.mark.cluster_wide
+@pytest.mark.cluster_wide(scope="cluster")
 def test_with_the_epilog_put_back_nothing_is_archived_twice(cluster, s3, dataset, runs_root, tmp_path, test_user,
                                                            user_env):
     """A job submitted in user mode (its batch script archives itself) that starts after the
@@ -251,7 +251,7 @@ def test_install_and_uninstall_the_users_reconciler(cluster, test_user, user_env
         crontab("-r")
 
 
-@pytest.mark.cluster_wide
+@pytest.mark.cluster_wide(scope="cluster")
 def test_without_the_epilog_a_preempted_run_is_archived_per_attempt(cluster, s3, dataset, runs_root, tmp_path,
                                                                      test_user, user_env):
     """Real pre-emption (PreemptMode=REQUEUE, the debug partition's GraceTime): the urgent job
