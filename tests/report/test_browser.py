@@ -165,7 +165,11 @@ def test_a_page_whose_details_are_pending_says_so(browser, pending_site, artifac
     until(browser, lambda: "not copied into the portal yet" in browser.find_element("id", "compare-help").text,
           timeout=15)
     help_text = browser.find_element("id", "compare-help").text
-    assert good in help_text and oom in help_text and errors(browser) == []
+    # Chromium's /favicon.ico request for the bare JSON document may be logged only after the next
+    # page began loading (seen in a CI-like run): that one is not the portal's.
+    late_icon = f"{base.split('/', 3)[0]}//{base.split('/', 3)[2]}/favicon.ico "
+    assert good in help_text and oom in help_text
+    assert [e for e in errors(browser) if not e["message"].startswith(late_icon)] == []
     assert not browser.find_elements("css selector", "#compare-charts svg")
 
 
