@@ -93,27 +93,9 @@ def cluster_share(request):
     marker = request.node.get_closest_marker(CLUSTER_WIDE)
     own_cluster_only = marker is not None and marker.kwargs.get("scope") == "cluster"
     # Always the shared lock first, then this cluster's: one order, no deadlock.
-    with locked_in_turn(LOCK, fcntl.LOCK_EX if marker and not own_cluster_only else fcntl.LOCK_SH), \
-            locked_in_turn(CLUSTER_LOCK, fcntl.LOCK_EX if marker else fcntl.LOCK_SH):
+    with locked(LOCK, fcntl.LOCK_EX if marker and not own_cluster_only else fcntl.LOCK_SH), \
+            locked(CLUSTER_LOCK, fcntl.LOCK_EX if marker else fcntl.LOCK_SH):
         yield
-
-
-@contextmanager
-def locked_in_turn(path: Path, mode: int):
-    """:func:`locked`, where a test waiting to hold ``path`` alone is not starved: flock grants a
-    new shared hold while an exclusive one waits, so with two workers and the other cluster's
-    stage taking turns a cluster-wide test waited 234 s in a CI-like run. The waiter holds a gate
-    file alone while it waits; a shared taker passes the gate (shared) on its way in, so none
-    enters meanwhile, and the holds already in place run out."""
-    gate = path.with_name(path.name + ".gate")
-    with locked(gate, fcntl.LOCK_EX if mode == fcntl.LOCK_EX else fcntl.LOCK_SH):
-        f = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+")
-        fcntl.flock(f, mode)
-    try:
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest's hook signature
