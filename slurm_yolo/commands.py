@@ -74,6 +74,24 @@ class Finished:
     missing: bool = False  # the executable does not exist or cannot be executed
 
 
+def _start(argv: Sequence[str], env: Mapping[str, str], stdin: bool,
+           pass_fds: Sequence[int]) -> subprocess.Popen[str] | Finished:
+    """Start ``argv`` with piped output (and stdin, else ``/dev/null``); a command that cannot
+    be started is a :class:`Finished` with ``missing`` set, not an exception."""
+    try:
+        return subprocess.Popen(
+            [str(a) for a in argv], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env), close_fds=True,
+            pass_fds=tuple(pass_fds),
+        )
+    except (FileNotFoundError, PermissionError) as e:  # missing, or not executable (EACCES)
+        return Finished(127, "", f"{argv[0]}: {e.strerror}", missing=True)
+    except OSError as e:
+        if e.errno != errno.ENOEXEC:  # a file that is no program (no #! line, another arch)
+            raise
+        return Finished(127, "", f"{argv[0]}: {e.strerror}", missing=True)
+
+
 def run_until(argv: Sequence[str], *, limit_s: float, env: Mapping[str, str], stdin_text: str | None = None,
               pass_fds: Sequence[int] = ()) -> Finished:
     """Run ``argv`` for at most ``limit_s`` seconds, then kill it; report whatever it printed.
@@ -91,18 +109,9 @@ def run_until(argv: Sequence[str], *, limit_s: float, env: Mapping[str, str], st
     """
     if limit_s <= 0:
         return Finished(-1, "", "", timed_out=True)
-    try:
-        proc = subprocess.Popen(
-            [str(a) for a in argv], stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env), close_fds=True,
-            pass_fds=tuple(pass_fds),
-        )
-    except (FileNotFoundError, PermissionError) as e:  # missing, or not executable (EACCES)
-        return Finished(127, "", f"{argv[0]}: {e.strerror}", missing=True)
-    except OSError as e:
-        if e.errno != errno.ENOEXEC:  # a file that is no program (no #! line, another arch)
-            raise
-        return Finished(127, "", f"{argv[0]}: {e.strerror}", missing=True)
+    proc = _start(argv, env, stdin_text is not None, pass_fds)
+    if isinstance(proc, Finished):
+        return proc
     try:
         stdout, stderr = proc.communicate(stdin_text, timeout=limit_s)
         timed_out = False
@@ -128,17 +137,9 @@ def run_fed(argv: Sequence[str], *, limit_s: float, env: Mapping[str, str], firs
     if limit_s <= 0:
         return Finished(-1, "", "", timed_out=True), False
     end = time.monotonic() + limit_s
-    try:
-        proc = subprocess.Popen(
-            [str(a) for a in argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=dict(env), close_fds=True, pass_fds=tuple(pass_fds),
-        )
-    except (FileNotFoundError, PermissionError) as e:
-        return Finished(127, "", f"{argv[0]}: {e.strerror}", missing=True), False
-    except OSError as e:
-        if e.errno != errno.ENOEXEC:
-            raise
-        return Finished(127, "", f"{argv[0]}: {e.strerror}", missing=True), False
+    proc = _start(argv, env, True, pass_fds)
+    if isinstance(proc, Finished):
+        return proc, False
     lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
     readers = [threading.Thread(target=_lines_to, args=(stream, n, lines), daemon=True)
                for n, stream in enumerate((proc.stdout, proc.stderr))]

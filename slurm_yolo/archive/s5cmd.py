@@ -18,7 +18,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable, Sequence
 
-from slurm_yolo.commands import run_fed, run_until
+from slurm_yolo.commands import Finished, run_fed, run_until
 from slurm_yolo.errors import StoreError
 from slurm_yolo.store import CREDENTIALS_HINT, UNREACHABLE_HINT, Store
 
@@ -262,7 +262,12 @@ def run(
             in its commands: files opened and checked by the caller, never re-resolved by path.
     """
     limit = (deadline - time.monotonic()) if deadline is not None else timeout
-    done = run_until(argv, limit_s=limit, env=store.environment(), stdin_text=stdin_text, pass_fds=pass_fds)
+    return _result(argv, run_until(argv, limit_s=limit, env=store.environment(), stdin_text=stdin_text,
+                                   pass_fds=pass_fds))
+
+
+def _result(argv: Sequence[str], done: Finished) -> Result:
+    """How an s5cmd process ended, as its parsed outcomes (a missing binary as one outcome)."""
     if done.missing:
         return Result(returncode=127, outcomes=(Outcome(
             False, "exec", error=f"s5cmd binary {argv[0]} is missing or not executable ({done.stderr}): "
@@ -308,14 +313,7 @@ def run_then(argv: Sequence[str], store: Store, *, deadline: float, first: Seque
     finished, sent = run_fed(argv, limit_s=deadline - time.monotonic(), env=store.environment(),
                              first="".join(f"{line}\n" for line in first),
                              then="".join(f"{line}\n" for line in then), ready=ready, pass_fds=pass_fds)
-    if finished.missing:
-        return Result(returncode=127, outcomes=(Outcome(
-            False, "exec", error=f"s5cmd binary {argv[0]} is missing or not executable ({finished.stderr}): "
-                                 f"{ERROR_HINTS[ErrorClass.NO_BINARY]}",
-            error_class=ErrorClass.NO_BINARY),)), False
-    result = Result(finished.returncode, parse_output(finished.stdout, finished.stderr), finished.timed_out,
-                    finished.stderr[-2000:])
-    return result, sent
+    return _result(argv, finished), sent
 
 
 def check_s5cmd(result: Result, what: str, *, allow_empty: bool = False) -> None:
